@@ -1,0 +1,5 @@
+"""``python -m charbench`` runs the CLI."""
+
+from charbench.cli import run
+
+run()

@@ -1,0 +1,1 @@
+"""Spine commands (env, report, runs, serve, compare): one module each, loaded lazily by ``charbench.cli``."""

@@ -1,0 +1,59 @@
+"""``charbench runs``: list the runs under a results folder.
+
+::
+
+    charbench runs
+    charbench runs --out /data/charbench-runs --json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False)
+
+
+def run_rows(out: Path) -> list[dict[str, object]]:
+    """One dict per run: study, label, date, status, points done/failed, path."""
+    from charbench.results import list_runs
+
+    rows = []
+    for r in list_runs(out):
+        m = r.meta
+        rows.append({
+            "study": m.get("study"), "run_id": m.get("run_id"), "label": m.get("label"), "started": m.get("started"),
+            "status": m.get("status"), "points_done": m.get("points_done"), "points_failed": m.get("points_failed"),
+            "points_total": m.get("points_total"), "path": str(r.path),
+        })
+    return rows
+
+
+@app.command()
+def runs(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Results root (default ./charbench-runs or $CHARBENCH_HOME).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List runs (study, label, date, status, points done/failed)."""
+    from charbench.config import default_out_dir
+
+    root = out if out is not None else default_out_dir()
+    rows = run_rows(root)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no runs under {root}", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"runs under {root}")
+    for c in ("study", "run_id", "label", "started", "status", "done", "failed"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(str(r["study"]), str(r["run_id"]), str(r["label"] or ""), str(r["started"]), str(r["status"]), f"{r['points_done']}/{r['points_total']}", str(r["points_failed"]))
+    Console().print(t)

@@ -1,0 +1,162 @@
+"""Device discovery: which backends exist here, and why not when they don't.
+
+One place answers "can this machine run X?" without ever crashing on a missing or
+broken optional package::
+
+    from charbench.device import probe_backends, resolve_device
+    probes = probe_backends()            # {"torch_cuda": Probe(ok=False, reason=...), ...}
+    dev = resolve_device("auto")         # "cuda:0" or "cpu"
+
+GPU indices are *visible* indices (after ``CUDA_VISIBLE_DEVICES``); mapping them to NVML
+handles by UUID / PCI bus id happens in :mod:`charbench.measure.nvml`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from charbench.errors import DeviceError
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Result of one availability probe.
+
+    Attributes:
+        ok: the backend is usable.
+        version: its version when known.
+        reason: why it is not usable, and how to fix it (None when ok).
+        detail: extra facts (e.g. compute capability).
+    """
+
+    ok: bool
+    version: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+def _import_probe(module: str, fix: str) -> tuple[object | None, Probe]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        return None, Probe(False, reason=f"{module} is not installed ({exc.__class__.__name__}); {fix}")
+    except Exception as exc:  # a broken install must not crash discovery
+        return None, Probe(False, reason=f"{module} failed to import: {exc}; {fix}")
+    return mod, Probe(True, version=getattr(mod, "__version__", None))
+
+
+@functools.lru_cache(maxsize=1)
+def probe_torch_cuda() -> Probe:
+    """Is torch installed with a CUDA device visible?"""
+    torch, p = _import_probe("torch", "install it: pip install torch")
+    if torch is None:
+        return p
+    cuda_ver = getattr(torch.version, "cuda", None)  # type: ignore[attr-defined]
+    if not cuda_ver:
+        return Probe(False, version=torch.__version__, reason="torch is a CPU-only build; install a CUDA build of torch for GPU runs")  # type: ignore[attr-defined]
+    try:
+        n = torch.cuda.device_count()  # type: ignore[attr-defined]
+    except Exception as exc:
+        return Probe(False, version=cuda_ver, reason=f"CUDA runtime error: {exc}")
+    if n == 0:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" (CUDA_VISIBLE_DEVICES={vis!r})" if vis is not None else ""
+        return Probe(False, version=cuda_ver, reason=f"no CUDA device visible{hint}; check the driver with nvidia-smi")
+    caps = [torch.cuda.get_device_capability(i) for i in range(n)]  # type: ignore[attr-defined]
+    detail = ", ".join(f"cuda:{i} sm_{a}{b}" for i, (a, b) in enumerate(caps))
+    return Probe(True, version=cuda_ver, detail=detail)
+
+
+@functools.lru_cache(maxsize=1)
+def probe_cupy() -> Probe:
+    """Is CuPy importable and able to see a GPU?"""
+    cupy, p = _import_probe("cupy", "install the extra: pip install 'charbench[cuda12]' (or [cuda13])")
+    if cupy is None:
+        return p
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()  # type: ignore[attr-defined]
+    except Exception as exc:
+        return Probe(False, version=p.version, reason=f"CuPy cannot reach a GPU: {exc}")
+    return Probe(True, version=p.version, detail=f"{n} device(s)")
+
+
+@functools.lru_cache(maxsize=1)
+def probe_triton() -> Probe:
+    """Is Triton importable? (Runs on GPUs, or on CPU under TRITON_INTERPRET=1.)"""
+    _, p = _import_probe("triton", "install the extra: pip install 'charbench[triton]'")
+    if p.ok and os.environ.get("TRITON_INTERPRET") == "1":
+        return Probe(True, version=p.version, detail="interpreter mode (TRITON_INTERPRET=1)")
+    return p
+
+
+@functools.lru_cache(maxsize=1)
+def probe_nvcc() -> Probe:
+    """Is the CUDA compiler on PATH (or in $CUDA_HOME/bin)?"""
+    path = shutil.which("nvcc")
+    if path is None and os.environ.get("CUDA_HOME"):
+        cand = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+        path = cand if os.path.exists(cand) else None
+    if path is None:
+        return Probe(False, reason="nvcc not found; install the CUDA toolkit or set CUDA_HOME")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Probe(False, reason=f"nvcc at {path} failed to run: {exc}")
+    version = out.strip().splitlines()[-1] if out.strip() else None
+    return Probe(True, version=version, detail=path)
+
+
+def probe_backends() -> dict[str, Probe]:
+    """All backend probes, keyed ``torch_cuda``, ``cupy``, ``triton``, ``nvcc``."""
+    return {"torch_cuda": probe_torch_cuda(), "cupy": probe_cupy(), "triton": probe_triton(), "nvcc": probe_nvcc()}
+
+
+def resolve_device(spec: str) -> str:
+    """Turn ``--device`` into a concrete torch device string.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:i`` (i is a visible index).
+
+    Returns:
+        ``cpu`` or ``cuda:i``.
+
+    Raises:
+        DeviceError: CUDA was asked for but is not usable, or the index is out of range.
+    """
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return "cpu"
+    if spec == "auto":
+        return "cuda:0" if probe_torch_cuda().ok else "cpu"
+    if spec == "cuda" or spec.startswith("cuda:"):
+        p = probe_torch_cuda()
+        if not p.ok:
+            raise DeviceError(f"--device {spec}: CUDA is not usable here ({p.reason}); use --device cpu")
+        index = 0 if spec == "cuda" else _parse_index(spec)
+        import torch
+
+        n = torch.cuda.device_count()
+        if index >= n:
+            raise DeviceError(f"--device {spec}: only {n} CUDA device(s) visible (cuda:0..cuda:{n - 1})")
+        return f"cuda:{index}"
+    raise DeviceError(f"--device: unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def _parse_index(spec: str) -> int:
+    try:
+        index = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise DeviceError(f"--device {spec}: the index must be an integer, e.g. cuda:0") from None
+    if index < 0:
+        raise DeviceError(f"--device {spec}: the index must be >= 0")
+    return index
+
+
+def gpu_index(device: str) -> int | None:
+    """Visible GPU index of ``cuda:i`` (None for cpu)."""
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else None

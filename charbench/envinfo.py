@@ -1,0 +1,106 @@
+"""The environment inventory behind ``charbench env`` and every run's ``env.json``.
+
+::
+
+    charbench env           # table
+    charbench env --json    # machine-readable
+
+Collects OS, CPU, memory, Python, torch/CUDA, every visible GPU (via NVML), backend
+probes and which meters are usable, each missing piece with why and how to fix it.
+Importing this module is cheap; torch is only imported when :func:`collect_env` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from charbench import __version__
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def git_sha() -> str | None:
+    """The checkout's commit when charbench runs from a git checkout, else None."""
+    here = Path(__file__).resolve().parent.parent
+    if not (here / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _torch_info() -> dict[str, Any]:
+    try:
+        import torch
+    except Exception as exc:
+        return {"torch": None, "torch_reason": f"torch not importable: {exc}"}
+    return {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+
+
+def meter_status() -> list[dict[str, Any]]:
+    """Each meter: usable or not, and why/how to fix."""
+    from charbench.measure.nvml import nvml_available
+    from charbench.measure.rapl import rapl_available
+
+    nv_ok, nv_reason = nvml_available()
+    ra_ok, ra_reason = rapl_available()
+    return [
+        {"meter": "nvml", "usable": nv_ok, "what": "GPU energy counter (Volta+) and power/clock/temperature sampling", "reason": None if nv_ok else nv_reason},
+        {"meter": "rapl", "usable": ra_ok, "what": "CPU package and DRAM energy (Linux powercap)", "reason": None if ra_ok else ra_reason},
+        {"meter": "nvml-control", "usable": nv_ok and _is_root(), "what": "locking GPU clocks and setting power limits", "reason": None if nv_ok and _is_root() else ("needs root (NVML device commands return NO_PERMISSION otherwise); run with sudo" if nv_ok else nv_reason)},
+    ]
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
+    """The full inventory as a JSON-friendly dict."""
+    from charbench.device import probe_backends
+    from charbench.measure.nvml import gpu_inventory
+
+    gpus, gpu_reason = gpu_inventory()
+    env: dict[str, Any] = {
+        "charbench_version": __version__,
+        "git_sha": git_sha(),
+        "command_line": argv if argv is not None else sys.argv,
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "python": platform.python_version(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    env.update(_torch_info())
+    env["gpus"] = gpus
+    env["gpus_reason"] = gpu_reason
+    env["backends"] = {k: {"ok": p.ok, "version": p.version, "reason": p.reason, "detail": p.detail} for k, p in probe_backends().items()}
+    env["meters"] = meter_status()
+    return env

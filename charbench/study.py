@@ -1,0 +1,383 @@
+"""Running a study: points -> measured records -> run folder -> report.
+
+Every study command ends in :func:`run_study`. A study supplies its points and a
+``run_point(params, ctx)`` that returns one flat record (or several); the runner owns the
+run folder, meters, sampler, idle baseline, clock/power control, progress, resume and
+failure handling::
+
+    class MyStudy(Study):
+        name = "gemm-power"
+        def points(self): return expand({"dtype": ["fp32", "fp16"]})
+        def run_point(self, params, ctx):
+            with ctx.window("gemm") as w:
+                loop = ctx.timer.run_for_at_least(fn, 5.0)
+            return {**w.fields(), "time_per_gemm_s": loop.per_iter_s}
+
+    result = run_study(MyStudy(cfg), common, settings)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from charbench.config import CommonOptions, to_jsonable
+from charbench.errors import CharbenchError, ConfigError
+from charbench.results import RunStore
+from charbench.sweep import point_key
+
+
+@dataclass
+class RunSettings:
+    """How the runner measures a sweep (shared by every study).
+
+    Attributes:
+        idle_baseline_s: seconds of idle power measured before the first point (0 = skip).
+        cooldown_s: sleep between points (lets temperature settle).
+        shuffle: run points in a seeded random order (decorrelates thermal drift).
+        sample_interval_s: background sampler period; 0 disables the sampler.
+    """
+
+    idle_baseline_s: float = 0.0
+    cooldown_s: float = 0.0
+    shuffle: bool = False
+    sample_interval_s: float = 0.1
+
+
+class Study:
+    """Base class of a study. Subclasses set ``name`` and implement ``points``/``run_point``."""
+
+    name: str = ""
+    #: ``module:function`` that returns the study's report sections (see charbench.report).
+    report_hook: str | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved config, as saved in config.json."""
+        return to_jsonable(getattr(self, "cfg", {}))
+
+    def points(self) -> list[dict[str, Any]]:
+        """All sweep points (knob name -> value), before resume filtering."""
+        raise NotImplementedError
+
+    def setup(self, ctx: Context) -> None:
+        """Called once before the first point (allocate, compile, check the device)."""
+
+    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any] | list[dict[str, Any]]:
+        """Run one point and return its record(s): flat dicts with unit-suffixed keys."""
+        raise NotImplementedError
+
+    def finalize(self, store: RunStore, ctx: Context) -> dict[str, Any]:
+        """Post-sweep analysis (fits, derived files). Returns the summary for ``--json``."""
+        return {}
+
+    def teardown(self, ctx: Context) -> None:
+        """Called once after the sweep, on every exit path."""
+
+
+@dataclass
+class Window:
+    """One measured window: what the meters and sampler saw between its edges."""
+
+    name: str
+    device: str
+    t0_s: float = 0.0
+    t1_s: float = 0.0
+    measurement: Any = None
+    sampler_stats: dict[str, Any] = field(default_factory=dict)
+    baseline: Any = None
+
+    @property
+    def time_s(self) -> float:
+        """Wall time of the window (s)."""
+        return self.t1_s - self.t0_s
+
+    def _domains(self) -> list[str]:
+        m = self.measurement
+        if m is None:
+            return []
+        if self.device.startswith("cuda"):
+            return [d for d in m.energy_j if d.startswith("gpu")]
+        return [d for d in m.energy_j if d.startswith("cpu")]
+
+    def fields(self, prefix: str = "") -> dict[str, Any]:
+        """The window as record fields.
+
+        ``energy_j`` is the device's energy (GPU domains on CUDA; RAPL package+DRAM on CPU),
+        ``energy_net_j`` subtracts the idle baseline (gross - P_idle x t), ``avg_power_w`` is
+        energy / time. Missing values are None and their reason goes to ``null_reasons``.
+        """
+        p = prefix
+        rec: dict[str, Any] = {f"{p}time_s": self.time_s}
+        reasons: dict[str, str] = {}
+        provenance: dict[str, str] = {}
+        warnings: list[str] = []
+        m = self.measurement
+        domains = self._domains()
+        energy: float | None = None
+        if m is None or not domains:
+            reason = "no energy meter usable for this device (see env: meters)"
+            if m is not None and m.warnings:
+                reason += "; " + "; ".join(m.warnings)
+            reasons[f"{p}energy_j"] = reason
+        else:
+            warnings.extend(m.warnings)
+            values = [m.energy_j.get(d) for d in domains]
+            for d in domains:
+                rec[f"{p}{d}_energy_j"] = m.energy_j.get(d)
+                provenance[f"{p}{d}_energy_j"] = m.provenance.get(d, "unknown")
+            if any(v is None for v in values):
+                missing = [d for d, v in zip(domains, values) if v is None]
+                reasons[f"{p}energy_j"] = f"domain(s) {', '.join(missing)} not measured: " + ("; ".join(m.warnings) or "meter returned no value")
+            else:
+                energy = float(sum(values))  # type: ignore[arg-type]
+                provenance[f"{p}energy_j"] = ",".join(sorted({m.provenance.get(d, "unknown") for d in domains}))
+        rec[f"{p}energy_j"] = energy
+        rec[f"{p}avg_power_w"] = energy / self.time_s if energy is not None and self.time_s > 0 else None
+        if energy is None:
+            reasons[f"{p}avg_power_w"] = reasons[f"{p}energy_j"]
+        net = None
+        if energy is not None and self.baseline is not None:
+            idle = [self.baseline.power_w.get(d) for d in domains]
+            if all(v is not None for v in idle):
+                net = energy - float(sum(idle)) * self.time_s  # type: ignore[arg-type]
+            else:
+                reasons[f"{p}energy_net_j"] = "idle baseline not measured for every domain"
+        elif energy is not None:
+            reasons[f"{p}energy_net_j"] = "no idle baseline (set --idle-baseline SECONDS > 0)"
+        else:
+            reasons[f"{p}energy_net_j"] = reasons[f"{p}energy_j"]
+        rec[f"{p}energy_net_j"] = net
+        for k, v in self.sampler_stats.items():
+            rec[f"{p}{k}"] = v
+        rec["_reasons"] = reasons
+        rec["_provenance"] = provenance
+        rec["_warnings"] = warnings
+        return rec
+
+
+class Context:
+    """What ``run_point`` gets: device, timer, meters, sampler, control, baseline."""
+
+    def __init__(self, device: str, store: RunStore, seed: int, settings: RunSettings, log: Any) -> None:
+        from charbench.device import gpu_index
+        from charbench.measure import Timer, make_meters
+
+        self.device = device
+        self.store = store
+        self.seed = seed
+        self.settings = settings
+        self.log = log
+        idx = gpu_index(device)
+        self.gpus: list[int] = [idx] if idx is not None else []
+        self.timer = Timer(device)
+        self.meter, self.meter_notes = make_meters(device, gpus=self.gpus or None)
+        self.sampler: Any = None
+        self.baseline: Any = None
+        self._control: Any = None
+        self.sample_rows: list[dict[str, Any]] = []
+
+    @property
+    def control(self) -> Any:
+        """A :class:`charbench.measure.control.GpuControl` over this run's GPUs (restored at the end)."""
+        if self._control is None:
+            if not self.gpus:
+                raise ConfigError("--sm-freq/--power-limit need a GPU; use --device cuda")
+            from charbench.measure.control import GpuControl
+
+            self._control = GpuControl(self.gpus)
+            self._control.__enter__()
+        return self._control
+
+    @contextlib.contextmanager
+    def window(self, name: str) -> Iterator[Window]:
+        """Measure a window; the device is synchronized at both edges."""
+        w = Window(name=name, device=self.device, baseline=self.baseline)
+        self.timer.sync()
+        self.meter.begin_window(name)
+        w.t0_s = time.perf_counter()
+        try:
+            yield w
+        finally:
+            self.timer.sync()
+            w.t1_s = time.perf_counter()
+            w.measurement = self.meter.end_window(name)
+            if self.sampler is not None:
+                w.sampler_stats = self.sampler.summarize(w.t0_s, w.t1_s)
+
+    def cooldown(self) -> None:
+        """Sleep ``--cooldown`` seconds between points."""
+        if self.settings.cooldown_s > 0:
+            time.sleep(self.settings.cooldown_s)
+
+    def close(self) -> None:
+        """Stop the sampler and restore clocks/power limits."""
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sample_rows = self.sampler.rows()
+        if self._control is not None:
+            self._control.__exit__(None, None, None)
+            self._control = None
+
+
+def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index: int) -> dict[str, Any]:
+    """Merge knob values and bookkeeping into a flat record; JSON-encode provenance."""
+    out: dict[str, Any] = {"point_key": key, "point_index": index}
+    out.update(params)
+    reasons = dict(rec.pop("_reasons", {}) or {})
+    prov = dict(rec.pop("_provenance", {}) or {})
+    warns = list(rec.pop("_warnings", []) or [])
+    out.update(rec)
+    for k, v in out.items():
+        if v is None and k not in reasons and not k.startswith("_"):
+            reasons[k] = "not measured"
+    out["null_reasons"] = json.dumps(reasons, sort_keys=True)
+    out["provenance"] = json.dumps(prov, sort_keys=True)
+    out["warnings"] = "; ".join(dict.fromkeys(warns))
+    out["completed_at"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return out
+
+
+@dataclass
+class RunResult:
+    """What a study run produced."""
+
+    run_dir: Path
+    status: str
+    points_done: int
+    points_failed: int
+    summary: dict[str, Any]
+    report: Path | None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from charbench.progress import Progress
+
+    return Progress(total, enabled=enabled)
+
+
+def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: list[str] | None = None) -> RunResult:
+    """Run every point of ``study`` into a run folder and render its report.
+
+    A failure mid-sweep keeps every completed point; Ctrl-C marks the run interrupted
+    (``--resume`` continues it); clocks and power limits are restored on every exit path.
+
+    Raises:
+        CharbenchError: a point failed without ``--continue-on-error``.
+    """
+    from charbench.device import resolve_device
+    from charbench.envinfo import collect_env
+
+    device = resolve_device(common.device)
+    all_points = study.points()
+    if common.resume is not None:
+        store = RunStore.open(common.resume, study=study.name)
+        done = store.completed_keys()
+        store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    else:
+        env = collect_env(argv=argv or sys.argv)
+        env["device"] = device
+        store = RunStore.create(
+            common.out,
+            study.name,
+            label=common.label,
+            config={"study": study.name, "common": to_jsonable(common), "settings": to_jsonable(settings), "study_config": study.config_dict()},
+            env=env,
+            meta=common.meta,
+            report_hook=study.report_hook,
+        )
+        done = set()
+    from charbench.sweep import order_points
+
+    ordered = order_points(all_points, shuffle=settings.shuffle, seed=common.seed)
+    keyed = [(point_key(p), p) for p in ordered]
+    todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
+    store.update_meta(points_total=len(keyed), device=device)
+    log = _Logger(quiet=common.json)
+    ctx = Context(device, store, common.seed, settings, log)
+    for note in ctx.meter_notes:
+        log(f"note: {note}")
+    status = "failed"
+    summary: dict[str, Any] = {}
+    try:
+        _start_measurement(ctx, settings, log)
+        study.setup(ctx)
+        with _progress(len(todo), enabled=not common.json) as bar:
+            for n, (index, key, params) in enumerate(todo):
+                bar.describe(key)
+                try:
+                    out = study.run_point(dict(params), ctx)
+                    recs = out if isinstance(out, list) else [out]
+                    store.append_records([finalize_record(dict(r), params, key, index) for r in recs])
+                    store.clear_failure(key)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:
+                    store.record_failure(key, exc, params)
+                    log(f"point {key} failed: {type(exc).__name__}: {exc}")
+                    if not common.continue_on_error:
+                        raise CharbenchError(
+                            f"point {key} failed ({type(exc).__name__}: {exc}); completed points are kept in {store.path}. "
+                            f"Rerun with --continue-on-error to go on past failures, or --resume {store.path} after fixing it"
+                        ) from exc
+                finally:
+                    if ctx.sampler is not None:
+                        store.write_samples(ctx.sampler.rows())
+                bar.advance()
+                if n + 1 < len(todo):
+                    ctx.cooldown()
+        summary = study.finalize(store, ctx) or {}
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        try:
+            study.teardown(ctx)
+        finally:
+            ctx.close()
+            if ctx.sample_rows:
+                store.write_samples(ctx.sample_rows)
+            if ctx.baseline is not None:
+                store.write_json("baseline.json", to_jsonable(ctx.baseline))
+            store.finish(status)
+    report = None
+    try:
+        from charbench.report import render_run
+
+        report = render_run(store.path)
+    except Exception as exc:  # a report failure must not lose a completed run
+        log(f"report rendering failed: {type(exc).__name__}: {exc}; rerun `charbench report {store.path}`")
+    return RunResult(store.path, status, store.meta["points_done"], store.meta["points_failed"], summary, report)
+
+
+def _start_measurement(ctx: Context, settings: RunSettings, log: Any) -> None:
+    from charbench.measure import Sampler, measure_idle_baseline
+
+    if settings.idle_baseline_s > 0:
+        log(f"measuring idle baseline for {settings.idle_baseline_s:g} s")
+        ctx.baseline = measure_idle_baseline(ctx.meter, settings.idle_baseline_s)
+    if settings.sample_interval_s > 0:
+        ctx.sampler = Sampler(interval_s=settings.sample_interval_s, gpus=ctx.gpus or None)
+        ctx.sampler.start()
+
+
+class _Logger:
+    """Plain log lines on stderr (stdout is kept for --json)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        print(f"[charbench] {msg}", file=sys.stderr, flush=True)
+
+
+def interactive() -> bool:
+    """True when progress bars make sense: a TTY and not under CI."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
