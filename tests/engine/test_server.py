@@ -1,0 +1,501 @@
+"""Tests of the OpenAI-compatible server over real HTTP on loopback.
+
+Two engines back the server: a small fake async engine (deterministic, fast, with
+controllable step time so that queueing and disconnects are reproducible) and the real
+``AsyncLLMEngine`` with the ``tiny`` preset (skipped until it can be imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from charbench.engine.api import EngineStats, RequestOutput, RequestRecord, SamplingParams
+from charbench.engine.openai_protocol import ChatMessage, render_chat
+from charbench.engine.server import BackgroundServer, build_app
+from charbench.errors import ConfigError
+
+openai = pytest.importorskip("openai")
+
+# --------------------------------------------------------------------------- fake engine
+
+
+class FakeTokenizer:
+    """Bytes shifted by 3; 1 = BOS, 2 = EOS."""
+
+    bos_token_id = 1
+    eos_token_id = 2
+    vocab_size = 259
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return ([1] if add_bos else []) + [b + 3 for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+
+
+@dataclass
+class _ModelConfig:
+    name: str = "fake"
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    record: RequestRecord
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    out_ids: list[int] = field(default_factory=list)
+    blocks: int = 0
+    done: bool = False
+
+
+class FakeEngine:
+    """An async engine with the AsyncLLMEngine interface, emitting 'abcd...' cyclically.
+
+    One token per running sequence every ``step_s`` seconds; at most ``max_num_seqs``
+    run at once, the rest wait; each running sequence holds KV blocks until it ends.
+    """
+
+    ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self, max_model_len: int = 128, max_num_seqs: int = 8, step_s: float = 0.002) -> None:
+        self.tokenizer = FakeTokenizer()
+        self.model_config = _ModelConfig()
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.step_s = step_s
+        self.block_size = 16
+        self.kv_blocks_total = 256
+        self.waiting: list[_Seq] = []
+        self.running: list[_Seq] = []
+        self.finished_total = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.aborted: list[str] = []
+        self.errored = False
+        self.refuse_len: int | None = None  # engine-side limit below the advertised one
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def stats(self) -> EngineStats:
+        used = sum(s.blocks for s in self.running)
+        return EngineStats(
+            num_waiting=len(self.waiting),
+            num_running=len(self.running),
+            kv_blocks_used=used,
+            kv_blocks_total=self.kv_blocks_total,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            preemptions_total=0,
+            requests_finished_total=self.finished_total,
+        )
+
+    # -- requests
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        limit = self.refuse_len or self.max_model_len
+        if len(ids) >= limit:
+            raise ConfigError(f"prompt has {len(ids)} tokens; max_model_len is {limit}")
+        params.validate()
+        seq = _Seq(request_id, ids, params, RequestRecord(request_id, time.perf_counter(), len(ids)))
+        self.waiting.append(seq)
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            while True:
+                out = await seq.queue.get()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            if not seq.done:  # consumer went away: abort and free blocks
+                seq.done = True
+                self.aborted.append(request_id)
+                if seq in self.waiting:
+                    self.waiting.remove(seq)
+                if seq in self.running:
+                    self.running.remove(seq)
+                seq.blocks = 0
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self.waiting and not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+            while self.waiting and len(self.running) < self.max_num_seqs:
+                seq = self.waiting.pop(0)
+                seq.blocks = math.ceil((len(seq.prompt) + seq.params.max_tokens) / self.block_size)
+                seq.record.first_scheduled_time_s = time.perf_counter()
+                self.prompt_tokens_total += len(seq.prompt)
+                self.running.append(seq)
+            await asyncio.sleep(self.step_s)
+            now = time.perf_counter()
+            for seq in list(self.running):
+                tok = 3 + ord(self.ALPHABET[len(seq.out_ids) % len(self.ALPHABET)])
+                seq.out_ids.append(tok)
+                self.generation_tokens_total += 1
+                rec = seq.record
+                rec.token_times_s.append(now)
+                rec.output_tokens = len(seq.out_ids)
+                if rec.first_token_time_s is None:
+                    rec.first_token_time_s = now
+                finished = len(seq.out_ids) >= seq.params.max_tokens
+                if finished:
+                    seq.done = True
+                    rec.finish_time_s = now
+                    rec.finish_reason = "length"
+                    self.running.remove(seq)
+                    seq.blocks = 0
+                    self.finished_total += 1
+                seq.queue.put_nowait(
+                    RequestOutput(
+                        request_id=seq.request_id,
+                        new_token_ids=[tok],
+                        new_text=self.tokenizer.decode([tok]),
+                        token_ids=list(seq.out_ids),
+                        text=self.tokenizer.decode(seq.out_ids),
+                        finished=finished,
+                        finish_reason="length" if finished else None,
+                        record=rec,
+                    )
+                )
+
+
+def expected_text(n: int) -> str:
+    return "".join(FakeEngine.ALPHABET[i % 26] for i in range(n))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class Served:
+    engine: FakeEngine
+    server: BackgroundServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=30)
+
+
+def _serve(engine: FakeEngine, **kw: object) -> Iterator[Served]:
+    app = build_app(engine, manage_engine=True, **kw)  # type: ignore[arg-type]
+    with BackgroundServer(app) as srv:
+        yield Served(engine, srv)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[Served]:
+    yield from _serve(FakeEngine(), max_queue=64)
+
+
+def _wait_until(cond, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Minimal Prometheus text parser: {"name{labels}": value}; checks HELP/TYPE lines."""
+    values: dict[str, float] = {}
+    typed: set[str] = set()
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            assert kind in ("gauge", "counter"), line
+            typed.add(name)
+            continue
+        if line.startswith("# HELP "):
+            continue
+        assert not line.startswith("#"), line
+        key, value = line.rsplit(" ", 1)
+        name = key.split("{", 1)[0]
+        assert name in typed, f"sample before its TYPE line: {line}"
+        values[key] = float(value)
+    return values
+
+
+def metric(values: dict[str, float], name: str) -> float:
+    hits = [v for k, v in values.items() if k.split("{", 1)[0] == name]
+    assert len(hits) == 1, (name, hits)
+    return hits[0]
+
+
+# --------------------------------------------------------------------------- fake-engine tests
+
+
+def test_completion_non_streaming(fake: Served) -> None:
+    r = fake.client().completions.create(model="fake", prompt="Hello", max_tokens=5, temperature=0)
+    assert r.id.startswith("cmpl-")
+    assert r.object == "text_completion"
+    assert r.model == "fake"
+    assert r.choices[0].text == expected_text(5)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 5, 11)
+
+
+def test_completion_streaming_with_usage(fake: Served) -> None:
+    stream = fake.client().completions.create(
+        model="fake", prompt=[1, 70, 71], max_tokens=7, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text_chunks = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].text for c in text_chunks) == expected_text(7)
+    assert len(text_chunks) == 7  # one event per token
+    assert text_chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in text_chunks[:-1])
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("cmpl-")
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (3, 7)
+
+
+def test_stream_raw_sse_framing(fake: Served) -> None:
+    body = {"prompt": "x", "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", fake.url + "/v1/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    payloads = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert [p["choices"][0]["text"] for p in payloads] == list(expected_text(3))
+    assert "usage" not in payloads[0]  # only with stream_options.include_usage
+    assert r.headers["x-request-id"] == payloads[0]["id"]
+
+
+def test_chat_streaming_and_not(fake: Served) -> None:
+    client = fake.client()
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model="fake", messages=msgs, max_completion_tokens=4)
+    assert r.id.startswith("chatcmpl-") and r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == expected_text(4)
+    prompt = render_chat([ChatMessage(**m) for m in msgs])  # type: ignore[arg-type]
+    assert r.usage is not None and r.usage.prompt_tokens == len(FakeTokenizer().encode(prompt))
+    assert r.usage.completion_tokens == 4
+    chunks = list(
+        client.chat.completions.create(
+            model="fake", messages=msgs, max_tokens=4, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected_text(4)
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+def test_chat_default_template_documented() -> None:
+    msgs = [ChatMessage(role="system", content="S"), ChatMessage(role="user", content=[{"type": "text", "text": "U"}])]
+    assert render_chat(msgs) == "<|system|>\nS\n<|user|>\nU\n<|assistant|>\n"
+    tmpl = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    assert render_chat(msgs, tmpl) == "[system]S[user]U[assistant]"
+
+
+def test_concurrent_clients(fake: Served) -> None:
+    async def one(client: openai.AsyncOpenAI, i: int) -> str:
+        r = await client.completions.create(model="fake", prompt=f"p{i}", max_tokens=6 + i, stream=(i % 2 == 0))
+        if i % 2 == 0:
+            return "".join([c.choices[0].text async for c in r])
+        return r.choices[0].text
+
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="x", max_retries=0) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
+
+    assert asyncio.run(main()) == [expected_text(6 + i) for i in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        (b"{not json", None, "Invalid JSON"),
+        (b"[1, 2]", None, "object"),
+        (b'{"prompt": "a", "max_tokens": "5"}', "max_tokens", "integer"),
+        (b'{"prompt": "a", "max_tokens": 0}', "max_tokens", "greater than or equal to 1"),
+        (b'{"prompt": "a", "temperature": -1}', "temperature", "greater than or equal to 0"),
+        (b'{"prompt": "a", "top_p": 1.5}', "top_p", "less than or equal to 1"),
+        (b'{"prompt": "a", "stream": "yes"}', "stream", "boolean"),
+        (b'{"prompt": "a", "n": 2}', "n", "n=1"),
+        (b'{"prompt": "a", "max_tokens": 4, "min_tokens": 5}', "min_tokens", "exceeds"),
+        (b'{"prompt": ["a", "b"]}', "prompt", "one prompt per request"),
+        (b'{"prompt": [1, 999]}', "prompt", "out of range"),
+        (b'{"prompt": [1, 2.5]}', "prompt", "integers"),
+        (b'{"max_tokens": 3}', "prompt", "required"),
+        (b'{"prompt": "a", "stop": 5}', "stop", ""),
+        (b'{"prompt": "a", "logprobs": 2}', "logprobs", "not supported"),
+    ],
+)
+def test_malformed_requests_400(fake: Served, body: bytes, param: str | None, needle: str) -> None:
+    r = httpx.post(fake.url + "/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param or (param is not None and str(err["param"]).startswith(param))
+    assert needle in err["message"]
+
+
+def test_chat_malformed(fake: Served) -> None:
+    for body in ({"messages": []}, {"messages": [{"role": "robot", "content": "x"}]}, {"messages": "hi"}):
+        r = httpx.post(fake.url + "/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"].startswith("messages")
+
+
+def test_unknown_model_404_and_openai_client_error(fake: Served) -> None:
+    with pytest.raises(openai.NotFoundError):
+        fake.client().completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as ei:
+        fake.client().completions.create(model="fake", prompt="x", max_tokens=2, n=3)
+    assert "n=1" in str(ei.value)
+
+
+def test_too_long_prompt_400(fake: Served) -> None:
+    r = httpx.post(fake.url + "/v1/completions", json={"prompt": "x" * 200, "max_tokens": 1})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["param"] == "prompt"
+    assert "128" in err["message"] and "201" in err["message"]
+    # prompt fits but prompt + max_tokens does not: names both numbers
+    r = httpx.post(fake.url + "/v1/completions", json={"prompt": "x" * 100, "max_tokens": 50})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    assert "101" in r.json()["error"]["message"] and "at most 27" in r.json()["error"]["message"]
+    # a defaulted max_tokens shrinks to fit instead
+    r = httpx.post(fake.url + "/v1/completions", json={"prompt": "x" * 120})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 7
+
+
+def test_models_health_records(fake: Served) -> None:
+    m = httpx.get(fake.url + "/v1/models").json()
+    assert m["object"] == "list" and m["data"][0]["id"] == "fake"
+    assert httpx.get(fake.url + "/health").json()["status"] == "ok"
+    r = fake.client().completions.create(model="fake", prompt="timing", max_tokens=4)
+    recs = httpx.get(fake.url + "/v1/charbench/records", params={"ids": f"{r.id},nope"}).json()
+    assert recs["missing"] == ["nope"]
+    rec = recs["data"][0]
+    assert rec["request_id"] == r.id and rec["output_tokens"] == 4 and rec["prompt_tokens"] == 7
+    assert len(rec["token_times_s"]) == 4 and len(rec["itl_ms"]) == 3
+    assert rec["ttft_ms"] > 0 and rec["e2el_ms"] >= rec["ttft_ms"]
+    assert rec["server_arrival_time_s"] <= rec["arrival_time_s"]
+    assert rec["finish_reason"] == "length"
+
+
+def test_metrics_format(fake: Served) -> None:
+    fake.client().completions.create(model="fake", prompt="m", max_tokens=3)
+    r = httpx.get(fake.url + "/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    values = parse_prometheus(r.text)
+    for name in (
+        "charbench_num_requests_waiting",
+        "charbench_num_requests_running",
+        "charbench_kv_cache_usage_ratio",
+        "charbench_prompt_tokens_total",
+        "charbench_generation_tokens_total",
+        "charbench_num_preemptions_total",
+        "charbench_requests_finished_total",
+    ):
+        metric(values, name)
+    assert metric(values, "charbench_generation_tokens_total") >= 3
+    assert metric(values, "charbench_requests_finished_total") >= 1
+
+
+def test_disconnect_mid_stream_aborts_and_frees_blocks() -> None:
+    for served in _serve(FakeEngine(step_s=0.01)):
+        eng = served.engine
+        body = {"prompt": "long", "max_tokens": 100, "stream": True}
+        with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=10) as r:
+            it = r.iter_raw()
+            got = b""
+            while got.count(b"data: ") < 3:
+                got += next(it)
+            assert eng.stats().kv_blocks_used > 0
+        # stream closed early: the request must be aborted and its blocks freed
+        assert _wait_until(lambda: len(eng.aborted) == 1 and eng.stats().kv_blocks_used == 0)
+        assert eng.stats().num_running == 0
+        vals = parse_prometheus(httpx.get(served.url + "/metrics").text)
+        assert metric(vals, "charbench_server_client_aborts_total") == 1
+        assert metric(vals, "charbench_kv_cache_blocks_used") == 0
+        # non-streaming request whose client gives up is aborted too
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 100}, timeout=0.2)
+        assert _wait_until(lambda: len(eng.aborted) == 2 and eng.stats().kv_blocks_used == 0)
+
+
+def test_queue_full_429_then_recovers() -> None:
+    # one sequence at a time, slow steps, at most 2 waiting
+    for served in _serve(FakeEngine(max_num_seqs=1, step_s=0.01), max_queue=2):
+
+        async def one(client: httpx.AsyncClient) -> int:
+            r = await client.post("/v1/completions", json={"prompt": "q", "max_tokens": 10})
+            if r.status_code == 429:
+                err = r.json()["error"]
+                assert err["code"] == "queue_full" and "max_queue=2" in err["message"]
+                assert r.headers["retry-after"] == "1"
+            return r.status_code
+
+        async def main() -> list[int]:
+            async with httpx.AsyncClient(base_url=served.url, timeout=30) as c:
+                return await asyncio.gather(*(one(c) for _ in range(8)))
+
+        codes = asyncio.run(main())
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+        assert set(codes) <= {200, 429}
+        vals = parse_prometheus(httpx.get(served.url + "/metrics").text)
+        assert vals['charbench_server_requests_rejected_total{model_name="fake",reason="queue_full"}'] == codes.count(429)
+        r = httpx.post(served.url + "/v1/completions", json={"prompt": "q", "max_tokens": 2})
+        assert r.status_code == 200
+
+
+def test_dead_engine_503() -> None:
+    for served in _serve(FakeEngine()):
+        served.engine.errored = True
+        assert httpx.get(served.url + "/health").status_code == 503
+        r = httpx.post(served.url + "/v1/completions", json={"prompt": "q", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_engine_refusal_maps_to_400() -> None:
+    # the engine refuses a prompt the server's own length check let through
+    eng = FakeEngine()
+    eng.refuse_len = 10
+    for served in _serve(eng):
+        r = httpx.post(served.url + "/v1/completions", json={"prompt": "x" * 50, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        assert "max_model_len is 10" in r.json()["error"]["message"]
+        assert eng.num_waiting == 0 and served.server.server.started
