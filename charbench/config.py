@@ -9,6 +9,7 @@ applies ``--config FILE.toml`` on top, then explicit options::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -86,9 +87,11 @@ def load_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config: file not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read the file ({exc}); pass a UTF-8 TOML file") from exc
 
 
 def select_preset(presets: dict[str, T], name: str, option: str = "--preset") -> T:
@@ -99,7 +102,8 @@ def select_preset(presets: dict[str, T], name: str, option: str = "--preset") ->
     """
     if name not in presets:
         raise ConfigError(f"{option}: unknown preset {name!r}; valid: {', '.join(presets)}")
-    return dataclasses.replace(presets[name])  # type: ignore[type-var]
+    # A deep copy: later overrides must never change the preset table itself.
+    return copy.deepcopy(presets[name])
 
 
 def _check_type(value: Any, hint: Any) -> bool:
@@ -151,16 +155,34 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], source: str) -> T:
         hint = hints[k]
         if not _check_type(value, hint):
             raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected {_hint_name(hint)}")
-        if isinstance(value, list) and typing.get_origin(hint) is tuple:
+        if isinstance(value, list) and _origin_in(hint, tuple):
             value = tuple(value)
+        if isinstance(value, int) and not isinstance(value, bool) and _accepts_float_not_int(hint):
+            value = float(value)  # TOML `power = 300` for a float field stays a float
         if hint is Path or (isinstance(value, str) and Path in typing.get_args(hint)):
             value = Path(value)
         changes[k] = value
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
+def _origin_in(hint: Any, origin: type) -> bool:
+    if typing.get_origin(hint) is origin:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and any(typing.get_origin(h) is origin for h in typing.get_args(hint))
+
+
+def _accepts_float_not_int(hint: Any) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return float in options and int not in options
+
+
 def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """``int``, ``list[str]``, ``int | None``, ``Literal['a', 'b']`` (what a user can read)."""
+    if typing.get_origin(hint) is None and isinstance(hint, type):
+        return hint.__name__
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_hint_name(h) for h in typing.get_args(hint))
+    return str(hint).replace("typing.", "").replace("pathlib.", "")
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,0 +1,40 @@
+"""Shared fixtures: every test gets its own results root and fresh device probes.
+
+``CHARBENCH_HOME`` points at a per-test temporary folder (so no test writes under the
+working directory), ``--debug`` state is cleared, and the cached device probes of
+:mod:`charbench.device` are reset before and after each test (so a test that fakes a
+missing package cannot leak its answer into the next one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+
+def _clear_probe_caches() -> None:
+    from charbench import device
+
+    for name in dir(device):
+        fn = getattr(device, name)
+        if callable(fn) and hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolate_charbench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point CHARBENCH_HOME at tmp_path/home, clear debug mode and the probe caches."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHARBENCH_HOME", str(home))
+    monkeypatch.delenv("CHARBENCH_DEBUG", raising=False)
+    _clear_probe_caches()
+    yield home
+    _clear_probe_caches()
+
+
+@pytest.fixture
+def charbench_home(_isolate_charbench: Path) -> Path:
+    """The isolated results root of this test (``$CHARBENCH_HOME``)."""
+    return _isolate_charbench
