@@ -236,6 +236,16 @@ def _map_engine_error(state: _ServerState, exc: BaseException) -> OpenAIError:
     """Translate an exception raised by the engine for one request."""
     if isinstance(exc, OpenAIError):
         return exc
+    # Matched by name so this module does not import the engine (and torch).
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "QueueFullError" in names:
+        state.counters.rejected_queue_full_total += 1
+        return OpenAIError(
+            f"server overloaded: {exc}", status_code=429, type="rate_limit_error", code="queue_full"
+        )
+    if "EngineDeadError" in names:
+        state.counters.rejected_unavailable_total += 1
+        return OpenAIError(str(exc), status_code=503, type="service_unavailable", code="engine_unavailable")
     if isinstance(exc, (ConfigError, ValueError)):  # PromptTooLongError is a ConfigError
         state.counters.rejected_invalid_total += 1
         return OpenAIError(str(exc), param="prompt" if "prompt" in str(exc).lower() else None)
@@ -318,6 +328,10 @@ async def _admit(
     return gen
 
 
+class _ClientGone(Exception):
+    """The client of a non-streaming request disconnected before its answer was ready."""
+
+
 async def _wait_disconnect(receive: Receive) -> None:
     """Return once the client has disconnected (body already consumed)."""
     while True:
@@ -348,7 +362,7 @@ async def _collect(gen: _Generation, request: Request) -> RequestOutput:
             return work.result()
         gen.close(client_gone=True)
         work.cancel()
-        raise asyncio.CancelledError("client disconnected")
+        raise _ClientGone()
     finally:
         watch.cancel()
         if not work.done():
@@ -612,8 +626,9 @@ async def _generate(
     created = int(time.time())
     try:
         final = await _collect(gen, request)
-    except asyncio.CancelledError:
-        raise
+    except _ClientGone:
+        # nobody reads this (nginx's "client closed request" code, for logs)
+        return Response(status_code=499)
     except Exception as exc:
         raise _map_engine_error(state, exc) from None
     finally:

@@ -1,0 +1,225 @@
+"""Benchmark: HTTP streaming through ``charbench serve`` vs the in-process engine.
+
+Target: at 16 concurrent streams, the output tokens/s a client receives over HTTP (SSE,
+one event per token) is >= 90% of what the same engine delivers in process, with the
+same prompts and output lengths forced with ``ignore_eos`` + ``min_tokens``.
+
+Run::
+
+    .venv/bin/python tests/perf/bench_server.py --model tiny --json-out bench_server.json
+
+The in-process figure runs ``AsyncLLMEngine.generate`` in this process; the HTTP figure
+starts ``python -m charbench serve`` as a subprocess and drives it with an async httpx
+client from this process. Each measurement is repeated (``--repeats``) after a discarded
+warm-up round; the median round is reported. Caveat: on a small shared CPU machine the
+client process, the server's event loop and the engine's torch threads compete for the
+same cores, so the ratio includes client-side CPU cost, not only server overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from charbench.engine.api import EngineConfig, SamplingParams
+
+TARGET_RATIO = 0.90
+
+
+def _prompts(n: int, prompt_len: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """``n`` token-id prompts of ``prompt_len`` tokens (ids >= 3 avoid special tokens)."""
+    rng = random.Random(seed)
+    hi = min(vocab_size, 259) - 1
+    return [[rng.randint(3, hi) for _ in range(prompt_len)] for _ in range(n)]
+
+
+def _params(output_len: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=output_len, min_tokens=output_len, temperature=0.0, ignore_eos=True
+    )
+
+
+async def _in_process_round(engine: Any, prompts: list[list[int]], output_len: int, tag: str) -> dict[str, float]:
+    async def one(i: int, prompt: list[int]) -> int:
+        n = 0
+        async for out in engine.generate(prompt, _params(output_len), f"{tag}-{i}"):
+            n = len(out.token_ids)
+        return n
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    wall = time.perf_counter() - t0
+    return {"output_tokens": float(sum(counts)), "wall_s": wall, "tokens_per_s": sum(counts) / wall}
+
+
+def measure_in_process(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeats: int) -> list[dict[str, float]]:
+    """Rounds of ``len(prompts)`` concurrent generations on an in-process AsyncLLMEngine."""
+    from charbench.engine.engine import AsyncLLMEngine
+
+    engine = AsyncLLMEngine(cfg)
+    engine.start()
+    try:
+        async def run() -> list[dict[str, float]]:
+            await _in_process_round(engine, prompts, output_len, "warm")
+            return [await _in_process_round(engine, prompts, output_len, f"r{k}") for k in range(repeats)]
+
+        return asyncio.run(run())
+    finally:
+        engine.shutdown()
+
+
+async def _http_round(url: str, model: str, prompts: list[list[int]], output_len: int) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=len(prompts) + 4, max_keepalive_connections=len(prompts) + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def one(prompt: list[int]) -> tuple[int, int]:
+            body = {
+                "model": model, "prompt": prompt, "max_tokens": output_len, "min_tokens": output_len,
+                "ignore_eos": True, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            events = 0
+            usage = -1
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"]:
+                        events += 1
+                    elif chunk.get("usage"):
+                        usage = chunk["usage"]["completion_tokens"]
+            return events, usage
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(p) for p in prompts))
+        wall = time.perf_counter() - t0
+    events = sum(e for e, _ in results)
+    usage = sum(u for _, u in results)
+    if events != usage:
+        raise RuntimeError(f"SSE events ({events}) != usage completion_tokens ({usage})")
+    return {"output_tokens": float(usage), "wall_s": wall, "tokens_per_s": usage / wall}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure_http(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeats: int) -> list[dict[str, float]]:
+    """Rounds of concurrent SSE streams against a ``charbench serve`` subprocess."""
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "charbench", "serve", "--model", cfg.model, "--device", cfg.device,
+        "--dtype", cfg.dtype, "--port", str(port), "--max-num-seqs", str(cfg.max_num_seqs),
+        "--max-num-batched-tokens", str(cfg.max_num_batched_tokens), "--log-level", "warning",
+    ]
+    if cfg.kv_cache_gb is not None:
+        cmd += ["--kv-cache-gb", str(cfg.kv_cache_gb)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"charbench serve exited with {proc.returncode}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("charbench serve did not become healthy in 300 s")
+            time.sleep(0.2)
+        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+
+        async def run() -> list[dict[str, float]]:
+            await _http_round(url, model, prompts, output_len)
+            return [await _http_round(url, model, prompts, output_len) for _ in range(repeats)]
+
+        return asyncio.run(run())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements, print the figures and the ratio to the target."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny", help="engine preset (tiny or small on CPU)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--kv-cache-gb", type=float, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    cfg = EngineConfig(
+        model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
+    )
+    # byte-level presets have 259 ids; ids below 259 are valid in any vocabulary we serve
+    prompts = _prompts(args.concurrency, args.prompt_len, 259, args.seed)
+
+    inproc = measure_in_process(cfg, prompts, args.output_len, args.repeats)
+    http = measure_http(cfg, prompts, args.output_len, args.repeats)
+    inproc_tps = statistics.median(r["tokens_per_s"] for r in inproc)
+    http_tps = statistics.median(r["tokens_per_s"] for r in http)
+    ratio = http_tps / inproc_tps
+    result = {
+        "benchmark": "server_streaming_vs_in_process",
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "concurrency": args.concurrency,
+        "prompt_len_tokens": args.prompt_len,
+        "output_len_tokens": args.output_len,
+        "cpu_count": os.cpu_count(),
+        "in_process_rounds": inproc,
+        "http_rounds": http,
+        "in_process_tokens_per_s": inproc_tps,
+        "http_tokens_per_s": http_tps,
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+    }
+    print(f"model={args.model} device={args.device} concurrency={args.concurrency} "
+          f"prompt={args.prompt_len} output={args.output_len} tokens, {args.repeats} rounds (median)")
+    print(f"in-process engine : {inproc_tps:10.1f} output tokens/s  rounds: "
+          + ", ".join(f"{r['tokens_per_s']:.1f}" for r in inproc))
+    print(f"HTTP SSE (serve)  : {http_tps:10.1f} output tokens/s  rounds: "
+          + ", ".join(f"{r['tokens_per_s']:.1f}" for r in http))
+    print(f"ratio HTTP/in-process = {ratio:.3f} (target >= {TARGET_RATIO:.2f}: "
+          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}; {ratio / TARGET_RATIO:.2f}x of target)")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
