@@ -1,0 +1,304 @@
+"""Open an HTML file in headless Chromium and report its DOM and console errors.
+
+::
+
+    from tests.browser.chromium import find_chromium, render_file, Chromium
+
+    dom, errors = render_file(Path("report.html"))       # one page, one browser
+    with Chromium() as browser:                           # several pages, one browser
+        for page in pages:
+            dom, errors = browser.render(page)
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+commands go to the browser's fd 3, answers and events come back on its fd 4, each JSON
+message ends with a NUL byte), so nothing beyond the standard library is needed and no
+port is opened. Errors are typed by the protocol itself, which the ``--enable-logging``
+stderr text is not: every console message is logged there at INFO level.
+
+What counts as a console error: an uncaught exception or unhandled rejection
+(``Runtime.exceptionThrown``), ``console.error``/``console.assert`` calls
+(``Runtime.consoleAPICalled``) and browser log entries of level error, such as a
+resource that failed to load (``Log.entryAdded``).
+
+The browser binary is ``$CHARBENCH_CHROMIUM`` when set, else the first of ``chromium``,
+``chromium-browser``, ``google-chrome`` on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+#: JavaScript that is true once every plotly div holds a drawn SVG (or there is none).
+PLOTS_DRAWN_JS = (
+    "(() => { const d = Array.from(document.querySelectorAll('div.plot'));"
+    " return d.every(e => e.querySelector('svg.main-svg') !== null); })()"
+)
+
+
+class ChromiumError(RuntimeError):
+    """The browser could not be started or stopped answering."""
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium binary, or None when there is none."""
+    env = os.environ.get("CHARBENCH_CHROMIUM")
+    if env:
+        return shutil.which(env) or (env if os.path.isfile(env) else None)
+    for name in CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class Chromium:
+    """One headless Chromium process driven over ``--remote-debugging-pipe``.
+
+    Args:
+        binary: browser executable (default :func:`find_chromium`).
+        timeout_s: longest wait for one protocol answer or one page load.
+    """
+
+    def __init__(self, binary: str | None = None, timeout_s: float = 30.0) -> None:
+        self.binary = binary or find_chromium()
+        if not self.binary:
+            raise ChromiumError("no chromium on PATH (install it, e.g. apt-get install chromium, or set CHARBENCH_CHROMIUM)")
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._profile: str | None = None
+        self._next_id = 0
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._closed = False
+        self.stderr_path: str | None = None
+
+    # -- process -------------------------------------------------------------
+    def start(self) -> Chromium:
+        """Start the browser."""
+        self._profile = tempfile.mkdtemp(prefix="charbench-chromium-")
+        to_child_r, to_child_w = os.pipe()  # browser reads commands on its fd 3
+        from_child_r, from_child_w = os.pipe()  # browser writes answers on its fd 4
+
+        def _child_fds() -> None:
+            # dup first so the later dup2 calls cannot clobber a source fd numbered 3 or 4
+            a, b = os.dup(to_child_r), os.dup(from_child_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        args = [
+            self.binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+            f"--user-data-dir={self._profile}", "--no-first-run", "--no-default-browser-check",
+            "--disable-extensions", "--mute-audio", "--allow-file-access-from-files",
+            "--window-size=1280,900", "about:blank",
+        ]
+        self.stderr_path = os.path.join(self._profile, "stderr.txt")
+        with open(self.stderr_path, "wb") as err:
+            self._proc = subprocess.Popen(  # noqa: S603 - fixed argument list
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                close_fds=False, preexec_fn=_child_fds,  # noqa: PLW1509 - fd remapping needs it
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._wfd = to_child_w
+        self._rfd = from_child_r
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
+        self.call("Browser.getVersion")  # fails fast when the pipe is not spoken
+        return self
+
+    def close(self) -> None:
+        """Close the browser and remove its profile folder."""
+        if self._closed:
+            return
+        self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                self._send("Browser.close", {}, None)
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=5)
+        for fd in (getattr(self, "_wfd", None), getattr(self, "_rfd", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self._profile:
+            shutil.rmtree(self._profile, ignore_errors=True)
+
+    def __enter__(self) -> Chromium:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- protocol ------------------------------------------------------------
+    def _read_loop(self) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self._rfd, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                with self._cond:
+                    self._closed_pipe = True
+                    self._cond.notify_all()
+                return
+            buf += chunk
+            while b"\0" in buf:
+                raw, buf = buf.split(b"\0", 1)
+                msg = json.loads(raw.decode("utf-8"))
+                if "id" in msg:
+                    with self._cond:
+                        self._answers[msg["id"]] = msg
+                        self._cond.notify_all()
+                else:
+                    self._events.put(msg)
+
+    def _send(self, method: str, params: dict[str, Any], session: str | None) -> int:
+        self._next_id += 1
+        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = session
+        data = json.dumps(msg).encode("utf-8") + b"\0"
+        while data:
+            n = os.write(self._wfd, data)
+            data = data[n:]
+        return self._next_id
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+        """Send one protocol command and wait for its result.
+
+        Raises:
+            ChromiumError: the browser answered with an error, exited, or did not answer in time.
+        """
+        mid = self._send(method, params or {}, session)
+        deadline = time.monotonic() + self.timeout_s
+        with self._cond:
+            while mid not in self._answers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChromiumError(f"no answer to {method} within {self.timeout_s:g} s")
+                if getattr(self, "_closed_pipe", False):
+                    raise ChromiumError(f"chromium exited before answering {method}; see {self.stderr_path}")
+                self._cond.wait(min(left, 0.2))
+            msg = self._answers.pop(mid)
+        if "error" in msg:
+            raise ChromiumError(f"{method}: {msg['error']}")
+        return msg.get("result", {})
+
+    # -- pages ---------------------------------------------------------------
+    def render(self, html_file: Path, settle_s: float = 5.0) -> tuple[str, list[str]]:
+        """Load a file, wait until its plots are drawn, return ``(dom_html, console_errors)``.
+
+        Args:
+            html_file: the page to open.
+            settle_s: longest wait after the load event for every ``div.plot`` to hold an SVG.
+        """
+        url = Path(html_file).resolve().as_uri()
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        errors: list[str] = []
+        try:
+            for domain in ("Runtime", "Log", "Page"):
+                self.call(f"{domain}.enable", {}, session)
+            self._drain(session, errors)
+            self.call("Page.navigate", {"url": url}, session)
+            self._wait_event(session, "Page.loadEventFired", errors)
+            deadline = time.monotonic() + settle_s
+            while True:
+                done = self.call("Runtime.evaluate", {"expression": PLOTS_DRAWN_JS, "returnByValue": True}, session)
+                if done.get("result", {}).get("value") is True or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            dom = self.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session)
+            self._drain(session, errors)
+        finally:
+            self.call("Target.closeTarget", {"targetId": target})
+        return str(dom.get("result", {}).get("value", "")), errors
+
+    def _wait_event(self, session: str, method: str, errors: list[str]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChromiumError(f"no {method} within {self.timeout_s:g} s")
+            try:
+                ev = self._events.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                if getattr(self, "_closed_pipe", False):
+                    raise ChromiumError(f"chromium exited while waiting for {method}; see {self.stderr_path}") from None
+                continue
+            if ev.get("sessionId") != session:
+                continue
+            self._collect(ev, errors)
+            if ev.get("method") == method:
+                return
+
+    def _drain(self, session: str, errors: list[str]) -> None:
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if ev.get("sessionId") == session:
+                self._collect(ev, errors)
+
+    @staticmethod
+    def _collect(ev: dict[str, Any], errors: list[str]) -> None:
+        method, p = ev.get("method"), ev.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            text = (d.get("exception") or {}).get("description") or d.get("text", "exception")
+            errors.append(f"uncaught: {text} ({d.get('url', '')}:{d.get('lineNumber', '?')})")
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            parts = [str(a.get("value", a.get("description", a.get("type")))) for a in p.get("args", [])]
+            errors.append(f"console.{p.get('type')}: {' '.join(parts)}")
+        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            e = p["entry"]
+            errors.append(f"log {e.get('source')}: {e.get('text')} {e.get('url', '')}".strip())
+
+
+def render_file(html_file: Path, timeout_s: float = 30.0) -> tuple[str, list[str]]:
+    """Open one HTML file in a fresh headless Chromium; return ``(dom_html, console_errors)``."""
+    with Chromium(timeout_s=timeout_s) as browser:
+        return browser.render(html_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/browser/chromium.py PAGE.html...``: print each page's console errors; exit 1 on any."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("pages", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    bad = 0
+    with Chromium() as browser:
+        for page in args.pages:
+            dom, errors = browser.render(page)
+            plots = dom.count('class="plot"')
+            print(f"{page}: {len(errors)} console error(s), {plots} plot div(s)")
+            for e in errors:
+                print(f"  {e}")
+            bad += bool(errors)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
