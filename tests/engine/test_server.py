@@ -499,3 +499,150 @@ def test_engine_refusal_maps_to_400() -> None:
         assert r.status_code == 400, r.text
         assert "max_model_len is 10" in r.json()["error"]["message"]
         assert eng.num_waiting == 0 and served.server.server.started
+
+
+# --------------------------------------------------------------------------- real engine (tiny)
+
+
+def _real_engine(**overrides: object):  # type: ignore[no-untyped-def]
+    """A started AsyncLLMEngine with the tiny preset on CPU, or skip when unavailable."""
+    from charbench.engine.api import EngineConfig
+
+    try:
+        from charbench.engine.engine import AsyncLLMEngine
+    except ImportError as exc:
+        pytest.skip(f"engine not importable yet: {exc}")
+    kw: dict[str, object] = dict(model="tiny", device="cpu", max_model_len=256, kv_cache_gb=0.02, seed=0)
+    kw.update(overrides)
+    try:
+        engine = AsyncLLMEngine(EngineConfig(**kw))  # type: ignore[arg-type]
+    except ImportError as exc:
+        pytest.skip(f"engine not buildable yet: {exc}")
+    engine.start()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[Served]:
+    engine = _real_engine()
+    try:
+        app = build_app(engine, max_queue=64)
+        with BackgroundServer(app) as srv:
+            yield Served(engine, srv)  # type: ignore[arg-type]
+    finally:
+        engine.shutdown()
+
+
+def test_real_completion_stream_matches_non_stream(real: Served) -> None:
+    client = real.client()
+    name = real.engine.model_config.name
+    kw_extra = {"ignore_eos": True}  # vLLM extension: forces the output length
+    kw: dict[str, object] = dict(model=name, prompt="The quick brown fox", max_tokens=12, temperature=0)
+    r = client.completions.create(**kw, extra_body=kw_extra)  # type: ignore[arg-type]
+    n_prompt = len(real.engine.tokenizer.encode("The quick brown fox", add_bos=True))
+    assert r.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (n_prompt, 12, n_prompt + 12)
+    assert r.choices[0].finish_reason == "length"
+    chunks = list(
+        client.completions.create(**kw, stream=True, stream_options={"include_usage": True}, extra_body=kw_extra)  # type: ignore[arg-type]
+    )
+    text_chunks = [c for c in chunks if c.choices]
+    assert len(text_chunks) == 12  # one event per token
+    assert "".join(c.choices[0].text for c in text_chunks) == r.choices[0].text  # greedy: same text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    # token-id prompts are accepted as-is
+    ids = real.engine.tokenizer.encode("The quick brown fox", add_bos=True)
+    r2 = client.completions.create(model=name, prompt=ids, max_tokens=12, temperature=0, extra_body=kw_extra)
+    assert r2.choices[0].text == r.choices[0].text and r2.usage is not None and r2.usage.prompt_tokens == n_prompt
+
+
+def test_real_chat(real: Served) -> None:
+    client = real.client()
+    msgs = [{"role": "user", "content": "hello"}]
+    body = {"ignore_eos": True, "min_tokens": 5}
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_completion_tokens=5, temperature=0, extra_body=body)  # type: ignore[arg-type]
+    assert r.choices[0].message.role == "assistant" and r.usage is not None and r.usage.completion_tokens == 5
+    chunks = list(
+        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5, temperature=0, stream=True, extra_body=body)  # type: ignore[arg-type]
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_real_concurrent_8_clients(real: Served) -> None:
+    async def one(client: openai.AsyncOpenAI, i: int) -> int:
+        kw = dict(model="tiny", prompt=f"client {i} says", max_tokens=8 + i, temperature=0.8, seed=i,
+                  extra_body={"ignore_eos": True})
+        if i % 2:
+            r = await client.completions.create(**kw)  # type: ignore[arg-type]
+            assert r.usage is not None
+            return r.usage.completion_tokens
+        stream = await client.completions.create(**kw, stream=True, stream_options={"include_usage": True})  # type: ignore[arg-type]
+        usage = [c.usage async for c in stream if c.usage is not None]
+        return usage[0].completion_tokens
+
+    async def main() -> list[int]:
+        async with openai.AsyncOpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
+
+    assert asyncio.run(main()) == [8 + i for i in range(8)]
+
+
+def test_real_errors_and_metrics(real: Served) -> None:
+    limit = real.engine.max_model_len
+    r = httpx.post(real.url + "/v1/completions", json={"prompt": "x" * (limit + 10), "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert str(limit) in r.json()["error"]["message"] and str(limit + 11) in r.json()["error"]["message"]
+    r = httpx.post(real.url + "/v1/completions", content=b'{"prompt": "a",', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(real.url + "/v1/completions", json={"prompt": [1, 10**6], "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    vals = parse_prometheus(httpx.get(real.url + "/metrics").text)
+    assert metric(vals, "charbench_kv_cache_blocks_total") > 0
+    assert 0.0 <= metric(vals, "charbench_kv_cache_usage_ratio") <= 1.0
+    assert metric(vals, "charbench_requests_finished_total") >= 1
+    assert metric(vals, "charbench_generation_tokens_total") >= 1
+
+
+def test_real_records_match_usage(real: Served) -> None:
+    r = real.client().completions.create(model="tiny", prompt="abc", max_tokens=6, extra_body={"ignore_eos": True})
+    data = httpx.get(real.url + "/v1/charbench/records", params={"ids": r.id}).json()["data"]
+    assert len(data) == 1
+    rec = data[0]
+    assert rec["output_tokens"] == 6 and len(rec["token_times_s"]) == 6 and rec["finish_reason"] == "length"
+    assert r.usage is not None and rec["prompt_tokens"] == r.usage.prompt_tokens
+    assert rec["ttft_ms"] is not None and rec["ttft_ms"] > 0 and rec["tpot_ms"] is not None
+
+
+def test_real_disconnect_frees_blocks(real: Served) -> None:
+    eng = real.engine
+    body = {"prompt": "stream me", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", real.url + "/v1/completions", json=body, timeout=30) as r:
+        it = r.iter_raw()
+        got = b""
+        while got.count(b"data: ") < 3:
+            got += next(it)
+        req_id = json.loads(got.split(b"\n\n")[0][6:])["id"]
+        assert eng.stats().kv_blocks_used > 0
+    assert _wait_until(lambda: eng.stats().kv_blocks_used == 0 and eng.stats().num_running == 0, 10)
+    rec = httpx.get(real.url + "/v1/charbench/records", params={"ids": req_id}).json()["data"][0]
+    assert rec["aborted_by_client"] is True and rec["output_tokens"] < 200
+
+
+def test_real_queue_full_429() -> None:
+    engine = _real_engine(max_num_seqs=1, max_queue=1000)
+    try:
+        with BackgroundServer(build_app(engine, max_queue=1)) as srv:
+
+            async def main() -> list[int]:
+                async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+                    async def one() -> int:
+                        r = await c.post("/v1/completions", json={"prompt": "q", "max_tokens": 48, "ignore_eos": True})
+                        return r.status_code
+                    return await asyncio.gather(*(one() for _ in range(6)))
+
+            codes = asyncio.run(main())
+            assert set(codes) <= {200, 429} and codes.count(429) >= 1 and codes.count(200) >= 2, codes
+    finally:
+        engine.shutdown()

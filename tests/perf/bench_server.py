@@ -40,10 +40,11 @@ TARGET_RATIO = 0.90
 
 
 def _prompts(n: int, prompt_len: int, vocab_size: int, seed: int) -> list[list[int]]:
-    """``n`` token-id prompts of ``prompt_len`` tokens (ids >= 3 avoid special tokens)."""
+    """``n`` token-id prompts of ``prompt_len`` tokens (printable-ASCII byte ids, valid and
+    non-special for the byte tokenizer and within any larger vocabulary)."""
     rng = random.Random(seed)
-    hi = min(vocab_size, 259) - 1
-    return [[rng.randint(3, hi) for _ in range(prompt_len)] for _ in range(n)]
+    hi = min(vocab_size - 1, 126)
+    return [[rng.randint(32, hi) for _ in range(prompt_len)] for _ in range(n)]
 
 
 def _params(output_len: int) -> SamplingParams:
@@ -183,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
     )
-    # byte-level presets have 259 ids; ids below 259 are valid in any vocabulary we serve
-    prompts = _prompts(args.concurrency, args.prompt_len, 259, args.seed)
+    prompts = _prompts(args.concurrency, args.prompt_len, 258, args.seed)
 
     inproc = measure_in_process(cfg, prompts, args.output_len, args.repeats)
     http = measure_http(cfg, prompts, args.output_len, args.repeats)
