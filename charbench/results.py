@@ -129,12 +129,16 @@ class RunStore:
         stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
         name = f"{stamp}-{_slug(label)}" if _slug(label) else stamp
         base = Path(out) / study
+        base.mkdir(parents=True, exist_ok=True)
         path = base / name
         n = 1
-        while path.exists():
-            n += 1
-            path = base / f"{name}-{n}"
-        path.mkdir(parents=True)
+        while True:  # two runs started in the same second get -2, -3, ... (mkdir is the lock)
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = base / f"{name}-{n}"
         run_meta = {
             "study": study,
             "label": label,
@@ -165,7 +169,12 @@ class RunStore:
         meta_file = path / RUN_META
         if not meta_file.is_file():
             raise RunStoreError(f"{path} is not a charbench run folder (no {RUN_META}); pass a folder made by a charbench study")
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunStoreError(f"{path}: {RUN_META} is unreadable ({exc}); the run folder is damaged") from exc
+        if not isinstance(meta, dict) or "study" not in meta:
+            raise RunStoreError(f"{path}: {RUN_META} has no 'study'; the run folder is damaged")
         if study is not None and meta.get("study") != study:
             raise RunStoreError(f"--resume {path}: that run is from '{meta.get('study')}', not '{study}'")
         return cls(path, meta)
@@ -177,13 +186,14 @@ class RunStore:
         return str(self.meta["study"])
 
     def config(self) -> dict[str, Any]:
-        """The resolved config of the run."""
-        return json.loads((self.path / "config.json").read_text())
+        """The resolved config of the run ({} when config.json is missing)."""
+        p = self.path / "config.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
     def env(self) -> dict[str, Any]:
         """The environment inventory recorded at the start."""
         p = self.path / "env.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
     def _write_meta(self) -> None:
         atomic_write_json(self.path / RUN_META, self.meta)
@@ -223,19 +233,22 @@ class RunStore:
 
     def append_record(self, record: dict[str, Any]) -> None:
         """Add one completed point and rewrite results.parquet/.csv atomically."""
-        if "point_key" not in record:
-            raise ValueError("a record needs a point_key")
-        recs = self.records()
-        recs.append(dict(record))
-        self._write_results(recs)
-        self.update_meta(points_done=len(recs), points_failed=len(self.failures()))
+        self.append_records([record])
 
     def append_records(self, records: list[dict[str, Any]]) -> None:
-        """Add several records with one write (e.g. one point that yields many rows)."""
+        """Add several records with one write (e.g. one point that yields many rows).
+
+        Raises:
+            ValueError: a record has no ``point_key``.
+        """
+        if any("point_key" not in r for r in records):
+            raise ValueError("a record needs a point_key")
         recs = self.records()
-        recs.extend(dict(r) for r in records)
-        self._write_results(recs)
-        self.update_meta(points_done=len({r['point_key'] for r in recs}), points_failed=len(self.failures()))
+        new = recs + [dict(r) for r in records]
+        self._write_results(new)
+        # Only after both files are on disk does the in-memory list change (a failed write keeps it in step).
+        recs[:] = new
+        self.update_meta(points_done=len({r["point_key"] for r in recs}), points_failed=len(self.failures()))
 
     def _write_results(self, recs: list[dict[str, Any]]) -> None:
         import io
@@ -273,7 +286,7 @@ class RunStore:
     # -- failures -----------------------------------------------------------
     def record_failure(self, point_key: str, exc: BaseException, params: dict[str, Any] | None = None) -> Path:
         """Write ``failures/<point>.json`` with the error type, message and traceback."""
-        p = self.path / FAILURES_DIR / f"{point_key}.json"
+        p = self.failure_path(point_key)
         atomic_write_json(
             p,
             {
@@ -288,18 +301,34 @@ class RunStore:
         self.update_meta(points_failed=len(self.failures()))
         return p
 
+    def failure_path(self, point_key: str) -> Path:
+        """``failures/<point>.json``; over-long keys are shortened with a hash (file-name limits)."""
+        name = point_key or "_"
+        if len(name.encode("utf-8")) > 180:
+            import hashlib
+
+            name = name[:160] + "-" + hashlib.sha1(point_key.encode("utf-8")).hexdigest()[:12]
+        return self.path / FAILURES_DIR / f"{name}.json"
+
     def clear_failure(self, point_key: str) -> None:
         """Forget an earlier failure of a point that now succeeded (after --resume)."""
-        p = self.path / FAILURES_DIR / f"{point_key}.json"
+        p = self.failure_path(point_key)
         if p.exists():
             p.unlink()
+            self.update_meta(points_failed=len(self.failures()))
 
     def failures(self) -> list[dict[str, Any]]:
         """Every recorded failure."""
         d = self.path / FAILURES_DIR
         if not d.is_dir():
             return []
-        return [json.loads(f.read_text()) for f in sorted(d.glob("*.json"))]
+        out = []
+        for f in sorted(d.glob("*.json")):
+            try:
+                out.append(json.loads(f.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a damaged failure record must not hide the others
+        return out
 
 
 def _from_pandas(v: Any) -> Any:
@@ -322,7 +351,7 @@ def list_runs(out: Path) -> list[RunStore]:
     for meta in sorted(out.glob(f"*/*/{RUN_META}")):
         try:
             runs.append(RunStore.open(meta.parent))
-        except (RunStoreError, json.JSONDecodeError):
+        except RunStoreError:
             continue
     runs.sort(key=lambda r: (str(r.meta.get("started")), r.path.name))
     return runs

@@ -1,0 +1,182 @@
+"""Run records: folder layout, atomic writes, records/failures/samples, null-not-zero."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from charbench import results
+from charbench.errors import RunStoreError
+from charbench.results import RunStore, atomic_write_json, atomic_write_text, list_runs
+
+NOW = dt.datetime(2026, 3, 1, 12, 30, 5)
+
+
+def _store(out: Path, label: str = "a100 <x>", **kw: object) -> RunStore:
+    return RunStore.create(out, "gemm-power", label=label, config={"n": 1}, env={"python": "3.11"}, meta={"k": "v"}, now=NOW, **kw)  # type: ignore[arg-type]
+
+
+def test_create_layout_and_metadata(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert store.path == tmp_path / "gemm-power" / "20260301-123005-a100-x"
+    assert sorted(p.name for p in store.path.iterdir()) == ["config.json", "env.json", "run.json"]
+    meta = json.loads((store.path / "run.json").read_text())
+    assert meta["study"] == "gemm-power" and meta["label"] == "a100 <x>" and meta["status"] == "running"
+    assert meta["meta"] == {"k": "v"} and meta["run_id"] == "20260301-123005-a100-x"
+    assert store.config() == {"n": 1} and store.env() == {"python": "3.11"}
+    # same second, same label: a second folder, never a shared one
+    again = _store(tmp_path)
+    assert again.path.name == "20260301-123005-a100-x-2"
+    assert _store(tmp_path, label="").path.name == "20260301-123005"
+
+
+def test_records_roundtrip_parquet_and_csv(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.append_record({"point_key": "n=1", "n": 1, "energy_j": 2.5, "time_s": 0.1, "dtype": "fp16"})
+    store.append_records([{"point_key": "n=2", "n": 2, "energy_j": 3.0, "time_s": 0.2, "dtype": "bf16"}, {"point_key": "n=2", "n": 2, "energy_j": 3.5, "time_s": 0.2, "dtype": "bf16"}])
+    assert store.meta["points_done"] == 2  # two distinct points, three rows
+    df = pd.read_parquet(store.path / "results.parquet")
+    assert list(df["energy_j"]) == [2.5, 3.0, 3.5]
+    csv = pd.read_csv(store.path / "results.csv")
+    assert list(csv.columns) == ["point_key", "n", "energy_j", "time_s", "dtype"]
+    assert list(csv["dtype"]) == ["fp16", "bf16", "bf16"]
+    reopened = RunStore.open(store.path, study="gemm-power")
+    assert reopened.completed_keys() == {"n=1", "n=2"}
+    assert reopened.records()[0] == {"point_key": "n=1", "n": 1, "energy_j": 2.5, "time_s": 0.1, "dtype": "fp16"}
+    with pytest.raises(ValueError, match="point_key"):
+        store.append_record({"energy_j": 1.0})
+
+
+def test_unmeasured_energy_is_null_not_zero(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    reasons = json.dumps({"energy_j": "RAPL unreadable: permission denied"})
+    store.append_record({"point_key": "a", "energy_j": None, "avg_power_w": None, "time_s": 1.0, "null_reasons": reasons})
+    store.append_record({"point_key": "b", "energy_j": None, "avg_power_w": None, "time_s": 2.0, "null_reasons": reasons})
+    df = pd.read_parquet(store.path / "results.parquet")
+    assert df["energy_j"].isna().all() and df["avg_power_w"].isna().all()
+    assert (df["energy_j"].fillna(-1) != 0).all()
+    lines = (store.path / "results.csv").read_text().splitlines()
+    assert lines[0].split(",")[:4] == ["point_key", "energy_j", "avg_power_w", "time_s"]
+    assert lines[1].startswith("a,,,1.0,")  # empty cells, never 0
+    assert json.loads(df["null_reasons"][0])["energy_j"].startswith("RAPL unreadable")
+    assert RunStore.open(store.path).records()[0]["energy_j"] is None
+
+
+def test_mixed_and_nested_values_stay_flat(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.append_record({"point_key": "a", "shape": [1, 2], "extra": {"x": 1}, "knob": 1})
+    store.append_record({"point_key": "b", "shape": [3, 4], "extra": None, "knob": "auto"})
+    df = pd.read_parquet(store.path / "results.parquet")
+    assert list(df["shape"]) == ["[1, 2]", "[3, 4]"]
+    assert df["extra"][0] == '{"x": 1}' and pd.isna(df["extra"][1])
+    assert list(df["knob"]) == ["1", "auto"]
+
+
+def test_failures_written_listed_and_cleared(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        raise RuntimeError("NaN in output")
+    except RuntimeError as exc:
+        p = store.record_failure("dtype=fp8", exc, {"dtype": "fp8"})
+    assert p == store.path / "failures" / "dtype=fp8.json"
+    f = json.loads(p.read_text())
+    assert f["error_type"] == "RuntimeError" and f["message"] == "NaN in output" and f["params"] == {"dtype": "fp8"}
+    assert "Traceback" in f["traceback"] and "NaN in output" in f["traceback"]
+    assert store.meta["points_failed"] == 1 and len(store.failures()) == 1
+    (store.path / "failures" / "junk.json").write_text("{not json")
+    assert [x["point_key"] for x in store.failures()] == ["dtype=fp8"]
+    store.clear_failure("dtype=fp8")
+    assert not p.exists() and store.meta["points_failed"] == 0
+    assert json.loads((store.path / "run.json").read_text())["points_failed"] == 0
+
+
+def test_long_point_key_failure_file_name(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = ",".join(f"knob{i}=value{i}" for i in range(40))
+    p = store.record_failure(key, ValueError("x"))
+    assert p.exists() and len(p.name) < 200
+    assert json.loads(p.read_text())["point_key"] == key
+    store.clear_failure(key)
+    assert not p.exists()
+
+
+def test_samples(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert store.samples_frame() is None
+    store.write_samples([])
+    assert not (store.path / "samples.parquet").exists()
+    store.write_samples([{"t_s": 0.0, "gpu0_power_w": 100.0}, {"t_s": 0.1, "gpu0_power_w": None}])
+    s = store.samples_frame()
+    assert list(s["t_s"]) == [0.0, 0.1] and pd.isna(s["gpu0_power_w"][1])
+
+
+def test_finish_and_list_runs(tmp_path: Path) -> None:
+    a = _store(tmp_path, label="a")
+    b = RunStore.create(tmp_path, "serving", label="b", config={}, env={}, now=NOW + dt.timedelta(seconds=1))
+    a.update_meta(points_total=3)
+    a.finish("interrupted")
+    meta = json.loads((a.path / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["finished"] and meta["points_total"] == 3
+    (tmp_path / "serving" / "broken").mkdir()
+    (tmp_path / "serving" / "broken" / "run.json").write_text("{oops")
+    assert [r.path.name for r in list_runs(tmp_path)] == [a.path.name, b.path.name]
+    assert list_runs(tmp_path / "missing") == []
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(RunStoreError) as ei:
+        RunStore.open(tmp_path)
+    assert str(ei.value) == f"{tmp_path} is not a charbench run folder (no run.json); pass a folder made by a charbench study"
+    store = _store(tmp_path)
+    with pytest.raises(RunStoreError) as ei:
+        RunStore.open(store.path, study="serving")
+    assert str(ei.value) == f"--resume {store.path}: that run is from 'gemm-power', not 'serving'"
+    (store.path / "run.json").write_text("[1, 2")
+    with pytest.raises(RunStoreError, match="run.json is unreadable"):
+        RunStore.open(store.path)
+
+
+def test_atomic_write_crash_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "results.csv"
+    atomic_write_text(target, "old\n")
+
+    def boom(src: object, dst: object) -> None:
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    with pytest.raises(OSError, match="disk vanished"):
+        atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_crash_mid_results_write_keeps_previous_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    store.append_record({"point_key": "a", "energy_j": 1.0})
+    before = (store.path / "results.parquet").read_bytes()
+    real_replace = os.replace
+
+    def crash_on_results(src: str, dst: str) -> None:
+        if str(dst).endswith("results.parquet"):
+            raise KeyboardInterrupt  # Ctrl-C exactly during the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(results.os, "replace", crash_on_results)
+    with pytest.raises(KeyboardInterrupt):
+        store.append_record({"point_key": "b", "energy_j": 2.0})
+    monkeypatch.setattr(results.os, "replace", real_replace)
+    assert (store.path / "results.parquet").read_bytes() == before
+    assert not [p for p in store.path.iterdir() if p.name.endswith(".tmp")]
+    assert store.completed_keys() == {"a"}  # memory matches disk
+    assert RunStore.open(store.path).completed_keys() == {"a"}
+
+
+def test_atomic_json_nan_becomes_null(tmp_path: Path) -> None:
+    p = tmp_path / "x.json"
+    atomic_write_json(p, {"a": float("nan"), "b": [float("inf"), 1.0], "c": Path("/p"), "d": (1, 2)})
+    assert json.loads(p.read_text()) == {"a": None, "b": [None, 1.0], "c": "/p", "d": [1, 2]}
