@@ -16,9 +16,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from charbench.errors import DeviceError
 
@@ -52,17 +55,37 @@ def _import_probe(module: str, fix: str) -> tuple[object | None, Probe]:
 
 @functools.lru_cache(maxsize=1)
 def probe_torch_cuda() -> Probe:
-    """Is torch installed with a CUDA device visible?"""
+    """Is torch installed with a CUDA device visible?
+
+    On Linux without any GPU device node (``/dev/nvidia*``, ``/dev/dxg``, ``/dev/kfd``)
+    no CUDA device can be visible, so torch is not imported (that costs seconds): the
+    answer comes from the installed package's metadata and ``torch/version.py``.
+    """
+    if not gpu_device_nodes_present():
+        version, cuda_ver = torch_version_from_metadata()
+        if version is None:
+            return Probe(False, reason="torch is not installed; install it: pip install torch")
+        if not cuda_ver:
+            return Probe(False, version=version, reason="torch is a CPU-only build; install a CUDA build of torch for GPU runs")
+        return Probe(False, version=cuda_ver, reason="no NVIDIA GPU device node (/dev/nvidia0) on this machine; check the driver with nvidia-smi")
     torch, p = _import_probe("torch", "install it: pip install torch")
     if torch is None:
         return p
+    try:
+        return _torch_cuda_facts(torch)
+    except Exception as exc:  # a broken torch install must not crash discovery
+        return Probe(False, reason=f"torch is installed but broken ({type(exc).__name__}: {exc}); reinstall torch")
+
+
+def _torch_cuda_facts(torch: object) -> Probe:
+    version = str(getattr(torch, "__version__", "unknown"))
     cuda_ver = getattr(torch.version, "cuda", None)  # type: ignore[attr-defined]
     if not cuda_ver:
-        return Probe(False, version=torch.__version__, reason="torch is a CPU-only build; install a CUDA build of torch for GPU runs")  # type: ignore[attr-defined]
+        return Probe(False, version=version, reason="torch is a CPU-only build; install a CUDA build of torch for GPU runs")
     try:
         n = torch.cuda.device_count()  # type: ignore[attr-defined]
     except Exception as exc:
-        return Probe(False, version=cuda_ver, reason=f"CUDA runtime error: {exc}")
+        return Probe(False, version=cuda_ver, reason=f"CUDA runtime error: {exc}; check the driver with nvidia-smi")
     if n == 0:
         vis = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={vis!r})" if vis is not None else ""
@@ -70,6 +93,41 @@ def probe_torch_cuda() -> Probe:
     caps = [torch.cuda.get_device_capability(i) for i in range(n)]  # type: ignore[attr-defined]
     detail = ", ".join(f"cuda:{i} sm_{a}{b}" for i, (a, b) in enumerate(caps))
     return Probe(True, version=cuda_ver, detail=detail)
+
+
+#: device nodes of which at least one exists wherever a GPU can be used from Linux
+#: (NVIDIA driver, WSL2's paravirtual GPU, ROCm for torch's HIP build)
+GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_device_nodes_present() -> bool:
+    """False only on Linux with no GPU device node at all (then no CUDA device can be visible)."""
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap test elsewhere: ask torch
+    return any(os.path.exists(p) for p in GPU_DEVICE_NODES)
+
+
+def torch_version_from_metadata() -> tuple[str | None, str | None]:
+    """``(torch version, CUDA version it was built for)`` without importing torch.
+
+    Reads the installed distribution's metadata and its ``torch/version.py``; the CUDA
+    version is None for a CPU-only build (or when the file cannot be read).
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("torch")
+    except Exception:
+        return None, None
+    version = dist.version
+    cuda_ver: str | None = None
+    try:
+        text = Path(str(dist.locate_file("torch/version.py"))).read_text(encoding="utf-8")
+        m = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        cuda_ver = m.group(1) if m else None
+    except (OSError, UnicodeDecodeError):
+        pass
+    return version, cuda_ver
 
 
 @functools.lru_cache(maxsize=1)
