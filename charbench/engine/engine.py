@@ -165,9 +165,13 @@ class LLMEngine:
         except BaseException:
             runner.shutdown()
             raise
-        self.eos_token_id: int | None = getattr(self.tokenizer, "eos_token_id", None)
+        # checkpoints may list several end tokens (Llama-3: end_of_text and eot_id)
+        eos = set(getattr(self.model_config, "eos_token_ids", ()) or ())
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            eos.add(int(self.tokenizer.eos_token_id))
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
         self.vocab_size: int = int(self.tokenizer.vocab_size)
-        self.sampler = Sampler(self.eos_token_id, seed=cfg.seed)
+        self.sampler = Sampler(self.eos_token_ids, seed=cfg.seed)
         self._requests: dict[str, _Request] = {}
         self._records: OrderedDict[str, RequestRecord] = OrderedDict()
         self._max_finished_records = max_finished_records
@@ -267,7 +271,7 @@ class LLMEngine:
         self._next_seq_id += 1
         record = RequestRecord(request_id=request_id, arrival_time_s=arrival, prompt_tokens=len(ids))
         stop = StopChecker(
-            params, self.tokenizer.decode, self.eos_token_id, self.max_model_len, len(ids)
+            params, self.tokenizer.decode, self.eos_token_ids, self.max_model_len, len(ids)
         )
         self._requests[request_id] = _Request(seq, params, make_generator(params.seed), stop, record)
         self._records.pop(request_id, None)

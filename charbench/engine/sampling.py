@@ -11,7 +11,7 @@ its batch. ``min_tokens`` suppresses EOS and the stop tokens until enough were g
 strings (held back from the streamed text until they can no longer start a stop string,
 cut from the final text), ``max_tokens`` and EOS::
 
-    sampler = Sampler(eos_token_id=2, seed=0)
+    sampler = Sampler(eos_token_ids=[2], seed=0)
     rows = [SamplingRow(params, generator=make_generator(params.seed), num_output_tokens=0)]
     token_ids = sampler.sample(logits, rows)          # logits: fp32 [len(rows), vocab]
 """
@@ -19,7 +19,7 @@ cut from the final text), ``max_tokens`` and EOS::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -122,14 +122,14 @@ def filter_logits(
 class Sampler:
     """Batched sampler over one step's logits."""
 
-    def __init__(self, eos_token_id: int | None, seed: int = 0) -> None:
+    def __init__(self, eos_token_ids: Iterable[int] = (), seed: int = 0) -> None:
         """Create the sampler.
 
         Args:
-            eos_token_id: suppressed before ``min_tokens`` (unless ``ignore_eos``).
+            eos_token_ids: suppressed before ``min_tokens`` (unless ``ignore_eos``).
             seed: seed of the generator used by requests without their own seed.
         """
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = sorted(set(eos_token_ids))
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
 
@@ -184,8 +184,8 @@ class Sampler:
             if r.num_output_tokens >= p.min_tokens:
                 continue
             banned = list(p.stop_token_ids)
-            if self.eos_token_id is not None and not p.ignore_eos:
-                banned.append(self.eos_token_id)
+            if not p.ignore_eos:
+                banned.extend(self.eos_token_ids)
             if banned:
                 logits[i, banned] = NEG_INF
 
@@ -263,13 +263,21 @@ class StopChecker:
         self,
         params: SamplingParams,
         decode: Callable[[list[int]], str],
-        eos_token_id: int | None,
+        eos_token_ids: Iterable[int],
         max_model_len: int,
         num_prompt_tokens: int,
     ) -> None:
-        """Create the checker for one request."""
+        """Create the checker for one request.
+
+        Args:
+            params: the request's settings.
+            decode: the tokenizer's ``decode``.
+            eos_token_ids: tokens that end the request unless ``ignore_eos``.
+            max_model_len: the engine's prompt + output limit.
+            num_prompt_tokens: prompt length.
+        """
         self.params = params
-        self.eos_token_id = eos_token_id
+        self._eos_ids = frozenset(eos_token_ids)
         self.max_output_tokens = min(params.max_tokens, max_model_len - num_prompt_tokens)
         self.detok = IncrementalDetokenizer(decode)
         self._stop_ids = set(params.stop_token_ids)
@@ -291,7 +299,7 @@ class StopChecker:
         p = self.params
         past_min = self.num_output_tokens > p.min_tokens
         is_stop_token = token_id in self._stop_ids or (
-            token_id == self.eos_token_id and not p.ignore_eos
+            token_id in self._eos_ids and not p.ignore_eos
         )
         if is_stop_token and past_min:
             self.finish_reason = "stop"

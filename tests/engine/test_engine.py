@@ -447,3 +447,40 @@ def test_async_shutdown_fails_open_streams_and_step_errors_propagate() -> None:
     finally:
         aeng.shutdown()
     assert aeng.engine.runner.closed
+
+
+# ---- the real tiny model ------------------------------------------------------------------
+
+
+def tiny_engine(chunk: int | None = None, **cfg_kw) -> LLMEngine:
+    cfg = EngineConfig(**{"model": "tiny", "max_num_seqs": 16, "max_num_batched_tokens": 256,
+                          "kv_cache_gb": 0.05, **cfg_kw})
+    return LLMEngine(cfg, chunk_policy=FixedChunkPolicy(chunk) if chunk else None)
+
+
+def tiny_prompts(n: int, seed: int, lo: int, hi: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[256] + [rng.randrange(0, 256) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+
+
+def test_tiny_model_chunked_prefill_and_batch_composition() -> None:
+    ps = tiny_prompts(8, seed=7, lo=20, hi=90)
+    one_shot = greedy_outputs(tiny_engine(), ps, max_tokens=16, ignore_eos=True)
+    for chunk in (5, 32):
+        eng = tiny_engine(chunk=chunk)
+        assert greedy_outputs(eng, ps, max_tokens=16, ignore_eos=True) == one_shot
+        assert eng.stats().preemptions_total == 0
+    alone = greedy_outputs(tiny_engine(), ps[:1], max_tokens=16, ignore_eos=True)["r0"]
+    assert alone == one_shot["r0"]
+
+
+def test_tiny_model_preemption_recompute_identical() -> None:
+    ps = tiny_prompts(6, seed=8, lo=10, hi=30)
+    ref = greedy_outputs(tiny_engine(), ps, max_tokens=40, ignore_eos=True)
+    per_block = 2 * 4 * 4 * 32 * 4 * 16  # K+V * layers * kv_heads * head_dim * fp32 * block
+    eng = tiny_engine(kv_cache_gb=8 * per_block / 2**30, max_model_len=128)
+    assert eng.allocator.num_blocks == 8
+    got = greedy_outputs(eng, ps, max_tokens=40, ignore_eos=True)
+    assert got == ref
+    assert eng.stats().preemptions_total > 0
+    assert eng.allocator.num_free == 8

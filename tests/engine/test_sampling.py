@@ -74,14 +74,14 @@ def test_filter_logits_temperature_top_k_then_top_p() -> None:
 def test_greedy_is_argmax() -> None:
     torch.manual_seed(0)
     logits = torch.randn(6, 50)
-    s = Sampler(eos_token_id=None)
+    s = Sampler(eos_token_ids=())
     assert s.sample(logits.clone(), [row() for _ in range(6)]) == logits.argmax(1).tolist()
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy() -> None:
     torch.manual_seed(1)
     logits = torch.randn(4, 100)
-    s = Sampler(eos_token_id=None)
+    s = Sampler(eos_token_ids=())
     rows = [row(temperature=1.5, top_k=1), row(temperature=0.7, top_p=1e-4),
             row(temperature=0.0), row(temperature=2.0, top_k=1, top_p=0.3)]
     assert s.sample(logits.clone(), rows) == logits.argmax(1).tolist()
@@ -91,7 +91,7 @@ def test_masked_tokens_never_sampled_and_distribution_matches() -> None:
     # 6 tokens; top_k=4 keeps ids 0..3 with probabilities 0.4, 0.3, 0.2, 0.1 (renormalised)
     base = torch.tensor([0.36, 0.27, 0.18, 0.09, 0.05, 0.05]).log()
     n = 4000
-    s = Sampler(eos_token_id=None, seed=3)
+    s = Sampler(eos_token_ids=(), seed=3)
     toks = s.sample(base.repeat(n, 1), [row(temperature=1.0, top_k=4) for _ in range(n)])
     counts = torch.bincount(torch.tensor(toks), minlength=6).double() / n
     assert counts[4:].sum().item() == 0
@@ -109,7 +109,7 @@ def test_seeded_rows_reproducible_and_batch_independent() -> None:
     steps = [torch.randn(vocab) for _ in range(20)]
 
     def run(seed: int, batch_noise: int) -> list[int]:
-        s = Sampler(eos_token_id=None, seed=batch_noise)
+        s = Sampler(eos_token_ids=(), seed=batch_noise)
         r = row(temperature=1.0, top_p=0.95, seed=seed)
         others = [row(temperature=0.8) for _ in range(batch_noise)]
         out = []
@@ -125,15 +125,15 @@ def test_seeded_rows_reproducible_and_batch_independent() -> None:
 
 def test_unseeded_rows_follow_engine_seed() -> None:
     logits = torch.zeros(8, 1000)
-    a = Sampler(eos_token_id=None, seed=5).sample(logits.clone(), [row(temperature=1.0)] * 8)
-    b = Sampler(eos_token_id=None, seed=5).sample(logits.clone(), [row(temperature=1.0)] * 8)
-    c = Sampler(eos_token_id=None, seed=6).sample(logits.clone(), [row(temperature=1.0)] * 8)
+    a = Sampler(eos_token_ids=(), seed=5).sample(logits.clone(), [row(temperature=1.0)] * 8)
+    b = Sampler(eos_token_ids=(), seed=5).sample(logits.clone(), [row(temperature=1.0)] * 8)
+    c = Sampler(eos_token_ids=(), seed=6).sample(logits.clone(), [row(temperature=1.0)] * 8)
     assert a == b and a != c
 
 
 def test_min_tokens_suppresses_eos_and_stop_tokens() -> None:
     logits = torch.tensor([[0.0, 0.0, 10.0, 9.0, 8.0]])  # eos=2 and stop token 3 lead
-    s = Sampler(eos_token_id=2)
+    s = Sampler(eos_token_ids=[2])
     assert s.sample(logits.clone(), [row(min_tokens=2, stop_token_ids=[3], n_out=1)]) == [4]
     assert s.sample(logits.clone(), [row(min_tokens=2, stop_token_ids=[3], n_out=2)]) == [2]
     # ignore_eos: EOS is not a stop, so min_tokens does not need to hide it
@@ -157,7 +157,7 @@ def ids_of(text: str) -> list[int]:
 
 def run_checker(text_or_ids, **kw) -> tuple[list[str], StopChecker, int]:
     p = SamplingParams(**{"max_tokens": 100, **kw})
-    sc = StopChecker(p, dec, EOS, max_model_len=1000, num_prompt_tokens=4)
+    sc = StopChecker(p, dec, [EOS], max_model_len=1000, num_prompt_tokens=4)
     ids = ids_of(text_or_ids) if isinstance(text_or_ids, str) else text_or_ids
     pieces = []
     used = 0
@@ -204,7 +204,7 @@ def test_max_tokens_and_max_model_len() -> None:
     pieces, sc, used = run_checker("abcdefgh", max_tokens=3)
     assert (sc.finish_reason, sc.text, used) == ("length", "abc", 3)
     p = SamplingParams(max_tokens=50)
-    sc = StopChecker(p, dec, EOS, max_model_len=10, num_prompt_tokens=8)
+    sc = StopChecker(p, dec, [EOS], max_model_len=10, num_prompt_tokens=8)
     sc.add_token(3)
     assert sc.finish_reason is None
     sc.add_token(3)
