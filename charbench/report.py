@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ def plotly_js() -> str:
     """The plotly.js bundle, embedded once per page so reports work offline."""
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    # The bundle goes inside <script>...</script>: no "</script" may appear in it.
+    return get_plotlyjs().replace("</script", "<\\/script")
 
 
 def _env():  # -> jinja2.Environment
@@ -159,7 +161,7 @@ def provenance_rows(data: RunData) -> list[dict[str, str]]:
 def timeline_section(data: RunData) -> Section | None:
     """Power, clock and temperature over time from samples.parquet."""
     s = data.samples
-    if s is None or len(s) == 0:
+    if s is None or len(s) == 0 or "t_s" not in s.columns:
         return None
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -183,11 +185,18 @@ def _study_sections(data: RunData) -> list[Section]:
     if not hook:
         return []
     module, _, func = hook.partition(":")
+    from markupsafe import escape
+
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as exc:
-        return [Section("Study sections unavailable", f"<p>Cannot load report hook {hook!r}: {exc}</p>")]
-    return list(fn(data))
+        return [Section("Study sections unavailable", f"<p>Cannot load report hook {escape(hook)}: {escape(type(exc).__name__)}: {escape(str(exc))}</p>")]
+    try:
+        return list(fn(data))
+    except Exception as exc:  # the rest of the report (points, provenance, env) is still worth having
+        if os.environ.get("CHARBENCH_DEBUG") == "1":
+            raise
+        return [Section("Study sections failed", f"<p>The report hook {escape(hook)} raised {escape(type(exc).__name__)}: {escape(str(exc))}. The data below is complete; rerun <code>charbench --debug report RUN_DIR</code> after fixing it.</p>")]
 
 
 def render_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -197,10 +206,14 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
     tl = timeline_section(data)
     if tl is not None:
         sections.append(tl)
+    # Old or hand-made run folders may lack fields: the template sees every key it uses.
+    env = {k: None for k in ("charbench_version", "git_sha", "hostname", "cpu_model", "cpu_cores", "os", "python", "torch", "torch_cuda", "gpus_reason")}
+    env |= {"command_line": [], "meters": [], "gpus": []} | data.env
+    meta = {k: None for k in ("run_id", "status", "points_done", "points_failed", "started", "label", "device")} | {"meta": {}} | data.meta
     html = _env().get_template("run.html.j2").render(
-        title=f"charbench {data.meta['study']}: {data.meta.get('run_id')}",
-        meta=data.meta,
-        env=data.env,
+        title=f"charbench {meta['study']}: {meta['run_id']}",
+        meta=meta,
+        env=env,
         env_json=json.dumps(data.env, indent=2, default=str),
         config_json=json.dumps(data.config, indent=2, default=str),
         provenance=provenance_rows(data),

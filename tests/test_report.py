@@ -1,0 +1,213 @@
+"""Reports: one self-contained offline HTML file, provenance, escaping of every user string."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from charbench import report
+from charbench.errors import CharbenchError
+from charbench.report import RunData, Section, figure_html, plotly_js, provenance_rows, render_page, render_run, table_html
+from charbench.results import RunStore
+
+EVIL = "<script>alert(1)</script>"
+EVIL_TITLE = "</script><script>alert(2)</script>"
+
+
+class _Scripts(HTMLParser):
+    """Collects every <script> element the browser would see, and other live tags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.srcs: list[str] = []
+        self.links: list[str] = []
+        self._in = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self._in = True
+            self.scripts.append("")
+            self.srcs += [v or "" for k, v in attrs if k == "src"]
+        if tag == "link":
+            self.links += [v or "" for k, v in attrs if k == "href"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in:
+            self.scripts[-1] += data
+
+
+def _parse(html: str) -> _Scripts:
+    p = _Scripts()
+    p.feed(html)
+    return p
+
+
+def hook_sections(data: RunData) -> list[Section]:
+    """Report hook used by the tests: a figure whose title is hostile."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4], name=EVIL))
+    fig.update_layout(title=EVIL_TITLE)
+    return [Section(f"Study {EVIL}", figure_html(fig), note=f"note {EVIL}")]
+
+
+def hook_raises(data: RunData) -> list[Section]:
+    raise ValueError("fit <did> not converge")
+
+
+@pytest.fixture
+def hooks(monkeypatch: pytest.MonkeyPatch) -> str:
+    mod = types.ModuleType("cb_test_hooks")
+    mod.hook_sections = hook_sections  # type: ignore[attr-defined]
+    mod.hook_raises = hook_raises  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cb_test_hooks", mod)
+    return "cb_test_hooks"
+
+
+def make_run(out: Path, hook: str | None = None) -> RunStore:
+    env = {
+        "charbench_version": "0.1.0",
+        "git_sha": "abcdef0123456789",
+        "command_line": ["charbench", "gemm-power", "--label", EVIL],
+        "hostname": EVIL,
+        "cpu_model": "Test CPU",
+        "cpu_cores": 2,
+        "meters": [{"meter": "rapl", "usable": False, "what": "CPU energy", "reason": f"permission denied {EVIL}"}],
+    }
+    store = RunStore.create(out, "gemm-power", label=EVIL, config={"note": EVIL}, env=env, meta={"owner": EVIL, EVIL: "x"}, report_hook=hook)
+    store.append_record({
+        "point_key": "dtype=fp16", "dtype": EVIL, "time_s": 0.5, "energy_j": 12.5, "avg_power_w": 25.0,
+        "null_reasons": json.dumps({}), "provenance": json.dumps({"energy_j": "nvml-counter", "idle_energy_j": "estimated (linear model)"}),
+    })
+    store.append_record({
+        "point_key": "dtype=bf16", "dtype": "bf16", "time_s": 0.25, "energy_j": None, "avg_power_w": None,
+        "null_reasons": json.dumps({"energy_j": f"RAPL unreadable {EVIL}", "avg_power_w": "RAPL unreadable"}), "provenance": json.dumps({}),
+        "flops_estimated": 1e9,
+    })
+    try:
+        raise RuntimeError(f"boom {EVIL}")
+    except RuntimeError as exc:
+        store.record_failure("dtype=fp8", exc, {"dtype": "fp8"})
+    store.write_samples([{"t_s": 10.0 + i * 0.1, "gpu0_power_w": 100.0 + i, "cpu_package0_power_w": None, "gpu0_temp_c": 50.0} for i in range(5)])
+    store.finish("completed")
+    return store
+
+
+def test_run_report_is_one_offline_file_with_plotly_once(tmp_path: Path, hooks: str) -> None:
+    store = make_run(tmp_path, hook=f"{hooks}:hook_sections")
+    path = render_run(store.path)
+    assert path == store.path / "report.html"
+    html = path.read_text()
+    head = plotly_js()[:200]
+    assert html.count(head) == 1
+    parsed = _parse(html)
+    assert parsed.srcs == [] and parsed.links == []
+    assert not re.search(r"<script[^>]+src\s*=\s*['\"]?https?:", html, re.I)
+    # one plotly bundle + one study figure + one timeline figure, nothing else
+    assert len(parsed.scripts) == 3
+    assert parsed.scripts[0].startswith(head)
+    assert all(s.startswith("(function(){var f=") for s in parsed.scripts[1:])
+
+
+def test_every_user_string_is_escaped(tmp_path: Path, hooks: str) -> None:
+    store = make_run(tmp_path, hook=f"{hooks}:hook_sections")
+    html = render_run(store.path).read_text()
+    assert EVIL not in html
+    # every occurrence sits behind an escaped '>' (HTML entity or JSON \\u003e): never a live tag
+    hits = [m.start() for m in re.finditer(re.escape("alert(1)"), html)]
+    assert len(hits) >= 10
+    assert all(html[:i].endswith(("&gt;", "\\u003e")) for i in hits)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # label/meta/point values shown, escaped
+    parsed = _parse(html)
+    assert len(parsed.scripts) == 3  # a "</script>" in a figure title closed nothing
+    # the figure JSON still carries the exact title and trace name
+    payload = parsed.scripts[1][len("(function(){var f="):].split(";Plotly.newPlot(")[0]
+    fig = json.loads(payload)
+    assert fig["layout"]["title"]["text"] == EVIL_TITLE and fig["data"][0]["name"] == EVIL
+
+
+def test_report_sections_provenance_points_env_failures(tmp_path: Path) -> None:
+    store = make_run(tmp_path)
+    html = render_run(store.path).read_text()
+    for needle in ("Measurement provenance", "Points", "Environment", "Failures (1)", "Sampler timeline", "abcdef0123", "Test CPU"):
+        assert needle in html
+    assert 'class="null">null</td>' in html
+    rows = provenance_rows(RunData.load(store.path))
+    assert {"metric": "energy_j", "status": "measured", "source": "nvml-counter", "points": "1"} in rows
+    assert {"metric": "idle_energy_j", "status": "estimated", "source": "estimated (linear model)", "points": "1"} in rows
+    assert {"metric": "energy_j", "status": "not measured", "source": f"RAPL unreadable {EVIL}", "points": "1"} in rows
+    assert {"metric": "flops_estimated", "status": "estimated", "source": "model (see the study's section)", "points": "1"} in rows
+    assert '<span class="badge not-measured">not measured</span>' in html
+
+
+def test_report_to_other_path_and_empty_run(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, "serving", config={}, env={})
+    out = tmp_path / "elsewhere" / "r.html"
+    assert render_run(store.path, out) == out
+    html = out.read_text()
+    assert "No completed points." in html and "No point recorded provenance." in html
+    assert not (store.path / "report.html").exists()
+
+
+def test_report_hook_missing_or_raising_still_renders(tmp_path: Path, hooks: str) -> None:
+    store = make_run(tmp_path, hook="no_such_module_xyz:sections")
+    html = render_run(store.path).read_text()
+    assert "Study sections unavailable" in html and "no_such_module_xyz" in html
+    store.update_meta(report_hook=f"{hooks}:hook_raises")
+    html = render_run(store.path).read_text()
+    assert "Study sections failed" in html and "fit &lt;did&gt; not converge" in html
+    assert "Points" in html
+
+
+def test_report_hook_raising_under_debug_propagates(tmp_path: Path, hooks: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_run(tmp_path, hook=f"{hooks}:hook_raises")
+    monkeypatch.setenv("CHARBENCH_DEBUG", "1")
+    with pytest.raises(ValueError, match="did"):
+        render_run(store.path)
+
+
+def test_timeline_skips_missing_columns(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, "s", config={}, env={})
+    store.write_samples([{"t_s": 0.0, "gpu0_power_w": None}])
+    sec = report.timeline_section(RunData.load(store.path))
+    assert sec is not None and "no power, clock or temperature source was readable" in sec.html
+    store.write_samples([{"time": 0.0}])
+    assert report.timeline_section(RunData.load(store.path)) is None
+
+
+def test_table_html_escapes_and_marks_nulls() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({EVIL: [EVIL, None], "x_j": [1.23456789, float("nan")]})
+    html = table_html(df)
+    assert EVIL not in html and html.count('class="null">null') == 2 and "1.235" in html
+    many = table_html(pd.DataFrame({"a": range(7)}), max_rows=5)
+    assert "2 more rows in results.csv" in many
+
+
+def test_render_page_escapes_and_embeds_plotly_once() -> None:
+    html = render_page(f"Compare {EVIL}", [Section(EVIL, "<p>trusted</p>", note=EVIL, anchor="a")], subtitle=EVIL)
+    assert EVIL not in html and "<p>trusted</p>" in html and 'id="a"' in html
+    assert html.count(plotly_js()[:200]) == 1
+    assert len(_parse(html).scripts) == 1
+
+
+def test_plotly_bundle_cannot_close_its_script() -> None:
+    assert "</script" not in plotly_js().lower()
+
+
+def test_render_many_needs_two_runs(tmp_path: Path) -> None:
+    with pytest.raises(CharbenchError) as ei:
+        report.render_many([tmp_path], tmp_path / "c.html")
+    assert str(ei.value) == "report: give two or more RUN_DIRs to compare, or one to render"
