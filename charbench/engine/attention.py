@@ -1,0 +1,272 @@
+"""Attention for the engine: per-iteration metadata and backend dispatch.
+
+The runner packs an iteration's tokens as ``[decode tokens | prefill chunk 1 | chunk 2 |
+...]``. :func:`build_metadata` turns the chunks into tensors once per iteration (slot
+mapping, padded block tables, lengths, masks), shared by every layer. A
+:class:`PagedAttention` then, per layer, writes the new K/V into the cache and runs
+
+* batched decode over all single-token chunks (torch gather+matmul, or the Triton
+  split-K kernel), and
+* per prefill chunk, SDPA against the cached prefix with a lower-right causal bias.
+
+Example::
+
+    meta = build_metadata(chunks, block_size=16, device="cpu", backend="torch")
+    attn = PagedAttention("torch", scale=head_dim ** -0.5)
+    out = attn(q, k, v, k_cache, v_cache, meta)   # [T, heads, head_dim]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from charbench.errors import BackendUnavailableError, ConfigError
+from charbench.kernels.attention.paged_torch import (
+    decode_valid_mask,
+    paged_decode_torch,
+    paged_prefill_torch,
+)
+
+BACKENDS = ("torch", "triton")
+
+
+class ChunkLike(Protocol):
+    """What :func:`build_metadata` reads from a chunk (``runner.SeqChunk`` fits)."""
+
+    token_ids: list[int]
+    start_pos: int
+    block_table: list[int]
+
+
+@dataclass
+class PrefillSpan:
+    """One multi-token chunk inside the packed batch.
+
+    Attributes:
+        token_start: index of its first token in the packed batch.
+        num_tokens: tokens in the chunk.
+        start_pos: tokens already cached before the chunk.
+        block_table: long ``[n_blocks]`` on the device.
+    """
+
+    token_start: int
+    num_tokens: int
+    start_pos: int
+    block_table: torch.Tensor
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-iteration tensors shared by all layers.
+
+    Attributes:
+        input_ids: long ``[T]``.
+        positions: long ``[T]``.
+        slot_mapping: long ``[T]``, flat cache slot (``block * block_size + offset``) of
+            each token.
+        num_decode: the first ``num_decode`` tokens are single-token chunks.
+        decode_block_tables: long ``[num_decode, max_blocks]`` (padded with block 0).
+        decode_seq_lens: long ``[num_decode]``, cached tokens incl. the new one.
+        decode_valid: bool ``[num_decode, max_blocks * block_size]`` (torch backend).
+        decode_max_len: ``max(decode_seq_lens)`` as a Python int.
+        prefills: the multi-token chunks, in packed order.
+        max_position: largest position in the batch.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    num_decode: int
+    decode_block_tables: torch.Tensor | None
+    decode_seq_lens: torch.Tensor | None
+    decode_valid: torch.Tensor | None
+    decode_max_len: int
+    prefills: list[PrefillSpan] = field(default_factory=list)
+    max_position: int = 0
+
+
+def build_metadata(
+    chunks: Sequence[ChunkLike],
+    block_size: int,
+    device: torch.device | str,
+    backend: str = "torch",
+) -> AttentionMetadata:
+    """Pack chunks (single-token chunks first, as the runner orders them) into tensors.
+
+    All integer arrays go to the device in one copy.
+
+    Args:
+        chunks: decode chunks (one token) first, then prefill chunks.
+        block_size: tokens per KV block.
+        device: the model's device.
+        backend: ``torch`` or ``triton`` (triton needs no decode mask).
+
+    Returns:
+        The metadata.
+    """
+    ids: list[int] = []
+    pos: list[int] = []
+    slots: list[int] = []
+    dec_lens: list[int] = []
+    dec_tables: list[list[int]] = []
+    spans: list[tuple[int, int, int, int, int]] = []  # token_start, n, start, table off, len
+    tables_flat: list[int] = []
+    num_decode = 0
+    for c in chunks:
+        n, start, table = len(c.token_ids), c.start_pos, c.block_table
+        if n == 0:
+            raise ValueError("a chunk has no tokens")
+        if -(-(start + n) // block_size) > len(table):
+            raise ValueError(
+                f"block table of {len(table)} blocks cannot hold {start + n} tokens "
+                f"(block_size {block_size})"
+            )
+        if n == 1 and not spans:
+            num_decode += 1
+            dec_lens.append(start + 1)
+            dec_tables.append(table)
+        elif n == 1:
+            raise ValueError("single-token chunks must come before prefill chunks")
+        else:
+            n_blocks = -(-(start + n) // block_size)
+            spans.append((len(ids), n, start, len(tables_flat), n_blocks))
+            tables_flat.extend(table[:n_blocks])
+        ids.extend(c.token_ids)
+        for p in range(start, start + n):
+            pos.append(p)
+            slots.append(table[p // block_size] * block_size + p % block_size)
+    max_blocks = max((len(t) for t in dec_tables), default=0)
+    max_blocks = max(max_blocks, max((-(-n // block_size) for n in dec_lens), default=0))
+    dec_flat: list[int] = []
+    for t, length in zip(dec_tables, dec_lens):
+        need = -(-length // block_size)
+        row = list(t[:need]) + [0] * (max_blocks - need)
+        dec_flat.extend(row)
+    t_total = len(ids)
+    packed = torch.tensor(ids + pos + slots + dec_lens + dec_flat + tables_flat, dtype=torch.long)
+    packed = packed.to(device, non_blocking=True)
+    o = 0
+    input_ids = packed[o : o + t_total]; o += t_total  # noqa: E702
+    positions = packed[o : o + t_total]; o += t_total  # noqa: E702
+    slot_mapping = packed[o : o + t_total]; o += t_total  # noqa: E702
+    dec_lens_t = packed[o : o + num_decode]; o += num_decode  # noqa: E702
+    dec_bt = packed[o : o + num_decode * max_blocks].view(num_decode, max_blocks)
+    o += num_decode * max_blocks
+    prefills = [
+        PrefillSpan(ts, n, start, packed[o + off : o + off + nb])
+        for ts, n, start, off, nb in spans
+    ]
+    valid = None
+    if num_decode and backend == "torch":
+        valid = decode_valid_mask(dec_lens_t, max_blocks * block_size)
+    return AttentionMetadata(
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slot_mapping,
+        num_decode=num_decode,
+        decode_block_tables=dec_bt if num_decode else None,
+        decode_seq_lens=dec_lens_t if num_decode else None,
+        decode_valid=valid,
+        decode_max_len=max(dec_lens, default=0),
+        prefills=prefills,
+        max_position=max(pos, default=0),
+    )
+
+
+def check_backend(backend: str, device: torch.device | str) -> None:
+    """Validate ``--attention-backend`` for ``device``.
+
+    Raises:
+        ConfigError: unknown backend name.
+        BackendUnavailableError: Triton cannot run on this device.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"--attention-backend: unknown backend '{backend}'; valid: {', '.join(BACKENDS)}"
+        )
+    if backend == "triton":
+        from charbench.kernels.attention.paged_decode_triton import triton_unavailable_reason
+
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise BackendUnavailableError(f"--attention-backend triton: {reason}")
+
+
+class PagedAttention:
+    """Writes new K/V into a layer's cache and attends over it.
+
+    Args:
+        backend: ``torch`` or ``triton`` (Triton for the decode part; prefill uses SDPA).
+        scale: softmax scale.
+    """
+
+    def __init__(self, backend: str, scale: float) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"--attention-backend: unknown backend '{backend}'; valid: {', '.join(BACKENDS)}"
+            )
+        self.backend, self.scale = backend, scale
+        self._triton_decode = None
+        if backend == "triton":
+            from charbench.kernels.attention.paged_decode_triton import paged_decode_triton
+
+            self._triton_decode = paged_decode_triton
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Attention for a packed batch.
+
+        Args:
+            q: ``[T, heads, head_dim]``.
+            k: ``[T, kv_heads, head_dim]`` (this iteration's keys, RoPE applied).
+            v: ``[T, kv_heads, head_dim]``.
+            k_cache: ``[num_blocks, block_size, kv_heads, head_dim]``.
+            v_cache: same shape.
+            meta: from :func:`build_metadata`.
+
+        Returns:
+            ``[T, heads, head_dim]``.
+        """
+        kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        k_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        nd = meta.num_decode
+        if nd and not meta.prefills:
+            return self._decode(q, k_cache, v_cache, meta)
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        if nd:
+            out[:nd] = self._decode(q[:nd], k_cache, v_cache, meta)
+        for sp in meta.prefills:
+            s, e = sp.token_start, sp.token_start + sp.num_tokens
+            out[s:e] = paged_prefill_torch(
+                q[s:e], k_cache, v_cache, sp.block_table, sp.start_pos, self.scale,
+                k_new=k[s:e], v_new=v[s:e],
+            )
+        return out
+
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None
+        q = q.contiguous()
+        if self._triton_decode is not None:
+            out, _ = self._triton_decode(
+                q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens,
+                self.scale, max_seq_len=meta.decode_max_len,
+            )
+            return out
+        return paged_decode_torch(  # type: ignore[return-value]
+            q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
+            valid=meta.decode_valid,
+        )

@@ -1,0 +1,282 @@
+"""Tensor parallelism: process group, batch broadcast, worker processes.
+
+Rank 0 is the engine's process. It either spawns ``tp - 1`` worker processes itself
+(:func:`spawn_workers`, the default) or runs as rank 0 of a ``torchrun`` launch
+(:func:`torchrun_env` detects one; the other ranks run :func:`serve_forever` instead of an
+engine). Each rank holds one Megatron-style shard of the model and of the KV cache.
+
+Per iteration rank 0 broadcasts the batch (the chunks as one int64 tensor over a gloo
+group, so NCCL runs need no host-device copies for control messages); every rank runs
+its shard; the row-parallel projections all-reduce over the tensor-parallel group (NCCL on
+GPU, gloo on CPU); rank 0 alone computes logits. Shutdown is a broadcast command.
+
+Example (what ``make_runner`` does for ``tp=2``)::
+
+    procs = spawn_workers(engine_cfg, world_size=2, port=port)
+    group = TPGroup.init(rank=0, world_size=2, init_method=f"tcp://127.0.0.1:{port}",
+                         device=torch.device("cpu"))
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing.connection
+import os
+import socket
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from charbench.errors import ConfigError, DeviceError
+
+if TYPE_CHECKING:
+    from charbench.engine.api import EngineConfig
+
+CMD_SHUTDOWN = 0
+CMD_FORWARD = 1
+STARTUP_TIMEOUT_S = 600.0
+"""Longest wait for workers to start and load their shard."""
+COLLECTIVE_TIMEOUT_S = 600.0
+"""Process-group timeout: a collective waiting longer raises instead of hanging."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_device(base: str, rank: int) -> torch.device:
+    """Device of ``rank``: CPU for every rank, or ``cuda:(i + rank)`` for base ``cuda:i``."""
+    dev = torch.device(base)
+    if dev.type != "cuda":
+        return dev
+    return torch.device("cuda", (dev.index or 0) + rank)
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when launched by torchrun with world size > 1."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+
+
+@dataclass
+class ChunkMsg:
+    """A chunk as a worker receives it (the fields ``ModelRunner.forward`` reads)."""
+
+    seq_id: int
+    token_ids: list[int]
+    start_pos: int
+    block_table: list[int]
+    need_logits: bool
+
+
+def encode_chunks(chunks: Sequence[Any]) -> torch.Tensor:
+    """Chunks -> int64 ``[n, (seq_id, start, n_tok, n_blk, need_logits, tokens..., blocks...)*]``."""
+    flat: list[int] = [len(chunks)]
+    for c in chunks:
+        flat += [c.seq_id, c.start_pos, len(c.token_ids), len(c.block_table), int(c.need_logits)]
+        flat += list(c.token_ids)
+        flat += list(c.block_table)
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def decode_chunks(t: torch.Tensor) -> list[ChunkMsg]:
+    """Inverse of :func:`encode_chunks`."""
+    flat = t.tolist()
+    n, o, out = flat[0], 1, []
+    for _ in range(n):
+        seq_id, start, nt, nb, need = flat[o : o + 5]
+        o += 5
+        toks = flat[o : o + nt]
+        o += nt
+        blocks = flat[o : o + nb]
+        o += nb
+        out.append(ChunkMsg(seq_id, toks, start, blocks, bool(need)))
+    return out
+
+
+class TPGroup:
+    """This rank's view of the tensor-parallel group.
+
+    Attributes:
+        rank: this rank.
+        world_size: the tp degree.
+        device: this rank's device.
+        owns_default_group: True when this object created the default process group (and
+            destroys it in :meth:`destroy`).
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, owns: bool) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.owns_default_group = owns
+        # control messages travel over gloo even when the tensors use NCCL
+        self.ctrl = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self._header = torch.zeros(2, dtype=torch.long)
+
+    @classmethod
+    def init(
+        cls, rank: int, world_size: int, init_method: str, device: torch.device
+    ) -> TPGroup:
+        """Create the default process group (gloo on CPU, NCCL on CUDA) and wrap it."""
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        owns = False
+        if not dist.is_initialized():
+            kwargs: dict[str, Any] = {}
+            if device.type == "cuda":
+                kwargs["device_id"] = device
+            dist.init_process_group(
+                backend, init_method=init_method, rank=rank, world_size=world_size,
+                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S), **kwargs,
+            )
+            owns = True
+        elif dist.get_world_size() != world_size:
+            raise ConfigError(
+                f"--tp {world_size}: a process group of size {dist.get_world_size()} already exists"
+            )
+        return cls(rank, world_size, device, owns)
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        """In-place sum across ranks."""
+        dist.all_reduce(t)
+
+    def broadcast_chunks(self, chunks: Sequence[Any] | None) -> list[ChunkMsg] | None:
+        """Rank 0 sends ``chunks`` (None = shutdown); other ranks receive them.
+
+        Returns:
+            On workers the received chunks, or None for shutdown; on rank 0 None.
+        """
+        if self.rank == 0:
+            payload = encode_chunks(chunks) if chunks is not None else torch.zeros(0, dtype=torch.long)
+            self._header[0] = CMD_FORWARD if chunks is not None else CMD_SHUTDOWN
+            self._header[1] = payload.numel()
+            dist.broadcast(self._header, src=0, group=self.ctrl)
+            if payload.numel():
+                dist.broadcast(payload, src=0, group=self.ctrl)
+            return None
+        dist.broadcast(self._header, src=0, group=self.ctrl)
+        cmd, length = int(self._header[0]), int(self._header[1])
+        if cmd == CMD_SHUTDOWN:
+            return None
+        payload = torch.empty(length, dtype=torch.long)
+        dist.broadcast(payload, src=0, group=self.ctrl)
+        return decode_chunks(payload)
+
+    def destroy(self) -> None:
+        """Tear down the process group if this object created it."""
+        if self.owns_default_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_default_group = False
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def spawn_workers(
+    cfg: EngineConfig, world_size: int, port: int
+) -> list[tuple[Any, multiprocessing.connection.Connection]]:
+    """Start ranks ``1..world_size-1`` as spawned processes.
+
+    Each reports ``("started", None)`` before joining the process group,
+    ``("loaded", None)`` once its weights are loaded (before the first collective),
+    ``("ready", None)`` once its KV cache exists, or ``("error", traceback)``.
+
+    Returns:
+        ``[(process, parent end of its pipe)]``.
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = []
+    for rank in range(1, world_size):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_worker_entry, args=(cfg, rank, world_size, port, child),
+                        name=f"charbench-tp-rank{rank}", daemon=True)
+        p.start()
+        child.close()
+        out.append((p, parent))
+    return out
+
+
+def wait_for(
+    workers: list[tuple[Any, multiprocessing.connection.Connection]], state: str,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> None:
+    """Wait until every worker reported ``state``.
+
+    Raises:
+        DeviceError: a worker reported an error, died, or timed out.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(workers)
+    while pending:
+        for item in list(pending):
+            proc, conn = item
+            if conn.poll(0.05):
+                try:
+                    kind, detail = conn.recv()
+                except EOFError:
+                    kind, detail = "error", "pipe closed"
+                if kind == "error":
+                    raise DeviceError(f"tensor-parallel worker {proc.name} failed:\n{detail}")
+                if kind == state:
+                    pending.remove(item)
+            elif not proc.is_alive():
+                raise DeviceError(
+                    f"tensor-parallel worker {proc.name} exited with code {proc.exitcode} "
+                    f"before it was {state}"
+                )
+        if time.monotonic() > deadline:
+            raise DeviceError(f"tensor-parallel workers not {state} after {timeout_s:.0f} s")
+
+
+def stop_workers(workers: list[tuple[Any, multiprocessing.connection.Connection]], timeout_s: float = 30.0) -> None:
+    """Join worker processes; terminate (then kill) the ones that do not exit."""
+    for proc, conn in workers:
+        proc.join(timeout_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5.0)
+        conn.close()
+
+
+def _worker_entry(cfg: EngineConfig, rank: int, world_size: int, port: int,
+                  conn: multiprocessing.connection.Connection) -> None:
+    """Body of a spawned worker: join the group, build the shard, serve batches."""
+    group = None
+    try:
+        device = rank_device(cfg.device, rank)
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        conn.send(("started", None))
+        group = TPGroup.init(rank, world_size, f"tcp://127.0.0.1:{port}", device)
+        from charbench.engine.runner import ModelRunner
+
+        runner = ModelRunner(cfg, tp_group=group,
+                             before_collectives=lambda: conn.send(("loaded", None)))
+        conn.send(("ready", None))
+        runner.serve_forever()
+    except BaseException:  # report everything, including KeyboardInterrupt, to rank 0
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+        raise
+    finally:
+        if group is not None:
+            group.destroy()
+        conn.close()
