@@ -17,6 +17,21 @@ import time
 from typing import Any
 
 
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to anything but ``""``, ``0`` or ``false``."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_interactive(stream: Any) -> bool:
+    """A rich bar makes sense: ``stream`` is a terminal and we are not under CI."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        tty = bool(isatty()) if callable(isatty) else False
+    except (ValueError, OSError):  # a closed stream
+        tty = False
+    return tty and not in_ci()
+
+
 class Progress:
     """Counts finished points and shows them."""
 
@@ -29,15 +44,18 @@ class Progress:
         self._t0 = time.perf_counter()
         self._rich: Any = None
         self._task: Any = None
-        self.plain = not (self.stream.isatty() and not os.environ.get("CI"))
+        self.plain = not is_interactive(self.stream)
 
     def __enter__(self) -> Progress:
         if self.enabled and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            from rich.console import Console
+
+            # The bar goes to the same stream as the plain lines (stderr): stdout stays clean for --json.
             self._rich = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                transient=False,
+                transient=False, console=Console(file=self.stream),
             )
             self._rich.__enter__()
             self._task = self._rich.add_task("starting", total=self.total)
