@@ -1,0 +1,356 @@
+"""Background sampler: a power/clock/temperature timeline on the windows' clock.
+
+A daemon thread wakes every ``interval_s`` (default 0.1 s, scheduled on absolute
+deadlines so it does not drift), reads what exists and appends one flat row:
+``t_s`` (``time.perf_counter``, the same clock as meter windows and the timer) and,
+per GPU ``i``: ``gpu{i}_power_w``, ``gpu{i}_power_kind`` ("instant" or
+"average-1s"), ``gpu{i}_sm_clock_mhz``, ``gpu{i}_mem_clock_mhz``, ``gpu{i}_temp_c``,
+``gpu{i}_util_pct``, ``gpu{i}_mem_util_pct``, ``gpu{i}_throttle_mask``,
+``gpu{i}_throttle_reasons`` (";"-joined); for the CPU ``cpu_package_power_w`` (and
+``cpu_dram_power_w``) from RAPL energy deltas. A value that failed to read is None;
+a metric the GPU does not support is left out of the rows entirely.
+
+Use::
+
+    from charbench.measure.sampler import Sampler
+
+    with Sampler(interval_s=0.1) as sampler:
+        t0 = time.perf_counter(); work(); t1 = time.perf_counter()
+    stats = sampler.summarize(t0, t1)   # gpu0_power_mean_w, gpu0_temp_max_c, ...
+    rows = sampler.rows()               # list of dicts, for samples.parquet
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Literal
+
+from charbench.errors import (
+    ConfigError,
+    NvmlError,
+    NvmlNoPermissionError,
+    NvmlNotSupportedError,
+    RaplError,
+)
+from charbench.measure.nvml import THROTTLE_REASONS, GpuRef, Nvml
+from charbench.measure.rapl import DEFAULT_ROOT, RaplCounter, rapl_zones
+
+log = logging.getLogger(__name__)
+
+Sources = Literal["auto", "none", "gpu-power"]
+_THROTTLE_ORDER = {name: i for i, (_, name) in enumerate(THROTTLE_REASONS)}
+
+
+class _GpuProbe:
+    """Reads one GPU's metrics, dropping each metric the GPU does not support."""
+
+    def __init__(self, nvml: Nvml, gpu: GpuRef, power_only: bool) -> None:
+        self.nvml = nvml
+        self.gpu = gpu
+        p = f"gpu{gpu.visible_index}_"
+        self.prefix = p
+        self.metrics: dict[str, Callable[[], dict[str, Any]]] = {"power": self._power}
+        if not power_only:
+            self.metrics.update(clocks=self._clocks, temp=self._temp, util=self._util,
+                                throttle=self._throttle)
+        self.keys = {
+            "power": (p + "power_w", p + "power_kind"),
+            "clocks": (p + "sm_clock_mhz", p + "mem_clock_mhz"),
+            "temp": (p + "temp_c",),
+            "util": (p + "util_pct", p + "mem_util_pct"),
+            "throttle": (p + "throttle_mask", p + "throttle_reasons"),
+        }
+        self.notes: list[str] = []
+        self._failed_once: set[str] = set()
+
+    def _power(self) -> dict[str, Any]:
+        watts, kind = self.nvml.power_w(self.gpu)
+        return dict(zip(self.keys["power"], (watts, kind)))
+
+    def _clocks(self) -> dict[str, Any]:
+        return dict(zip(self.keys["clocks"], self.nvml.clocks_mhz(self.gpu)))
+
+    def _temp(self) -> dict[str, Any]:
+        return {self.keys["temp"][0]: self.nvml.temperature_c(self.gpu)}
+
+    def _util(self) -> dict[str, Any]:
+        return dict(zip(self.keys["util"], self.nvml.utilization_pct(self.gpu)))
+
+    def _throttle(self) -> dict[str, Any]:
+        mask, names = self.nvml.throttle_reasons(self.gpu)
+        return dict(zip(self.keys["throttle"], (mask, ";".join(names))))
+
+    def read(self, row: dict[str, Any]) -> None:
+        for metric, fn in list(self.metrics.items()):
+            try:
+                row.update(fn())
+            except (NvmlNotSupportedError, NvmlNoPermissionError) as exc:
+                del self.metrics[metric]  # read only what exists
+                self.notes.append(f"{self.prefix}{metric}: not sampled ({exc})")
+            except NvmlError as exc:
+                row.update(dict.fromkeys(self.keys[metric]))
+                if metric not in self._failed_once:
+                    self._failed_once.add(metric)
+                    self.notes.append(f"{self.prefix}{metric}: read failed at least once ({exc})")
+
+
+class Sampler:
+    """Background thread that samples GPU and CPU telemetry every ``interval_s``."""
+
+    def __init__(
+        self,
+        interval_s: float = 0.1,
+        gpus: list[int] | None = None,
+        nvml: Nvml | None = None,
+        rapl_root: str = DEFAULT_ROOT,
+        clock: Callable[[], float] = time.perf_counter,
+        sources: Sources = "auto",
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        """Create a sampler (nothing is read until :meth:`start` or :meth:`sample_once`).
+
+        Args:
+            interval_s: seconds between samples.
+            gpus: visible GPU indices to sample; None means every visible GPU.
+            nvml: a shared NVML session; one is created when None.
+            rapl_root: powercap class folder.
+            clock: time source of ``t_s`` (keep ``time.perf_counter``: windows use it).
+            sources: "auto" (GPUs via NVML and RAPL where usable), "gpu-power" (GPU
+                power only, for energy integration) or "none".
+            wait: ``wait(timeout_s) -> stop_requested``; defaults to the stop event's
+                wait. Tests pass a fake that advances a fake clock.
+        """
+        if not interval_s > 0:
+            raise ConfigError(f"sampler interval must be > 0 s, got {interval_s}")
+        if sources not in ("auto", "none", "gpu-power"):
+            raise ConfigError(f"sampler sources must be 'auto', 'gpu-power' or 'none', got {sources!r}")
+        self.interval_s = float(interval_s)
+        self._gpu_indices = gpus
+        self._nvml = nvml
+        self._rapl_root = rapl_root
+        self._clock = clock
+        self._sources = sources
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._thread: threading.Thread | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._times: list[float] = []
+        self._probes: list[_GpuProbe] = []
+        self._rapl: dict[str, list[RaplCounter]] = {}
+        self._rapl_last: tuple[float, dict[str, int]] | None = None
+        self._nvml_held = False
+        self._ready = False
+        self.notes: list[str] = []
+
+    # -- setup ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        if self._sources == "none":
+            return
+        self._setup_gpus()
+        if self._sources == "auto":
+            self._setup_rapl()
+
+    def _setup_gpus(self) -> None:
+        nvml = self._nvml or Nvml()
+        try:
+            nvml.init()
+        except NvmlError as exc:
+            if self._gpu_indices:
+                self.notes.append(f"GPU telemetry not sampled: {exc}")
+            return
+        self._nvml, self._nvml_held = nvml, True
+        try:
+            visible = nvml.visible_gpus()
+        except NvmlError as exc:
+            self.notes.append(f"GPU telemetry not sampled: {exc}")
+            return
+        wanted = range(len(visible)) if self._gpu_indices is None else self._gpu_indices
+        for i in wanted:
+            if 0 <= i < len(visible):
+                self._probes.append(_GpuProbe(nvml, visible[i], self._sources == "gpu-power"))
+            else:
+                self.notes.append(f"gpu{i}: not visible ({len(visible)} visible GPU(s)); not sampled")
+
+    def _setup_rapl(self) -> None:
+        for zone in rapl_zones(self._rapl_root):
+            if zone.domain is None:
+                continue
+            if not zone.readable:
+                self.notes.append(f"{zone.domain}: not sampled ({zone.reason})")
+                continue
+            kind = "cpu_package_power_w" if zone.domain.startswith("cpu_package") else "cpu_dram_power_w"
+            self._rapl.setdefault(kind, []).append(RaplCounter(zone, self._rapl_root))
+
+    @property
+    def gpu_indices(self) -> list[int]:
+        """Visible indices of the GPUs being sampled."""
+        self._setup()
+        return [p.gpu.visible_index for p in self._probes]
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample_once(self) -> dict[str, Any]:
+        """Take one sample now, append it to the rows and return it."""
+        self._setup()
+        t = self._clock()
+        row: dict[str, Any] = {"t_s": t}
+        for probe in self._probes:
+            probe.read(row)
+        if self._rapl:
+            self._read_rapl(t, row)
+        self._rows.append(row)
+        self._times.append(t)
+        return row
+
+    def _read_rapl(self, t: float, row: dict[str, Any]) -> None:
+        now: dict[str, int] = {}
+        for key, counters in self._rapl.items():
+            try:
+                now[key] = sum(c.update() for c in counters)
+            except RaplError as exc:
+                row[key] = None
+                if not any(n.startswith(key) for n in self.notes):
+                    self.notes.append(f"{key}: read failed at least once ({exc})")
+        last = self._rapl_last
+        for key in self._rapl:
+            if key in row:
+                continue
+            if last is None or key not in last[1] or key not in now or t <= last[0]:
+                row[key] = None  # the first sample has no previous reading to difference
+            else:
+                row[key] = (now[key] - last[1][key]) / 1e6 / (t - last[0])
+        self._rapl_last = (t, now)
+
+    def _loop(self) -> None:
+        next_t = self._clock()
+        while True:
+            try:
+                self.sample_once()
+            except Exception:  # noqa: BLE001 - a telemetry hiccup must not kill the thread
+                log.exception("sampler: sample failed")
+            next_t += self.interval_s
+            now = self._clock()
+            if next_t < now:  # fell behind (slow read, suspended): skip missed ticks
+                next_t += math.ceil((now - next_t) / self.interval_s) * self.interval_s
+            if self._wait(next_t - now):
+                return
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def start(self) -> Sampler:
+        """Start the thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._setup()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="charbench-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and release NVML (idempotent). Rows stay available."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5.0)
+            self._thread = None
+        if self._nvml_held and self._nvml is not None:
+            self._nvml.shutdown()
+            self._nvml_held = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampling thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- results ----------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        """A copy of all samples so far, oldest first."""
+        return list(self._rows)
+
+    def clear(self) -> None:
+        """Drop the samples taken so far (e.g. between sweep points)."""
+        self._rows = []
+        self._times = []
+
+    def window(self, t0_s: float, t1_s: float) -> list[dict[str, Any]]:
+        """Samples with ``t0_s <= t_s <= t1_s``."""
+        rows, times = self._rows, self._times
+        n = min(len(rows), len(times))
+        lo = bisect.bisect_left(times, t0_s, 0, n)
+        hi = bisect.bisect_right(times, t1_s, 0, n)
+        return rows[lo:hi]
+
+    def power_series(self, gpu: int, t0_s: float, t1_s: float) -> tuple[list[tuple[float, float]], set[str]]:
+        """``([(t_s, watts), ...], kinds)`` of one GPU's power inside ``[t0_s, t1_s]``."""
+        key, kind_key = f"gpu{gpu}_power_w", f"gpu{gpu}_power_kind"
+        series, kinds = [], set()
+        for row in self.window(t0_s, t1_s):
+            if row.get(key) is not None:
+                series.append((row["t_s"], row[key]))
+                kinds.add(row[kind_key])
+        return series, kinds
+
+    def summarize(self, t0_s: float, t1_s: float) -> dict[str, Any]:
+        """Statistics over the samples in ``[t0_s, t1_s]``; absent data -> key missing.
+
+        Keys: ``sample_count``; per GPU ``gpu{i}_power_mean_w``, ``_p50_w``, ``_p95_w``,
+        ``gpu{i}_power_kind``, ``gpu{i}_sm_clock_mean_mhz``, ``gpu{i}_mem_clock_mean_mhz``,
+        ``gpu{i}_temp_max_c``, ``gpu{i}_util_mean_pct``, ``gpu{i}_throttle_reasons``
+        (union, ";"-joined, "" when sampled and never throttled); CPU
+        ``cpu_package_power_mean_w``, ``cpu_dram_power_mean_w``.
+        """
+        rows = self.window(t0_s, t1_s)
+        out: dict[str, Any] = {}
+        if not rows:
+            return out
+        out["sample_count"] = len(rows)
+        for p in [probe.prefix for probe in self._probes]:
+            power = _values(rows, p + "power_w")
+            if power:
+                power.sort()
+                out[p + "power_mean_w"] = sum(power) / len(power)
+                out[p + "power_p50_w"] = _percentile(power, 0.50)
+                out[p + "power_p95_w"] = _percentile(power, 0.95)
+                out[p + "power_kind"] = ";".join(sorted({r[p + "power_kind"] for r in rows
+                                                         if r.get(p + "power_kind")}))
+            _put_mean(out, p + "sm_clock_mean_mhz", _values(rows, p + "sm_clock_mhz"))
+            _put_mean(out, p + "mem_clock_mean_mhz", _values(rows, p + "mem_clock_mhz"))
+            _put_mean(out, p + "util_mean_pct", _values(rows, p + "util_pct"))
+            temps = _values(rows, p + "temp_c")
+            if temps:
+                out[p + "temp_max_c"] = max(temps)
+            reasons = [r[p + "throttle_reasons"] for r in rows if r.get(p + "throttle_reasons") is not None]
+            if reasons:
+                names = {n for text in reasons for n in text.split(";") if n}
+                out[p + "throttle_reasons"] = ";".join(sorted(names, key=lambda n: (_THROTTLE_ORDER.get(n, 99), n)))
+        _put_mean(out, "cpu_package_power_mean_w", _values(rows, "cpu_package_power_w"))
+        _put_mean(out, "cpu_dram_power_mean_w", _values(rows, "cpu_dram_power_w"))
+        return out
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in rows if r.get(key) is not None]
+
+
+def _put_mean(out: dict[str, Any], key: str, values: list[float]) -> None:
+    if values:
+        out[key] = sum(values) / len(values)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list (numpy's default method)."""
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
