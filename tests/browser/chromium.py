@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,52 @@ class Chromium:
             errors.append(f"log {e.get('source')}: {e.get('text')} {e.get('url', '')}".strip())
 
 
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
+
+
+class _PlotScan(HTMLParser):
+    """Finds every ``div.plot`` and whether an ``svg.main-svg`` lies inside it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.open: list[tuple[int, int]] = []  # (stack depth of the div, index into plots)
+        self.plots: list[dict[str, Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "div" and "plot" in classes:
+            self.plots.append({"id": a.get("id") or f"#{len(self.plots)}", "drawn": False})
+            self.open.append((len(self.stack), len(self.plots) - 1))
+        if tag == "svg" and "main-svg" in classes:
+            for _, i in self.open:
+                self.plots[i]["drawn"] = True
+        if tag not in _VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in self.stack:
+            return
+        while self.stack:
+            if self.stack.pop() == tag:
+                break
+        self.open = [(d, i) for d, i in self.open if d < len(self.stack)]
+
+
+def plot_status(dom_html: str) -> list[dict[str, Any]]:
+    """One ``{"id", "drawn"}`` per ``div.plot`` of a DOM; drawn means it holds an ``svg.main-svg``."""
+    scan = _PlotScan()
+    scan.feed(dom_html)
+    scan.close()
+    return scan.plots
+
+
 def render_file(html_file: Path, timeout_s: float = 30.0) -> tuple[str, list[str]]:
     """Open one HTML file in a fresh headless Chromium; return ``(dom_html, console_errors)``."""
     with Chromium(timeout_s=timeout_s) as browser:
@@ -282,7 +329,7 @@ def render_file(html_file: Path, timeout_s: float = 30.0) -> tuple[str, list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python tests/browser/chromium.py PAGE.html...``: print each page's console errors; exit 1 on any."""
+    """``python tests/browser/chromium.py PAGE.html...``: print console errors and undrawn plots; exit 1 on any."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -292,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     with Chromium() as browser:
         for page in args.pages:
             dom, errors = browser.render(page)
-            plots = dom.count('class="plot"')
-            print(f"{page}: {len(errors)} console error(s), {plots} plot div(s)")
+            plots = plot_status(dom)
+            undrawn = [p["id"] for p in plots if not p["drawn"]]
+            print(f"{page}: {len(errors)} console error(s), {len(plots)} plot(s), {len(undrawn)} not drawn {undrawn or ''}")
             for e in errors:
                 print(f"  {e}")
-            bad += bool(errors)
+            bad += bool(errors) or bool(undrawn)
     return 1 if bad else 0
 
 

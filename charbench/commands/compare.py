@@ -1,0 +1,49 @@
+"""``charbench compare``: a candidate run against a baseline run, with a regression gate.
+
+::
+
+    charbench compare runs/gemm-power/20261129-101500-main runs/gemm-power/20261130-090000-pr42
+    charbench compare BASE CAND --metric energy_j --metric tflops_per_s:higher --threshold 3 --out cmp.html
+
+Exit codes: 0 no gated metric regressed; 3 a gated metric regressed beyond the threshold
+(outside the noise band); 1 an error (bad run folder, runs of different studies, no
+matching points, unknown metric); 2 command-line usage. The rules are in
+:mod:`charbench.compare`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charbench.compare import DEFAULT_THRESHOLD_PCT, EXIT_REGRESSION, RegressionFound
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(epilog="Exit codes: 0 no gated regression; 3 a gated metric regressed beyond the threshold; 1 error; 2 usage.")
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder (the reference).")],
+    candidate: Annotated[Path, typer.Argument(help="Candidate run folder (the run under test).")],
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Gated metric NAME[:higher|lower] (repeatable; default: the study's headline metrics).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Percent a gated metric may worsen before it counts as a regression.")] = DEFAULT_THRESHOLD_PCT,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML page to write (default CANDIDATE/compare.html).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout instead of the table.")] = False,
+) -> None:
+    """Compare a candidate run with a baseline; exit 3 when a gated metric regresses."""
+    from charbench.compare import compare_runs, render_comparison, summary_text
+
+    cmp = compare_runs(baseline, candidate, metric or None, threshold)
+    page = render_comparison([baseline, candidate], out if out is not None else candidate / "compare.html", comparisons=[cmp])
+    if json_out:
+        typer.echo(json.dumps({**cmp.to_json(), "page": str(page)}, indent=2, default=str))
+    else:
+        typer.echo(summary_text(cmp))
+        typer.echo(f"page: {page}")
+    if cmp.exit_code == EXIT_REGRESSION:
+        # an error type, not click's Exit: the CLI's main() returns CharbenchError.exit_code (3)
+        names = ", ".join(sorted({d.metric for d in cmp.regressions}))
+        raise RegressionFound(f"regression: {len(cmp.regressions)} point(s) of {names} worse than the baseline by more than {threshold:g}% and outside the noise band; see {page}")
