@@ -16,6 +16,8 @@ with a traceback only under ``--debug``.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -49,7 +51,7 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Command names in a stable order (registered modules that exist)."""
-        return [name for name in COMMANDS if importlib.util.find_spec(COMMANDS[name][0].rsplit(".", 1)[0]) is not None and _module_exists(COMMANDS[name][0])]
+        return [name for name in COMMANDS if _module_exists(COMMANDS[name][0])]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         """Import the command's module and turn its Typer app into a click command."""
@@ -57,7 +59,15 @@ class LazyGroup(click.Group):
             return None
         import typer.main
 
-        module = importlib.import_module(COMMANDS[cmd_name][0])
+        try:
+            module = importlib.import_module(COMMANDS[cmd_name][0])
+        except Exception as exc:  # a broken study module must not look like a charbench crash
+            if debug_enabled():
+                raise
+            raise CharbenchError(
+                f"{cmd_name}: the command failed to load ({type(exc).__name__}: {exc}); "
+                "check the installation (pip install -e .) or rerun with --debug for the traceback"
+            ) from exc
         cmd = typer.main.get_command(module.app)
         cmd.name = cmd_name
         return cmd
@@ -71,10 +81,25 @@ class LazyGroup(click.Group):
 
 
 def _module_exists(module: str) -> bool:
+    """Whether ``module`` can be imported, without running its own package's ``__init__``.
+
+    ``charbench.workloads.gemm_power.cli`` is looked up in the folder of
+    ``charbench.workloads.gemm_power`` (which imports only ``charbench.workloads``), so
+    ``charbench --help`` never imports a study (and with it torch).
+    """
+    if module in sys.modules:
+        return True
+    parent, _, leaf = module.rpartition(".")
     try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(parent) if parent else None
+    except (ImportError, ValueError):
         return False
+    if parent and (spec is None or not spec.submodule_search_locations):
+        return False
+    if parent and parent in sys.modules:
+        return importlib.util.find_spec(module) is not None
+    locations = list(spec.submodule_search_locations) if spec is not None and spec.submodule_search_locations else None
+    return importlib.machinery.PathFinder.find_spec(leaf, locations) is not None
 
 
 def _version(ctx: click.Context, _param: Any, value: bool) -> None:
@@ -96,35 +121,97 @@ def root(debug: bool) -> None:
         os.environ[DEBUG_ENV] = "1"
 
 
+def _root_debug_flag(args: list[str]) -> bool:
+    """``--debug`` among the root options (before the command name)."""
+    for a in args:
+        if a == "--debug":
+            return True
+        if a == "--" or not a.startswith("-"):
+            return False
+    return False
+
+
+def _framework_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) classes of click and, when a command loaded it, Typer.
+
+    Typer commands raise ``typer.Exit``/``typer.Abort`` and Typer's vendored click
+    exceptions, which are not subclasses of click's own.
+    """
+    exits: list[type] = [click.exceptions.Exit]
+    aborts: list[type] = [click.exceptions.Abort]
+    usage: list[type] = [click.ClickException]
+    if "typer" in sys.modules:
+        typer = sys.modules["typer"]
+        exits += [c for c in (getattr(typer, "Exit", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(typer, "Abort", None),) if isinstance(c, type)]
+        vendored = sys.modules.get("typer._click.exceptions")
+        if vendored is not None and isinstance(getattr(vendored, "ClickException", None), type):
+            usage.append(vendored.ClickException)
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``charbench`` console script; returns the exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if "--debug" in args[: max(1, args.index("--") if "--" in args else len(args))]:
+    """Entry point of the ``charbench`` console script; returns the exit code.
+
+    Args:
+        argv: arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 for a :class:`CharbenchError` (``Error: ...`` on stderr) or an
+        internal error, 2 for usage errors, 130 after Ctrl-C.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    previous_debug = os.environ.get(DEBUG_ENV)
+    if _root_debug_flag(args):
         os.environ[DEBUG_ENV] = "1"
     try:
-        root.main(args=args, prog_name="charbench", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except CharbenchError as exc:
-        if debug_enabled():
-            import traceback
+        return _main(args)
+    finally:
+        # In-process callers (tests, notebooks) must not inherit --debug from an earlier call.
+        if previous_debug is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous_debug
 
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("Interrupted; completed points are kept (continue with --resume RUN_DIR).", err=True)
-        return 130
-    except Exception as exc:  # an internal bug: say so plainly
-        if debug_enabled():
-            raise
-        click.echo(f"Error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+
+def _main(args: list[str]) -> int:
+    try:
+        try:
+            with root.make_context("charbench", list(args)) as ctx:
+                root.invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; completed points are kept (continue with --resume RUN_DIR).", err=True)
+            return 130
+        except CharbenchError as exc:
+            if debug_enabled():
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            return exc.exit_code
+        except Exception as exc:
+            exits, aborts, usage = _framework_errors()
+            if isinstance(exc, exits):
+                return int(getattr(exc, "exit_code", 0) or 0)
+            if isinstance(exc, aborts):
+                click.echo("Aborted.", err=True)
+                return 130
+            if isinstance(exc, usage):
+                exc.show()  # type: ignore[attr-defined]
+                return int(getattr(exc, "exit_code", 1))
+            if isinstance(exc, BrokenPipeError):
+                raise
+            if debug_enabled():
+                raise
+            # an internal bug: say so plainly
+            click.echo(f"Error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            return 1
+    except BrokenPipeError:
+        # `charbench runs | head`: the reader went away; exit quietly like other CLI tools.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown from flushing into the closed pipe
+        except OSError:
+            pass
         return 1
     return 0
 

@@ -39,7 +39,7 @@ def report(
     else:
         for d in run_dirs:
             if not (d / "run.json").is_file():
-                raise ConfigError(f"report: {d} is not a charbench run folder (no run.json)")
+                raise ConfigError(f"report: {d} is not a charbench run folder (no run.json); pass a folder made by a charbench study (see `charbench runs`)")
         if len(run_dirs) == 1:
             path = rep.render_run(run_dirs[0], out)
         else:

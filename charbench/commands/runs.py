@@ -52,8 +52,11 @@ def runs(
     from rich.table import Table
 
     t = Table(title=f"runs under {root}")
-    for c in ("study", "run_id", "label", "started", "status", "done", "failed"):
+    t.add_column("study")
+    t.add_column("run_id (started)", no_wrap=True, min_width=15)  # the folder name is the start time: never cut it
+    for c in ("label", "status", "done", "failed"):
         t.add_column(c)
     for r in rows:
-        t.add_row(str(r["study"]), str(r["run_id"]), str(r["label"] or ""), str(r["started"]), str(r["status"]), f"{r['points_done']}/{r['points_total']}", str(r["points_failed"]))
+        done = f"{r['points_done']}/{r['points_total']}" if r["points_total"] is not None else str(r["points_done"])
+        t.add_row(str(r["study"]), str(r["run_id"]), str(r["label"] or ""), str(r["status"]), done, str(r["points_failed"]))
     Console().print(t)
