@@ -26,6 +26,13 @@ import torch
 
 from charbench.errors import BackendUnavailableError
 
+try:  # optional; the interpreter patches `tl` through the kernels' module globals
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - triton missing or broken
+    triton = None
+    tl = None
+
 
 def triton_unavailable_reason(device: torch.device | str | None = None) -> str | None:
     """Why the Triton decode kernel cannot run on ``device``, or None when it can.
@@ -36,10 +43,8 @@ def triton_unavailable_reason(device: torch.device | str | None = None) -> str |
     Returns:
         A one-line reason, or None.
     """
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        return f"triton is not importable ({exc}); pip install 'charbench[triton]'"
+    if triton is None:
+        return "triton is not importable; pip install 'charbench[triton]'"
     dev = torch.device(device) if device is not None else None
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if dev is not None and dev.type == "cpu" and not interpret:
@@ -56,8 +61,12 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
     Triton decides between compiling and interpreting when ``@triton.jit`` runs, so the
     kernels are defined here rather than at import time.
     """
-    import triton
-    import triton.language as tl
+    assert triton is not None and tl is not None
+    # Reductions go through tl.reduce with the standard combine functions instead of
+    # tl.max/tl.sum/tl.zeros: those are @jit helpers fixed when triton was imported, which
+    # the interpreter cannot call if triton was imported before TRITON_INTERPRET was set.
+    # The interpreter recognises these combine functions and reduces with numpy.
+    # (The kernels may use only module globals: the interpreter re-executes their source.)
 
     @triton.jit
     def _split_kernel(
@@ -92,8 +101,8 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         )  # [BLOCK_H, BLOCK_D]
 
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+        l_i = tl.full([BLOCK_H], 0.0, dtype=tl.float32)
+        acc = tl.full([BLOCK_H, BLOCK_D], 0.0, dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < end
@@ -111,10 +120,10 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
                 qk = tl.dot(q, tl.trans(k))
             qk = qk * sm_scale_log2  # [BLOCK_H, BLOCK_N], base-2 scores
             qk = tl.where(n_mask[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
+            l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
             v = tl.load(
                 V + blk[:, None].to(tl.int64) * stride_vb + slot[:, None] * stride_vs
                 + kvh * stride_vh + offs_d[None, :],
@@ -155,15 +164,15 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         d_mask = offs_d < HEAD_DIM
         lse2 = tl.load(MidLse + b * stride_mlb + h * stride_mlh + offs_s, mask=s_mask,
                        other=float("-inf"))
-        m = tl.max(lse2, 0)  # finite: split 0 always holds the query's own token
+        m = tl.reduce(lse2, 0, tl.standard._elementwise_max)  # finite: split 0 always holds the query's own token
         w = tl.exp2(lse2 - m)
         o = tl.load(
             MidO + b * stride_mob + h * stride_moh + offs_s[:, None] * stride_mos
             + offs_d[None, :],
             mask=s_mask[:, None] & d_mask[None, :], other=0.0,
         )
-        total = tl.sum(w, 0)
-        out = tl.sum(w[:, None] * o, 0) / total
+        total = tl.reduce(w, 0, tl.standard._sum_combine)
+        out = tl.reduce(w[:, None] * o, 0, tl.standard._sum_combine) / total
         tl.store(Out + b * stride_ob + h * stride_oh + offs_d, out.to(Out.dtype.element_ty),
                  mask=d_mask)
         # natural-log LSE: ln(x) = log2(x) * ln(2)

@@ -70,7 +70,9 @@ def paged_decode_torch(
     k = k_cache[block_tables].view(batch, padded_len, num_kv_heads, head_dim).transpose(1, 2)
     v = v_cache[block_tables].view(batch, padded_len, num_kv_heads, head_dim).transpose(1, 2)
     qg = q.view(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, kv_heads, G, L]
+    # softmax in at least float32 (float64 inputs stay float64 for references)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).to(acc_dtype) * scale  # [B, kv_heads, G, L]
     scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
     if return_lse:
         lse = torch.logsumexp(scores, dim=-1)
@@ -79,7 +81,7 @@ def paged_decode_torch(
         probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs.to(v.dtype), v).reshape(batch, num_heads, head_dim)
     if return_lse:
-        return out, lse.reshape(batch, num_heads)
+        return out, lse.reshape(batch, num_heads).float()
     return out
 
 
