@@ -17,8 +17,9 @@ stderr text is not: every console message is logged there at INFO level.
 
 What counts as a console error: an uncaught exception or unhandled rejection
 (``Runtime.exceptionThrown``), ``console.error``/``console.assert`` calls
-(``Runtime.consoleAPICalled``) and browser log entries of level error, such as a
-resource that failed to load (``Log.entryAdded``).
+(``Runtime.consoleAPICalled``), browser log entries of level error, such as a
+resource that failed to load (``Log.entryAdded``), and any ``alert``/``confirm``/``prompt``
+dialog (answered so the page does not block).
 
 The browser binary is ``$CHARBENCH_CHROMIUM`` when set, else the first of ``chromium``,
 ``chromium-browser``, ``google-chrome`` on PATH.
@@ -249,6 +250,7 @@ class Chromium:
             if ev.get("sessionId") != session:
                 continue
             self._collect(ev, errors)
+            self._answer_dialog(ev, session)
             if ev.get("method") == method:
                 return
 
@@ -260,6 +262,12 @@ class Chromium:
                 return
             if ev.get("sessionId") == session:
                 self._collect(ev, errors)
+                self._answer_dialog(ev, session)
+
+    def _answer_dialog(self, ev: dict[str, Any], session: str) -> None:
+        # an alert()/confirm() blocks the page until answered; close it (it was recorded as an error)
+        if ev.get("method") == "Page.javascriptDialogOpening":
+            self._send("Page.handleJavaScriptDialog", {"accept": True}, session)
 
     @staticmethod
     def _collect(ev: dict[str, Any], errors: list[str]) -> None:
@@ -271,6 +279,8 @@ class Chromium:
         elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             parts = [str(a.get("value", a.get("description", a.get("type")))) for a in p.get("args", [])]
             errors.append(f"console.{p.get('type')}: {' '.join(parts)}")
+        elif method == "Page.javascriptDialogOpening":
+            errors.append(f"dialog {p.get('type')}: {p.get('message')}")
         elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
             e = p["entry"]
             errors.append(f"log {e.get('source')}: {e.get('text')} {e.get('url', '')}".strip())
