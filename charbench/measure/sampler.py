@@ -144,7 +144,7 @@ class Sampler:
         self._rapl_last: tuple[float, dict[str, int]] | None = None
         self._nvml_held = False
         self._ready = False
-        self.notes: list[str] = []
+        self._notes: list[str] = []
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -163,30 +163,35 @@ class Sampler:
             nvml.init()
         except NvmlError as exc:
             if self._gpu_indices:
-                self.notes.append(f"GPU telemetry not sampled: {exc}")
+                self._notes.append(f"GPU telemetry not sampled: {exc}")
             return
         self._nvml, self._nvml_held = nvml, True
         try:
             visible = nvml.visible_gpus()
         except NvmlError as exc:
-            self.notes.append(f"GPU telemetry not sampled: {exc}")
+            self._notes.append(f"GPU telemetry not sampled: {exc}")
             return
         wanted = range(len(visible)) if self._gpu_indices is None else self._gpu_indices
         for i in wanted:
             if 0 <= i < len(visible):
                 self._probes.append(_GpuProbe(nvml, visible[i], self._sources == "gpu-power"))
             else:
-                self.notes.append(f"gpu{i}: not visible ({len(visible)} visible GPU(s)); not sampled")
+                self._notes.append(f"gpu{i}: not visible ({len(visible)} visible GPU(s)); not sampled")
 
     def _setup_rapl(self) -> None:
         for zone in rapl_zones(self._rapl_root):
             if zone.domain is None:
                 continue
             if not zone.readable:
-                self.notes.append(f"{zone.domain}: not sampled ({zone.reason})")
+                self._notes.append(f"{zone.domain}: not sampled ({zone.reason})")
                 continue
             kind = "cpu_package_power_w" if zone.domain.startswith("cpu_package") else "cpu_dram_power_w"
             self._rapl.setdefault(kind, []).append(RaplCounter(zone, self._rapl_root))
+
+    @property
+    def notes(self) -> list[str]:
+        """Why sources or metrics are not sampled, or failed to read at least once."""
+        return self._notes + [n for probe in self._probes for n in probe.notes]
 
     @property
     def gpu_indices(self) -> list[int]:
@@ -215,8 +220,8 @@ class Sampler:
                 now[key] = sum(c.update() for c in counters)
             except RaplError as exc:
                 row[key] = None
-                if not any(n.startswith(key) for n in self.notes):
-                    self.notes.append(f"{key}: read failed at least once ({exc})")
+                if not any(n.startswith(key) for n in self._notes):
+                    self._notes.append(f"{key}: read failed at least once ({exc})")
         last = self._rapl_last
         for key in self._rapl:
             if key in row:
