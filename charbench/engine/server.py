@@ -640,6 +640,25 @@ async def _generate(
 # --------------------------------------------------------------------------- running
 
 
+def _make_uvicorn_server(config: Any) -> Any:
+    """A uvicorn Server for which SIGINT/SIGTERM are the normal way to stop.
+
+    uvicorn re-raises the captured signal after its graceful shutdown (the process then
+    dies by the signal, or Python raises KeyboardInterrupt); a server stopped on purpose
+    should instead return normally so ``charbench serve`` exits with status 0.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    return _Server(config)
+
+
 def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> Any:
     import uvicorn
 
@@ -676,8 +695,6 @@ def run_server(
         log_level: uvicorn log level (``debug`` also enables the access log).
         served_model_name: name reported to clients; default the model's name.
     """
-    import uvicorn
-
     from charbench.engine.engine import AsyncLLMEngine  # heavy: torch
 
     if host not in LOOPBACK_HOSTS:
@@ -687,7 +704,8 @@ def run_server(
         )
     engine = AsyncLLMEngine(cfg)
     app = build_app(engine, max_queue=cfg.max_queue, served_model_name=served_model_name, manage_engine=True)
-    uvicorn.Server(_uvicorn_config(app, host, port, log_level)).run()
+    _make_uvicorn_server(_uvicorn_config(app, host, port, log_level)).run()
+    logger.info("server stopped")
 
 
 class BackgroundServer:
@@ -703,14 +721,12 @@ class BackgroundServer:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        import uvicorn
-
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host = host
         self.port = int(self._sock.getsockname()[1])
-        self.server = uvicorn.Server(_uvicorn_config(app, host, self.port, log_level))
+        self.server = _make_uvicorn_server(_uvicorn_config(app, host, self.port, log_level))
         self._thread = threading.Thread(target=self._run, name="charbench-server", daemon=True)
         self._error: BaseException | None = None
 

@@ -631,18 +631,29 @@ def test_real_disconnect_frees_blocks(real: Served) -> None:
 
 
 def test_real_queue_full_429() -> None:
+    # one running sequence at a time; the server admits at most 1 waiting request
     engine = _real_engine(max_num_seqs=1, max_queue=1000)
     try:
         with BackgroundServer(build_app(engine, max_queue=1)) as srv:
 
-            async def main() -> list[int]:
+            async def main() -> tuple[int, list[int]]:
                 async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
-                    async def one() -> int:
-                        r = await c.post("/v1/completions", json={"prompt": "q", "max_tokens": 48, "ignore_eos": True})
-                        return r.status_code
-                    return await asyncio.gather(*(one() for _ in range(6)))
 
-            codes = asyncio.run(main())
-            assert set(codes) <= {200, 429} and codes.count(429) >= 1 and codes.count(200) >= 2, codes
+                    async def one(n: int) -> int:
+                        r = await c.post("/v1/completions", json={"prompt": "q", "max_tokens": n, "ignore_eos": True})
+                        if r.status_code == 429:
+                            assert r.json()["error"]["code"] == "queue_full"
+                        return r.status_code
+
+                    long = asyncio.ensure_future(one(150))
+                    while engine.stats().num_running == 0:
+                        await asyncio.sleep(0.005)
+                    short = await asyncio.gather(*(one(4) for _ in range(3)))
+                    return await long, short
+
+            long_code, codes = asyncio.run(main())
+            # the first short one waits behind the long one; the others find the queue full
+            assert long_code == 200 and sorted(codes) == [200, 429, 429], codes
+            assert httpx.post(srv.url + "/v1/completions", json={"prompt": "q", "max_tokens": 2}).status_code == 200
     finally:
         engine.shutdown()
