@@ -146,6 +146,9 @@ def provenance_rows(data: RunData) -> list[dict[str, str]]:
             if col in df:
                 for text in df[col].dropna():
                     for metric, source in json.loads(text).items():
+                        source = str(source)
+                        if source in ("not-measured", "not measured"):
+                            continue  # its reason is in null_reasons
                         kind = ESTIMATED if ESTIMATED in source else "measured"
                         rows[(metric, kind, source)] = rows.get((metric, kind, source), 0) + 1
         if "null_reasons" in df:

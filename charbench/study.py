@@ -18,9 +18,11 @@ failure handling::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import sys
 import time
@@ -99,6 +101,7 @@ class Window:
         return self.t1_s - self.t0_s
 
     def _domains(self) -> list[str]:
+        """The device's energy domains: GPU domains on CUDA, CPU (RAPL) domains on the CPU."""
         m = self.measurement
         if m is None:
             return []
@@ -106,12 +109,19 @@ class Window:
             return [d for d in m.energy_j if d.startswith("gpu")]
         return [d for d in m.energy_j if d.startswith("cpu")]
 
+    def _domain_reason(self, domain: str) -> str:
+        warnings = list(getattr(self.measurement, "warnings", []) or [])
+        mine = [w for w in warnings if domain in w]
+        return "; ".join(mine or warnings) or "the meter returned no value"
+
     def fields(self, prefix: str = "") -> dict[str, Any]:
         """The window as record fields.
 
         ``energy_j`` is the device's energy (GPU domains on CUDA; RAPL package+DRAM on CPU),
         ``energy_net_j`` subtracts the idle baseline (gross - P_idle x t), ``avg_power_w`` is
-        energy / time. Missing values are None and their reason goes to ``null_reasons``.
+        energy / time. Every domain the meters saw also gets ``<domain>_energy_j``. Missing
+        values are None and their reason goes to ``null_reasons``; measured ones name their
+        meter in ``provenance``.
         """
         p = prefix
         rec: dict[str, Any] = {f"{p}time_s": self.time_s}
@@ -121,32 +131,40 @@ class Window:
         m = self.measurement
         domains = self._domains()
         energy: float | None = None
+        if m is not None:
+            warnings.extend(m.warnings)
+            for d, v in m.energy_j.items():
+                rec[f"{p}{d}_energy_j"] = v
+                if v is None:
+                    reasons[f"{p}{d}_energy_j"] = self._domain_reason(d)
+                else:
+                    provenance[f"{p}{d}_energy_j"] = m.provenance.get(d, "unknown")
         if m is None or not domains:
-            reason = "no energy meter usable for this device (see env: meters)"
+            reason = "no energy meter usable for this device (see `charbench env`, meters)"
             if m is not None and m.warnings:
                 reason += "; " + "; ".join(m.warnings)
             reasons[f"{p}energy_j"] = reason
         else:
-            warnings.extend(m.warnings)
             values = [m.energy_j.get(d) for d in domains]
-            for d in domains:
-                rec[f"{p}{d}_energy_j"] = m.energy_j.get(d)
-                provenance[f"{p}{d}_energy_j"] = m.provenance.get(d, "unknown")
-            if any(v is None for v in values):
-                missing = [d for d, v in zip(domains, values) if v is None]
-                reasons[f"{p}energy_j"] = f"domain(s) {', '.join(missing)} not measured: " + ("; ".join(m.warnings) or "meter returned no value")
+            missing = [d for d, v in zip(domains, values) if v is None]
+            if missing:
+                reasons[f"{p}energy_j"] = f"domain(s) {', '.join(missing)} not measured: " + "; ".join(dict.fromkeys(self._domain_reason(d) for d in missing))
             else:
                 energy = float(sum(values))  # type: ignore[arg-type]
                 provenance[f"{p}energy_j"] = ",".join(sorted({m.provenance.get(d, "unknown") for d in domains}))
         rec[f"{p}energy_j"] = energy
-        rec[f"{p}avg_power_w"] = energy / self.time_s if energy is not None and self.time_s > 0 else None
-        if energy is None:
-            reasons[f"{p}avg_power_w"] = reasons[f"{p}energy_j"]
+        if energy is not None and self.time_s > 0:
+            rec[f"{p}avg_power_w"] = energy / self.time_s
+            provenance[f"{p}avg_power_w"] = provenance[f"{p}energy_j"]
+        else:
+            rec[f"{p}avg_power_w"] = None
+            reasons[f"{p}avg_power_w"] = reasons.get(f"{p}energy_j", "window of zero length")
         net = None
         if energy is not None and self.baseline is not None:
             idle = [self.baseline.power_w.get(d) for d in domains]
             if all(v is not None for v in idle):
                 net = energy - float(sum(idle)) * self.time_s  # type: ignore[arg-type]
+                provenance[f"{p}energy_net_j"] = provenance[f"{p}energy_j"] + " minus idle baseline"
             else:
                 reasons[f"{p}energy_net_j"] = "idle baseline not measured for every domain"
         elif energy is not None:
@@ -154,11 +172,19 @@ class Window:
         else:
             reasons[f"{p}energy_net_j"] = reasons[f"{p}energy_j"]
         rec[f"{p}energy_net_j"] = net
+        to_record = getattr(self.baseline, "to_record", None)
+        if to_record is not None:
+            for k, v in to_record().items():
+                rec[k] = v
+                if v is None:
+                    reasons[k] = "; ".join(self.baseline.warnings) or "idle power not measured"
         for k, v in self.sampler_stats.items():
             rec[f"{p}{k}"] = v
-        rec["_reasons"] = reasons
-        rec["_provenance"] = provenance
-        rec["_warnings"] = warnings
+        # Private bookkeeping keys carry the prefix so that {**w1.fields("a_"), **w2.fields("b_")} keeps both.
+        tag = f":{p}" if p else ""
+        rec[f"_reasons{tag}"] = reasons
+        rec[f"_provenance{tag}"] = provenance
+        rec[f"_warnings{tag}"] = warnings
         return rec
 
 
@@ -217,25 +243,47 @@ class Context:
             time.sleep(self.settings.cooldown_s)
 
     def close(self) -> None:
-        """Stop the sampler and restore clocks/power limits."""
-        if self.sampler is not None:
-            self.sampler.stop()
-            self.sample_rows = self.sampler.rows()
-        if self._control is not None:
-            self._control.__exit__(None, None, None)
-            self._control = None
+        """Restore clocks/power limits, stop the sampler and release the meters (each step runs even if another fails)."""
+        try:
+            if self._control is not None:
+                control, self._control = self._control, None
+                control.__exit__(None, None, None)
+        finally:
+            try:
+                if self.sampler is not None:
+                    self.sampler.stop()
+                    self.sample_rows = self.sampler.rows()
+            finally:
+                close = getattr(self.meter, "close", None)
+                if close is not None:
+                    close()
 
 
 def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index: int) -> dict[str, Any]:
-    """Merge knob values and bookkeeping into a flat record; JSON-encode provenance."""
+    """Merge knob values and bookkeeping into a flat record; JSON-encode provenance.
+
+    Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``.
+    """
     out: dict[str, Any] = {"point_key": key, "point_index": index}
     out.update(params)
-    reasons = dict(rec.pop("_reasons", {}) or {})
-    prov = dict(rec.pop("_provenance", {}) or {})
-    warns = list(rec.pop("_warnings", []) or [])
+    reasons: dict[str, str] = {}
+    prov: dict[str, str] = {}
+    warns: list[str] = []
+    for k in [k for k in rec if k.startswith(("_reasons", "_provenance", "_warnings"))]:
+        value = rec.pop(k) or {}
+        if k.startswith("_reasons"):
+            reasons.update(value)
+        elif k.startswith("_provenance"):
+            prov.update(value)
+        else:
+            warns.extend(value)
     out.update(rec)
-    for k, v in out.items():
-        if v is None and k not in reasons and not k.startswith("_"):
+    out["point_key"], out["point_index"] = key, index  # resume relies on these: a record cannot change them
+    for k, v in list(out.items()):
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None  # parquet/CSV would hold NaN/inf; a missing value is null with its reason
+            reasons.setdefault(k, f"not a finite number ({v!r})")
+        elif v is None and k not in reasons and not k.startswith("_"):
             reasons[k] = "not measured"
     out["null_reasons"] = json.dumps(reasons, sort_keys=True)
     out["provenance"] = json.dumps(prov, sort_keys=True)
@@ -269,19 +317,34 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
     (``--resume`` continues it); clocks and power limits are restored on every exit path.
 
     Raises:
-        CharbenchError: a point failed without ``--continue-on-error``.
+        CharbenchError: a point failed without ``--continue-on-error``; ``--resume`` of a
+            run made with another config.
+        KeyboardInterrupt: after the run folder was marked ``interrupted``.
     """
     from charbench.device import resolve_device
-    from charbench.envinfo import collect_env
+    from charbench.sweep import order_points
 
     device = resolve_device(common.device)
     all_points = study.points()
+    ordered = order_points(all_points, shuffle=settings.shuffle, seed=common.seed)
+    keyed = [(point_key(p), p) for p in ordered]
+    counts = collections.Counter(k for k, _ in keyed)
+    dupes = sorted(k for k, c in counts.items() if c > 1)
+    if dupes:
+        raise ConfigError(f"{study.name}: two sweep points share the key {dupes[0]!r}; make the knob values distinct")
+    prior_samples: list[dict[str, Any]] = []
     if common.resume is not None:
         store = RunStore.open(common.resume, study=study.name)
+        _check_resume_config(store, study)
         done = store.completed_keys()
+        prior = store.samples_frame()
+        if prior is not None:
+            prior_samples = prior.to_dict("records")
         store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     else:
-        env = collect_env(argv=argv or sys.argv)
+        from charbench.envinfo import collect_env
+
+        env = collect_env(argv=argv if argv is not None else sys.argv)
         env["device"] = device
         store = RunStore.create(
             common.out,
@@ -293,42 +356,24 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
             report_hook=study.report_hook,
         )
         done = set()
-    from charbench.sweep import order_points
-
-    ordered = order_points(all_points, shuffle=settings.shuffle, seed=common.seed)
-    keyed = [(point_key(p), p) for p in ordered]
     todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
     store.update_meta(points_total=len(keyed), device=device)
     log = _Logger(quiet=common.json)
-    ctx = Context(device, store, common.seed, settings, log)
-    for note in ctx.meter_notes:
-        log(f"note: {note}")
     status = "failed"
     summary: dict[str, Any] = {}
+    ctx: Context | None = None
     try:
+        ctx = Context(device, store, common.seed, settings, log)
+        for note in ctx.meter_notes:
+            log(f"note: {note}")
+        if done:
+            log(f"resuming {store.path}: {len(done)} point(s) done, {len(todo)} to run")
         _start_measurement(ctx, settings, log)
         study.setup(ctx)
         with _progress(len(todo), enabled=not common.json) as bar:
             for n, (index, key, params) in enumerate(todo):
                 bar.describe(key)
-                try:
-                    out = study.run_point(dict(params), ctx)
-                    recs = out if isinstance(out, list) else [out]
-                    store.append_records([finalize_record(dict(r), params, key, index) for r in recs])
-                    store.clear_failure(key)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:
-                    store.record_failure(key, exc, params)
-                    log(f"point {key} failed: {type(exc).__name__}: {exc}")
-                    if not common.continue_on_error:
-                        raise CharbenchError(
-                            f"point {key} failed ({type(exc).__name__}: {exc}); completed points are kept in {store.path}. "
-                            f"Rerun with --continue-on-error to go on past failures, or --resume {store.path} after fixing it"
-                        ) from exc
-                finally:
-                    if ctx.sampler is not None:
-                        store.write_samples(ctx.sampler.rows())
+                _run_one(study, ctx, store, common, index, key, params, prior_samples, log)
                 bar.advance()
                 if n + 1 < len(todo):
                     ctx.cooldown()
@@ -338,23 +383,73 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
         status = "interrupted"
         raise
     finally:
-        try:
-            study.teardown(ctx)
-        finally:
-            ctx.close()
-            if ctx.sample_rows:
-                store.write_samples(ctx.sample_rows)
-            if ctx.baseline is not None:
-                store.write_json("baseline.json", to_jsonable(ctx.baseline))
-            store.finish(status)
+        _close_run(study, ctx, store, status, prior_samples, log)
     report = None
     try:
         from charbench.report import render_run
 
         report = render_run(store.path)
     except Exception as exc:  # a report failure must not lose a completed run
+        if os.environ.get("CHARBENCH_DEBUG") == "1":
+            raise
         log(f"report rendering failed: {type(exc).__name__}: {exc}; rerun `charbench report {store.path}`")
     return RunResult(store.path, status, store.meta["points_done"], store.meta["points_failed"], summary, report)
+
+
+def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions, index: int, key: str, params: dict[str, Any],
+             prior_samples: list[dict[str, Any]], log: Any) -> None:
+    """Run one point and store its record(s) or its failure."""
+    try:
+        out = study.run_point(dict(params), ctx)
+        recs = out if isinstance(out, list) else [out]
+        if not recs or not all(isinstance(r, dict) for r in recs):
+            raise TypeError(f"{type(study).__name__}.run_point must return a dict or a non-empty list of dicts, got {type(out).__name__}")
+        store.append_records([finalize_record(dict(r), params, key, index) for r in recs])
+        store.clear_failure(key)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        store.record_failure(key, exc, params)
+        log(f"point {key} failed: {type(exc).__name__}: {exc}")
+        if not common.continue_on_error:
+            raise CharbenchError(
+                f"point {key} failed ({type(exc).__name__}: {exc}); completed points are kept in {store.path}. "
+                f"Rerun with --continue-on-error to go on past failures, or --resume {store.path} after fixing it"
+            ) from exc
+    finally:
+        if ctx.sampler is not None:
+            store.write_samples(prior_samples + ctx.sampler.rows())
+
+
+def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, prior_samples: list[dict[str, Any]], log: Any) -> None:
+    """Teardown, restore the device, save samples and baseline, and mark the run; each step runs even if one fails."""
+    try:
+        if ctx is not None:
+            try:
+                study.teardown(ctx)
+            finally:
+                ctx.close()
+    finally:
+        try:
+            if ctx is not None and ctx.sample_rows:
+                store.write_samples(prior_samples + ctx.sample_rows)
+            if ctx is not None and ctx.baseline is not None:
+                store.write_json("baseline.json", to_jsonable(ctx.baseline))
+        finally:
+            store.finish(status)
+
+
+def _check_resume_config(store: RunStore, study: Study) -> None:
+    """``--resume`` must continue the same sweep: the study config has to match the run's."""
+    saved = store.config().get("study_config")
+    current = json.loads(json.dumps(study.config_dict(), default=str))
+    if saved is None or saved == current:
+        return
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) if isinstance(saved, dict) and isinstance(current, dict) else ["(whole config)"]
+    raise ConfigError(
+        f"--resume {store.path}: the run was made with another {study.name} config (differs in: {', '.join(keys)}); "
+        f"repeat the original options (see {store.path / 'config.json'}) or start a new run without --resume"
+    )
 
 
 def _start_measurement(ctx: Context, settings: RunSettings, log: Any) -> None:
@@ -379,5 +474,7 @@ class _Logger:
 
 
 def interactive() -> bool:
-    """True when progress bars make sense: a TTY and not under CI."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """True when progress bars make sense: stderr is a TTY and not under CI."""
+    from charbench.progress import is_interactive
+
+    return is_interactive(sys.stderr)
