@@ -165,7 +165,9 @@ def probe_nvcc() -> Probe:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Probe(False, reason=f"nvcc at {path} failed to run: {exc}")
-    version = out.strip().splitlines()[-1] if out.strip() else None
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    # "Cuda compilation tools, release 12.4, V12.4.131" names the version; the last line is a build id
+    version = next((ln for ln in lines if "release" in ln), lines[-1] if lines else None)
     return Probe(True, version=version, detail=path)
 
 

@@ -7,7 +7,8 @@
 
 Collects OS, CPU, memory, Python, torch/CUDA, every visible GPU (via NVML), backend
 probes and which meters are usable, each missing piece with why and how to fix it.
-Importing this module is cheap; torch is only imported when :func:`collect_env` runs.
+Importing this module is cheap; :func:`collect_env` imports torch only where a GPU
+device node exists (elsewhere the versions come from package metadata).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from charbench import __version__
+
+T = TypeVar("T")
 
 
 def _cpu_model() -> str | None:
@@ -55,11 +58,27 @@ def git_sha() -> str | None:
 
 
 def _torch_info() -> dict[str, Any]:
+    """torch's version and the CUDA version it was built for.
+
+    Importing torch takes seconds; on a Linux machine with no GPU device node it could
+    not use a GPU anyway, so the versions come from the installed package's metadata
+    (``torch_source`` says so) unless torch is already imported.
+    """
+    from charbench.device import gpu_device_nodes_present, torch_version_from_metadata
+
+    if "torch" not in sys.modules and not gpu_device_nodes_present():
+        version, cuda = torch_version_from_metadata()
+        if version is None:
+            return {"torch": None, "torch_cuda": None, "torch_reason": "torch is not installed; install it: pip install torch"}
+        return {"torch": version, "torch_cuda": cuda, "torch_source": "package metadata (not imported: no GPU device node on this machine)"}
     try:
         import torch
+    except Exception as exc:  # a broken torch must not break the inventory
+        return {"torch": None, "torch_cuda": None, "torch_reason": f"torch not importable: {type(exc).__name__}: {exc}"}
+    try:
+        return {"torch": str(torch.__version__), "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads(), "torch_source": "imported"}
     except Exception as exc:
-        return {"torch": None, "torch_reason": f"torch not importable: {exc}"}
-    return {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+        return {"torch": None, "torch_cuda": None, "torch_reason": f"torch is installed but broken: {type(exc).__name__}: {exc}"}
 
 
 def meter_status() -> list[dict[str, Any]]:
@@ -85,13 +104,14 @@ def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
     from charbench.device import probe_backends
     from charbench.measure.nvml import gpu_inventory
 
-    gpus, gpu_reason = gpu_inventory()
+    gpus, gpu_reason = _never_raise(gpu_inventory, ([], "GPU inventory failed"))
     env: dict[str, Any] = {
         "charbench_version": __version__,
         "git_sha": git_sha(),
         "command_line": argv if argv is not None else sys.argv,
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
@@ -101,6 +121,17 @@ def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
     env.update(_torch_info())
     env["gpus"] = gpus
     env["gpus_reason"] = gpu_reason
-    env["backends"] = {k: {"ok": p.ok, "version": p.version, "reason": p.reason, "detail": p.detail} for k, p in probe_backends().items()}
-    env["meters"] = meter_status()
+    probes = _never_raise(probe_backends, {})
+    env["backends"] = {k: {"ok": p.ok, "version": p.version, "reason": p.reason, "detail": p.detail} for k, p in probes.items()}
+    env["meters"] = _never_raise(meter_status, [])
     return env
+
+
+def _never_raise(fn: Callable[[], T], fallback: T) -> T:
+    """Run a probe; an unexpected exception becomes the fallback (the inventory must always come out)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(fallback, tuple) and len(fallback) == 2 and isinstance(fallback[1], str):
+            return (fallback[0], f"{fallback[1]}: {type(exc).__name__}: {exc}")  # type: ignore[return-value]
+        return fallback

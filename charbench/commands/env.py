@@ -15,42 +15,72 @@ import typer
 
 app = typer.Typer(add_completion=False)
 
+#: Machine facts shown first, in this order (the rest of env.json is in --json).
+MACHINE_KEYS = (
+    "charbench_version", "git_sha", "hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_gib",
+    "python", "torch", "torch_cuda", "cuda_visible_devices",
+)
+
 
 def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def machine_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, value) rows of the Machine table; torch's missing CUDA or import problem is spelled out."""
+    rows = []
+    for k in MACHINE_KEYS:
+        v = env.get(k)
+        if k == "torch" and v is None:
+            v = f"not usable ({env.get('torch_reason') or 'not installed'})"
+        elif k == "torch_cuda" and v is None and env.get("torch"):
+            v = "none (CPU-only build of torch)"
+        rows.append((k, _fmt(v)))
+    return rows
+
+
+def gpu_rows(gpu: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, value) rows of one GPU; an unknown value shows its ``<field>_reason``."""
+    rows = []
+    for k, v in gpu.items():
+        if k.endswith("_reason"):
+            continue
+        reason = gpu.get(f"{k}_reason")
+        rows.append((k, f"— ({reason})" if v is None and reason else _fmt(v)))
+    return rows
+
+
 def print_env(env: dict[str, Any]) -> None:
-    """Print the inventory as rich tables."""
+    """Print the inventory as rich tables (every value escaped: no rich markup from data)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
     t = Table(title="Machine", show_header=False)
-    for k in ("charbench_version", "git_sha", "os", "cpu_model", "cpu_cores", "memory_gib", "python", "torch", "torch_cuda", "cuda_visible_devices"):
-        t.add_row(k, _fmt(env.get(k)))
+    for k, v in machine_rows(env):
+        t.add_row(k, escape(v))
     con.print(t)
-    if env.get("gpus"):
-        g = Table(title="GPUs")
-        cols = ["index", "name", "driver", "memory_total_mib", "sm_clock_mhz", "mem_clock_mhz", "power_limit_w", "power_limit_min_w", "power_limit_max_w", "energy_counter", "mig_mode", "persistence_mode"]
-        for c in cols:
-            g.add_column(c)
-        for gpu in env["gpus"]:
-            g.add_row(*[_fmt(gpu.get(c)) for c in cols])
-        con.print(g)
+    gpus = env.get("gpus") or []
+    if gpus:
+        for gpu in gpus:
+            g = Table(title=f"GPU {escape(_fmt(gpu.get('index')))}: {escape(_fmt(gpu.get('name')))}", show_header=False)
+            for k, v in gpu_rows(gpu):
+                g.add_row(k, escape(v))
+            con.print(g)
     else:
-        con.print(f"[bold]GPUs:[/bold] none ({env.get('gpus_reason') or 'no GPU found'})")
+        con.print(f"[bold]GPUs:[/bold] none ({escape(env.get('gpus_reason') or 'no GPU found')})")
     b = Table(title="Backends")
     for c in ("backend", "usable", "version", "detail / why not"):
         b.add_column(c)
-    for name, p in env.get("backends", {}).items():
-        b.add_row(name, "yes" if p["ok"] else "no", _fmt(p.get("version")), p.get("detail") or p.get("reason") or "")
+    for name, p in (env.get("backends") or {}).items():
+        b.add_row(escape(name), "yes" if p.get("ok") else "no", escape(_fmt(p.get("version"))), escape(p.get("detail") or p.get("reason") or ""))
     con.print(b)
     m = Table(title="Meters")
     for c in ("meter", "usable", "measures", "why not / fix"):
         m.add_column(c)
-    for row in env.get("meters", []):
-        m.add_row(row["meter"], "yes" if row["usable"] else "no", row["what"], row.get("reason") or "")
+    for row in env.get("meters") or []:
+        m.add_row(escape(str(row.get("meter"))), "yes" if row.get("usable") else "no", escape(str(row.get("what") or "")), escape(row.get("reason") or ""))
     con.print(m)
 
 
