@@ -137,6 +137,8 @@ class GpuControl:
             self._prev_handlers = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._prev_handlers.get(signum) is signal.SIG_IGN:
+            return  # the signal was ignored before us: the run goes on, so do the settings
         if self._restoring:  # arrived while restoring: finish first, then act on it
             self._pending.append((signum, frame))
             return

@@ -145,6 +145,7 @@ class Sampler:
         self._nvml_held = False
         self._ready = False
         self._notes: list[str] = []
+        self.cpu_s = 0.0  # CPU time the thread spent sampling (its own overhead)
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -235,10 +236,12 @@ class Sampler:
     def _loop(self) -> None:
         next_t = self._clock()
         while True:
+            cpu0 = time.thread_time()
             try:
                 self.sample_once()
             except Exception:  # noqa: BLE001 - a telemetry hiccup must not kill the thread
                 log.exception("sampler: sample failed")
+            self.cpu_s += time.thread_time() - cpu0
             next_t += self.interval_s
             now = self._clock()
             if next_t < now:  # fell behind (slow read, suspended): skip missed ticks
