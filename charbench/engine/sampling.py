@@ -91,7 +91,7 @@ def apply_top_p_sorted(sorted_logits: torch.Tensor, top_p: torch.Tensor) -> torc
 
 def filter_logits(
     logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Temperature, top-k and top-p in one pass over sorted logits.
 
     Args:
@@ -101,20 +101,26 @@ def filter_logits(
         top_p: [n] float (1 disables).
 
     Returns:
-        (filtered logits [n, m] in descending order with -inf where masked, the token id of
-        each column [n, m]). ``m`` is the vocabulary, or the largest k when every row has
-        a top-k (then only the top ``m`` are sorted).
+        (filtered logits [n, m] with -inf where masked, the token id of each column
+        [n, m]). Sorted in descending order when a row needs top-k or top-p; ``m`` is the
+        vocabulary, or the largest k when every row has a top-k (then only the top ``m``
+        are sorted). When no row needs either, nothing is sorted and the ids are None
+        (column = token id).
     """
     x = logits / temperature[:, None]
     vocab = x.shape[1]
+    need_k = bool((top_k > 0).any())
+    need_p = bool((top_p < 1.0).any())
+    if not need_k and not need_p:
+        return x, None
     if bool((top_k > 0).all()):
         m = int(top_k.max().clamp(max=vocab))
         vals, idx = torch.topk(x, m, dim=-1, largest=True, sorted=True)
     else:
         vals, idx = torch.sort(x, dim=-1, descending=True, stable=True)
-    if bool((top_k > 0).any()):
+    if need_k:
         vals = apply_top_k_sorted(vals, top_k)
-    if bool((top_p < 1.0).any()):
+    if need_p:
         vals = apply_top_p_sorted(vals, top_p)
     return vals, idx
 
@@ -173,7 +179,7 @@ class Sampler:
         cdf = torch.cumsum(torch.softmax(vals.double(), dim=-1), dim=-1)
         target = (u * cdf[:, -1]).unsqueeze(1)
         pos = torch.searchsorted(cdf, target, right=True).clamp(max=vals.shape[1] - 1)
-        picked = idx.gather(1, pos).squeeze(1).tolist()
+        picked = (pos if idx is None else idx.gather(1, pos)).squeeze(1).tolist()
         for i, t in zip(rand, picked):
             result[i] = t
         return result

@@ -66,6 +66,9 @@ def test_filter_logits_temperature_top_k_then_top_p() -> None:
     vals, idx = filter_logits(two, torch.ones(2), torch.tensor([3, 0]), torch.ones(2))
     assert idx[0, :3].tolist() == [1, 3, 2] and vals[0, 3:].tolist() == [-INF, -INF]
     assert idx[1].tolist() == [1, 3, 2, 0, 4] and (vals[1] > -INF).all()
+    # temperature only: no sort, columns are token ids
+    vals, idx = filter_logits(logits, torch.tensor([2.0]), torch.tensor([0]), torch.tensor([1.0]))
+    assert idx is None and vals[0].tolist() == [0.0, 1.5, 0.5, 1.0, -0.5]
 
 
 # ---- sampler ------------------------------------------------------------------------------
@@ -101,6 +104,11 @@ def test_masked_tokens_never_sampled_and_distribution_matches() -> None:
     toks = s.sample(base.repeat(n, 1), [row(temperature=1.0, top_p=0.6) for _ in range(n)])
     assert set(toks) == {0, 1}
     assert abs(toks.count(0) / n - 0.36 / 0.63) < 0.03
+    # temperature 0.5 alone (unsorted path): p_i^2 renormalised
+    toks = s.sample(base.repeat(n, 1), [row(temperature=0.5) for _ in range(n)])
+    sq = torch.tensor([0.36, 0.27, 0.18, 0.09, 0.05, 0.05]) ** 2
+    counts = torch.bincount(torch.tensor(toks), minlength=6).double() / n
+    assert torch.allclose(counts, (sq / sq.sum()).double(), atol=0.03)
 
 
 def test_seeded_rows_reproducible_and_batch_independent() -> None:
@@ -195,6 +203,11 @@ def test_stop_token_eos_ignore_eos_min_tokens() -> None:
     stop_tok = ids_of("z")[0]
     pieces, sc, used = run_checker(ids_of("azb"), stop_token_ids=[stop_tok])
     assert (sc.finish_reason, sc.text, used) == ("stop", "a", 2)
+    # several EOS ids (Llama-3 style): any of them ends the request
+    sc = StopChecker(SamplingParams(max_tokens=9), dec, [EOS, 5], 1000, 4)
+    assert [sc.add_token(t) for t in ids_of("ab")] == ["a", "b"] and sc.finish_reason is None
+    sc.add_token(5)
+    assert sc.finish_reason == "stop" and sc.text == "ab"
     # min_tokens: the stop string before the 3rd token is not a stop
     pieces, sc, used = run_checker("xyabxy", stop=["xy"], min_tokens=3)
     assert (sc.finish_reason, sc.text, used) == ("stop", "xyab", 6)
