@@ -139,3 +139,45 @@ def test_doc_explains_the_workflow() -> None:
     for needle in (".github/workflows/charbench-gpu.yml", "CHARBENCH_GPU_RUNNER", ".charbench/baselines/gpu",
                    ".charbench/baselines/cpu", "--threshold", "exit code", "3", "self-hosted", "charbench report --history"):
         assert needle in text, needle
+
+
+def _fakeruns():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("charbench_test_fakeruns", Path(__file__).parent / "browser" / "fakeruns.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+@pytest.mark.parametrize("case", ["regression", "no-baseline"])
+def test_compare_step_records_the_exit_code(wf: dict[str, Any], tmp_path: Path, case: str) -> None:
+    """Run the compare step's script as Actions does (bash -eo pipefail) on fake runs."""
+    import datetime as dt
+    import os
+    import sys
+
+    from charbench.sweep import expand
+
+    bindir = Path(sys.executable).parent
+    if not (bindir / "charbench").exists():
+        pytest.skip("the charbench console script is not installed next to this Python")
+    make_run = _fakeruns().make_run
+    pts = expand({"size": [1, 2]})
+    base_root = tmp_path / "repo" / ".charbench" / "baselines" / "cpu"
+    make_run(base_root, "gemm-power", pts, lambda p: {"energy_j": 1.0 * p["size"], "avg_power_w": 10.0}, now=dt.datetime(2026, 1, 1))
+    cand = make_run(tmp_path / "runs", "gemm-power", pts, lambda p: {"energy_j": 1.5 * p["size"], "avg_power_w": 10.0}, now=dt.datetime(2026, 1, 2))
+    out, summary = tmp_path / "github_output", tmp_path / "summary.md"
+    out.touch()
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", CHARBENCH_STUDY="gemm-power", CHARBENCH_THRESHOLD="5",
+               CHARBENCH_BASELINE=".charbench/baselines/cpu" if case == "regression" else ".charbench/none",
+               CHARBENCH_HOME=str(tmp_path / "runs"), RUN_DIR=str(cand), GITHUB_OUTPUT=str(out), GITHUB_STEP_SUMMARY=str(summary))
+    step = next(s for s in _steps(wf, "cpu-fallback") if s.get("name") == "Compare with the baseline")
+    res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=tmp_path / "repo", env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr  # a regression is failed by the last step, after the upload
+    if case == "regression":
+        assert out.read_text().strip() == "rc=3"
+        assert "REGRESSION" in summary.read_text() and (tmp_path / "runs" / "compare.html").is_file()
+    else:
+        assert out.read_text().strip() == "rc=0" and "::notice::no baseline run" in res.stdout
