@@ -79,7 +79,6 @@ from charbench.errors import ConfigError
 logger = logging.getLogger("charbench.server")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_END = object()  # sentinel closing a generation's output queue
 
 
 # --------------------------------------------------------------------------- state
@@ -106,7 +105,7 @@ class _ServerState:
         self.max_queue = max_queue
         self.served_names = served_names
         self.model_name = served_names[0]
-        self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.records: OrderedDict[str, tuple[RequestRecord, float, bool]] = OrderedDict()
         self.records_capacity = records_capacity
         self.counters = ServerCounters()
         self.starting = 0  # generations created whose task has not registered with the engine yet
@@ -137,31 +136,41 @@ class _ServerState:
         return None
 
     def remember(self, gen: _Generation) -> None:
-        """Keep the record of a finished or aborted generation for /v1/charbench/records."""
+        """Keep a finished or aborted request's record for /v1/charbench/records.
+
+        The record object is kept as is (converted to JSON only when asked for), so the
+        hot path costs one dict insert.
+        """
         if gen.last is None:
             return
-        rec: RequestRecord = gen.last.record
+        self.records[gen.request_id] = (gen.last.record, gen.server_arrival_time_s, gen.aborted_by_client)
+        if len(self.records) > self.records_capacity:
+            self.records.popitem(last=False)
+
+    def record_json(self, request_id: str) -> dict[str, Any]:
+        """One kept record as a JSON-ready dict (fields + derived latencies)."""
+        rec, arrival, aborted = self.records[request_id]
         data = dataclasses.asdict(rec)
-        data["request_id"] = gen.request_id
+        data["request_id"] = request_id
         data["engine_request_id"] = rec.request_id
         data["ttft_ms"] = rec.ttft_ms
         data["e2el_ms"] = rec.e2el_ms
         data["tpot_ms"] = rec.tpot_ms
         data["itl_ms"] = rec.itl_ms
-        data["server_arrival_time_s"] = gen.server_arrival_time_s
-        data["aborted_by_client"] = gen.aborted_by_client
-        self.records[gen.request_id] = data
-        while len(self.records) > self.records_capacity:
-            self.records.popitem(last=False)
+        data["server_arrival_time_s"] = arrival
+        data["aborted_by_client"] = aborted
+        return data
 
 
 class _Generation:
-    """One request's engine generation, driven by its own task.
+    """One request's generation in the engine.
 
-    The task owns the engine's async generator for the request's whole life and pushes
-    every :class:`RequestOutput` (then an end marker, or the exception) to a queue the
-    HTTP handler reads. ``close()`` cancels the task, which aborts the request in the
-    engine and frees its KV blocks.
+    The engine's async generator is started at once in a small task that waits for the
+    first output, so the request is registered with the engine (and counted in its
+    queue) before the HTTP handler goes on, and an immediate refusal (prompt too long,
+    queue full) can still become a 4xx status. Later outputs are read directly by the
+    response (no extra task or queue per token). ``close()`` aborts an unfinished
+    request in the engine, which frees its KV blocks.
     """
 
     def __init__(
@@ -173,63 +182,97 @@ class _Generation:
         server_arrival_time_s: float,
     ) -> None:
         self.state = state
-        self.prompt = prompt
-        self.params = params
         self.request_id = request_id
         self.server_arrival_time_s = server_arrival_time_s
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.agen = state.engine.generate(prompt, params, request_id)
         self.last: RequestOutput | None = None
-        self.finished = False
+        self.finished = False  # the engine is done with the request (last output or error)
         self.aborted_by_client = False
         self._started = False
+        self._released = False
         state.starting += 1
-        self.task = asyncio.get_running_loop().create_task(self._pump(), name=f"gen-{request_id}")
+        self.first = asyncio.get_running_loop().create_task(self._first_output(), name=f"gen-{request_id}")
 
-    async def _pump(self) -> None:
+    async def _first_output(self) -> RequestOutput:
         st = self.state
         # Counted in `starting` until here; generate() registers the request with the engine
-        # before its first suspension, in this same step, so the admission check never
-        # misses a request.
+        # before its first suspension, in this same step, so admission never misses it.
         self._started = True
         st.starting -= 1
         st.in_flight += 1
         try:
-            async for out in st.engine.generate(self.prompt, self.params, self.request_id):
-                self.last = out
-                self.queue.put_nowait(out)
-                if out.finished:
-                    self.finished = True
+            out = await self.agen.__anext__()
+        except StopAsyncIteration:
+            self.finished = True
+            raise RuntimeError("the engine ended a request without any output") from None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the HTTP handler, which maps it to a status
-            self.queue.put_nowait(exc)
-            return
-        finally:
-            st.in_flight -= 1
-            st.remember(self)
-        self.queue.put_nowait(_END)
+        except BaseException:
+            self.finished = True
+            raise
+        self._seen(out)
+        return out
+
+    def _seen(self, out: RequestOutput) -> None:
+        self.last = out
+        if out.finished:
+            self.finished = True
+            self._release()
+
+    def early_error(self) -> BaseException | None:
+        """The engine's exception if it refused the request right away."""
+        if self.first.done() and not self.first.cancelled():
+            return self.first.exception()
+        return None
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """Every output in order, up to the finished one; raises the engine's exception."""
+        out = await self.first
+        yield out
+        while not self.finished:
+            try:
+                out = await self.agen.__anext__()
+            except StopAsyncIteration:
+                self.finished = True
+                raise RuntimeError("the engine ended a request without a finished output") from None
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                self.finished = True
+                raise
+            self._seen(out)
+            yield out
 
     def close(self, client_gone: bool = False) -> None:
-        """Cancel the generation unless it already finished (aborts it in the engine)."""
-        if not self._started:
-            self.state.starting -= 1
+        """Abort the request in the engine unless it finished (idempotent).
+
+        A consumer blocked in ``outputs()`` must be cancelled by the caller; its
+        cancellation reaches the engine generator, which aborts the request.
+        """
+        if self._released:
+            return
+        if not self._started:  # the first-output task never ran: nothing reached the engine
             self._started = True
-        if not self.task.done():
-            if client_gone and not self.finished:
+            self.state.starting -= 1
+            self.first.cancel()
+            self._released = True
+            return
+        if not self.finished:
+            if client_gone:
                 self.aborted_by_client = True
                 self.state.counters.client_aborts_total += 1
-            self.task.cancel()
+            if not self.first.done():
+                self.first.cancel()
+            elif not self.agen.ag_running:
+                # suspended at a yield: closing runs the engine's abort in its finally
+                asyncio.get_running_loop().create_task(self.agen.aclose())
+        self._release()
 
-    async def batches(self) -> AsyncIterator[list[Any]]:
-        """Yield the queued items in batches (everything available at each wake-up)."""
-        q = self.queue
-        while True:
-            items = [await q.get()]
-            while not q.empty():
-                items.append(q.get_nowait())
-            yield items
-            if items[-1] is _END or isinstance(items[-1], BaseException):
-                return
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.state.in_flight -= 1
+            self.state.remember(self)
 
 
 def _map_engine_error(state: _ServerState, exc: BaseException) -> OpenAIError:
@@ -319,10 +362,9 @@ async def _admit(
             code="queue_full",
         )
     gen = _Generation(state, prompt_ids, params, request_id, t0)
-    await asyncio.sleep(0)  # let the task register the request (and fail fast if refused)
-    q = gen.queue
-    if not q.empty() and isinstance(q._queue[0], BaseException):  # type: ignore[attr-defined]
-        exc = q.get_nowait()
+    await asyncio.sleep(0)  # let the request reach the engine (and fail fast if refused)
+    exc = gen.early_error()
+    if exc is not None:
         gen.close()
         raise _map_engine_error(state, exc)
     return gen
@@ -345,13 +387,9 @@ async def _collect(gen: _Generation, request: Request) -> RequestOutput:
 
     async def consume() -> RequestOutput:
         final: RequestOutput | None = None
-        async for items in gen.batches():
-            for item in items:
-                if isinstance(item, BaseException):
-                    raise item
-                if item is not _END:
-                    final = item
-        assert final is not None, "engine finished a request without any output"
+        async for out in gen.outputs():
+            final = out
+        assert final is not None
         return final
 
     work = asyncio.ensure_future(consume())
@@ -360,8 +398,8 @@ async def _collect(gen: _Generation, request: Request) -> RequestOutput:
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         if work in done:
             return work.result()
+        work.cancel()  # its cancellation reaches the engine generator: abort
         gen.close(client_gone=True)
-        work.cancel()
         raise _ClientGone()
     finally:
         watch.cancel()
@@ -386,30 +424,23 @@ class _SSEResponse(StreamingResponse):
 async def _stream_events(
     state: _ServerState, gen: _Generation, writer: ChunkWriter, prompt_tokens: int
 ) -> AsyncIterator[str]:
-    """The SSE events of one streaming response (several events per write when queued)."""
+    """The SSE events of one streaming response: one event per engine output."""
     completed = False
     try:
-        first = writer.role_chunk() if writer.kind == "chat" else ""
-        n_out = 0
-        async for items in gen.batches():
-            parts = [first] if first else []
-            first = ""
-            for item in items:
-                if item is _END:
+        if writer.kind == "chat":
+            yield writer.role_chunk()
+        try:
+            async for out in gen.outputs():
+                if out.finished:
+                    # last event, usage and [DONE] in one write
                     completed = True
-                    if writer.include_usage:
-                        parts.append(writer.usage_chunk(prompt_tokens, n_out))
-                    parts.append(ChunkWriter.DONE)
-                elif isinstance(item, BaseException):
-                    completed = True
-                    parts.append(ChunkWriter.error_event(_map_engine_error(state, item)))
-                    parts.append(ChunkWriter.DONE)
-                else:
-                    n_out = len(item.token_ids)
-                    if item.new_token_ids or item.new_text or item.finished:
-                        parts.append(writer.text_chunk(item.new_text, item.finish_reason if item.finished else None))
-            if parts:
-                yield "".join(parts)
+                    tail = writer.usage_chunk(prompt_tokens, len(out.token_ids)) if writer.include_usage else ""
+                    yield writer.text_chunk(out.new_text, out.finish_reason) + tail + ChunkWriter.DONE
+                elif out.new_token_ids or out.new_text:
+                    yield writer.text_chunk(out.new_text, None)
+        except Exception as exc:  # the engine failed the request after the stream started
+            completed = True
+            yield ChunkWriter.error_event(_map_engine_error(state, exc)) + ChunkWriter.DONE
     finally:
         # Closed early (client gone, or the send failed): abort the request in the engine.
         gen.close(client_gone=not completed)
@@ -549,10 +580,11 @@ def build_app(
     async def records(ids: str | None = None, limit: int = 1000) -> JSONResponse:
         if ids:
             wanted = [i for i in ids.split(",") if i]
-            data = [state.records[i] for i in wanted if i in state.records]
+            data = [state.record_json(i) for i in wanted if i in state.records]
             missing = [i for i in wanted if i not in state.records]
         else:
-            data = list(state.records.values())[-max(limit, 0):] if limit > 0 else []
+            keys = list(state.records)[-limit:] if limit > 0 else []
+            data = [state.record_json(i) for i in keys]
             missing = []
         return JSONResponse({"object": "list", "data": data, "missing": missing})
 

@@ -66,22 +66,6 @@ async def _in_process_round(engine: Any, prompts: list[list[int]], output_len: i
     return {"output_tokens": float(sum(counts)), "wall_s": wall, "tokens_per_s": sum(counts) / wall}
 
 
-def measure_in_process(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeats: int) -> list[dict[str, float]]:
-    """Rounds of ``len(prompts)`` concurrent generations on an in-process AsyncLLMEngine."""
-    from charbench.engine.engine import AsyncLLMEngine
-
-    engine = AsyncLLMEngine(cfg)
-    engine.start()
-    try:
-        async def run() -> list[dict[str, float]]:
-            await _in_process_round(engine, prompts, output_len, "warm")
-            return [await _in_process_round(engine, prompts, output_len, f"r{k}") for k in range(repeats)]
-
-        return asyncio.run(run())
-    finally:
-        engine.shutdown()
-
-
 async def _http_round(url: str, model: str, prompts: list[list[int]], output_len: int) -> dict[str, float]:
     limits = httpx.Limits(max_connections=len(prompts) + 4, max_keepalive_connections=len(prompts) + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -122,45 +106,95 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure_http(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeats: int) -> list[dict[str, float]]:
-    """Rounds of concurrent SSE streams against a ``charbench serve`` subprocess."""
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "charbench", "serve", "--model", cfg.model, "--device", cfg.device,
-        "--dtype", cfg.dtype, "--port", str(port), "--max-num-seqs", str(cfg.max_num_seqs),
-        "--max-num-batched-tokens", str(cfg.max_num_batched_tokens), "--log-level", "warning",
-    ]
-    if cfg.kv_cache_gb is not None:
-        cmd += ["--kv-cache-gb", str(cfg.kv_cache_gb)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+def _proc_cpu_s(pid: int) -> float | None:
+    """User+system CPU seconds of a process (Linux /proc), None where unreadable."""
     try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class ServeProcess:
+    """``python -m charbench serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.port = _free_port()
+        cmd = [
+            sys.executable, "-m", "charbench", "serve", "--model", cfg.model, "--device", cfg.device,
+            "--dtype", cfg.dtype, "--port", str(self.port), "--max-num-seqs", str(cfg.max_num_seqs),
+            "--max-num-batched-tokens", str(cfg.max_num_batched_tokens), "--log-level", "warning",
+        ]
+        if cfg.kv_cache_gb is not None:
+            cmd += ["--kv-cache-gb", str(cfg.kv_cache_gb)]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 300
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"charbench serve exited with {proc.returncode}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"charbench serve exited with {self.proc.returncode}")
             try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError("charbench serve did not become healthy in 300 s")
             time.sleep(0.2)
-        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+        self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"]
 
-        async def run() -> list[dict[str, float]]:
-            await _http_round(url, model, prompts, output_len)
-            return [await _http_round(url, model, prompts, output_len) for _ in range(repeats)]
+    def stop(self) -> int | None:
+        """SIGTERM, then wait (kill after 30 s); returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+async def _measured(coro: Any, server_pid: int | None) -> dict[str, Any]:
+    """Run one round; add CPU seconds of this process and (HTTP) of the server process."""
+    c0, s0 = time.process_time(), _proc_cpu_s(server_pid) if server_pid else None
+    res = dict(await coro)
+    res["bench_process_cpu_s"] = time.process_time() - c0
+    s1 = _proc_cpu_s(server_pid) if server_pid else None
+    res["server_process_cpu_s"] = (s1 - s0) if (s0 is not None and s1 is not None) else None
+    return res
+
+
+def measure(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeats: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Alternate in-process and HTTP rounds (so load drift on a shared machine hits both).
+
+    The in-process engine lives in this process; the HTTP engine in a ``charbench serve``
+    subprocess. Both stay up for the whole run, idle while the other is measured.
+    """
+    from charbench.engine.engine import AsyncLLMEngine
+
+    engine = AsyncLLMEngine(cfg)
+    engine.start()
+    server = ServeProcess(cfg)
+    try:
+        async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            inproc: list[dict[str, Any]] = []
+            http: list[dict[str, Any]] = []
+            await _in_process_round(engine, prompts, output_len, "warm")  # discarded
+            await _http_round(server.url, server.model, prompts, output_len)  # discarded
+            for k in range(repeats):
+                order = ("in", "http") if k % 2 == 0 else ("http", "in")
+                for which in order:
+                    if which == "in":
+                        inproc.append(await _measured(_in_process_round(engine, prompts, output_len, f"r{k}"), None))
+                    else:
+                        http.append(await _measured(_http_round(server.url, server.model, prompts, output_len), server.proc.pid))
+            return inproc, http
 
         return asyncio.run(run())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        engine.shutdown()
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--max-num-batched-tokens", type=int, default=512)
     ap.add_argument("--kv-cache-gb", type=float, default=None)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -186,11 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     prompts = _prompts(args.concurrency, args.prompt_len, 258, args.seed)
 
-    inproc = measure_in_process(cfg, prompts, args.output_len, args.repeats)
-    http = measure_http(cfg, prompts, args.output_len, args.repeats)
+    inproc, http = measure(cfg, prompts, args.output_len, args.repeats)
     inproc_tps = statistics.median(r["tokens_per_s"] for r in inproc)
     http_tps = statistics.median(r["tokens_per_s"] for r in http)
     ratio = http_tps / inproc_tps
+    pair_ratios = [h["tokens_per_s"] / i["tokens_per_s"] for i, h in zip(inproc, http)]
+    # CPU cost per 1000 output tokens: in-process engine (this process) vs serve process
+    inproc_cpu = statistics.median(1e3 * r["bench_process_cpu_s"] / r["output_tokens"] for r in inproc)
+    srv = [r for r in http if r["server_process_cpu_s"] is not None]
+    server_cpu = statistics.median(1e3 * r["server_process_cpu_s"] / r["output_tokens"] for r in srv) if srv else None
+    client_cpu = statistics.median(1e3 * r["bench_process_cpu_s"] / r["output_tokens"] for r in http)
     result = {
         "benchmark": "server_streaming_vs_in_process",
         "model": args.model,
@@ -205,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         "in_process_tokens_per_s": inproc_tps,
         "http_tokens_per_s": http_tps,
         "ratio": ratio,
+        "paired_round_ratios": pair_ratios,
+        "median_paired_ratio": statistics.median(pair_ratios),
+        "in_process_cpu_s_per_1k_tokens": inproc_cpu,
+        "server_cpu_s_per_1k_tokens": server_cpu,
+        "http_client_cpu_s_per_1k_tokens": client_cpu,
+        "load_avg_1m_at_end": os.getloadavg()[0],
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
     }
@@ -214,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{r['tokens_per_s']:.1f}" for r in inproc))
     print(f"HTTP SSE (serve)  : {http_tps:10.1f} output tokens/s  rounds: "
           + ", ".join(f"{r['tokens_per_s']:.1f}" for r in http))
+    print("paired round ratios: " + ", ".join(f"{x:.3f}" for x in pair_ratios)
+          + f" (median {statistics.median(pair_ratios):.3f})")
+    print(f"CPU s per 1k output tokens: in-process {inproc_cpu:.3f}, serve process "
+          + (f"{server_cpu:.3f}" if server_cpu is not None else "not measured (no /proc)")
+          + f", HTTP client {client_cpu:.3f}; 1-min load average now {os.getloadavg()[0]:.2f}")
     print(f"ratio HTTP/in-process = {ratio:.3f} (target >= {TARGET_RATIO:.2f}: "
           f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}; {ratio / TARGET_RATIO:.2f}x of target)")
     if args.json_out:
