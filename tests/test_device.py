@@ -211,3 +211,14 @@ def test_resolve_device_unknown_and_gpu_index() -> None:
         resolve_device("tpu")
     assert str(ei.value) == "--device: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"
     assert gpu_index("cuda:3") == 3 and gpu_index("cpu") is None
+
+
+@pytest.mark.gpu
+def test_real_cuda_device() -> None:
+    if not device.gpu_device_nodes_present():
+        pytest.skip("needs an NVIDIA GPU")
+    p = probe_torch_cuda()
+    if not p.ok:
+        pytest.skip(f"needs CUDA: {p.reason}")
+    assert resolve_device("auto") == "cuda:0" and resolve_device("cuda") == "cuda:0"
+    assert p.detail is not None and p.detail.startswith("cuda:0 sm_")

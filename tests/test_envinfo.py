@@ -160,3 +160,16 @@ def test_env_command_imports_no_report_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "False", "False"]
+
+
+@pytest.mark.gpu
+def test_real_gpu_inventory() -> None:
+    from charbench.measure.nvml import nvml_available
+
+    if not device.probe_torch_cuda().ok or not nvml_available()[0]:
+        pytest.skip("needs a CUDA GPU with NVML")
+    env = envinfo.collect_env(argv=[])
+    assert env["gpus"] and env["gpus"][0]["name"] and env["gpus"][0]["driver"]
+    assert env["torch_source"] == "imported" and env["torch_cuda"]
+    assert env["backends"]["torch_cuda"]["ok"] and env["backends"]["torch_cuda"]["detail"].startswith("cuda:0 sm_")
+    assert {m["meter"]: m for m in env["meters"]}["nvml"]["usable"]

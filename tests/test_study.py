@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,79 @@ def test_finalize_record_nan_and_protected_keys() -> None:
     assert out["x_ms"] is None and out["y_ms"] is None and out["ok_s"] == 1.5
     reasons = json.loads(out["null_reasons"])
     assert reasons == {"x_ms": "not a finite number (nan)", "y_ms": "not a finite number (inf)", "z_j": "not measured"}
+
+
+# -- on a real NVIDIA GPU (pytest -m gpu) ----------------------------------------------------
+
+def _cuda_or_skip() -> Any:
+    from charbench.device import probe_torch_cuda
+    from charbench.measure.nvml import nvml_available
+
+    if not probe_torch_cuda().ok or not nvml_available()[0]:
+        pytest.skip("needs a CUDA GPU with NVML")
+    import torch
+
+    return torch
+
+
+class Matmul(Study):
+    """bf16 matmuls for ~0.5 s per point; optionally locks the SM clock, then Ctrl-C."""
+
+    name = "matmul"
+
+    def __init__(self, lock_then_interrupt: int | None = None) -> None:
+        self.cfg = ToyConfig(n=2)
+        self.lock = lock_then_interrupt
+
+    def points(self) -> list[dict[str, Any]]:
+        return expand({"n": [4096, 8192]})
+
+    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        import torch
+
+        if self.lock is not None:
+            ctx.control.lock_sm_clock(self.lock)
+            raise KeyboardInterrupt
+        a = torch.randn(params["n"], params["n"], device=ctx.device, dtype=torch.bfloat16)
+        a @ a  # warm-up, discarded
+        with ctx.window("mm") as w:
+            loop = ctx.timer.run_for_at_least(lambda: a @ a, 0.5)
+        return {**w.fields(), "iters_count": loop.iterations}
+
+
+@pytest.mark.gpu
+def test_cuda_run_measures_gpu_energy(charbench_home: Path) -> None:
+    _cuda_or_skip()
+    res = run_study(Matmul(), CommonOptions(out=charbench_home, device="cuda:0"), RunSettings(idle_baseline_s=1.0, sample_interval_s=0.05))
+    recs = RunStore.open(res.run_dir).records()
+    assert res.status == "completed" and len(recs) == 2
+    for r in recs:
+        prov = json.loads(r["provenance"])
+        assert r["energy_j"] is not None and r["energy_j"] > 0, r["null_reasons"]
+        assert prov["energy_j"] in ("nvml-energy-counter", "nvml-power-integrated")
+        assert 50 < r["avg_power_w"] < 1500
+        assert r["energy_net_j"] is not None and r["energy_net_j"] < r["energy_j"]
+        assert r["gpu0_energy_j"] == r["energy_j"] and r["idle_gpu0_power_w"] > 0
+        assert r.get("gpu0_power_mean_w") is not None and r.get("gpu0_sm_clock_mean_mhz") is not None
+    samples = pd.read_parquet(res.run_dir / "samples.parquet")
+    assert samples["gpu0_power_w"].notna().sum() > 5
+    env = json.loads((res.run_dir / "env.json").read_text())
+    assert env["gpus"] and env["device"] == "cuda:0"
+
+
+@pytest.mark.gpu
+def test_cuda_clock_lock_restored_after_ctrl_c(charbench_home: Path) -> None:
+    torch = _cuda_or_skip()
+    from charbench.measure.sampler import Sampler
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(Matmul(lock_then_interrupt=600), CommonOptions(out=charbench_home, device="cuda:0"), RunSettings(sample_interval_s=0))
+    a = torch.randn(8192, 8192, device="cuda:0", dtype=torch.bfloat16)
+    with Sampler(0.05, gpus=[0]) as sampler:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            a @ a
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+    stats = sampler.summarize(t0 + 0.3, t1)
+    assert stats["gpu0_sm_clock_mean_mhz"] > 900, stats  # a lock left at 600 MHz would cap it
