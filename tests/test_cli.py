@@ -250,3 +250,13 @@ def test_help_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_report_history(tmp_path: Path, capsys: pytest.CaptureFixture[str], charbench_home: Path) -> None:
+    store = _run(charbench_home, "hist")
+    assert main(["report", "--history", str(charbench_home)]) == 0
+    index = charbench_home / "index.html"
+    assert capsys.readouterr().out == f"{index}\n"
+    assert store.path.name in index.read_text()
+    assert main(["report", "--history", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.startswith(f"Error: --history {tmp_path / 'missing'}: not a folder")
