@@ -98,16 +98,21 @@ def _status_badge(status: str, failed: str) -> str:
 def _runs_table(runs: list[RunSummary], out: Path) -> str:
     from charbench.compare import html_escape as _e, relative_link
 
-    cols = ["study", "started", "label", "run", "git", "host", "gpu", "device", "points"]
-    head = "".join(f"<th>{c}</th>" for c in [*cols, "status", "report"])
+    head = "".join(f"<th>{c}</th>" for c in ["started", "study", "label", "status", "points", "report", "git", "host", "gpu", "device", "run"])
     rows = []
     for r in sorted(runs, key=lambda r: (r.facts["started"], r.facts["run"]), reverse=True):
+        f = r.facts
         rep = r.store.path / "report.html"
         link = f'<a href="{_e(relative_link(rep, out))}">report</a>' if rep.exists() else f'<span class="muted" title="charbench report {_e(r.store.path)}">not rendered</span>'
-        cells = "".join(f"<td>{_e(r.facts[c])}</td>" for c in cols)
+        when = r.started.strftime("%Y-%m-%d %H:%M") if r.started else f["started"]
         meta = r.store.meta.get("meta") or {}
         title = _e(", ".join(f"{k}={v}" for k, v in meta.items()))
-        rows.append(f'<tr title="{title}">{cells}<td>{_status_badge(r.facts["status"], r.facts["failed"])}</td><td>{link}</td></tr>')
+        cells = [
+            f'<td title="{_e(f["started"])}">{_e(when)}</td>', f"<td>{_e(f['study'])}</td>", f"<td>{_e(f['label'])}</td>",
+            f"<td>{_status_badge(f['status'], f['failed'])}</td>", f"<td>{_e(f['points'])}</td>", f"<td>{link}</td>",
+            *(f"<td>{_e(f[c])}</td>" for c in ("git", "host", "gpu", "device", "run")),
+        ]
+        rows.append(f'<tr title="{title}">{"".join(cells)}</tr>')
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
@@ -137,7 +142,7 @@ def _trend_figure(study: str, runs: list[RunSummary]) -> str:
         ), row=i, col=1)
         fig.update_yaxes(title_text=m, row=i, col=1)
     fig.update_xaxes(title_text="run start", row=len(metrics), col=1)
-    fig.update_layout(showlegend=False, title=f"{study}: headline metrics per run")
+    fig.update_layout(showlegend=False)
     return f'<p class="muted">Metrics: {_e(", ".join(metrics))}. Open markers: runs that did not complete.</p>' + figure_html(fig, height=230 * len(metrics) + 80)
 
 

@@ -103,8 +103,9 @@ def test_trend_values_are_medians_per_run(tmp_path: Path) -> None:
     # the figure carries one marker per run that has values: 4 gemm-power runs
     html = render_history(root).read_text()
     figs = re.findall(r"var f=(\{.*?\});Plotly", html)
-    gemm = next(json.loads(f) for f in figs if "gemm-power" in json.loads(f)["layout"]["title"]["text"])
-    energy = next(t for t in gemm["data"] if t["name"] == "energy_j")
+    traces = [t for f in figs for t in json.loads(f)["data"]]
+    assert sorted(t["name"] for t in traces) == ["avg_power_w", "energy_j", "energy_per_token_j", "tpot_p99_ms", "ttft_p99_ms"]
+    energy = next(t for t in traces if t["name"] == "energy_j")
     assert len(energy["y"]) == 4
     assert energy["marker"]["symbol"] == ["circle", "circle", "circle", "circle-open"]
 
