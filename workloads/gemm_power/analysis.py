@@ -1,0 +1,285 @@
+"""Power model from switching activity: fit, leave-one-experiment-out error, calibration files.
+
+Per (device, dtype, backend) the measured power is fitted by least squares as::
+
+    power_w = a + b * toggle_k_frac + c * hamming_frac + d * zero_operand_frac
+
+(toggle rate along K, Hamming weight and zero-operand fraction, all per format bit or per
+element, in [0, 1]). The fit reports R^2, the coefficients and the mean absolute error when
+each experiment in turn is left out of the fit and predicted. A calibration file holds the
+models, so a machine without a GPU can estimate power for new inputs
+(``charbench gemm-power --predict CALIBRATION``; every such value is labeled estimated)::
+
+    models = fit_power_models(records_frame)
+    save_calibration(models, run_dir / "power_calibration.json", source="run-id")
+    cal = load_calibration(path)
+    watts, note = predict_power(cal, "fp16", "torch", features)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from charbench.errors import ConfigError
+from charbench.kernels.switching import MODEL_FEATURES
+
+CALIBRATION_FORMAT = "charbench.gemm_power.calibration/1"
+COEF_NAMES = ("intercept_w", "toggle_w", "hamming_w", "zero_w")
+#: power columns tried in order: counter-based average first, sampler mean as a fallback
+POWER_COLUMNS = ("avg_power_w", "gpu0_power_mean_w", "cpu_package_power_mean_w")
+MIN_POINTS = 5
+
+
+@dataclass
+class PowerModel:
+    """A fitted power model for one (device, dtype, backend)."""
+
+    device_name: str
+    dtype: str
+    backend: str
+    coef: list[float]
+    features: list[str] = field(default_factory=lambda: list(MODEL_FEATURES))
+    power_metric: str = "avg_power_w"
+    r2: float | None = None
+    loo_mae_w: float | None = None
+    loo_mape: float | None = None
+    loo_by_experiment: dict[str, float] = field(default_factory=dict)
+    n_points: int = 0
+    experiments: list[str] = field(default_factory=list)
+    rank: int = 0
+    size: list[int] | None = None
+    power_range_w: list[float] = field(default_factory=list)
+    feature_ranges: dict[str, list[float]] = field(default_factory=dict)
+
+    def predict(self, feats: dict[str, float]) -> float:
+        """Power (W) for one input pair's features."""
+        return self.coef[0] + sum(c * float(feats[f]) for c, f in zip(self.coef[1:], self.features))
+
+    def coefficients(self) -> dict[str, float]:
+        """Coefficients by name (``intercept_w``, ``toggle_w``, ``hamming_w``, ``zero_w``)."""
+        return dict(zip(COEF_NAMES, self.coef))
+
+
+def fit_linear(x: Any, y: Any) -> tuple[list[float], float | None, int]:
+    """Least squares ``y ~ 1 + x``; returns (coefficients with intercept first, R^2, rank).
+
+    Args:
+        x: (n, f) features.
+        y: (n,) targets.
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    design = np.column_stack([np.ones(len(y)), x])
+    coef, _res, rank, _sv = np.linalg.lstsq(design, y, rcond=None)
+    pred = design @ coef
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    ss_res = float(((y - pred) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    return [float(c) for c in coef], r2, int(rank)
+
+
+def loo_experiment_error(x: Any, y: Any, groups: list[str]) -> tuple[float | None, float | None, dict[str, float]]:
+    """Mean absolute (W) and relative error when each experiment is predicted by a fit of the others.
+
+    Returns:
+        (MAE over all held-out points, MAPE, per-experiment MAE); Nones when fewer than two
+        experiments exist.
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    g = np.asarray(groups)
+    names = sorted(set(groups))
+    if len(names) < 2:
+        return None, None, {}
+    errs: list[float] = []
+    rel: list[float] = []
+    per: dict[str, float] = {}
+    for name in names:
+        test = g == name
+        train = ~test
+        if train.sum() < 2:
+            continue
+        coef, _, _ = fit_linear(x[train], y[train])
+        pred = coef[0] + x[test] @ np.asarray(coef[1:])
+        e = np.abs(pred - y[test])
+        per[name] = float(e.mean())
+        errs.extend(e.tolist())
+        rel.extend((e / np.where(y[test] != 0, np.abs(y[test]), np.nan)).tolist())
+    if not errs:
+        return None, None, {}
+    rel_ok = [r for r in rel if r == r]
+    return float(np.mean(errs)), (float(np.mean(rel_ok)) if rel_ok else None), per
+
+
+def power_column(df: Any) -> str | None:
+    """The first power column with data (counter average, else sampler mean), or None."""
+    for col in POWER_COLUMNS:
+        if col in df.columns and df[col].notna().any():
+            return col
+    return None
+
+
+def fit_power_models(df: Any) -> tuple[list[PowerModel], list[str]]:
+    """Fit one model per (device_name, dtype, backend) group that has measured power.
+
+    Returns:
+        (models, notes) where notes say why a group got no model.
+    """
+    notes: list[str] = []
+    if df is None or len(df) == 0:
+        return [], ["no points"]
+    col = power_column(df)
+    if col is None:
+        return [], ["no power data to fit: power was not measured on this machine"]
+    need = [*MODEL_FEATURES, "dtype", "backend", "experiment"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        return [], [f"no switching features in the results ({', '.join(missing)} missing)"]
+    data = df[df[col].notna()].copy()
+    if "device_name" not in data.columns:
+        data["device_name"] = "unknown"
+    models = []
+    for (dev, dt, be), grp in data.groupby(["device_name", "dtype", "backend"], sort=True):
+        if len(grp) < MIN_POINTS:
+            notes.append(f"{dt}/{be}: only {len(grp)} point(s) with power; a fit needs {MIN_POINTS}")
+            continue
+        x = grp[list(MODEL_FEATURES)].to_numpy(dtype=float)
+        y = grp[col].to_numpy(dtype=float)
+        coef, r2, rank = fit_linear(x, y)
+        mae, mape, per = loo_experiment_error(x, y, [str(v) for v in grp["experiment"]])
+        size = None
+        if {"m", "n", "k"} <= set(grp.columns):
+            first = grp.iloc[0]
+            size = [int(first["m"]), int(first["n"]), int(first["k"])]
+        if rank < len(MODEL_FEATURES) + 1:
+            notes.append(f"{dt}/{be}: features are collinear in these points (rank {rank}); coefficients are one of many exact fits")
+        models.append(PowerModel(
+            device_name=str(dev), dtype=str(dt), backend=str(be), coef=coef, power_metric=col, r2=r2,
+            loo_mae_w=mae, loo_mape=mape, loo_by_experiment=per, n_points=int(len(grp)),
+            experiments=sorted({str(e) for e in grp["experiment"]}), rank=rank, size=size,
+            power_range_w=[float(y.min()), float(y.max())],
+            feature_ranges={f: [float(grp[f].min()), float(grp[f].max())] for f in MODEL_FEATURES},
+        ))
+    return models, notes
+
+
+def save_calibration(models: list[PowerModel], path: Path, source: str = "") -> Path:
+    """Write models to a calibration JSON file (atomic)."""
+    from charbench.results import atomic_write_json
+
+    atomic_write_json(Path(path), {
+        "format": CALIBRATION_FORMAT,
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "source_run": source,
+        "features": list(MODEL_FEATURES),
+        "model": "power_w = intercept_w + toggle_w*toggle_k_frac + hamming_w*hamming_frac + zero_w*zero_operand_frac",
+        "models": [asdict(m) for m in models],
+    })
+    return Path(path)
+
+
+@dataclass
+class Calibration:
+    """A loaded calibration file."""
+
+    path: str
+    source_run: str
+    models: list[PowerModel]
+
+    def find(self, dtype: str, backend: str) -> tuple[PowerModel | None, str]:
+        """The model for (dtype, backend), else one for the dtype on another backend.
+
+        Returns:
+            (model or None, note saying which model was used or why none).
+        """
+        exact = [m for m in self.models if m.dtype == dtype and m.backend == backend]
+        if exact:
+            m = exact[0]
+            return m, f"estimated: calibration {Path(self.path).name} ({m.device_name}, {m.dtype}, {m.backend}, R^2 {_fmt(m.r2)})"
+        same = [m for m in self.models if m.dtype == dtype]
+        if same:
+            m = same[0]
+            return m, f"estimated: calibration {Path(self.path).name} ({m.device_name}, {m.dtype}, backend {m.backend} standing in for {backend})"
+        have = ", ".join(sorted({f"{m.dtype}/{m.backend}" for m in self.models})) or "none"
+        return None, f"calibration {Path(self.path).name} has no model for dtype {dtype} (it has: {have})"
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def load_calibration(path: Path | str) -> Calibration:
+    """Read a calibration file.
+
+    Raises:
+        ConfigError: missing, unreadable, or not a gemm-power calibration.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--predict: calibration file not found: {p}; make one with a GPU run (power_calibration.json in its run folder)")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--predict {p}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise ConfigError(f"--predict {p}: not a gemm-power calibration (expected format {CALIBRATION_FORMAT!r})")
+    models = []
+    for m in data.get("models", []):
+        try:
+            models.append(PowerModel(**m))
+        except TypeError as exc:
+            raise ConfigError(f"--predict {p}: a model entry is malformed ({exc})") from exc
+    if not models:
+        raise ConfigError(f"--predict {p}: the calibration holds no models")
+    return Calibration(str(p), str(data.get("source_run", "")), models)
+
+
+def predict_power(cal: Calibration, dtype: str, backend: str, feats: dict[str, float]) -> tuple[float | None, str]:
+    """Estimated power (W) for one input pair, with the provenance note (or why none)."""
+    model, note = cal.find(dtype, backend)
+    if model is None:
+        return None, note
+    value = model.predict(feats)
+    return (value if math.isfinite(value) else None), note
+
+
+def largest_swings(df: Any, metric: str) -> Any:
+    """Per (dtype, backend): the largest and smallest mean ``metric`` over points, and the swing.
+
+    Points are averaged over seeds and repeats first. Returns a DataFrame with ``dtype``,
+    ``backend``, ``max``, ``min``, ``swing``, ``swing_pct`` (of the max), ``at_max``, ``at_min``.
+    """
+    import pandas as pd
+
+    cols = ["dtype", "backend", "max", "min", "swing", "swing_pct", "at_max", "at_min"]
+    if df is None or len(df) == 0 or metric not in df.columns or not df[metric].notna().any():
+        return pd.DataFrame(columns=cols)
+    d = df[df[metric].notna()]
+    mean = d.groupby(["dtype", "backend", "experiment", "value"], sort=True)[metric].mean().reset_index()
+    rows = []
+    for (dt, be), grp in mean.groupby(["dtype", "backend"], sort=True):
+        hi = grp.loc[grp[metric].idxmax()]
+        lo = grp.loc[grp[metric].idxmin()]
+        swing = float(hi[metric] - lo[metric])
+        rows.append({
+            "dtype": dt, "backend": be, "max": float(hi[metric]), "min": float(lo[metric]), "swing": swing,
+            "swing_pct": 100.0 * swing / float(hi[metric]) if hi[metric] else None,
+            "at_max": f"{hi['experiment']}={hi['value']:g}", "at_min": f"{lo['experiment']}={lo['value']:g}",
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paper_a100() -> dict[str, Any]:
+    """The paper's A100 numbers shipped with charbench (``data/paper_a100.json``)."""
+    text = resources.files("charbench.workloads.gemm_power").joinpath("data", "paper_a100.json").read_text()
+    return json.loads(text)

@@ -1,0 +1,160 @@
+"""``charbench gemm-power``: options -> config -> run -> report (thin; the study is in run.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charbench.cli_common import (
+    ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
+    ShuffleOpt, common_options, emit_result,
+)
+from charbench.errors import ConfigError
+
+app = typer.Typer(add_completion=False)
+
+ExperimentsOpt = Annotated[Optional[str], typer.Option("--experiments", help="Experiment names, comma-separated, or 'all' (default: the preset's).")]
+DtypesOpt = Annotated[Optional[str], typer.Option("--dtypes", help="fp32, tf32, fp16, fp16-simt, bf16, int8, fp8-e4m3, fp8-e5m2 (comma-separated).")]
+BackendsOpt = Annotated[Optional[str], typer.Option("--backends", help="torch, cupy, cuda-simt, cuda-tc, triton (comma-separated).")]
+SizeOpt = Annotated[Optional[str], typer.Option("--size", help="M,N,K or one number for a cube (paper: 2048).")]
+SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Input seeds: 1,2,3 or 1-10.")]
+RepeatsOpt = Annotated[Optional[int], typer.Option("--repeats", help="Measured repeats per (point, seed).")]
+DurationOpt = Annotated[Optional[float], typer.Option("--duration", help="Seconds each point keeps the GEMM running (default 5 on GPU).")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="quick (default, CPU-friendly) or paper (the full table, 10 seeds).")]
+PredictOpt = Annotated[Optional[Path], typer.Option("--predict", help="Calibration file from a GPU run: add estimated power to every point.")]
+
+
+def parse_size(text: str) -> list[int]:
+    """``2048`` -> [2048]*3; ``M,N,K`` -> [M, N, K].
+
+    Raises:
+        ConfigError: not one or three positive integers.
+    """
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--size: expected M,N,K (e.g. 2048,2048,2048) or one number, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or any(v < 1 for v in vals):
+        raise ConfigError(f"--size: expected three positive integers M,N,K, got {text!r}")
+    return vals
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1,2,3`` or ``1-10`` (or a mix) -> list of ints.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers like 1,2,3 or 1-10, got {text!r}") from None
+    if not seeds:
+        raise ConfigError(f"--seeds: no seed in {text!r}; e.g. --seeds 1-10")
+    return seeds
+
+
+@app.command("gemm-power")
+def gemm_power(
+    experiments: ExperimentsOpt = None,
+    dtypes: DtypesOpt = None,
+    backends: BackendsOpt = None,
+    size: SizeOpt = None,
+    seeds: SeedsOpt = None,
+    repeats: RepeatsOpt = None,
+    duration: DurationOpt = None,
+    cooldown: CooldownOpt = None,
+    idle_baseline: IdleOpt = None,
+    shuffle: ShuffleOpt = False,
+    preset: PresetOpt = "quick",
+    predict: PredictOpt = None,
+    out: OutOpt = None,
+    label: LabelOpt = "",
+    meta: MetaOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    config: ConfigOpt = None,
+    resume: ResumeOpt = None,
+    continue_on_error: ContinueOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Input-dependent GEMM power: values, bits, placement and sparsity vs power, per dtype and kernel.
+
+    Reproduces Gregersen et al. (SC24) experiments 1-15. With no options on a CPU-only
+    machine: the quick preset (about a minute), timings per input variation, and power where
+    RAPL is readable.
+    """
+    from charbench.config import apply_overrides, load_toml, parse_csv_list, select_preset
+    from charbench.device import resolve_device
+    from charbench.kernels.gemm import backend_names, dtype_names
+    from charbench.study import RunSettings, run_study
+    from charbench.workloads.gemm_power.config import PRESETS, resolve
+    from charbench.workloads.gemm_power.experiments import experiment_names
+    from charbench.workloads.gemm_power.run import GemmPowerStudy
+
+    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
+    cfg = select_preset(PRESETS, preset, option="--preset")
+    if common.config_file is not None:
+        cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
+    changes: dict[str, object] = {}
+    if experiments is not None:
+        changes["experiments"] = parse_csv_list(experiments, "--experiments", experiment_names())
+    if dtypes is not None:
+        changes["dtypes"] = parse_csv_list(dtypes, "--dtypes", dtype_names())
+    if backends is not None:
+        changes["backends"] = parse_csv_list(backends, "--backends", backend_names())
+    if size is not None:
+        changes["size"] = parse_size(size)
+    if seeds is not None:
+        changes["seeds"] = parse_seeds(seeds)
+    if repeats is not None:
+        changes["repeats"] = repeats
+    if duration is not None:
+        changes["duration_s"] = duration
+    if cooldown is not None:
+        changes["cooldown_s"] = cooldown
+    if idle_baseline is not None:
+        changes["idle_baseline_s"] = idle_baseline
+    if predict is not None:
+        changes["predict"] = str(predict)
+    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    dev = resolve_device(common.device)
+    if cfg.predict and cfg.dtypes is None:
+        cfg = _dtypes_from_calibration(cfg, dev)
+    cfg = resolve(cfg, dev)
+    study = GemmPowerStudy(cfg, dev)
+    settings = RunSettings(
+        idle_baseline_s=float(cfg.idle_baseline_s or 0.0),
+        cooldown_s=float(cfg.cooldown_s or 0.0),
+        shuffle=shuffle,
+        sample_interval_s=cfg.sample_interval_s,
+    )
+    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]])
+    emit_result(result, json_out)
+
+
+def _dtypes_from_calibration(cfg, device: str):  # type: ignore[no-untyped-def]
+    """With --predict and no --dtypes: the calibration's dtypes this device can run (torch)."""
+    from charbench.kernels.gemm import get_backend, get_dtype
+    from charbench.workloads.gemm_power.analysis import load_calibration
+
+    cal = load_calibration(cfg.predict)
+    torch_be = get_backend("torch")
+    names = []
+    for m in cal.models:
+        if m.dtype not in names and torch_be.unavailable_reason(get_dtype(m.dtype), device) is None:
+            names.append(m.dtype)
+    return dataclasses.replace(cfg, dtypes=names) if names else cfg

@@ -1,0 +1,141 @@
+"""Configuration of ``charbench gemm-power``: a typed dataclass and two presets.
+
+``quick`` (the default) is small enough for a CPU-only machine (<= 2 minutes on 2 cores);
+``paper`` is the paper's full table at 2048^3 with 10 seeds (hours on a GPU)::
+
+    cfg = select_preset(PRESETS, "quick")
+    cfg = resolve(cfg, "cpu")        # fills the device-dependent defaults (None fields)
+
+Fields left ``None`` are chosen per device by :func:`resolve`: GPU runs keep every point
+running for 5 s (NVML's power reading is a ~1 s average on recent GPUs) at the paper's
+2048^3; CPU runs use 256^3 and a fraction of a second per point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from charbench.errors import ConfigError
+from charbench.workloads.gemm_power.experiments import EXPERIMENTS, QUICK_EXPERIMENTS
+
+
+@dataclass
+class GemmPowerConfig:
+    """What ``charbench gemm-power`` sweeps and how it measures each point.
+
+    Attributes:
+        preset: name of the preset this config started from.
+        experiments: experiment names (see ``experiments.py``), or ``["all"]``.
+        sweep: ``quick`` (2-4 values per experiment) or ``paper`` (the full table).
+        dtypes: dtype names; None = the device's default set.
+        backends: backend names; None = ``torch`` (plus ``cuda-simt`` on a GPU for the paper preset).
+        size: ``[M, N, K]``; None = 2048^3 on a GPU, 256^3 on a CPU.
+        seeds: input seeds (each seed is a separate point).
+        repeats: measured repeats of every (point, seed).
+        duration_s: minimum measured time per point; None = 5 s on a GPU, ``cpu_duration_s`` on a CPU.
+        cpu_duration_s: the CPU default of ``duration_s``.
+        warmup_s: un-measured warm-up before each point; None = 1 s on a GPU, 0.02 s on a CPU.
+        cooldown_s: sleep between points; None = 2 s on a GPU (paper), 1 s (quick), 0 on a CPU.
+        idle_baseline_s: idle power measured before the sweep; None = 30 s on a GPU, 0 on a CPU.
+        check_correctness: check every (dtype, backend) against float64 before measuring.
+        predict: calibration file: add ``power_estimated_w`` (labeled estimated) to every point.
+        sample_interval_s: background sampler period (power, clocks, temperature).
+    """
+
+    preset: str = "quick"
+    experiments: list[str] = field(default_factory=lambda: list(QUICK_EXPERIMENTS))
+    sweep: str = "quick"
+    dtypes: list[str] | None = None
+    backends: list[str] | None = None
+    size: list[int] | None = None
+    seeds: list[int] = field(default_factory=lambda: [1])
+    repeats: int = 1
+    duration_s: float | None = None
+    cpu_duration_s: float = 0.25
+    warmup_s: float | None = None
+    cooldown_s: float | None = None
+    idle_baseline_s: float | None = None
+    check_correctness: bool = True
+    predict: str | None = None
+    sample_interval_s: float = 0.1
+
+
+PRESETS: dict[str, GemmPowerConfig] = {
+    "quick": GemmPowerConfig(),
+    "paper": GemmPowerConfig(
+        preset="paper",
+        experiments=list(EXPERIMENTS),
+        sweep="paper",
+        size=[2048, 2048, 2048],
+        seeds=list(range(1, 11)),
+        cpu_duration_s=1.0,
+    ),
+}
+
+#: default dtypes per (preset, device kind)
+DEFAULT_DTYPES = {
+    ("quick", "cpu"): ["fp32", "bf16"],
+    ("quick", "cuda"): ["fp32", "fp16", "bf16"],
+    ("paper", "cpu"): ["fp32", "bf16", "fp16", "int8"],
+    ("paper", "cuda"): ["fp32", "fp16", "fp16-simt", "int8"],
+}
+
+
+def resolve(cfg: GemmPowerConfig, device: str) -> GemmPowerConfig:
+    """Fill the device-dependent defaults and validate ranges.
+
+    Raises:
+        ConfigError: a bad value, naming the option and the fix.
+    """
+    gpu = device.startswith("cuda")
+    kind = "cuda" if gpu else "cpu"
+    preset = cfg.preset if cfg.preset in ("quick", "paper") else "quick"
+    changes: dict[str, object] = {}
+    if cfg.experiments == ["all"]:
+        changes["experiments"] = list(EXPERIMENTS)
+    if cfg.dtypes is None:
+        changes["dtypes"] = list(DEFAULT_DTYPES[(preset, kind)])
+    if cfg.backends is None:
+        changes["backends"] = ["torch", "cuda-simt"] if (gpu and preset == "paper") else ["torch"]
+    if cfg.size is None:
+        changes["size"] = [2048, 2048, 2048] if gpu else [256, 256, 256]
+    if cfg.duration_s is None:
+        changes["duration_s"] = 5.0 if gpu else cfg.cpu_duration_s
+    if cfg.warmup_s is None:
+        changes["warmup_s"] = 1.0 if gpu else 0.02
+    if cfg.cooldown_s is None:
+        changes["cooldown_s"] = (2.0 if preset == "paper" else 1.0) if gpu else 0.0
+    if cfg.idle_baseline_s is None:
+        changes["idle_baseline_s"] = 30.0 if gpu else 0.0
+    out = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    validate(out)
+    return out
+
+
+def validate(cfg: GemmPowerConfig) -> None:
+    """Check ranges of a resolved config.
+
+    Raises:
+        ConfigError: a bad value, naming the option.
+    """
+    if cfg.sweep not in ("quick", "paper"):
+        raise ConfigError(f"sweep = {cfg.sweep!r}; valid: quick, paper")
+    if cfg.size is not None:
+        if len(cfg.size) != 3 or any(int(v) < 1 for v in cfg.size):
+            raise ConfigError(f"--size: expected three positive integers M,N,K, got {cfg.size}")
+    if cfg.duration_s is not None and not cfg.duration_s > 0:
+        raise ConfigError(f"--duration must be > 0 s, got {cfg.duration_s}")
+    if cfg.cooldown_s is not None and cfg.cooldown_s < 0:
+        raise ConfigError(f"--cooldown must be >= 0 s, got {cfg.cooldown_s}")
+    if cfg.idle_baseline_s is not None and cfg.idle_baseline_s < 0:
+        raise ConfigError(f"--idle-baseline must be >= 0 s, got {cfg.idle_baseline_s}")
+    if cfg.warmup_s is not None and cfg.warmup_s < 0:
+        raise ConfigError(f"warmup_s must be >= 0, got {cfg.warmup_s}")
+    if cfg.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {cfg.repeats}")
+    if not cfg.seeds:
+        raise ConfigError("--seeds: give at least one seed, e.g. --seeds 1,2,3")
+    for name in cfg.experiments:
+        if name not in EXPERIMENTS:
+            raise ConfigError(f"--experiments: unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)} or all")

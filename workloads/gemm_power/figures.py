@@ -1,0 +1,306 @@
+"""Report sections of ``charbench gemm-power`` (the run report's study part).
+
+Hooked in through ``GemmPowerStudy.report_hook``; everything is rebuilt from the run folder::
+
+    charbench report charbench-runs/gemm-power/<run>
+
+Sections: a summary with provenance badges (NVML / RAPL / estimated / not measured), the
+largest swing per dtype next to the paper's A100 numbers, one figure per experiment (swept
+parameter vs power, energy per GEMM, SM clock, throughput or time per GEMM, toggle rate; one
+line per dtype/backend, bars = spread over seeds and repeats), and power vs toggle rate with
+the fitted model. Without power data every figure still shows time per GEMM and GFLOP/s,
+and the text says plainly that power was not measured.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from markupsafe import escape as _escape
+
+from charbench.report import RunData, Section, figure_html, table_html
+
+def escape(text: Any) -> str:
+    """HTML-escaped text as a plain str (so concatenation never re-escapes markup)."""
+    return str(_escape(text))
+
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+
+
+def _badge(kind: str) -> str:
+    cls = {"estimated": "estimated", "not measured": "not-measured"}.get(kind, "measured")
+    return f'<span class="badge {cls}">{escape(kind)}</span>'
+
+
+def power_provenance(df: Any) -> tuple[str, str]:
+    """(badge label, explanation) of where this run's power numbers come from."""
+    sources: set[str] = set()
+    if "provenance" in df.columns:
+        for text in df["provenance"].dropna():
+            src = json.loads(text).get("energy_j")
+            if src:
+                sources.add(str(src))
+    if sources:
+        joined = ", ".join(sorted(sources))
+        if any("nvml" in s for s in sources):
+            return "NVML", f"energy counter delta per point ({joined})"
+        if any("rapl" in s for s in sources):
+            return "RAPL", f"RAPL energy counters per point ({joined})"
+        return "measured", joined
+    if "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
+        return "estimated", "no power meter here; power is estimated from the operands' switching activity with a calibration (--predict)"
+    reason = "no energy meter usable on this machine"
+    if "null_reasons" in df.columns:
+        for text in df["null_reasons"].dropna():
+            r = json.loads(text).get("energy_j")
+            if r:
+                reason = str(r)
+                break
+    return "not measured", reason
+
+
+def _power_metric(df: Any) -> tuple[str | None, str]:
+    """(column, axis label) of the power shown: measured first, else estimated."""
+    from charbench.workloads.gemm_power.analysis import power_column
+
+    col = power_column(df)
+    if col is not None:
+        return col, "power (W)"
+    if "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
+        return "power_estimated_w", "power, estimated (W)"
+    return None, ""
+
+
+def _series_key(row: Any) -> str:
+    return f"{row['dtype']} / {row['backend']}"
+
+
+def _agg(df: Any, metric: str) -> Any:
+    """Mean, min, max of ``metric`` per (dtype, backend, value): the seed/repeat spread."""
+    d = df[df[metric].notna()]
+    if len(d) == 0:
+        return None
+    g = d.groupby(["dtype", "backend", "value"], sort=True)[metric]
+    out = g.agg(["mean", "min", "max", "count"]).reset_index()
+    return out
+
+
+def _summary_section(data: RunData) -> Section:
+    df = data.results
+    badge, why = power_provenance(df)
+    cfg = data.config.get("study_config", {})
+    dev = str(df["device_name"].iloc[0]) if "device_name" in df.columns and len(df) else str(data.meta.get("device", "?"))
+    size = cfg.get("size")
+    pairs = sorted({f"{r['dtype']}/{r['backend']}" for _, r in df[["dtype", "backend"]].iterrows()}) if len(df) else []
+    parts = [
+        f"<p>Power source: {_badge(badge)} {escape(why)}</p>",
+        '<div class="kv">',
+        f"<div>device</div><div>{escape(dev)}</div>",
+        f"<div>GEMM size M,N,K</div><div>{escape(str(size))}</div>",
+        f"<div>dtype / backend</div><div>{escape(', '.join(pairs) or 'none')}</div>",
+        f"<div>time per point</div><div>{escape(str(cfg.get('duration_s')))} s (warm-up {escape(str(cfg.get('warmup_s')))} s, cooldown {escape(str(cfg.get('cooldown_s')))} s)</div>",
+        f"<div>seeds x repeats</div><div>{escape(str(cfg.get('seeds')))} x {escape(str(cfg.get('repeats')))}</div>",
+        f"<div>points</div><div>{len(df)} measured, {len(data.failures)} failed</div>",
+        "</div>",
+    ]
+    if badge == "not measured":
+        parts.append(
+            '<p class="note"><b>Power was not measured on this machine</b> (' + escape(why) + "). The figures show time per "
+            "GEMM and GFLOP/s against each swept parameter: input-dependent CPU effects (e.g. subnormals, zero-skipping) "
+            "are measured, not assumed. Power values are null in the data, never 0.</p>"
+        )
+    elif badge == "estimated":
+        parts.append('<p class="note"><b>Power is estimated</b> from a calibration (labeled estimated everywhere it appears); it was not measured here.</p>')
+    checks = data.store.path / "correctness.json"
+    if checks.is_file():
+        rows = json.loads(checks.read_text())
+        import pandas as pd
+
+        tab = pd.DataFrame([{"dtype/backend": k, "ok": v.get("ok"), "relative error": v.get("rel_error"), "bound": v.get("bound"),
+                             "detail": v.get("message") or v.get("error")} for k, v in rows.items()])
+        parts.append("<h3>Correctness against float64 (fresh random inputs)</h3>" + table_html(tab))
+    return Section("GEMM power: summary", "\n".join(parts), anchor="gemm-summary")
+
+
+def _swing_section(data: RunData) -> Section:
+    import pandas as pd
+
+    from charbench.workloads.gemm_power.analysis import largest_swings, paper_a100
+
+    df = data.results
+    metric, label = _power_metric(df)
+    unit = "W"
+    if metric is None:
+        metric, label, unit = "time_per_gemm_ms", "time per GEMM (ms)", "ms"
+    sw = largest_swings(df, metric)
+    paper = paper_a100()
+    rows = []
+    for _, r in sw.iterrows():
+        p = paper["dtypes"].get(r["dtype"])
+        low = min((v["power_w"] for v in p["lowest"]), default=None) if p else None
+        rows.append({
+            "dtype": r["dtype"], "backend": r["backend"],
+            f"max ({unit})": r["max"], f"min ({unit})": r["min"], f"swing ({unit})": r["swing"], "swing %": r["swing_pct"],
+            "at max": r["at_max"], "at min": r["at_min"],
+            "paper A100 baseline (W)": p["baseline_w"] if p else None,
+            "paper A100 lowest (W)": low,
+            "paper swing %": (100.0 * (p["baseline_w"] - low) / p["baseline_w"]) if p and low else None,
+            "paper label": p["paper_label"] if p else "not in the paper",
+        })
+    note = (f"Swing = largest minus smallest mean {label} over all measured points of a dtype/backend (means over seeds and repeats). "
+            f"Paper numbers: {paper['device']}; {paper['source']} Citation: {paper['citation']}")
+    body = table_html(pd.DataFrame(rows)) if rows else '<p class="muted">No completed points.</p>'
+    if unit == "ms":
+        body = '<p class="note">Power was not measured here, so the swing shown is in time per GEMM (ms); the paper columns are power.</p>' + body
+    elif metric == "power_estimated_w":
+        body = f'<p class="note">{_badge("estimated")} The swing is in estimated power.</p>' + body
+    return Section("Largest swing per dtype vs the paper's A100", body, note=note, anchor="gemm-swing")
+
+
+def _experiment_section(data: RunData, name: str) -> Section | None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from charbench.workloads.gemm_power.analysis import paper_a100
+    from charbench.workloads.gemm_power.experiments import EXPERIMENTS
+
+    df = data.results
+    d = df[df["experiment"] == name]
+    if len(d) == 0:
+        return None
+    exp = EXPERIMENTS.get(name)
+    gpu = "tflop_per_s" in d.columns and str(data.meta.get("device", "")).startswith("cuda")
+    pmetric, plabel = _power_metric(d)
+    rows: list[tuple[str, str, float]] = []  # (column, title, scale)
+    if pmetric:
+        rows.append((pmetric, plabel, 1.0))
+    if "energy_per_gemm_j" in d.columns and d["energy_per_gemm_j"].notna().any():
+        rows.append(("energy_per_gemm_j", "energy per GEMM (mJ)", 1e3))
+    clock = next((c for c in d.columns if c.endswith("_sm_clock_mean_mhz") and d[c].notna().any()), None)
+    if clock:
+        rows.append((clock, "SM clock (MHz)", 1.0))
+    if gpu:
+        rows.append(("tflop_per_s", "TFLOP/s", 1.0))
+    else:
+        rows.append(("time_per_gemm_ms", "time per GEMM (ms)", 1.0))
+        rows.append(("tflop_per_s", "GFLOP/s", 1e3))
+    rows.append(("toggle_k_frac", "toggle rate along K (per bit)", 1.0))
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, subplot_titles=[r[1] for r in rows], vertical_spacing=0.06)
+    series = sorted({_series_key(r) for _, r in d[["dtype", "backend"]].iterrows()})
+    for r_i, (col, _title, scale) in enumerate(rows, start=1):
+        if col not in d.columns:
+            continue
+        agg = _agg(d, col)
+        if agg is None:
+            continue
+        for s_i, key in enumerate(series):
+            dt, be = key.split(" / ")
+            a = agg[(agg["dtype"] == dt) & (agg["backend"] == be)]
+            if len(a) == 0:
+                continue
+            color = _COLORS[s_i % len(_COLORS)]
+            fig.add_trace(go.Scatter(
+                x=a["value"], y=a["mean"] * scale, mode="lines+markers", name=key, legendgroup=key, showlegend=r_i == 1,
+                line=dict(color=color),
+                error_y=dict(type="data", symmetric=False, array=(a["max"] - a["mean"]) * scale, arrayminus=(a["mean"] - a["min"]) * scale, visible=True),
+                hovertemplate=f"{key}<br>%{{x}}<br>%{{y:.4g}}<extra></extra>",
+            ), row=r_i, col=1)
+    trend = paper_a100().get("trends", {}).get(name, {})
+    if pmetric and trend:
+        for dt, pts in trend.items():
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=f"paper A100 {dt}",
+                                     line=dict(dash="dash", color="#999"), marker=dict(symbol="x")), row=1, col=1)
+    xtitle = exp.param if exp else "value"
+    fig.update_xaxes(title_text=xtitle, row=len(rows), col=1)
+    if exp and exp.log_x:
+        fig.update_xaxes(type="log")
+    title = f"{exp.number}. {name}: {exp.title}" if exp and exp.number else f"{name}: {exp.title if exp else ''}"
+    note = "Lines: mean over seeds and repeats; bars: min to max (seed spread)."
+    if not pmetric:
+        note += " Power was not measured on this machine; time per GEMM and GFLOP/s are measured."
+    elif pmetric == "power_estimated_w":
+        note += " Power is estimated (calibration), not measured."
+    return Section(title, figure_html(fig, height=230 * len(rows) + 80), note=note, anchor=f"exp-{name}")
+
+
+def _model_section(data: RunData) -> Section:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from charbench.workloads.gemm_power.analysis import fit_power_models
+
+    df = data.results
+    models, notes = fit_power_models(df)
+    parts: list[str] = []
+    pmetric, plabel = _power_metric(df)
+    if not models:
+        if pmetric == "power_estimated_w":
+            parts.append(f'<p>{_badge("estimated")} No measured power to fit here; the estimated power below comes from the calibration given with --predict.</p>')
+        else:
+            parts.append('<p><b>No power data to fit</b>: ' + escape("; ".join(notes) or "power was not measured") +
+                         '. Run on a GPU (NVML) or a CPU with readable RAPL to fit the model, or pass --predict CALIBRATION for estimated power.</p>')
+    if pmetric and "toggle_k_frac" in df.columns:
+        fig = go.Figure()
+        d = df[df[pmetric].notna()]
+        for i, ((dt, be), grp) in enumerate(d.groupby(["dtype", "backend"], sort=True)):
+            color = _COLORS[i % len(_COLORS)]
+            fig.add_trace(go.Scatter(x=grp["toggle_k_frac"], y=grp[pmetric], mode="markers", name=f"{dt}/{be} {'estimated' if pmetric == 'power_estimated_w' else 'measured'}",
+                                     marker=dict(color=color), text=grp["experiment"] + " " + grp["value"].astype(str),
+                                     hovertemplate="%{text}<br>toggle %{x:.3f}<br>%{y:.1f} W<extra></extra>"))
+            model = next((m for m in models if m.dtype == dt and m.backend == be), None)
+            if model is not None:
+                pred = [model.predict(r) for r in grp[list(model.features)].to_dict("records")]
+                fig.add_trace(go.Scatter(x=grp["toggle_k_frac"], y=pred, mode="markers", name=f"{dt}/{be} model",
+                                         marker=dict(color=color, symbol="x-thin", size=9, line=dict(width=2, color=color))))
+        fig.update_layout(xaxis_title="operand toggle rate along K (flipped bits per bit)", yaxis_title=plabel)
+        parts.append(figure_html(fig, height=480))
+    if models:
+        tab = pd.DataFrame([{
+            "device": m.device_name, "dtype": m.dtype, "backend": m.backend, "points": m.n_points, "power column": m.power_metric,
+            **m.coefficients(), "R^2": m.r2, "leave-one-experiment-out MAE (W)": m.loo_mae_w,
+            "LOO MAPE %": (100 * m.loo_mape) if m.loo_mape is not None else None, "rank": m.rank,
+        } for m in models])
+        parts.append(table_html(tab))
+        if (data.store.path / "power_calibration.json").is_file():
+            parts.append(f'<p>Calibration saved: <code>{escape(str(data.store.path / "power_calibration.json"))}</code> '
+                         "(use it with <code>charbench gemm-power --predict FILE</code> on a machine without a GPU).</p>")
+        if notes:
+            parts.append('<p class="muted">' + escape("; ".join(notes)) + "</p>")
+    note = ("Model per (device, dtype, backend): power = intercept + toggle_w * toggle_k_frac + hamming_w * hamming_frac + zero_w * "
+            "zero_operand_frac, least squares. Toggle rate = mean Hamming distance between consecutive operands along K (A by rows, "
+            "B by columns) per format bit. Leave-one-experiment-out: each experiment predicted by a fit of the others.")
+    return Section("Power vs operand toggle rate (fitted model)", "\n".join(parts), note=note, anchor="gemm-model")
+
+
+def _features_section(data: RunData) -> Section | None:
+    df = data.results
+    cols = ["experiment", "value", "hamming_frac", "bit_alignment_frac", "toggle_k_frac", "toggle_mn_frac", "zero_operand_frac", "zero_product_frac"]
+    if len(df) == 0 or not set(cols) <= set(df.columns):
+        return None
+    first = df["dtype"].iloc[0]
+    d = df[df["dtype"] == first].groupby(["experiment", "value"], sort=False)[cols[2:]].mean().reset_index()
+    return Section(f"Switching activity of the inputs ({first})", table_html(d),
+                   note="Per-bit fractions, means over seeds. toggle_mn_frac: neighbours along M for A and along N for B (the axis that does not stream into a dot product).",
+                   anchor="gemm-features")
+
+
+def report_sections(data: RunData) -> list[Section]:
+    """All gemm-power sections for one run folder."""
+    df = data.results
+    if df is None or len(df) == 0:
+        return [Section("GEMM power", '<p class="muted">No completed points; see Failures.</p>')]
+    from charbench.workloads.gemm_power.experiments import EXPERIMENTS
+
+    sections = [_summary_section(data), _swing_section(data)]
+    present = [n for n in EXPERIMENTS if n in set(df["experiment"])]
+    for name in present:
+        s = _experiment_section(data, name)
+        if s is not None:
+            sections.append(s)
+    sections.append(_model_section(data))
+    f = _features_section(data)
+    if f is not None:
+        sections.append(f)
+    return sections

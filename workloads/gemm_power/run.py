@@ -1,0 +1,313 @@
+"""The gemm-power study: generate inputs, analyse their bits, run the GEMM for a while, measure.
+
+One point = (experiment, swept value, dtype, backend, seed, repeat). For each point the
+inputs are generated on the device (see :mod:`.generators`), their switching activity is
+computed (:mod:`charbench.kernels.switching`), the backend's GEMM is warmed up and then kept
+running for at least ``duration_s`` inside a measured window (energy counter delta, sampler
+statistics), and the output is checked for NaN/Inf::
+
+    study = GemmPowerStudy(resolve(cfg, "cpu"), device="cpu")
+    result = run_study(study, common, settings)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from charbench.errors import ConfigError, DeviceError, OutOfDeviceMemoryError, PointFailedError
+from charbench.kernels.gemm import backends_for, get_backend, get_dtype, output_scale
+from charbench.kernels.gemm.dtypes import DTypeSpec
+from charbench.study import Context, Study
+from charbench.workloads.gemm_power.config import GemmPowerConfig
+from charbench.workloads.gemm_power.experiments import get_experiment
+
+GIB = 1024.0**3
+
+
+def plan_pairs(cfg: GemmPowerConfig, device: str) -> list[tuple[str, str]]:
+    """The (dtype, backend) pairs to run, in order; every requested dtype must be runnable.
+
+    Raises:
+        ConfigError: a dtype no requested backend implements, or one the device cannot run
+            (the message says what it needs).
+        DeviceError: a requested backend that cannot run here at all.
+    """
+    pairs: list[tuple[str, str]] = []
+    backends = list(cfg.backends or ["torch"])
+    for b in backends:
+        be = get_backend(b)
+        reason = be.probe(device)
+        if reason:
+            raise DeviceError(f"--backends {b}: {reason}")
+    for dt in cfg.dtypes or []:
+        spec = get_dtype(dt)
+        implementing = [b for b in backends if dt in get_backend(b).dtypes]
+        if not implementing:
+            raise ConfigError(
+                f"--dtypes {dt}: none of the requested backends ({', '.join(backends)}) implements it; "
+                f"use --backends {','.join(backends_for(dt))}"
+            )
+        runnable = []
+        reasons = []
+        for b in implementing:
+            why = get_backend(b).unavailable_reason(spec, device)
+            (reasons if why else runnable).append(why or b)
+        if not runnable:
+            raise ConfigError(f"--dtypes {dt}: {reasons[0]}")
+        pairs.extend((dt, b) for b in runnable)
+    return pairs
+
+
+def memory_needed_bytes(m: int, n: int, k: int, spec: DTypeSpec) -> tuple[int, int]:
+    """(operand + output bytes, generation/analysis temporaries) for one point."""
+    elem = spec.storage_bits // 8
+    out_elem = 4 if spec.out_storage in ("float32", "int32") else 2
+    operands = (m * k + k * n) * elem + m * n * out_elem
+    # float32 draws, int64 bit-edit words, sort indices: ~24 bytes per element of the larger operand
+    temps = 24 * max(m * k, k * n)
+    return operands, temps
+
+
+def free_memory_bytes(device: str) -> int | None:
+    """Free memory on the device (GPU: cudaMemGetInfo; CPU: MemAvailable), None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        free, _total = torch.cuda.mem_get_info(idx)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(cfg: GemmPowerConfig, device: str) -> None:
+    """Refuse a size that does not fit, before allocating anything.
+
+    Raises:
+        OutOfDeviceMemoryError: with the numbers.
+    """
+    m, n, k = (int(v) for v in cfg.size or [0, 0, 0])
+    free = free_memory_bytes(device)
+    if free is None:
+        return
+    for dt in cfg.dtypes or []:
+        spec = get_dtype(dt)
+        ops, temps = memory_needed_bytes(m, n, k, spec)
+        # backends may copy an operand into another layout: one more B
+        need = ops + temps + k * n * (spec.storage_bits // 8)
+        if need > free:
+            raise OutOfDeviceMemoryError(
+                f"--size {m},{n},{k} with {dt}: needs about {need / GIB:.2f} GiB on {device} "
+                f"(A, B, C {ops / GIB:.2f} GiB + generation temporaries {temps / GIB:.2f} GiB) "
+                f"but only {free / GIB:.2f} GiB is free; use a smaller --size"
+            )
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model."""
+    if device.startswith("cuda"):
+        import torch
+
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        return str(torch.cuda.get_device_name(idx))
+    from charbench.envinfo import _cpu_model
+
+    return _cpu_model() or "cpu"
+
+
+class GemmPowerStudy(Study):
+    """Input-dependent GEMM power (Gregersen et al., SC24), across dtypes and kernels."""
+
+    name = "gemm-power"
+    report_hook = "charbench.workloads.gemm_power.figures:report_sections"
+
+    def __init__(self, cfg: GemmPowerConfig, device: str) -> None:
+        """Args: cfg: a resolved config (see ``config.resolve``); device: ``cpu`` or ``cuda:i``."""
+        self.cfg = cfg
+        self.device = device
+        self.pairs = plan_pairs(cfg, device)
+        check_memory(cfg, device)
+        self.calibration: Any = None
+        if cfg.predict:
+            from charbench.workloads.gemm_power.analysis import load_calibration
+
+            self.calibration = load_calibration(cfg.predict)
+        self.checks: dict[tuple[str, str], Any] = {}
+        self._device_name = ""
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every (dtype, backend, experiment, value, seed, repeat), grouped by dtype/backend."""
+        pts = []
+        for dt, be in self.pairs:
+            spec = get_dtype(dt)
+            for name in self.cfg.experiments:
+                exp = get_experiment(name)
+                for v in exp.values(spec.family, self.cfg.sweep, spec.bits):
+                    for seed in self.cfg.seeds:
+                        for rep in range(self.cfg.repeats):
+                            pts.append({"dtype": dt, "backend": be, "experiment": name, "param": exp.param,
+                                        "value": float(v), "seed": int(seed), "repeat": rep})
+        return pts
+
+    def setup(self, ctx: Context) -> None:
+        """Check every (dtype, backend) against float64 on fresh inputs; note the device."""
+        self._device_name = device_name(self.device)
+        if not self.cfg.check_correctness:
+            return
+        from charbench.kernels.reference import check_gemm
+
+        # multiples of 128 (custom kernels); small enough to be instant on a CPU
+        size = 256 if self.device.startswith("cuda") else 128
+        for dt, be in self.pairs:
+            try:
+                res = check_gemm(get_backend(be), get_dtype(dt), self.device, size, size, size, seed=12345)
+                self.checks[(dt, be)] = res
+                ctx.log(f"correctness: {res.message}")
+            except Exception as exc:  # recorded; the pair's points fail with the reason
+                self.checks[(dt, be)] = exc
+                ctx.log(f"correctness: {be} {dt} could not run: {type(exc).__name__}: {exc}")
+        ctx.store.write_json("correctness.json", {
+            f"{dt}/{be}": ({"ok": r.ok, "rel_error": r.rel_error, "bound": r.bound, "message": r.message}
+                           if not isinstance(r, Exception) else {"ok": False, "error": f"{type(r).__name__}: {r}"})
+            for (dt, be), r in self.checks.items()
+        })
+
+    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """Generate, analyse, warm up, measure one point; raises PointFailedError on a bad output."""
+        from charbench.kernels.switching import switching_stats
+        from charbench.workloads.gemm_power.generators import generate_pair
+
+        dt, be_name = params["dtype"], params["backend"]
+        check = self.checks.get((dt, be_name))
+        if check is not None and (isinstance(check, Exception) or not check.ok):
+            why = check if isinstance(check, Exception) else check.message
+            raise PointFailedError(f"backend {be_name} with {dt} failed its correctness check: {why}")
+        spec = get_dtype(dt)
+        exp = get_experiment(params["experiment"])
+        m, n, k = (int(v) for v in self.cfg.size or [256, 256, 256])
+        a, b, info = generate_pair(exp, params["value"], spec, m, n, k, params["seed"], self.device, base_seed=ctx.seed)
+        feats = switching_stats(a, b, spec)
+        alpha = output_scale(a, b, spec)
+        backend = get_backend(be_name)
+        gemm = backend.prepare(a, b, spec, alpha=alpha)
+        duration = float(self.cfg.duration_s or 1.0)
+        with gemm:
+            # warm-up outside the measured window: clocks ramp, library heuristics settle
+            if self.cfg.warmup_s:
+                ctx.timer.run_for_at_least(gemm, float(self.cfg.warmup_s), warmup=1)
+            with ctx.window("gemm") as w:
+                loop = ctx.timer.run_for_at_least(gemm, duration, warmup=0)
+        out = gemm.result()
+        nonfinite_frac, overflow_note = self._check_output(out, a, b, params, alpha)
+        rec = w.fields()
+        if overflow_note:
+            rec["_warnings"].append(overflow_note)
+        reasons: dict[str, str] = rec["_reasons"]
+        prov: dict[str, str] = rec["_provenance"]
+        flops = gemm.flops
+        rec.update({
+            "device_name": self._device_name,
+            "m": m, "n": n, "k": k,
+            "flops_per_gemm": flops,
+            "alpha": alpha,
+            "b_layout": info["b_layout"],
+            "kernel_layout": gemm.layout,
+            "nonfinite_fixed_frac": info["nonfinite_fixed_frac"],
+            "output_nonfinite_frac": nonfinite_frac,
+            "iterations": loop.iterations,
+            "loop_s": loop.elapsed_s,
+            "time_per_gemm_ms": loop.per_iter_s * 1e3,
+            "tflop_per_s": flops * loop.iterations / loop.elapsed_s / 1e12 if loop.elapsed_s > 0 else None,
+        })
+        rec.update(feats)
+        energy, net = rec.get("energy_j"), rec.get("energy_net_j")
+        per = energy / loop.iterations if energy is not None else None
+        per_net = net / loop.iterations if net is not None else None
+        rec["energy_per_gemm_j"] = per
+        rec["energy_per_gemm_net_j"] = per_net
+        rec["energy_per_flop_pj"] = per / flops * 1e12 if per is not None else None
+        rec["energy_per_flop_net_pj"] = per_net / flops * 1e12 if per_net is not None else None
+        for key, src in (("energy_per_gemm_j", "energy_j"), ("energy_per_flop_pj", "energy_j"),
+                         ("energy_per_gemm_net_j", "energy_net_j"), ("energy_per_flop_net_pj", "energy_net_j")):
+            if rec[key] is None:
+                reasons[key] = reasons.get(src, "not measured")
+            elif src in prov:
+                prov[key] = prov[src]
+        if rec.get("avg_power_w") is not None and "energy_j" in prov:
+            prov["avg_power_w"] = prov["energy_j"]
+        check_res = self.checks.get((dt, be_name))
+        rec["correctness_rel_error"] = check_res.rel_error if check_res is not None else None
+        if check_res is None:
+            reasons["correctness_rel_error"] = "correctness check disabled (check_correctness = false)"
+        if self.calibration is not None:
+            from charbench.workloads.gemm_power.analysis import predict_power
+
+            watts, note = predict_power(self.calibration, dt, be_name, feats)
+            rec["power_estimated_w"] = watts
+            if watts is None:
+                reasons["power_estimated_w"] = note
+            else:
+                prov["power_estimated_w"] = note
+        return rec
+
+    def _check_output(self, out: Any, a: Any, b: Any, params: dict[str, Any], alpha: float) -> tuple[float, str | None]:
+        """Fraction of non-finite outputs, and a warning when the inputs explain them.
+
+        A non-finite output fails the point (PointFailedError) unless the inputs themselves
+        make overflow possible: ``alpha * max_i ||A_i|| * max_j ||B_j||`` (float64) beyond the
+        output's largest finite value. That happens by construction when bit experiments
+        randomize exponent bits (as in the paper, whose outputs were Inf there too); such a
+        point keeps its measurement and says so.
+        """
+        import torch
+
+        if not out.is_floating_point():
+            return 0.0, None
+        bad = int(out.numel() - torch.isfinite(out).sum().item())
+        if not bad:
+            return 0.0, None
+        nan = int(torch.isnan(out).sum().item())
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        bound = abs(alpha) * float(a64.norm(dim=1).max().item()) * float(b64.norm(dim=0).max().item())
+        limit = float(torch.finfo(out.dtype).max)
+        what = (f"output has {bad} non-finite element(s) of {out.numel()} ({nan} NaN, {bad - nan} Inf) "
+                f"for {params['experiment']}={params['value']:g} in {params['dtype']} (alpha {alpha:g})")
+        if not bound > limit:
+            raise PointFailedError(f"{what}; the inputs cannot overflow (|C| <= {bound:.3g} < {limit:.3g}), so the kernel is at fault")
+        return bad / out.numel(), (f"{what}: the inputs overflow the accumulator by construction (|C| bound {bound:.3g} > {limit:.3g}); "
+                                   "power and time are measured, the GEMM's values are not meaningful")
+
+    def finalize(self, store: Any, ctx: Context) -> dict[str, Any]:
+        """Fit the power models, save the calibration, summarize swings."""
+        from charbench.workloads.gemm_power.analysis import fit_power_models, largest_swings, power_column, save_calibration
+
+        df = store.results_frame()
+        summary: dict[str, Any] = {"points": int(len(df))}
+        models, notes = fit_power_models(df)
+        summary["model_notes"] = notes
+        if models:
+            path = save_calibration(models, store.path / "power_calibration.json", source=store.meta.get("run_id", ""))
+            summary["calibration"] = str(path)
+            summary["models"] = [
+                {"dtype": m.dtype, "backend": m.backend, "r2": m.r2, "loo_mae_w": m.loo_mae_w, **m.coefficients()} for m in models
+            ]
+        metric = power_column(df) if len(df) else None
+        if metric is None and len(df) and "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
+            metric = "power_estimated_w"
+        if metric is None:
+            metric = "time_per_gemm_ms"
+        sw = largest_swings(df, metric) if len(df) else None
+        if sw is not None and len(sw):
+            summary["largest_swing_metric"] = metric
+            summary["largest_swings"] = [
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+                for row in sw.to_dict("records")
+            ]
+        return summary
