@@ -1,0 +1,26 @@
+"""``charbench serve-sweep``: LLM serving latency, throughput, power and energy across knobs.
+
+Reproduces the serving-side measurements of vLLM's ``bench serve`` (TTFT, TPOT, ITL, E2EL,
+goodput under SLOs), GuideLLM's sweep, and the ML.ENERGY benchmark's steady-state energy,
+and adds GPU-frequency and power-limit axes (the knobs of "Towards Greener LLMs" and
+DynamoLLM). Targets are the built-in engine in process (default) or any OpenAI-compatible
+server. Examples::
+
+    charbench serve-sweep                                      # quick preset: tiny engine on CPU
+    charbench serve-sweep --request-rate 1,4,16 --max-num-seqs 8,32 --slo ttft_ms=500,tpot_ms=50
+    charbench serve-sweep --mode sweep --sweep-rates 5         # sync, max throughput, 5 rates between
+    charbench serve-sweep --mode slo-search --slo ttft_ms=300,tpot_ms=40
+    charbench serve-sweep --arrival gamma --burstiness 0.5 --request-rate 8
+    charbench serve-sweep --arrival closed --concurrency 1,4,16
+    charbench serve-sweep --arrival trace --trace AzureLLMInferenceTrace_conv.csv \\
+        --time-scale 0.5 --trace-start 600 --trace-duration 60
+    charbench serve-sweep --length-dist azure-conv --length-scale 0.25
+    charbench serve-sweep --target http://127.0.0.1:8000 --request-rate 2,8   # `charbench serve` elsewhere
+    charbench serve-sweep --preset greener-llms --device cuda --export-profile h100.json
+    charbench serve-sweep --device cuda --sm-freq 1200,1600,1980 --power-limit 400,700
+
+Modules: :mod:`.config` (options, presets), :mod:`.arrivals`, :mod:`.lengths`,
+:mod:`.traces` (Azure CSV), :mod:`.prompts`, :mod:`.client` (engine / HTTP targets),
+:mod:`.loadgen`, :mod:`.metrics`, :mod:`.modes`, :mod:`.run` (the study),
+:mod:`.profile` (cluster-sim profile format), :mod:`.figures` (report), :mod:`.cli`.
+"""

@@ -1,0 +1,297 @@
+"""``serve-sweep`` configuration: one typed dataclass and its named presets.
+
+::
+
+    cfg = select_preset(PRESETS, "quick")
+    cfg = apply_overrides(cfg, {"request_rate": [2.0, 8.0]}, source="--config x.toml")
+    cfg.validate()
+
+List-valued knobs make sweep points (cartesian product): ``model``, ``tp``, ``dtype``,
+``max_num_seqs`` (these restart the built-in engine), ``sm_freq_mhz``, ``power_limit_w``
+(set through the GPU control layer, always restored), ``input_len``, ``output_len`` and
+the load: ``request_rate`` (open loop) or ``concurrency`` (closed loop).
+
+Presets:
+
+* ``quick``: the CPU default. The ``tiny`` built-in engine, short fixed-length requests,
+  two rates and two ``max_num_seqs`` values; a few minutes at most on 2 cores.
+* ``greener-llms``: the knob study of "Towards Greener LLMs" (Stojkovic et al., arXiv
+  2403.20306) for GPUs: the llama-2-70b shape (random weights; pass ``--model`` a local
+  checkpoint for real ones), tp 2/4/8, an SM-frequency sweep, short/long input and output
+  classes, and three rates. The length classes, rates and frequencies are charbench's
+  choices for that study, not numbers taken from the paper. Expect hours on an 8-GPU node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from charbench.errors import ConfigError
+from charbench.workloads.serving.lengths import LENGTH_DISTS, LengthSpec
+from charbench.workloads.serving.metrics import Slo
+
+MODES: tuple[str, ...] = ("grid", "sweep", "slo-search")
+ARRIVALS: tuple[str, ...] = ("poisson", "gamma", "constant", "closed", "trace")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PARETO_LATENCIES: tuple[str, ...] = ("ttft", "tpot", "e2el")
+#: knobs whose change needs a new engine (and therefore cannot be swept against a URL)
+RESTART_KNOBS: tuple[str, ...] = ("tp", "max_num_seqs", "dtype")
+
+
+@dataclass
+class ServeSweepConfig:
+    """Everything ``serve-sweep`` needs.
+
+    Attributes:
+        target: ``engine`` (built-in engine in process) or an OpenAI-compatible base URL.
+        mode: ``grid`` (explicit knobs), ``sweep`` (synchronous, max throughput, then
+            ``sweep_rates`` rates in between) or ``slo-search`` (largest rate meeting the SLOs).
+        api: ``completions`` or ``chat`` (URL targets).
+        model: built-in engine model(s) (preset name or checkpoint folder), or the served
+            model name for a URL target (empty list: ask the server).
+        arrival: ``poisson``, ``gamma``, ``constant`` (open loop at ``request_rate``),
+            ``closed`` (``concurrency`` users) or ``trace`` (Azure CSV replay).
+        request_rate: requests/s per point (inf = all at once).
+        concurrency: users per point for ``closed``.
+        burstiness: gamma shape (1 = Poisson).
+        max_concurrency: cap on requests in flight (open loop), None = no cap.
+        ramp_up_s: linear ramp from ``ramp_start_rps`` to the rate over this time (0 = none).
+        ramp_start_rps: rate at the start of the ramp.
+        rescale_arrivals: rescale gaps so N requests span N/rate (vLLM).
+        num_requests: measured requests per point (trace: at most this many).
+        warmup_requests: unmeasured requests before each point.
+        length_dist: see :mod:`charbench.workloads.serving.lengths`.
+        input_len, output_len: lengths per point (central values for random dists).
+        range_ratio, std_ratio, zipf_alpha, length_scale: distribution parameters.
+        trace_file: Azure LLM trace CSV for ``arrival = "trace"``.
+        time_scale: trace time multiplier (0.5 = twice as fast).
+        trace_start_s, trace_duration_s: the replayed window (trace seconds).
+        max_num_seqs, tp, dtype: engine knobs (restart per value).
+        max_num_batched_tokens, kv_cache_gb, max_model_len: fixed engine settings.
+        sm_freq_mhz: SM clocks to lock per point (empty = leave the clocks alone).
+        power_limit_w: power limits per point (empty = leave the limit alone).
+        slo_ttft_ms, slo_tpot_ms, slo_e2el_ms: objectives (None = unconstrained).
+        slo_attainment: fraction of requests that must be good for a point to meet the SLO.
+        sweep_rates: rates between synchronous and max throughput in ``sweep`` mode.
+        search_iters: bisection steps of ``slo-search``.
+        search_rel_tol: stop bisecting when (hi - lo) / hi is below this.
+        search_lo_frac: the lowest rate tried, as a fraction of max throughput.
+        request_timeout_s: per-request timeout (counted, not fatal).
+        prompt_format: ``auto`` (ids for completions with a tokenizer, else text), ``ids``, ``text``.
+        tokenizer: tokenizer for URL targets (tokenizer.json, checkpoint folder or preset).
+        force_output_len: send ``ignore_eos``/``min_tokens`` to force output lengths.
+        pareto_latency: latency axis of the energy-latency Pareto plot.
+        export_profile: write the measured profile for ``charbench cluster-sim`` here.
+        idle_baseline_s, cooldown_s, sample_interval_s, shuffle: runner settings.
+    """
+
+    target: str = "engine"
+    mode: str = "grid"
+    api: str = "completions"
+    model: list[str] = field(default_factory=lambda: ["tiny"])
+    arrival: str = "poisson"
+    request_rate: list[float] = field(default_factory=lambda: [math.inf])
+    concurrency: list[int] = field(default_factory=list)
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    ramp_up_s: float = 0.0
+    ramp_start_rps: float = 0.0
+    rescale_arrivals: bool = True
+    num_requests: int = 64
+    warmup_requests: int = 2
+    length_dist: str = "fixed"
+    input_len: list[int] = field(default_factory=lambda: [128])
+    output_len: list[int] = field(default_factory=lambda: [128])
+    range_ratio: float = 0.25
+    std_ratio: float = 0.25
+    zipf_alpha: float = 1.2
+    length_scale: float = 1.0
+    trace_file: str | None = None
+    time_scale: float = 1.0
+    trace_start_s: float = 0.0
+    trace_duration_s: float | None = None
+    max_num_seqs: list[int] = field(default_factory=lambda: [64])
+    tp: list[int] = field(default_factory=lambda: [1])
+    dtype: list[str] = field(default_factory=lambda: ["fp32"])
+    max_num_batched_tokens: int = 512
+    kv_cache_gb: float | None = None
+    max_model_len: int | None = None
+    sm_freq_mhz: list[int] = field(default_factory=list)
+    power_limit_w: list[float] = field(default_factory=list)
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    slo_e2el_ms: float | None = None
+    slo_attainment: float = 0.9
+    sweep_rates: int = 3
+    search_iters: int = 5
+    search_rel_tol: float = 0.05
+    search_lo_frac: float = 0.1
+    request_timeout_s: float = 600.0
+    prompt_format: str = "auto"
+    tokenizer: str | None = None
+    force_output_len: bool = True
+    pareto_latency: str = "tpot"
+    export_profile: str | None = None
+    idle_baseline_s: float = 0.0
+    cooldown_s: float = 0.0
+    sample_interval_s: float = 0.1
+    shuffle: bool = False
+
+    # -- derived -----------------------------------------------------------------------
+    @property
+    def is_url(self) -> bool:
+        """The target is a URL (not the built-in engine)."""
+        return self.target != "engine"
+
+    @property
+    def slo(self) -> Slo:
+        """The objectives as a :class:`Slo`."""
+        return Slo(self.slo_ttft_ms, self.slo_tpot_ms, self.slo_e2el_ms)
+
+    def length_spec(self, input_len: int, output_len: int) -> LengthSpec:
+        """The length distribution of a point."""
+        return LengthSpec(self.length_dist, int(input_len), int(output_len), self.range_ratio, self.std_ratio, self.zipf_alpha, self.length_scale)
+
+    def normalize(self) -> ServeSweepConfig:
+        """Undo JSON's loss of ``inf`` (saved as null) after a ``--resume``."""
+        self.request_rate = [math.inf if r is None else float(r) for r in self.request_rate]
+        return self
+
+    # -- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every option; raise ConfigError naming the option and the fix."""
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode: unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.arrival not in ARRIVALS:
+            raise ConfigError(f"--arrival: unknown arrival {self.arrival!r}; valid: {', '.join(ARRIVALS)}")
+        if self.api not in ("completions", "chat"):
+            raise ConfigError(f"--api: unknown API {self.api!r}; valid: completions, chat")
+        if self.prompt_format not in ("auto", "ids", "text"):
+            raise ConfigError(f"--prompt-format: unknown form {self.prompt_format!r}; valid: auto, ids, text")
+        if self.api == "chat" and self.prompt_format == "ids":
+            raise ConfigError("--prompt-format ids: chat messages are text; use --prompt-format text or --api completions")
+        if self.length_dist not in LENGTH_DISTS:
+            raise ConfigError(f"--length-dist: unknown distribution {self.length_dist!r}; valid: {', '.join(LENGTH_DISTS)}")
+        if self.pareto_latency not in PARETO_LATENCIES:
+            raise ConfigError(f"--pareto-latency: unknown {self.pareto_latency!r}; valid: {', '.join(PARETO_LATENCIES)}")
+        if not self.is_url and not self.model:
+            raise ConfigError("--model: give at least one built-in model (preset name or checkpoint folder)")
+        for name in ("request_rate", "input_len", "output_len", "max_num_seqs", "tp", "dtype"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')}: empty list of values")
+        for r in self.request_rate:
+            if not (isinstance(r, (int, float)) and r > 0):
+                raise ConfigError(f"--request-rate: each rate must be > 0 req/s (or inf), got {r}")
+        for c in self.concurrency:
+            if c < 1:
+                raise ConfigError(f"--concurrency: each value must be >= 1, got {c}")
+        if self.arrival == "closed" and not self.concurrency and self.mode == "grid":
+            raise ConfigError("--arrival closed needs --concurrency N[,M...] (users per point)")
+        if self.concurrency and self.arrival != "closed":
+            raise ConfigError(f"--concurrency is for closed-loop load; add --arrival closed (now {self.arrival}) or use --request-rate")
+        if self.arrival == "trace":
+            if not self.trace_file:
+                raise ConfigError("--arrival trace needs --trace FILE.csv (an Azure LLM inference trace)")
+            if self.mode != "grid":
+                raise ConfigError(f"--mode {self.mode} chooses rates itself; replay a trace with --mode grid")
+        elif self.trace_file:
+            raise ConfigError("--trace FILE is replayed only with --arrival trace")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"--max-concurrency: must be >= 1, got {self.max_concurrency}")
+        if self.num_requests < 1:
+            raise ConfigError(f"--num-requests: must be >= 1, got {self.num_requests}")
+        if self.warmup_requests < 0:
+            raise ConfigError(f"--warmup-requests: must be >= 0, got {self.warmup_requests}")
+        if not self.burstiness > 0:
+            raise ConfigError(f"--burstiness: must be > 0, got {self.burstiness}; 1 = Poisson, < 1 burstier")
+        if self.ramp_up_s < 0 or self.ramp_start_rps < 0:
+            raise ConfigError("--ramp-up-s/--ramp-start-rps: must be >= 0")
+        for v in self.max_num_seqs:
+            if v < 1:
+                raise ConfigError(f"--max-num-seqs: each value must be >= 1, got {v}")
+        for v in self.tp:
+            if v < 1:
+                raise ConfigError(f"--tp: each value must be >= 1, got {v}")
+        for d in self.dtype:
+            if d not in DTYPES:
+                raise ConfigError(f"--dtype: unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
+        for f in self.sm_freq_mhz:
+            if f <= 0:
+                raise ConfigError(f"--sm-freq: each clock must be > 0 MHz, got {f}")
+        for w in self.power_limit_w:
+            if w <= 0:
+                raise ConfigError(f"--power-limit: each limit must be > 0 W, got {w}")
+        if not 0 < self.slo_attainment <= 1:
+            raise ConfigError(f"--slo-attainment: must be in (0, 1], got {self.slo_attainment}")
+        for name in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"--slo {name[4:]}: must be > 0 ms, got {v}")
+        if self.mode == "slo-search" and not self.slo.given:
+            raise ConfigError("--mode slo-search needs --slo, e.g. --slo ttft_ms=500,tpot_ms=50")
+        if self.mode in ("sweep", "slo-search"):
+            if self.arrival == "closed":
+                raise ConfigError(f"--mode {self.mode} varies the request rate; use --arrival poisson, gamma or constant")
+            if len(self.request_rate) > 1 or not math.isinf(self.request_rate[0]):
+                raise ConfigError(f"--request-rate: --mode {self.mode} chooses the rates itself; drop --request-rate or use --mode grid")
+        if self.sweep_rates < 0:
+            raise ConfigError(f"--sweep-rates: must be >= 0, got {self.sweep_rates}")
+        if self.search_iters < 1:
+            raise ConfigError(f"--search-iters: must be >= 1, got {self.search_iters}")
+        if not 0 < self.search_lo_frac < 1:
+            raise ConfigError(f"--search-lo-frac: must be in (0, 1), got {self.search_lo_frac}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"--request-timeout: must be > 0 s, got {self.request_timeout_s}")
+        if not self.time_scale > 0:
+            raise ConfigError(f"--time-scale: must be > 0, got {self.time_scale}")
+        if self.is_url:
+            from charbench.workloads.serving.client import normalize_base_url
+
+            normalize_base_url(self.target)
+            for knob in RESTART_KNOBS:
+                values = getattr(self, knob)
+                if len(values) > 1:
+                    flag = "--" + knob.replace("_", "-")
+                    raise ConfigError(
+                        f"{flag}: sweeping {knob} needs a server restart per value, which serve-sweep cannot do "
+                        f"to --target {self.target}; use --target engine, or restart the server with each "
+                        f"{flag} value and run serve-sweep once per server"
+                    )
+        for i in self.input_len + self.output_len:
+            if i < 1:
+                raise ConfigError(f"--input-len/--output-len: lengths must be >= 1, got {i}")
+        self.length_spec(self.input_len[0], self.output_len[0]).validate()
+
+
+PRESETS: dict[str, ServeSweepConfig] = {
+    "quick": ServeSweepConfig(
+        model=["tiny"],
+        request_rate=[4.0, math.inf],
+        max_num_seqs=[4, 8],
+        input_len=[32],
+        output_len=[16],
+        num_requests=24,
+        warmup_requests=2,
+        slo_ttft_ms=2000.0,
+        slo_tpot_ms=250.0,
+        idle_baseline_s=1.0,
+    ),
+    "greener-llms": ServeSweepConfig(
+        model=["llama-2-70b"],
+        dtype=["bf16"],
+        tp=[2, 4, 8],
+        max_num_seqs=[64],
+        max_num_batched_tokens=8192,
+        sm_freq_mhz=[990, 1320, 1650, 1980],
+        input_len=[512, 4096],
+        output_len=[128, 1024],
+        request_rate=[0.5, 2.0, 8.0],
+        num_requests=200,
+        warmup_requests=4,
+        slo_ttft_ms=2000.0,
+        slo_tpot_ms=100.0,
+        idle_baseline_s=10.0,
+        cooldown_s=5.0,
+    ),
+}

@@ -1,0 +1,621 @@
+"""``ServeSweepStudy``: one sweep point = one engine/GPU configuration under one or more loads.
+
+::
+
+    from charbench.study import RunSettings, run_study
+    study = ServeSweepStudy(cfg)
+    result = run_study(study, common, RunSettings(idle_baseline_s=cfg.idle_baseline_s))
+
+Per point: (re)start the built-in engine when a restart knob changed (``model``, ``tp``,
+``dtype``, ``max_num_seqs``), lock the SM clock / set the power limit (restored at the
+end, on failure and on Ctrl-C by the GPU control layer), warm up, then for each load of
+the mode: build the workload (lengths, exact-token prompts, arrival times), run it with
+two energy windows open (the whole load, and the steady state, opened and closed live by
+:class:`~charbench.workloads.serving.metrics.SteadyTracker`), compute the metrics, and
+save the per-request details to ``requests/<point_key>[__<step>].parquet`` in the run folder.
+
+Energy is this machine's: for a URL target on another host the energy fields are null
+with that reason. With ``tp > 1`` the meters cover GPUs ``i .. i+tp-1`` (the idle
+baseline and the sampler timeline cover the run's first GPU only, so the net energy of
+such points is null with that reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import re
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from charbench.errors import ConfigError, PointFailedError
+from charbench.study import Study, Window
+from charbench.sweep import expand, point_key
+from charbench.workloads.serving.arrivals import arrival_times
+from charbench.workloads.serving.client import EngineTarget, HttpTarget, Target
+from charbench.workloads.serving.config import ServeSweepConfig
+from charbench.workloads.serving.lengths import fit_to_context, length_class, sample_lengths
+from charbench.workloads.serving.loadgen import LoadPlan, LoadResult, WorkItem, run_load, warm_up
+from charbench.workloads.serving.metrics import (
+    ClientRecord,
+    SteadyTracker,
+    compute_metrics,
+    energy_metrics,
+    tokens_in_window,
+)
+from charbench.workloads.serving.modes import Load, run_sweep, slo_search
+from charbench.workloads.serving.prompts import build_prompts
+
+REQUESTS_DIR = "requests"
+ENGINE_KNOBS: tuple[str, ...] = ("model", "tp", "dtype", "max_num_seqs")
+_SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
+
+TargetFactory = Callable[[dict[str, Any], str], Target]
+
+
+def requests_file_key(key: str, step: str | None) -> str:
+    """File stem of a load's per-request artifact."""
+    stem = key if not step else f"{key}__{step}"
+    return _SAFE.sub("_", stem)
+
+
+def _seed_of(*parts: Any) -> int:
+    h = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Merge record fields, combining the bookkeeping keys instead of overwriting them."""
+    for k, v in src.items():
+        if k in ("_reasons", "_provenance"):
+            dst.setdefault(k, {}).update(v)
+        elif k == "_warnings":
+            dst.setdefault(k, []).extend(v)
+        else:
+            dst[k] = v
+
+
+class _Windows:
+    """Energy windows on a meter, opened at arbitrary moments (the steady state is live)."""
+
+    def __init__(self, meter: Any, device: str, baseline: Any, sampler: Any) -> None:
+        self.meter = meter
+        self.device = device
+        self.baseline = baseline
+        self.sampler = sampler
+        self.open: dict[str, Window] = {}
+        self.closed: dict[str, Window] = {}
+        self.errors: dict[str, str] = {}
+
+    def begin(self, name: str, t: float | None = None) -> None:
+        w = Window(name=name, device=self.device, baseline=self.baseline)
+        try:
+            self.meter.begin_window(name)
+        except Exception as exc:  # a meter failure must not kill the load
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+            return
+        w.t0_s = time.perf_counter() if t is None else t
+        self.open[name] = w
+
+    def end(self, name: str, t: float | None = None) -> None:
+        w = self.open.pop(name, None)
+        if w is None:
+            return
+        w.t1_s = time.perf_counter() if t is None else t
+        try:
+            w.measurement = self.meter.end_window(name)
+        except Exception as exc:
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+        if self.sampler is not None:
+            w.sampler_stats = self.sampler.summarize(w.t0_s, w.t1_s)
+        self.closed[name] = w
+
+    def abandon(self) -> None:
+        """Close windows left open by an exception (their values are discarded)."""
+        for name in list(self.open):
+            self.open.pop(name)
+            try:
+                self.meter.end_window(name)
+            except Exception:
+                pass
+
+
+class ServeSweepStudy(Study):
+    """LLM serving latency, throughput, power and energy across knobs."""
+
+    name = "serve-sweep"
+    report_hook = "charbench.workloads.serving.figures:report_sections"
+
+    def __init__(self, cfg: ServeSweepConfig, target_factory: TargetFactory | None = None) -> None:
+        """Args: cfg: validated here; target_factory: builds a target from engine knobs and
+        the device (tests inject fakes; default: the built-in engine or the URL)."""
+        cfg.normalize().validate()
+        self.cfg = cfg
+        self._factory = target_factory
+        self._target: Target | None = None
+        self._target_key: tuple[Any, ...] | None = None
+        self._trace: Any = None
+        self._controls: dict[tuple[int, ...], Any] = {}
+        self._control_used = False
+        self._meters: dict[tuple[int, ...], Any] = {}
+        self.engine_starts = 0
+
+    # -- points ------------------------------------------------------------------------
+    def points(self) -> list[dict[str, Any]]:
+        """Knobs in restart-cost order (engine knobs vary slowest), then the load."""
+        c = self.cfg
+        knobs: dict[str, Any] = {}
+        if c.model:
+            knobs["model"] = list(c.model)
+        knobs["tp"] = list(c.tp)
+        knobs["dtype"] = list(c.dtype)
+        knobs["max_num_seqs"] = list(c.max_num_seqs)
+        if c.sm_freq_mhz:
+            knobs["sm_freq_mhz"] = list(c.sm_freq_mhz)
+        if c.power_limit_w:
+            knobs["power_limit_w"] = list(c.power_limit_w)
+        if c.arrival != "trace" and not c.length_dist.startswith("azure-"):
+            knobs["input_len"] = list(c.input_len)
+            knobs["output_len"] = list(c.output_len)
+        if c.mode == "grid":
+            if c.arrival == "closed":
+                knobs["concurrency"] = list(c.concurrency)
+            elif c.arrival != "trace":
+                knobs["request_rate_rps"] = list(c.request_rate)
+        return expand(knobs)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def setup(self, ctx: Any) -> None:
+        """Check GPU-only knobs against the device; contact a URL target; load a trace."""
+        c = self.cfg
+        if (c.sm_freq_mhz or c.power_limit_w) and not getattr(ctx, "gpus", None):
+            raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
+        if c.arrival == "trace":
+            from pathlib import Path
+
+            from charbench.workloads.serving.traces import load_azure_trace
+
+            self._trace = load_azure_trace(Path(c.trace_file or ""), c.time_scale, c.trace_start_s, c.trace_duration_s, c.num_requests)
+            ctx.log(f"trace: {len(self._trace)} requests of {self._trace.rows_in_file} from {self._trace.source}")
+
+    def teardown(self, ctx: Any) -> None:
+        """Stop the engine and put back clocks/power limits of extra GPUs."""
+        try:
+            if self._target is not None:
+                self._target.shutdown()
+                self._target = None
+                self._target_key = None
+        finally:
+            for ctl in self._controls.values():
+                ctl.__exit__(None, None, None)
+            self._controls.clear()
+            for m in self._meters.values():
+                close = getattr(m, "close", None)
+                if callable(close):
+                    close()
+            self._meters.clear()
+
+    def finalize(self, store: Any, ctx: Any) -> dict[str, Any]:
+        """Write the cluster-sim profile when asked; return the best configurations."""
+        from charbench.workloads.serving.profile import best_under_slo, export_profile
+
+        recs = store.records()
+        summary: dict[str, Any] = {"best_under_slo": best_under_slo(recs, self.cfg.slo_attainment)}
+        if self.cfg.export_profile:
+            from pathlib import Path
+
+            path = export_profile(recs, Path(self.cfg.export_profile), run_id=store.meta.get("run_id"))
+            summary["profile"] = str(path)
+            ctx.log(f"profile written to {path}")
+        return summary
+
+    # -- targets -----------------------------------------------------------------------
+    def _engine_key(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(params.get(k) for k in ENGINE_KNOBS)
+
+    def _ensure_target(self, params: dict[str, Any], ctx: Any) -> Target:
+        key = self._engine_key(params)
+        dead = getattr(self._target, "dead", None) if self._target is not None else None
+        if self._target is not None and key == self._target_key and not dead:
+            if isinstance(self._target, HttpTarget) and params.get("model"):
+                self._target.model = params["model"]
+            return self._target
+        if self._target is not None:
+            self._target.shutdown()
+            self._target = None
+        if self._factory is not None:
+            target = self._factory(dict(zip(ENGINE_KNOBS, key)), ctx.device)
+        elif self.cfg.is_url:
+            target = HttpTarget(
+                self.cfg.target,
+                api=self.cfg.api,
+                model=params.get("model"),
+                tokenizer=self.cfg.tokenizer,
+                timeout_s=self.cfg.request_timeout_s,
+                force_output_len=self.cfg.force_output_len,
+            )
+            target.probe()
+        else:
+            from charbench.engine.api import EngineConfig
+
+            ecfg = EngineConfig(
+                model=str(params["model"]),
+                dtype=str(params["dtype"]),
+                device=ctx.device,
+                max_num_seqs=int(params["max_num_seqs"]),
+                max_num_batched_tokens=self.cfg.max_num_batched_tokens,
+                kv_cache_gb=self.cfg.kv_cache_gb,
+                tp=int(params["tp"]),
+                max_model_len=self.cfg.max_model_len,
+                seed=ctx.seed,
+                max_queue=max(1024, self.cfg.num_requests * 2),
+            )
+            ctx.log(f"starting the engine: model={ecfg.model} tp={ecfg.tp} dtype={ecfg.dtype} max_num_seqs={ecfg.max_num_seqs}")
+            t0 = time.perf_counter()
+            target = EngineTarget(ecfg)
+            target.force_output_len = self.cfg.force_output_len
+            ctx.log(f"engine ready in {time.perf_counter() - t0:.1f} s")
+        self.engine_starts += 1
+        self._target, self._target_key = target, key
+        return target
+
+    # -- GPU control ---------------------------------------------------------------------
+    def _gpus_for(self, params: dict[str, Any], ctx: Any) -> list[int]:
+        base = list(getattr(ctx, "gpus", []) or [])
+        tp = int(params.get("tp") or 1)
+        if not base or tp <= 1 or self.cfg.is_url:
+            return base
+        return list(range(base[0], base[0] + tp))
+
+    def _control_for(self, gpus: list[int], ctx: Any) -> Any:
+        if gpus == list(getattr(ctx, "gpus", []) or []):
+            return ctx.control
+        key = tuple(gpus)
+        if key not in self._controls:
+            from charbench.measure.control import GpuControl
+
+            ctl = GpuControl(gpus)
+            ctl.__enter__()
+            self._controls[key] = ctl
+        return self._controls[key]
+
+    def _apply_gpu(self, params: dict[str, Any], ctx: Any, gpus: list[int]) -> dict[str, Any]:
+        freq, watts = params.get("sm_freq_mhz"), params.get("power_limit_w")
+        if freq is None and watts is None:
+            if self._control_used:  # an earlier point changed settings: back to defaults
+                for ctl in [ctx.control, *self._controls.values()]:
+                    ctl.restore()
+            return {}
+        ctl = self._control_for(gpus, ctx)
+        self._control_used = True
+        ctl.restore()  # start from the defaults, then apply this point's settings
+        out: dict[str, Any] = {}
+        if freq is not None:
+            ctl.lock_sm_clock(int(freq))
+            out["sm_clock_locked_mhz"] = int(freq)
+        if watts is not None:
+            out["power_limit_enforced_w"] = float(ctl.set_power_limit(float(watts)))
+        return out
+
+    def _meter_for(self, gpus: list[int], ctx: Any) -> Any:
+        if len(gpus) <= 1 or gpus == list(getattr(ctx, "gpus", []) or []):
+            return ctx.meter
+        key = tuple(gpus)
+        if key not in self._meters:
+            from charbench.measure import make_meters
+
+            self._meters[key], notes = make_meters(ctx.device, gpus=gpus)
+            for n in notes:
+                ctx.log(f"note: {n}")
+        return self._meters[key]
+
+    # -- one point -----------------------------------------------------------------------
+    def run_point(self, params: dict[str, Any], ctx: Any) -> list[dict[str, Any]]:
+        """Measure every load of the point's mode; returns one record per load."""
+        key = point_key(params)
+        target = self._ensure_target(params, ctx)
+        gpus = self._gpus_for(params, ctx)
+        gpu_fields = self._apply_gpu(params, ctx, gpus)
+        meter = self._meter_for(gpus, ctx)
+        warm = {"done": False}
+
+        def measure(load: Load) -> dict[str, Any]:
+            rec = self._measure(params, key, load, ctx, target, meter, gpus, warmup=not warm["done"])
+            warm["done"] = True
+            rec.update(gpu_fields)
+            return rec
+
+        c = self.cfg
+        if c.mode == "sweep":
+            return run_sweep(measure, c.sweep_rates)
+        if c.mode == "slo-search":
+            return slo_search(measure, c.slo_attainment, c.search_iters, c.search_rel_tol, c.search_lo_frac)
+        if c.arrival == "trace":
+            load = Load("trace", None, "")
+        elif c.arrival == "closed":
+            load = Load("concurrency", int(params["concurrency"]), "")
+        else:
+            load = Load("rate", float(params["request_rate_rps"]), "")
+        return [measure(load)]
+
+    def _workload(self, params: dict[str, Any], load: Load, target: Target, key: str, ctx: Any) -> tuple[list[WorkItem], dict[str, Any]]:
+        c = self.cfg
+        seed = int(getattr(ctx, "seed", 0))
+        info: dict[str, Any] = {}
+        if load.kind == "trace":
+            tr = self._trace
+            inp = np.maximum(np.rint(tr.input_len * c.length_scale), 1).astype(np.int64)
+            out = np.maximum(np.rint(tr.output_len * c.length_scale), 1).astype(np.int64)
+            times: np.ndarray | None = np.asarray(tr.times_s, dtype=float)
+            info["trace_mean_rate_rps"] = tr.mean_rate_rps
+            info["workload_class"] = "trace"
+        else:
+            n = c.num_requests
+            spec = c.length_spec(params.get("input_len", c.input_len[0]), params.get("output_len", c.output_len[0]))
+            # Lengths and the unit-rate arrival pattern depend only on the run seed, so
+            # points that differ in a knob see the same workload (paired comparisons).
+            inp, out = sample_lengths(spec, n, seed)
+            info["workload_class"] = length_class(spec, spec.input_len, spec.output_len)
+            times = None
+            if load.kind == "rate":
+                process = c.arrival if c.arrival in ("poisson", "gamma", "constant") else "poisson"
+                times = arrival_times(
+                    n, float(load.value), process, c.burstiness, seed,  # type: ignore[arg-type]
+                    rescale=c.rescale_arrivals, ramp_up_s=c.ramp_up_s, ramp_start_rps=c.ramp_start_rps,
+                )
+        inp, out, clipped = fit_to_context(inp, out, target.max_model_len)
+        info["length_clipped_requests"] = clipped
+        form = c.prompt_format
+        if form == "auto":
+            form = "ids" if (c.api == "completions" and target.tokenizer is not None) else "text"
+        # Prompts differ per point, so a server-side prefix cache cannot reuse them.
+        prompts = build_prompts(target.tokenizer, inp, form, _seed_of(seed, key, load.step, "prompts"))
+        info["prompt_format"] = form
+        info["prompt_tokens_exact"] = all(p.exact for p in prompts)
+        items = [
+            WorkItem(i, p.prompt, int(a), p.prompt_tokens, int(b), None if times is None else float(times[i]))
+            for i, (p, a, b) in enumerate(zip(prompts, inp, out))
+        ]
+        return items, info
+
+    def _warmup_items(self, items: list[WorkItem]) -> list[WorkItem]:
+        k = min(self.cfg.warmup_requests, len(items))
+        return [WorkItem(i, items[i].prompt, items[i].input_len, items[i].prompt_tokens, min(4, items[i].output_len)) for i in range(k)]
+
+    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, meter: Any, gpus: list[int], warmup: bool) -> dict[str, Any]:
+        c = self.cfg
+        items, info = self._workload(params, load, target, key, ctx)
+        mns = int(params.get("max_num_seqs") or c.max_num_seqs[0])
+        device = getattr(ctx, "device", "cpu")
+        wins = _Windows(meter, device, getattr(ctx, "baseline", None), getattr(ctx, "sampler", None))
+        wname = requests_file_key(key, load.step)
+        tracker = SteadyTracker(
+            len(items), mns,
+            on_open=lambda t: wins.begin(f"{wname}:steady", t),
+            on_close=lambda t: wins.end(f"{wname}:steady", t),
+        )
+        plan = LoadPlan(
+            items,
+            closed_concurrency=int(load.value) if load.kind == "concurrency" else None,  # type: ignore[arg-type]
+            max_concurrency=c.max_concurrency,
+            id_prefix=f"{wname[:40]}-{int(time.time() * 1e3) % 10**9}",
+        )
+        warm_items = self._warmup_items(items) if warmup else []
+
+        async def drive() -> tuple[LoadResult, int]:
+            async with target.session():
+                warm_errors = await warm_up(target, warm_items) if warm_items else 0
+                wins.begin(f"{wname}:point")
+                try:
+                    res = await run_load(target, plan, tracker)
+                finally:
+                    wins.end(f"{wname}:point")
+                await target.server_records(res.records)
+                return res, warm_errors
+
+        try:
+            result, warm_errors = asyncio.run(drive())
+        finally:
+            wins.abandon()
+        records = result.records
+        metrics = compute_metrics(records, slo=c.slo)
+        dead = getattr(target, "dead", None)
+        if metrics["completed"] == 0:
+            first = next((r.error for r in records if r.error), "no request produced a token")
+            if dead:
+                self._target = None  # rebuilt at the next point
+            raise PointFailedError(f"the target served no request of this load ({load.step or load.kind}); first error: {first}")
+        rec: dict[str, Any] = {"_reasons": {}, "_provenance": {}, "_warnings": []}
+        rec["mode_step"] = load.step or "grid"
+        rec["load_kind"] = load.kind
+        if load.kind == "rate":
+            rate = float(load.value)  # type: ignore[arg-type]
+            if math.isinf(rate):
+                # records hold no inf: the all-at-once load is its own kind
+                rec["load_kind"] = "burst"
+                rec["request_rate_rps"] = None
+                rec["_reasons"]["request_rate_rps"] = "rate inf: every request sent at t = 0 (max-throughput load)"
+                rec["offered_load"] = "all at once"
+            else:
+                rec["request_rate_rps"] = rate
+                rec["offered_load"] = f"{rate:.4g} req/s"
+        elif load.kind == "concurrency":
+            rec["concurrency"] = int(load.value)  # type: ignore[arg-type]
+            rec["offered_load"] = f"{int(load.value)} users"  # type: ignore[arg-type]
+        else:
+            rec["offered_load"] = "trace"
+        rec["arrival"] = c.arrival if load.kind != "concurrency" else "closed"
+        rec["burstiness"] = c.burstiness if rec["arrival"] == "gamma" else None
+        rec["max_concurrency"] = c.max_concurrency
+        rec["length_dist"] = c.length_dist if load.kind != "trace" else "trace"
+        rec["warmup_errors"] = warm_errors
+        rec.update(info)
+        rec.update(target.describe())
+        rec["engine_starts"] = self.engine_starts
+        _merge(rec, metrics)
+        rec.update(result.lateness)
+        rec["point_t0_s"] = result.origin_s
+        rec["point_t1_s"] = result.end_s
+        self._energy_fields(rec, wins, wname, records, tracker, target, metrics, gpus, ctx)
+        self._server_fields(rec, records)
+        self._save_requests(ctx, wname, records, result.origin_s)
+        rec["requests_file"] = f"{REQUESTS_DIR}/{wname}.parquet"
+        return rec
+
+    def _energy_fields(self, rec: dict[str, Any], wins: _Windows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
+                       target: Target, metrics: dict[str, Any], gpus: list[int], ctx: Any) -> None:
+        reasons = rec["_reasons"]
+        remote = None if target.local else f"the target {target.label} is not on this machine; its energy cannot be measured here"
+        multi = len(gpus) > 1 and gpus != list(getattr(ctx, "gpus", []) or [])
+        # whole point
+        w = wins.closed.get(f"{wname}:point")
+        if w is not None and remote is None:
+            f = w.fields()
+            if multi and f.get("energy_net_j") is None:
+                f["_reasons"]["energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
+            _merge(rec, f)
+        else:
+            why = remote or wins.errors.get(f"{wname}:point", "the point window was not measured")
+            for k in ("energy_j", "avg_power_w", "energy_net_j"):
+                rec[k] = None
+                reasons[k] = why
+        rec.update(energy_metrics(rec.get("energy_j"), rec.get("energy_net_j"), metrics["completed"], metrics["total_output_tokens"]))
+        for k in ("energy_per_request_j", "energy_per_output_token_j", "output_tokens_per_j"):
+            if rec[k] is None:
+                reasons[k] = reasons.get("energy_j", "no output tokens")
+        for k in ("energy_net_per_request_j", "energy_net_per_output_token_j", "output_tokens_per_net_j"):
+            if rec[k] is None:
+                reasons[k] = reasons.get("energy_net_j", "no output tokens")
+        # steady state
+        rec["steady_t0_s"] = tracker.t_open
+        rec["steady_t1_s"] = tracker.t_close
+        steady_keys = ("steady_time_s", "steady_energy_j", "steady_avg_power_w", "steady_energy_net_j", "steady_output_tokens",
+                       "steady_output_throughput_tok_s", "steady_energy_per_output_token_j", "steady_output_tokens_per_j",
+                       "steady_energy_net_per_output_token_j", "steady_output_tokens_per_net_j")
+        no_window = tracker.reason_if_none()
+        sw = wins.closed.get(f"{wname}:steady")
+        if no_window is not None or sw is None:
+            why = no_window or wins.errors.get(f"{wname}:steady", "the steady window was not measured")
+            for k in steady_keys:
+                rec[k] = None
+                reasons[k] = f"no steady state: {why}"
+            return
+        toks = tokens_in_window(records, sw.t0_s, sw.t1_s)
+        rec["steady_output_tokens"] = toks
+        rec["steady_output_throughput_tok_s"] = toks / sw.time_s if sw.time_s > 0 else None
+        if remote is not None:
+            for k in ("steady_time_s", "steady_energy_j", "steady_avg_power_w", "steady_energy_net_j"):
+                rec[k] = None
+                reasons[k] = remote
+            rec["steady_time_s"] = sw.time_s
+        else:
+            f = sw.fields(prefix="steady_")
+            if multi and f.get("steady_energy_net_j") is None:
+                f["_reasons"]["steady_energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
+            _merge(rec, f)
+        e, en = rec.get("steady_energy_j"), rec.get("steady_energy_net_j")
+        rec["steady_energy_per_output_token_j"] = e / toks if e is not None and toks else None
+        rec["steady_output_tokens_per_j"] = toks / e if e else None
+        rec["steady_energy_net_per_output_token_j"] = en / toks if en is not None and toks else None
+        rec["steady_output_tokens_per_net_j"] = toks / en if en and en > 0 else None
+        for k, src in (("steady_energy_per_output_token_j", "steady_energy_j"), ("steady_output_tokens_per_j", "steady_energy_j"),
+                       ("steady_energy_net_per_output_token_j", "steady_energy_net_j"), ("steady_output_tokens_per_net_j", "steady_energy_net_j")):
+            if rec[k] is None:
+                reasons[k] = reasons.get(src, "no tokens in the steady window")
+
+    def _server_fields(self, rec: dict[str, Any], records: list[ClientRecord]) -> None:
+        """Client vs server timing (median differences), when the target reports its own."""
+        pairs_ttft = [(r.ttft_ms, r.server.get("ttft_ms")) for r in records if r.ok and r.server and r.server.get("ttft_ms") is not None]
+        pairs_itl: list[tuple[float, float]] = []
+        for r in records:
+            if r.ok and r.server and r.server.get("itl_ms"):
+                c_itl, s_itl = r.itl_ms, list(r.server["itl_ms"])
+                if len(c_itl) == len(s_itl):
+                    pairs_itl.extend(zip(c_itl, s_itl))
+        reasons = rec["_reasons"]
+        if pairs_ttft:
+            c_t = [p[0] for p in pairs_ttft if p[0] is not None]
+            s_t = [p[1] for p in pairs_ttft]
+            rec["server_median_ttft_ms"] = float(np.median(s_t))
+            rec["ttft_client_minus_server_median_ms"] = float(np.median([a - b for a, b in pairs_ttft if a is not None]))
+            rec["client_median_ttft_ms_joined"] = float(np.median(c_t)) if c_t else None
+        else:
+            for k in ("server_median_ttft_ms", "ttft_client_minus_server_median_ms", "client_median_ttft_ms_joined"):
+                rec[k] = None
+                reasons[k] = "the target reports no server-side request timing"
+        if pairs_itl:
+            rec["server_median_itl_ms"] = float(np.median([p[1] for p in pairs_itl]))
+            rec["itl_client_minus_server_median_ms"] = float(np.median([a - b for a, b in pairs_itl]))
+        else:
+            for k in ("server_median_itl_ms", "itl_client_minus_server_median_ms"):
+                rec[k] = None
+                reasons[k] = "no server-side token times matched the client's"
+        queues = [r.server.get("queue_ms") for r in records if r.server and r.server.get("queue_ms") is not None]
+        rec["server_median_queue_ms"] = float(np.median(queues)) if queues else None
+        if not queues:
+            reasons["server_median_queue_ms"] = "the target reports no server-side queueing time"
+        preempt = [r.server.get("preemptions") or 0 for r in records if r.server]
+        rec["server_preemptions"] = int(sum(preempt)) if preempt else None
+        if not preempt:
+            reasons["server_preemptions"] = "the target reports no preemption counts"
+
+    def _save_requests(self, ctx: Any, stem: str, records: list[ClientRecord], origin: float) -> None:
+        store = getattr(ctx, "store", None)
+        if store is None:
+            return
+        import pandas as pd
+
+        from charbench.results import atomic_write_bytes
+
+        slo = self.cfg.slo
+
+        def rel(t: float | None) -> float | None:
+            return None if t is None else t - origin
+
+        rows = []
+        for r in records:
+            s = r.server or {}
+            rows.append({
+                "index": r.index,
+                "request_id": r.request_id,
+                "server_id": r.server_id,
+                "input_len": r.input_len,
+                "prompt_tokens": r.prompt_tokens,
+                "expected_output_tokens": r.expected_output_tokens,
+                "output_tokens": r.output_tokens,
+                "output_tokens_source": r.output_tokens_source,
+                "scheduled_s": rel(r.scheduled_s),
+                "send_s": rel(r.send_s),
+                "first_token_s": rel(r.first_token_s),
+                "end_s": rel(r.end_s),
+                "ttft_ms": r.ttft_ms,
+                "tpot_ms": r.tpot_ms,
+                "e2el_ms": r.e2el_ms,
+                "itl_ms": [float(x) for x in r.itl_ms],
+                "error": r.error,
+                "timed_out": r.timed_out,
+                "good": r.meets(slo) if slo.given else None,
+                "server_ttft_ms": s.get("ttft_ms"),
+                "server_tpot_ms": s.get("tpot_ms"),
+                "server_e2el_ms": s.get("e2el_ms"),
+                "server_queue_ms": s.get("queue_ms"),
+                "server_itl_ms": [float(x) for x in (s.get("itl_ms") or [])],
+            })
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        atomic_write_bytes(store.path / REQUESTS_DIR / f"{stem}.parquet", buf.getvalue())
+
+
+def load_requests(run_dir: Any, stem: str) -> Any:
+    """The per-request frame of one load (None when missing)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    p = Path(run_dir) / REQUESTS_DIR / f"{stem}.parquet"
+    return pd.read_parquet(p) if p.is_file() else None
+
