@@ -700,8 +700,9 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> Any:
         port=port,
         log_level=log_level,
         access_log=log_level in ("debug", "trace"),
-        http="h11",
-        loop="asyncio",
+        # "auto": uvloop and httptools when installed (uvicorn[standard]), else asyncio + h11
+        http="auto",
+        loop="auto",
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
