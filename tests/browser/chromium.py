@@ -27,6 +27,7 @@ The browser binary is ``$CHARBENCH_CHROMIUM`` when set, else the first of ``chro
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -94,31 +95,38 @@ class Chromium:
         to_child_r, to_child_w = os.pipe()  # browser reads commands on its fd 3
         from_child_r, from_child_w = os.pipe()  # browser writes answers on its fd 4
 
-        def _child_fds() -> None:
-            # dup first so the later dup2 calls cannot clobber a source fd numbered 3 or 4
-            a, b = os.dup(to_child_r), os.dup(from_child_w)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
         args = [
             self.binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
             f"--user-data-dir={self._profile}", "--no-first-run", "--no-default-browser-check",
             "--disable-extensions", "--mute-audio", "--allow-file-access-from-files",
             "--window-size=1280,900", "about:blank",
         ]
+        # the browser expects the pipe on fds 3 and 4: bash moves them there and execs it
+        # (no preexec_fn, which is unsafe in a process with threads; dash takes single-digit fds only)
+        bash = shutil.which("bash")
+        if bash is None:
+            raise ChromiumError("bash not found; it is needed to hand the DevTools pipe to chromium on fds 3 and 4")
+        # (copies at fd >= 10 first, so no source fd is 3 or 4 itself)
+        r, w = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
+        remap = f'exec "$0" "$@" 3<&{r} 4>&{w} {r}<&- {w}>&-'
         self.stderr_path = os.path.join(self._profile, "stderr.txt")
         with open(self.stderr_path, "wb") as err:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed argument list
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                close_fds=False, preexec_fn=_child_fds,  # noqa: PLW1509 - fd remapping needs it
+                [bash, "-c", remap, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                pass_fds=(r, w),
             )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        for fd in (to_child_r, from_child_w, r, w):
+            os.close(fd)
         self._wfd = to_child_w
         self._rfd = from_child_r
         self._reader = threading.Thread(target=self._read_loop, daemon=True)
         self._reader.start()
-        self.call("Browser.getVersion")  # fails fast when the pipe is not spoken
+        try:
+            self.call("Browser.getVersion")  # fails fast when the pipe is not spoken
+        except (OSError, ChromiumError) as exc:
+            tail = Path(self.stderr_path).read_text(errors="replace")[-2000:] if os.path.exists(self.stderr_path) else ""
+            self.close()
+            raise ChromiumError(f"{self.binary} did not start with --remote-debugging-pipe ({exc}); its stderr ends with:\n{tail}") from exc
         return self
 
     def close(self) -> None:
