@@ -258,12 +258,13 @@ def _varying_in_point(rows: list[dict[str, Any]], exclude: set[str]) -> set[str]
     return out
 
 
-def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = ()) -> RunPoints:
+def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = (), ignore_knobs: Iterable[str] = ()) -> RunPoints:
     """Read a run folder and group its rows by point identity.
 
     Args:
         run_dir: the run folder (or an open store).
         identity_columns: extra non-knob columns that tell rows of one point apart.
+        ignore_knobs: knobs left out of the identity (e.g. a constant knob the other run lacks).
 
     Raises:
         RunStoreError: not a run folder.
@@ -276,11 +277,12 @@ def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = ()) 
     knobs = knob_names(rows)
     metrics = metric_columns(rows, set(knobs))
     extra = sorted(set(identity_columns) | _varying_in_point(rows, set(knobs) | set(metrics)))
+    ignored = set(ignore_knobs)
     groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     labels: dict[tuple[tuple[str, str], ...], str] = {}
     for r in rows:
         parsed = parse_point_key(str(r.get("point_key", "")))
-        names = [k for k in knobs if not is_noise_knob(k) and (k in r or k in parsed)]
+        names = [k for k in knobs if not is_noise_knob(k) and k not in ignored and (k in r or k in parsed)]
         ident = tuple(sorted((k, _row_knob(r, k, parsed)) for k in names)) + tuple((c, canonical_value(r.get(c))) for c in extra)
         groups.setdefault(ident, []).append(r)
         labels.setdefault(ident, ", ".join(f"{k}={v}" for k, v in ident) or "(single point)")
@@ -532,14 +534,21 @@ def compare_runs(
     if bs.study != cs.study:
         raise ConfigError(f"compare: baseline {bs.path} is a '{bs.study}' run and candidate {cs.path} a '{cs.study}' run; compare two runs of one study")
     b0, c0 = load_points(bs), load_points(cs)
+    notes: list[str] = []
+    # a knob only one run has, held at one value there, cannot tell points apart: leave it out
+    ignored: set[str] = set()
+    for side, pts, other in (("baseline", b0, c0), ("candidate", c0, b0)):
+        for k in sorted(set(pts.knobs) - set(other.knobs)):
+            values = {_row_knob(r, k, parse_point_key(str(r.get("point_key", "")))) for rows in pts.groups.values() for r in rows}
+            if len(values) == 1:
+                ignored.add(k)
+                notes.append(f"knob {k}={next(iter(values))} only in the {side}; ignored for matching")
+            else:
+                notes.append(f"knob {k} only in the {side}, with {len(values)} values; its points match nothing")
     # both runs must tell multi-row points apart by the same columns
     extra = sorted(set(b0.identity_columns) | set(c0.identity_columns))
-    base = load_points(bs, extra) if extra != b0.identity_columns else b0
-    cand = load_points(cs, extra) if extra != c0.identity_columns else c0
-    notes: list[str] = []
-    kb, kc = set(base.knobs), set(cand.knobs)
-    if kb != kc:
-        notes.append(f"knobs differ: only in baseline {sorted(kb - kc) or '-'}, only in candidate {sorted(kc - kb) or '-'}")
+    base = load_points(bs, extra, ignored) if extra != b0.identity_columns or ignored else b0
+    cand = load_points(cs, extra, ignored) if extra != c0.identity_columns or ignored else c0
     matched_ids = [i for i in base.groups if i in cand.groups]
     only_b = [base.labels[i] for i in base.groups if i not in cand.groups]
     only_c = [cand.labels[i] for i in cand.groups if i not in base.groups]

@@ -314,3 +314,15 @@ def test_report_with_several_runs_renders_a_comparison(tmp_path: Path) -> None:
     html = out.read_text()
     assert "(1/2)" in html and "(2/2)" in html and "REGRESSION" in html
     assert html.count('class="plot"') >= 2
+
+
+def test_constant_knob_added_in_one_run_is_ignored_for_matching(tmp_path: Path) -> None:
+    b = make_run(tmp_path, "gemm-power", _grid(), _energy(), now=_t(1))
+    c = make_run(tmp_path, "gemm-power", [{**p, "backend": "cublas"} for p in _grid()], _energy(1.2), now=_t(2))
+    cmp = cm.compare_runs(b, c)
+    assert len(cmp.matched) == 4 and cmp.exit_code == cm.EXIT_REGRESSION
+    assert any("knob backend=cublas only in the candidate" in n for n in cmp.notes)
+    # a knob that varies in one run and is absent in the other cannot be matched
+    c2 = make_run(tmp_path, "gemm-power", [{**p, "backend": be} for p in _grid() for be in ("a", "b")], _energy(), now=_t(3))
+    with pytest.raises(ConfigError, match="no point of"):
+        cm.compare_runs(b, c2)
