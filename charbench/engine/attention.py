@@ -26,9 +26,11 @@ import torch
 
 from charbench.errors import BackendUnavailableError, ConfigError
 from charbench.kernels.attention.paged_torch import (
+    decode_attn_bias,
     decode_valid_mask,
     paged_decode_torch,
     paged_prefill_torch,
+    prefix_causal_mask,
 )
 
 BACKENDS = ("torch", "triton")
@@ -51,12 +53,15 @@ class PrefillSpan:
         num_tokens: tokens in the chunk.
         start_pos: tokens already cached before the chunk.
         block_table: long ``[n_blocks]`` on the device.
+        mask: bool ``[num_tokens, start_pos + num_tokens]`` causal mask against the prefix
+            (CPU only, built once for all layers; None on GPU or without a prefix).
     """
 
     token_start: int
     num_tokens: int
     start_pos: int
     block_table: torch.Tensor
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -71,7 +76,8 @@ class AttentionMetadata:
         num_decode: the first ``num_decode`` tokens are single-token chunks.
         decode_block_tables: long ``[num_decode, max_blocks]`` (padded with block 0).
         decode_seq_lens: long ``[num_decode]``, cached tokens incl. the new one.
-        decode_valid: bool ``[num_decode, max_blocks * block_size]`` (torch backend).
+        decode_bias: additive padding bias ``[num_decode, 1, 1, max_blocks * block_size]``
+            in the model dtype (torch backend).
         decode_max_len: ``max(decode_seq_lens)`` as a Python int.
         prefills: the multi-token chunks, in packed order.
         max_position: largest position in the batch.
@@ -83,7 +89,7 @@ class AttentionMetadata:
     num_decode: int
     decode_block_tables: torch.Tensor | None
     decode_seq_lens: torch.Tensor | None
-    decode_valid: torch.Tensor | None
+    decode_bias: torch.Tensor | None
     decode_max_len: int
     prefills: list[PrefillSpan] = field(default_factory=list)
     max_position: int = 0
@@ -94,6 +100,7 @@ def build_metadata(
     block_size: int,
     device: torch.device | str,
     backend: str = "torch",
+    dtype: torch.dtype = torch.float32,
 ) -> AttentionMetadata:
     """Pack chunks (single-token chunks first, as the runner orders them) into tensors.
 
@@ -104,6 +111,7 @@ def build_metadata(
         block_size: tokens per KV block.
         device: the model's device.
         backend: ``torch`` or ``triton`` (triton needs no decode mask).
+        dtype: the model's dtype (of the decode bias).
 
     Returns:
         The metadata.
@@ -156,13 +164,15 @@ def build_metadata(
     dec_lens_t = packed[o : o + num_decode]; o += num_decode  # noqa: E702
     dec_bt = packed[o : o + num_decode * max_blocks].view(num_decode, max_blocks)
     o += num_decode * max_blocks
+    on_cpu = packed.device.type == "cpu"
     prefills = [
-        PrefillSpan(ts, n, start, packed[o + off : o + off + nb])
+        PrefillSpan(ts, n, start, packed[o + off : o + off + nb],
+                    prefix_causal_mask(n, start + n, packed.device) if on_cpu and start else None)
         for ts, n, start, off, nb in spans
     ]
-    valid = None
+    bias = None
     if num_decode and backend == "torch":
-        valid = decode_valid_mask(dec_lens_t, max_blocks * block_size)
+        bias = decode_attn_bias(decode_valid_mask(dec_lens_t, max_blocks * block_size), dtype)
     return AttentionMetadata(
         input_ids=input_ids,
         positions=positions,
@@ -170,7 +180,7 @@ def build_metadata(
         num_decode=num_decode,
         decode_block_tables=dec_bt if num_decode else None,
         decode_seq_lens=dec_lens_t if num_decode else None,
-        decode_valid=valid,
+        decode_bias=bias,
         decode_max_len=max(dec_lens, default=0),
         prefills=prefills,
         max_position=max(pos, default=0),
@@ -251,7 +261,7 @@ class PagedAttention:
             s, e = sp.token_start, sp.token_start + sp.num_tokens
             out[s:e] = paged_prefill_torch(
                 q[s:e], k_cache, v_cache, sp.block_table, sp.start_pos, self.scale,
-                k_new=k[s:e], v_new=v[s:e],
+                k_new=k[s:e], v_new=v[s:e], mask=sp.mask,
             )
         return out
 
@@ -268,5 +278,5 @@ class PagedAttention:
             return out
         return paged_decode_torch(  # type: ignore[return-value]
             q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
-            valid=meta.decode_valid,
+            attn_bias=meta.decode_bias,
         )

@@ -264,7 +264,7 @@ class ModelRunner:
         order = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1]
         order += [i for i, c in enumerate(chunks) if len(c.token_ids) != 1]
         ordered = [chunks[i] for i in order]
-        meta = build_metadata(ordered, self.block_size, self.device, self.attention.backend)
+        meta = build_metadata(ordered, self.block_size, self.device, self.attention.backend, self.dtype)
         hidden = self.model(
             meta.input_ids, meta.positions, self.kv_cache.layers, self.attention, meta,
             max_position=meta.max_position,

@@ -2,22 +2,23 @@
 
 * :func:`paged_decode_torch` -- one query per sequence, sequences of different lengths in
   one batched call: gather every sequence's blocks (padded to the longest table), mask the
-  padding, one batched matmul per step.
+  padding with an additive bias, one SDPA call.
 * :func:`paged_prefill_torch` -- a prefill chunk against the cached prefix, causal within
-  the chunk, through ``scaled_dot_product_attention`` with a lower-right causal bias
-  (flash/efficient kernels on GPU, grouped-query heads without copying K/V).
+  the chunk, through ``scaled_dot_product_attention``: with a lower-right causal bias on
+  GPU (flash/efficient kernels), a boolean mask on CPU (as fast there, and it avoids
+  importing ``torch.nn.attention.bias``, which pulls in torch._dynamo); grouped-query
+  heads without copying K/V.
 
 Example::
 
-    valid = decode_valid_mask(seq_lens, block_tables.shape[1] * block_size)
-    out = paged_decode_torch(q, k_cache, v_cache, block_tables, seq_lens, scale, valid=valid)
+    bias = decode_attn_bias(decode_valid_mask(seq_lens, block_tables.shape[1] * block_size), q.dtype)
+    out = paged_decode_torch(q, k_cache, v_cache, block_tables, seq_lens, scale, attn_bias=bias)
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 
 def decode_valid_mask(seq_lens: torch.Tensor, padded_len: int) -> torch.Tensor:
@@ -34,6 +35,24 @@ def decode_valid_mask(seq_lens: torch.Tensor, padded_len: int) -> torch.Tensor:
     return pos[None, :] < seq_lens[:, None]
 
 
+def decode_attn_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive SDPA bias ``[B, 1, 1, L]``: 0 for real keys, -inf for padding.
+
+    A float bias is much faster than a boolean mask in CPU SDPA (no per-call conversion).
+    """
+    bias = torch.zeros(valid.shape[0], 1, 1, valid.shape[1], dtype=dtype, device=valid.device)
+    return bias.masked_fill_(~valid[:, None, None, :], float("-inf"))
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """``[B, kv_heads, max_blocks * block_size, head_dim]`` view of the gathered blocks."""
+    batch, width = block_tables.shape
+    _, block_size, num_kv_heads, head_dim = cache.shape
+    # index_select copies whole contiguous blocks (much faster than advanced indexing)
+    rows = cache.index_select(0, block_tables.reshape(-1))
+    return rows.view(batch, width * block_size, num_kv_heads, head_dim).transpose(1, 2)
+
+
 def paged_decode_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -43,8 +62,14 @@ def paged_decode_torch(
     scale: float,
     valid: torch.Tensor | None = None,
     return_lse: bool = False,
+    attn_bias: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode attention for a batch of sequences of different lengths.
+
+    Without ``return_lse`` this is one ``scaled_dot_product_attention`` call over the
+    gathered blocks with an additive padding bias (grouped-query heads via
+    ``enable_gqa``, no K/V repeat). With ``return_lse`` it is an explicit matmul/softmax
+    that also yields the log-sum-exp.
 
     Args:
         q: ``[B, num_heads, head_dim]``, query of sequence ``b`` at position ``seq_lens[b]-1``.
@@ -54,8 +79,10 @@ def paged_decode_torch(
             valid block id (they are masked).
         seq_lens: ``[B]`` tokens in the cache per sequence, the query's own included.
         scale: softmax scale.
-        valid: optional precomputed :func:`decode_valid_mask` (shared across layers).
+        valid: optional precomputed :func:`decode_valid_mask`.
         return_lse: also return the natural-log log-sum-exp ``[B, num_heads]`` (float32).
+        attn_bias: optional precomputed :func:`decode_attn_bias` in ``q``'s dtype (shared
+            across layers).
 
     Returns:
         ``[B, num_heads, head_dim]`` in ``q``'s dtype, or ``(out, lse)``.
@@ -64,25 +91,34 @@ def paged_decode_torch(
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
     padded_len = block_tables.shape[1] * block_size
+    k = _gather(k_cache, block_tables)  # [B, kv_heads, L, D]
+    v = _gather(v_cache, block_tables)
+    if not return_lse:
+        if attn_bias is None:
+            if valid is None:
+                valid = decode_valid_mask(seq_lens, padded_len)
+            attn_bias = decode_attn_bias(valid, q.dtype)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), k, v, attn_mask=attn_bias, scale=scale, enable_gqa=group > 1
+        )
+        return out.view(batch, num_heads, head_dim)
     if valid is None:
         valid = decode_valid_mask(seq_lens, padded_len)
-    # [B, max_blocks, block_size, kv_heads, D] -> [B, kv_heads, L, D]
-    k = k_cache[block_tables].view(batch, padded_len, num_kv_heads, head_dim).transpose(1, 2)
-    v = v_cache[block_tables].view(batch, padded_len, num_kv_heads, head_dim).transpose(1, 2)
-    qg = q.view(batch, num_kv_heads, group, head_dim)
+    qg = q.reshape(batch, num_kv_heads, group, head_dim)
     # softmax in at least float32 (float64 inputs stay float64 for references)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     scores = torch.matmul(qg, k.transpose(-1, -2)).to(acc_dtype) * scale  # [B, kv_heads, G, L]
     scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
-    if return_lse:
-        lse = torch.logsumexp(scores, dim=-1)
-        probs = torch.exp(scores - lse[..., None])
-    else:
-        probs = torch.softmax(scores, dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
     out = torch.matmul(probs.to(v.dtype), v).reshape(batch, num_heads, head_dim)
-    if return_lse:
-        return out, lse.reshape(batch, num_heads).float()
-    return out
+    return out, lse.reshape(batch, num_heads).float()
+
+
+def prefix_causal_mask(n: int, total: int, device: torch.device | str) -> torch.Tensor:
+    """bool ``[n, total]``: query ``i`` (position ``total - n + i``) sees keys ``<=`` its position."""
+    q_pos = torch.arange(total - n, total, device=device)
+    return torch.arange(total, device=device)[None, :] <= q_pos[:, None]
 
 
 def paged_prefill_torch(
@@ -94,6 +130,7 @@ def paged_prefill_torch(
     scale: float,
     k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A prefill chunk attending to the cached prefix and causally to itself.
 
@@ -108,6 +145,7 @@ def paged_prefill_torch(
         k_new: the chunk's keys ``[n, num_kv_heads, head_dim]``; used instead of the cache
             when ``start_pos == 0`` (saves the gather).
         v_new: the chunk's values, same shape.
+        mask: optional precomputed :func:`prefix_causal_mask` (used when ``start_pos > 0``).
 
     Returns:
         ``[n, num_heads, head_dim]``.
@@ -129,6 +167,11 @@ def paged_prefill_torch(
     if total == n:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
-        bias = causal_lower_right(n, total)
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale, enable_gqa=gqa)
+        if mask is None and q.device.type != "cpu":
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask = causal_lower_right(n, total)
+        elif mask is None:
+            mask = prefix_causal_mask(n, total, q.device)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out[0].transpose(0, 1)

@@ -46,6 +46,10 @@ def test_decode_torch_matches_reference(heads, kv):
     o, lse = paged_decode_torch(q, kc, vc, bt, torch.tensor(lens), 0.3, return_lse=True)
     torch.testing.assert_close(o, ref_o)
     torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+    # the SDPA path (no LSE), float64 and float32
+    torch.testing.assert_close(paged_decode_torch(q, kc, vc, bt, torch.tensor(lens), 0.3), ref_o)
+    o32 = paged_decode_torch(q.float(), kc.float(), vc.float(), bt, torch.tensor(lens), 0.3)
+    torch.testing.assert_close(o32.double(), ref_o, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("start,n", [(0, 9), (7, 1), (5, 6), (12, 13)])
@@ -127,3 +131,43 @@ def test_metadata_errors():
         build_metadata([SeqChunk(0, [1, 2, 3], 2, [0], True)], 4, "cpu")
     with pytest.raises(ValueError, match="before prefill"):
         build_metadata([SeqChunk(0, [1, 2], 0, [0], True), SeqChunk(1, [1], 0, [1], True)], 4, "cpu")
+
+
+
+def _needs_cuda(fn):
+    fn = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(fn)
+    return pytest.mark.gpu(fn)
+
+
+@_needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("start,n", [(0, 33), (5, 6), (40, 70)])
+def test_prefill_torch_cuda(dtype, start, n):
+    """On CUDA the prefix path uses SDPA's lower-right causal bias (CPU uses a bool mask)."""
+    bs, d, heads, kv = 16, 64, 8, 2
+    kc, vc = _cache(num_blocks=16, kv=kv, d=d, block_size=bs)
+    table = _tables([start + n], bs, kc.shape[0])[0]
+    q = torch.randn(n, heads, d, dtype=torch.float64)
+    ref = paged_prefill_reference(q, kc, vc, table, start, d**-0.5)
+    cu = dict(device="cuda", dtype=dtype)
+    got = paged_prefill_torch(q.to(**cu), kc.to(**cu), vc.to(**cu), torch.tensor(table, device="cuda"),
+                              start, d**-0.5)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double().cpu(), ref, atol=tol, rtol=tol)
+
+
+@_needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_torch_cuda(dtype):
+    bs, d, heads, kv = 16, 128, 32, 8
+    kc, vc = _cache(num_blocks=64, kv=kv, d=d, block_size=bs)
+    lens = [1, 100, 333, 17]
+    tables = _tables(lens, bs, kc.shape[0])
+    width = max(len(t) for t in tables)
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], device="cuda")
+    q = torch.randn(len(lens), heads, d, dtype=torch.float64)
+    ref_o, _ = paged_decode_reference(q, kc, vc, tables, lens, d**-0.5)
+    cu = dict(device="cuda", dtype=dtype)
+    o = paged_decode_torch(q.to(**cu), kc.to(**cu), vc.to(**cu), bt, torch.tensor(lens, device="cuda"), d**-0.5)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(o.double().cpu(), ref_o, atol=tol, rtol=tol)

@@ -182,3 +182,25 @@ def test_low_precision_close_to_fp32(dtype, chunk_driver):
     assert got.dtype == torch.float32
     tol = 0.08 if dtype == "bf16" else 0.02
     assert (got - ref).abs().max() < tol * ref.abs().max() + tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_logits_match_transformers(backend, hf_checkpoint, chunk_driver, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    folder, hf = hf_checkpoint("llama_gqa")
+    runner = make_runner(EngineConfig(model=str(folder), device="cuda", kv_cache_gb=0.01,
+                                      block_size=4, attention_backend=backend))
+    drv = chunk_driver(runner, scatter_seed=0)
+    logits = drv.run(*[(i, p) for i, p in enumerate(PROMPTS)]).cpu()
+    for i, p in enumerate(PROMPTS):
+        torch.testing.assert_close(logits[i], _hf_logits(hf, p)[-1], atol=1e-4, rtol=1e-4)
+    seqs = [list(p) for p in PROMPTS]
+    for step in range(3):
+        nxt = [(13 * step + 5 * i) % 96 for i in range(len(seqs))]
+        logits = drv.run(*[(i, [t]) for i, t in enumerate(nxt)]).cpu()
+        for i, t in enumerate(nxt):
+            seqs[i].append(t)
+            torch.testing.assert_close(logits[i], _hf_logits(hf, seqs[i])[-1], atol=1e-4, rtol=1e-4)

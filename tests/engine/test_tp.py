@@ -1,0 +1,94 @@
+"""Tensor parallelism: tp=2 (gloo, one spawned worker process) equals tp=1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charbench.engine.api import EngineConfig
+from charbench.engine.model import LlamaModel, get_preset
+from charbench.engine.runner import make_runner
+from charbench.engine.tp import decode_chunks, encode_chunks
+from charbench.engine.weights import RandomSource, load_weights
+from charbench.errors import ConfigError
+
+PROMPTS = [[256] + list(b"Tensor parallel ranks"), [256] + list(b"agree"), [256, 1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+def _generate(runner, chunk_driver, steps: int) -> tuple[list[list[int]], torch.Tensor]:
+    drv = chunk_driver(runner, scatter_seed=1)
+    # first prompt in two chunks, to exercise the cached-prefix path across ranks
+    drv.run((0, PROMPTS[0][:9]))
+    logits = drv.run((0, PROMPTS[0][9:]), (1, PROMPTS[1]), (2, PROMPTS[2]))
+    first = logits.clone()
+    out: list[list[int]] = [[], [], []]
+    for _ in range(steps):
+        toks = logits.argmax(-1).tolist()
+        for i, t in enumerate(toks):
+            out[i].append(t)
+        logits = drv.run(*[(i, [t]) for i, t in enumerate(toks)])
+    return out, first
+
+
+def test_tp2_equals_tp1(chunk_driver):
+    cfg = dict(model="tiny", kv_cache_gb=0.004, block_size=4, seed=11)
+    ref_toks, ref_logits = _generate(make_runner(EngineConfig(**cfg)), chunk_driver, 8)
+    runner = make_runner(EngineConfig(tp=2, **cfg))
+    try:
+        assert runner.tp == 2 and len(runner._workers) == 1
+        assert runner.kv_cache.layers[0][0].shape[2] == get_preset("tiny").num_kv_heads // 2
+        toks, logits = _generate(runner, chunk_driver, 8)
+    finally:
+        runner.shutdown()
+    assert toks == ref_toks
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert not runner._workers
+    runner.shutdown()  # idempotent
+
+
+def test_shards_are_slices_of_the_full_model():
+    cfg = get_preset("tiny")
+    full = LlamaModel(cfg, torch.float32, "cpu")
+    load_weights(full, RandomSource(4, "cpu"))
+    d, nh, nkv = cfg.head_dim, cfg.num_heads // 2, cfg.num_kv_heads // 2
+    for rank in (0, 1):
+        shard = LlamaModel(cfg, torch.float32, "cpu", tp=2, with_lm_head=False)
+        load_weights(shard, RandomSource(4, "cpu"), tp_rank=rank, tp_size=2)
+        fw, sw = full.layers[1], shard.layers[1]
+        q = fw.qkv_weight[: cfg.q_size]
+        k = fw.qkv_weight[cfg.q_size : cfg.q_size + cfg.kv_size]
+        expect = torch.cat([q[rank * nh * d : (rank + 1) * nh * d], k[rank * nkv * d : (rank + 1) * nkv * d]])
+        torch.testing.assert_close(sw.qkv_weight[: expect.shape[0]], expect, atol=0, rtol=0)
+        cols = slice(rank * nh * d, (rank + 1) * nh * d)
+        torch.testing.assert_close(sw.o_weight, fw.o_weight[:, cols], atol=0, rtol=0)
+        inter = cfg.intermediate_size // 2
+        torch.testing.assert_close(
+            sw.down_weight, fw.down_weight[:, rank * inter : (rank + 1) * inter], atol=0, rtol=0)
+
+
+def test_chunk_encoding_roundtrip():
+    from charbench.engine.runner import SeqChunk
+
+    chunks = [SeqChunk(3, [1, 2, 3], 5, [7, 8], True), SeqChunk(9, [4], 0, [1], False)]
+    back = decode_chunks(encode_chunks(chunks))
+    assert [(c.seq_id, c.token_ids, c.start_pos, c.block_table, c.need_logits) for c in back] == [
+        (3, [1, 2, 3], 5, [7, 8], True), (9, [4], 0, [1], False)]
+
+
+def test_tp_must_divide_heads():
+    with pytest.raises(ConfigError, match="--tp 3: model 'tiny' has num_heads=8"):
+        make_runner(EngineConfig(model="tiny", tp=3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_tp2_nccl_equals_tp1(chunk_driver):
+    cfg = dict(model="tiny", device="cuda", kv_cache_gb=0.004, block_size=4, seed=11)
+    ref_toks, ref_logits = _generate(make_runner(EngineConfig(**cfg)), chunk_driver, 8)
+    runner = make_runner(EngineConfig(tp=2, **cfg))
+    try:
+        toks, logits = _generate(runner, chunk_driver, 8)
+    finally:
+        runner.shutdown()
+    assert toks == ref_toks
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
