@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 from charbench.engine.api import (
     EngineConfig,
@@ -43,11 +43,9 @@ from charbench.engine.api import (
 )
 from charbench.engine.chunking import ChunkPolicy, make_chunk_policy
 from charbench.engine.sampling import Sampler, SamplingRow, StopChecker, make_generator
+from charbench.engine.runner import SeqChunk
 from charbench.engine.scheduler import Allocator, Scheduler, Sequence
 from charbench.errors import CharbenchError, ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "AsyncLLMEngine",
@@ -88,20 +86,6 @@ def _model_context_len(model_config: Any) -> int | None:
         if isinstance(v, int) and v > 0:
             return v
     return None
-
-
-def _seq_chunk_class() -> Any:
-    try:
-        from charbench.engine.runner import SeqChunk
-    except ImportError:  # TEMPORARY until runner.py lands
-        from dataclasses import make_dataclass
-
-        return make_dataclass(
-            "SeqChunk",
-            [("seq_id", int), ("token_ids", list), ("start_pos", int), ("block_table", list),
-             ("need_logits", bool)],
-        )
-    return SeqChunk
 
 
 class LLMEngine:
@@ -180,7 +164,6 @@ class LLMEngine:
         self._generation_tokens_total = 0
         self._requests_finished_total = 0
         self._closed = False
-        self._chunk_cls = _seq_chunk_class()
 
     def _resolve_max_model_len(self) -> int:
         capacity = int(self.allocator.num_blocks) * self.block_size
@@ -337,7 +320,7 @@ class LLMEngine:
             if rec.first_scheduled_time_s is None:
                 rec.first_scheduled_time_s = now
             chunks.append(
-                self._chunk_cls(
+                SeqChunk(
                     seq_id=c.seq.seq_id,
                     token_ids=c.token_ids,
                     start_pos=c.start_pos,
