@@ -75,18 +75,20 @@ NEUTRAL = "neutral"
 
 #: unit suffix -> default direction ("which way is better"). The longest matching suffix wins.
 UNIT_SUFFIXES: dict[str, str] = {
-    "_j": LOWER, "_kj": LOWER, "_mj": LOWER, "_wh": LOWER,
+    "_j": LOWER, "_kj": LOWER, "_mj": LOWER, "_uj": LOWER, "_nj": LOWER, "_pj": LOWER, "_wh": LOWER,
     "_w": LOWER, "_mw": LOWER, "_kw": LOWER,
     "_s": LOWER, "_ms": LOWER, "_us": LOWER, "_ns": LOWER,
     "_c": LOWER,
     "_per_token": LOWER, "_per_request": LOWER, "_per_iter": LOWER,
     "_tflops": HIGHER, "_gflops": HIGHER, "_flops": HIGHER,
-    "_per_s": HIGHER, "_per_j": HIGHER, "_per_w": HIGHER, "_per_joule": HIGHER, "_rps": HIGHER, "_qps": HIGHER,
+    "_per_s": HIGHER, "_tok_s": HIGHER, "_per_j": HIGHER, "_per_net_j": HIGHER, "_per_w": HIGHER, "_per_joule": HIGHER, "_rps": HIGHER, "_qps": HIGHER,
     "_mhz": NEUTRAL, "_ghz": NEUTRAL, "_hz": NEUTRAL,
     "_pct": NEUTRAL, "_frac": NEUTRAL, "_ratio": NEUTRAL, "_x": NEUTRAL,
     "_bytes": NEUTRAL, "_kib": NEUTRAL, "_mib": NEUTRAL, "_gib": NEUTRAL, "_kb": NEUTRAL, "_mb": NEUTRAL, "_gb": NEUTRAL,
     "_tokens": NEUTRAL, "_bits": NEUTRAL, "_v": NEUTRAL, "_a": NEUTRAL,
 }
+#: timestamps (``t_s``, ``point_t0_s``, ``trace_start_s``): unit-suffixed but not a cost to compare
+_TIMESTAMP = re.compile(r"(^|_)(t\d*|start|end)_s$")
 #: statistic tokens allowed after the unit (``ttft_ms_p99``, ``power_w_mean``)
 _STAT_SUFFIX = re.compile(r"(_(p\d+(\.\d+)?|mean|median|avg|min|max|std|stdev|sum|total))+$")
 
@@ -98,11 +100,12 @@ BOOKKEEPING = frozenset({"point_key", "point_index", "null_reasons", "provenance
 
 #: study -> gated metrics; each entry lists alternative column names, the first present one is used
 DEFAULT_GATES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "gemm-power": (("energy_j",), ("avg_power_w",)),
+    # energy per GEMM is normalized by the iteration count; energy_j covers a timed window
+    "gemm-power": (("energy_per_gemm_j", "energy_j"), ("avg_power_w",)),
     "serve-sweep": (
-        ("ttft_p99_ms", "p99_ttft_ms", "ttft_ms_p99"),
-        ("tpot_p99_ms", "p99_tpot_ms", "tpot_ms_p99"),
-        ("energy_per_token_j", "j_per_token", "energy_j_per_token", "energy_per_output_token_j"),
+        ("p99_ttft_ms", "ttft_p99_ms", "ttft_ms_p99"),
+        ("p99_tpot_ms", "tpot_p99_ms", "tpot_ms_p99"),
+        ("energy_per_output_token_j", "energy_per_token_j", "steady_energy_per_output_token_j"),
     ),
 }
 #: gates of a study without its own entry (only those present are used)
@@ -126,7 +129,9 @@ def is_noise_knob(name: str) -> bool:
 
 
 def metric_direction(name: str) -> str | None:
-    """Default direction from the unit suffix (``lower``/``higher``/``neutral``), None when no unit."""
+    """Default direction from the unit suffix (``lower``/``higher``/``neutral``), None when no unit or a timestamp."""
+    if _TIMESTAMP.search(name.lower()):
+        return None
     base = _STAT_SUFFIX.sub("", name.lower())
     for cand in (name.lower(), base):
         best = max((s for s in UNIT_SUFFIXES if cand.endswith(s) and len(cand) > len(s)), key=len, default=None)

@@ -260,7 +260,10 @@ def test_missing_values_are_reported_not_gated(tmp_path: Path) -> None:
 def test_default_gates_per_study() -> None:
     cols = ["energy_j", "avg_power_w", "time_s", "ttft_p99_ms", "tpot_ms_p99", "energy_per_token_j", "tokens_per_s"]
     assert cm.default_gates("gemm-power", cols) == ["energy_j", "avg_power_w"]
+    assert cm.default_gates("gemm-power", [*cols, "energy_per_gemm_j"]) == ["energy_per_gemm_j", "avg_power_w"]
     assert cm.default_gates("serve-sweep", cols) == ["ttft_p99_ms", "tpot_ms_p99", "energy_per_token_j"]
+    serve = ["p99_ttft_ms", "p99_tpot_ms", "median_ttft_ms", "energy_per_output_token_j", "steady_energy_per_output_token_j"]
+    assert cm.default_gates("serve-sweep", serve) == ["p99_ttft_ms", "p99_tpot_ms", "energy_per_output_token_j"]
     assert cm.default_gates("some-new-study", cols) == ["energy_j", "avg_power_w"]
     assert cm.default_gates("some-new-study", ["time_s"]) == []
 
@@ -268,7 +271,8 @@ def test_default_gates_per_study() -> None:
 @pytest.mark.parametrize(("name", "direction"), [
     ("energy_j", "lower"), ("avg_power_w", "lower"), ("time_per_gemm_s", "lower"), ("ttft_ms", "lower"),
     ("ttft_ms_p99", "lower"), ("tpot_p99_ms", "lower"), ("tflops_per_s", "higher"), ("tokens_per_s", "higher"),
-    ("tflops", None), ("sm_clock_mhz", "neutral"), ("util_pct", "neutral"), ("temp_c", "lower"), ("dtype", None), ("point_index", None),
+    ("tflops", None), ("sm_clock_mhz", "neutral"), ("output_throughput_tok_s", "higher"), ("output_tokens_per_net_j", "higher"),
+    ("energy_per_flop_pj", "lower"), ("request_goodput_rps", "higher"), ("t_s", None), ("point_t0_s", None), ("trace_start_s", None), ("util_pct", "neutral"), ("temp_c", "lower"), ("dtype", None), ("point_index", None),
 ])
 def test_metric_direction_from_unit(name: str, direction: str | None) -> None:
     assert cm.metric_direction(name) == direction
