@@ -18,6 +18,7 @@ Use::
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -435,7 +436,7 @@ class Nvml:
             ``(watts, kind)`` with kind ``"instant"`` or ``"average-1s"``.
         """
         handle = _h(gpu)
-        key = id(handle)
+        key = _handle_key(handle)
         if instant and self._instant_ok.get(key, True):
             watts = self._instant_power_w(handle)
             self._instant_ok[key] = watts is not None
@@ -467,7 +468,7 @@ class Nvml:
         return "average-1s"
 
     def _arch_code(self, handle: Any) -> int | None:
-        key = id(handle)
+        key = _handle_key(handle)
         if key not in self._arch_cache:
             try:
                 self._arch_cache[key] = int(
@@ -608,6 +609,15 @@ class Nvml:
 
 def _h(gpu: GpuRef | Any) -> Any:
     return gpu.handle if isinstance(gpu, GpuRef) else gpu
+
+
+def _handle_key(handle: Any) -> int:
+    """A stable key for an NVML handle: its device pointer (a new Python object wraps the
+    same device on every lookup, and ``id()`` of a dead object can be reused)."""
+    try:
+        return int(ctypes.cast(handle, ctypes.c_void_p).value or 0) or id(handle)
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
 
 
 def _replace_visible(ref: GpuRef, visible: int) -> GpuRef:
