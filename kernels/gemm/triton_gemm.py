@@ -18,6 +18,13 @@ from typing import Any
 from charbench.kernels.gemm.base import GemmBackend, PreparedGemm, check_shape
 from charbench.kernels.gemm.dtypes import DTypeSpec, out_torch_dtype
 
+try:  # optional; the interpreter patches `tl` through this module's globals, so they must be here
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - triton missing or broken
+    triton = None
+    tl = None
+
 
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -25,9 +32,13 @@ def _interpret() -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _build(interpret: bool) -> Any:
-    """Define the kernel (Triton decides compile vs interpret at decoration time)."""
-    import triton
-    import triton.language as tl
+    """Define the kernel (Triton decides compile vs interpret at decoration time).
+
+    The kernel avoids Triton's ``@jit`` library helpers (``tl.zeros``, ``tl.cdiv``): they are
+    fixed when triton is imported, and the interpreter cannot call them if TRITON_INTERPRET
+    was set afterwards (as the tests do).
+    """
+    assert triton is not None and tl is not None
 
     @triton.jit
     def _gemm_kernel(
@@ -37,12 +48,14 @@ def _build(interpret: bool) -> Any:
         GROUP_M: tl.constexpr, ACC_INT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
+        # plain arithmetic, not tl.cdiv: library @jit helpers only work in the interpreter when
+        # TRITON_INTERPRET was set before triton was imported
+        num_m = (M + BLOCK_M - 1) // BLOCK_M
+        num_n = (N + BLOCK_N - 1) // BLOCK_N
         # grouped ordering: GROUP_M row-blocks share B tiles in L2
         group = GROUP_M * num_n
         first_m = (pid // group) * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
         pid_m = first_m + (pid % group) % size_m
         pid_n = (pid % group) // size_m
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -51,9 +64,9 @@ def _build(interpret: bool) -> Any:
         a_ptr = A + rm[:, None] * stride_am + rk[None, :] * stride_ak
         b_ptr = B + rk[:, None] * stride_bk + rn[None, :] * stride_bn
         if ACC_INT:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.int32)
         else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             a_mask = (rm[:, None] < M) & (rk[None, :] + k0 < K)
             b_mask = (rk[:, None] + k0 < K) & (rn[None, :] < N)
@@ -100,10 +113,8 @@ class TritonGemm(GemmBackend):
 
     def probe(self, device: str) -> str | None:
         """Triton must import; a CPU needs ``TRITON_INTERPRET=1``."""
-        try:
-            import triton  # noqa: F401
-        except Exception as exc:
-            return f"triton is not importable ({type(exc).__name__}: {exc}); pip install 'charbench[triton]'"
+        if triton is None:
+            return "triton is not importable; pip install 'charbench[triton]'"
         if device == "cpu" and not _interpret():
             return "the Triton GEMM needs a CUDA device (or TRITON_INTERPRET=1 on a CPU, for testing only)"
         if device.startswith("cuda") and _interpret():
@@ -128,14 +139,13 @@ class TritonGemm(GemmBackend):
     def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0) -> PreparedGemm:
         """Prepare one Triton launch over the operands as given (any strides)."""
         import torch
-        import triton
 
         m, n, k = check_shape(a, b)
         device = "cpu" if a.device.type == "cpu" else str(a.device)
         kernel = _build(_interpret())
         bm, bn, bk, warps, stages = _blocks(spec, device)
         out = torch.empty(m, n, dtype=out_torch_dtype(spec), device=a.device)
-        grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+        grid = (-(-m // bm) * -(-n // bn),)
         acc_int = spec.family == "int8"
         precision = "tf32" if spec.name == "tf32" else "ieee"
         al = float(alpha)
