@@ -54,6 +54,7 @@ class _Seq:
     record: RequestRecord
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     out_ids: list[int] = field(default_factory=list)
+    text: str = ""
     blocks: int = 0
     done: bool = False
 
@@ -172,13 +173,15 @@ class FakeEngine:
                     self.running.remove(seq)
                     seq.blocks = 0
                     self.finished_total += 1
+                piece = chr(tok - 3)
+                seq.text += piece
                 seq.queue.put_nowait(
                     RequestOutput(
                         request_id=seq.request_id,
                         new_token_ids=[tok],
-                        new_text=self.tokenizer.decode([tok]),
+                        new_text=piece,
                         token_ids=list(seq.out_ids),
-                        text=self.tokenizer.decode(seq.out_ids),
+                        text=seq.text,
                         finished=finished,
                         finish_reason="length" if finished else None,
                         record=rec,

@@ -76,19 +76,24 @@ async def _http_round(url: str, model: str, prompts: list[list[int]], output_len
                 "ignore_eos": True, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True},
             }
+            # A light client (it shares the CPUs with the server): count SSE events in the
+            # raw bytes and parse only the final usage event, instead of JSON per token.
+            pat = b"data: {"
             events = 0
-            usage = -1
+            carry = b""
+            tail = b""
             async with client.stream("POST", "/v1/completions", json=body) as r:
                 r.raise_for_status()
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if chunk["choices"]:
-                        events += 1
-                    elif chunk.get("usage"):
-                        usage = chunk["usage"]["completion_tokens"]
-            return events, usage
+                async for raw in r.aiter_bytes():
+                    buf = carry + raw
+                    events += buf.count(pat)
+                    carry = buf[-(len(pat) - 1):]
+                    tail = (tail + raw)[-4096:]
+            usage_events = [e for e in tail.split(b"\n\n") if e.startswith(b'data: {') and b'"choices":[]' in e]
+            if not usage_events or not tail.endswith(b"data: [DONE]\n\n"):
+                raise RuntimeError("stream did not end with a usage event and [DONE]")
+            usage = json.loads(usage_events[-1][6:])["usage"]["completion_tokens"]
+            return events - 1, usage  # minus the usage event
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one(p) for p in prompts))
@@ -185,6 +190,8 @@ def measure(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeat
             for k in range(repeats):
                 order = ("in", "http") if k % 2 == 0 else ("http", "in")
                 for which in order:
+                    # pause: idle OpenMP workers of the other mode's torch spin for a while
+                    await asyncio.sleep(0.5)
                     if which == "in":
                         inproc.append(await _measured(_in_process_round(engine, prompts, output_len, f"r{k}"), None))
                     else:
