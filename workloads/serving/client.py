@@ -321,6 +321,7 @@ class HttpTarget(Target):
         self.label = self.base
         self._client: Any = None
         self.records_supported: bool | None = None
+        self.max_num_seqs: int | None = None
 
     def probe(self, timeout_s: float = 10.0) -> None:
         """Ask ``/v1/models`` for the served model and its context; load the tokenizer.
@@ -345,8 +346,11 @@ class HttpTarget(Target):
                 raise DeviceError(f"--target {self.base}: /v1/models answered {r.status_code} without a model; pass --model NAME")
             self.model = names[0]
         for m in served:
-            if m.get("id") == self.model and isinstance(m.get("max_model_len"), int):
-                self.max_model_len = int(m["max_model_len"])
+            if m.get("id") == self.model:
+                if isinstance(m.get("max_model_len"), int):
+                    self.max_model_len = int(m["max_model_len"])
+                if isinstance(m.get("max_num_seqs"), int):  # servers that say their batch limit
+                    self.max_num_seqs = int(m["max_num_seqs"])
         self.tokenizer = _tokenizer_for(self._tokenizer_spec, self.model)
 
     @contextlib.asynccontextmanager

@@ -13,8 +13,9 @@ the load: ``request_rate`` (open loop) or ``concurrency`` (closed loop).
 
 Presets:
 
-* ``quick``: the CPU default. The ``tiny`` built-in engine, short fixed-length requests,
-  two rates and two ``max_num_seqs`` values; a few minutes at most on 2 cores.
+* ``quick``: the CPU default. The ``tiny`` built-in engine, 48 fixed-length requests
+  (64 in / 32 out) per point at 4 and 16 req/s and all at once, with ``max_num_seqs``
+  4 and 16 (six points, about a minute on 2 idle cores; at most 3 minutes).
 * ``greener-llms``: the knob study of "Towards Greener LLMs" (Stojkovic et al., arXiv
   2403.20306) for GPUs: the llama-2-70b shape (random weights; pass ``--model`` a local
   checkpoint for real ones), tp 2/4/8, an SM-frequency sweep, short/long input and output
@@ -67,7 +68,9 @@ class ServeSweepConfig:
         trace_file: Azure LLM trace CSV for ``arrival = "trace"``.
         time_scale: trace time multiplier (0.5 = twice as fast).
         trace_start_s, trace_duration_s: the replayed window (trace seconds).
-        max_num_seqs, tp, dtype: engine knobs (restart per value).
+        max_num_seqs, tp, dtype: engine knobs (restart per value); for a URL target they
+            describe the server (empty = unknown; ``max_num_seqs`` is needed for the
+            steady-state window).
         max_num_batched_tokens, kv_cache_gb, max_model_len: fixed engine settings.
         sm_freq_mhz: SM clocks to lock per point (empty = leave the clocks alone).
         power_limit_w: power limits per point (empty = leave the limit alone).
@@ -158,6 +161,21 @@ class ServeSweepConfig:
         self.request_rate = [math.inf if r is None else float(r) for r in self.request_rate]
         return self
 
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ServeSweepConfig:
+        """Rebuild a config saved in a run folder's config.json (``study_config``).
+
+        Raises:
+            ConfigError: a key this version does not know.
+        """
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"--resume: the saved serve-sweep config has unknown keys {', '.join(unknown)} (made by another charbench version?)")
+        return cls(**d).normalize()  # type: ignore[arg-type]
+
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> None:
         """Check every option; raise ConfigError naming the option and the fix."""
@@ -177,7 +195,8 @@ class ServeSweepConfig:
             raise ConfigError(f"--pareto-latency: unknown {self.pareto_latency!r}; valid: {', '.join(PARETO_LATENCIES)}")
         if not self.is_url and not self.model:
             raise ConfigError("--model: give at least one built-in model (preset name or checkpoint folder)")
-        for name in ("request_rate", "input_len", "output_len", "max_num_seqs", "tp", "dtype"):
+        required = ("request_rate", "input_len", "output_len") + (() if self.is_url else RESTART_KNOBS)
+        for name in required:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')}: empty list of values")
         for r in self.request_rate:
@@ -267,11 +286,11 @@ class ServeSweepConfig:
 PRESETS: dict[str, ServeSweepConfig] = {
     "quick": ServeSweepConfig(
         model=["tiny"],
-        request_rate=[4.0, math.inf],
-        max_num_seqs=[4, 8],
-        input_len=[32],
-        output_len=[16],
-        num_requests=24,
+        request_rate=[4.0, 16.0, math.inf],
+        max_num_seqs=[4, 16],
+        input_len=[64],
+        output_len=[32],
+        num_requests=48,
         warmup_requests=2,
         slo_ttft_ms=2000.0,
         slo_tpot_ms=250.0,

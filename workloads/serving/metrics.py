@@ -265,6 +265,7 @@ class SteadyTracker:
         self.finished_count = 0
         self.t_open: float | None = None
         self.t_close: float | None = None
+        self.unknown_reason: str | None = None
 
     def first_token(self, t: float) -> None:
         """A request got its first token at ``t``."""
@@ -290,6 +291,8 @@ class SteadyTracker:
 
     def reason_if_none(self) -> str | None:
         """Why there is no steady window (None when there is one)."""
+        if self.unknown_reason is not None:
+            return self.unknown_reason
         if self.t_open is not None and self.t_close is not None:
             return None
         if self.t_open is None:

@@ -144,6 +144,12 @@ class ServeSweepStudy(Study):
         self._meters: dict[tuple[int, ...], Any] = {}
         self.engine_starts = 0
 
+    def config_dict(self) -> dict[str, Any]:
+        """The config as saved in config.json (inf rates as null: JSON has no inf)."""
+        d = super().config_dict()
+        d["request_rate"] = [None if isinstance(r, float) and math.isinf(r) else r for r in d.get("request_rate", [])]
+        return d
+
     # -- points ------------------------------------------------------------------------
     def points(self) -> list[dict[str, Any]]:
         """Knobs in restart-cost order (engine knobs vary slowest), then the load."""
@@ -151,9 +157,9 @@ class ServeSweepStudy(Study):
         knobs: dict[str, Any] = {}
         if c.model:
             knobs["model"] = list(c.model)
-        knobs["tp"] = list(c.tp)
-        knobs["dtype"] = list(c.dtype)
-        knobs["max_num_seqs"] = list(c.max_num_seqs)
+        for k in ("tp", "dtype", "max_num_seqs"):
+            if getattr(c, k):  # a URL target may leave them unknown
+                knobs[k] = list(getattr(c, k))
         if c.sm_freq_mhz:
             knobs["sm_freq_mhz"] = list(c.sm_freq_mhz)
         if c.power_limit_w:
@@ -389,15 +395,17 @@ class ServeSweepStudy(Study):
     def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, meter: Any, gpus: list[int], warmup: bool) -> dict[str, Any]:
         c = self.cfg
         items, info = self._workload(params, load, target, key, ctx)
-        mns = int(params.get("max_num_seqs") or c.max_num_seqs[0])
+        mns = params.get("max_num_seqs") or getattr(target, "max_num_seqs", None)
         device = getattr(ctx, "device", "cpu")
         wins = _Windows(meter, device, getattr(ctx, "baseline", None), getattr(ctx, "sampler", None))
         wname = requests_file_key(key, load.step)
         tracker = SteadyTracker(
-            len(items), mns,
+            len(items), int(mns) if mns else len(items) + 1,
             on_open=lambda t: wins.begin(f"{wname}:steady", t),
             on_close=lambda t: wins.end(f"{wname}:steady", t),
         )
+        if not mns:
+            tracker.unknown_reason = "the target's max_num_seqs is unknown; pass --max-num-seqs N (its batch limit) to measure the steady state"
         plan = LoadPlan(
             items,
             closed_concurrency=int(load.value) if load.kind == "concurrency" else None,  # type: ignore[arg-type]

@@ -112,9 +112,9 @@ def load_azure_trace(
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise ConfigError(f"--trace {path}: {col} must be a non-negative integer; row {row + 2} has {df[col].iloc[row]!r}")
         counts[col] = vals.to_numpy(dtype=np.int64)
-    order = np.argsort(ts.to_numpy(), kind="stable")
-    t_ns = ts.to_numpy().astype("datetime64[ns]").astype(np.int64)[order]
-    offsets = (t_ns - t_ns[0]) / 1e9
+    rel = (ts - ts.min()).dt.total_seconds().to_numpy(dtype=float)
+    order = np.argsort(rel, kind="stable")
+    offsets = rel[order]
     inp = counts["ContextTokens"][order]
     out = counts["GeneratedTokens"][order]
     keep = offsets >= start_s

@@ -1,0 +1,90 @@
+"""Options: parsing, validation messages, restart-knob refusal with a URL, presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from charbench.cli import main
+from charbench.errors import ConfigError
+from charbench.workloads.serving.cli import parse_floats, parse_ints, parse_slo
+from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
+
+
+def test_parsers() -> None:
+    assert parse_floats("1, 2.5,inf", "--request-rate") == [1.0, 2.5, math.inf]
+    assert parse_ints("4,8", "--max-num-seqs") == [4, 8]
+    assert parse_slo("ttft_ms=500,tpot_ms=50") == {"slo_ttft_ms": 500.0, "slo_tpot_ms": 50.0}
+    assert parse_slo("ttft:300 e2el:9000") == {"slo_ttft_ms": 300.0, "slo_e2el_ms": 9000.0}
+    with pytest.raises(ConfigError, match="--request-rate: 'fast' is not a number"):
+        parse_floats("1,fast", "--request-rate")
+    with pytest.raises(ConfigError, match="--tp: '2.5' is not an integer"):
+        parse_ints("2.5", "--tp")
+    with pytest.raises(ConfigError, match="METRIC=MS"):
+        parse_slo("latency=5")
+    with pytest.raises(ConfigError, match="not a number of milliseconds"):
+        parse_slo("ttft_ms=soon")
+
+
+def test_presets_validate() -> None:
+    for p in PRESETS.values():
+        ServeSweepConfig(**vars(p)).validate()
+    assert PRESETS["greener-llms"].tp == [2, 4, 8] and PRESETS["greener-llms"].model == ["llama-2-70b"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"target": "http://127.0.0.1:8000", "tp": [1, 2]}, "--tp: sweeping tp needs a server restart"),
+        ({"target": "http://127.0.0.1:8000", "max_num_seqs": [8, 16]}, "--max-num-seqs: sweeping max_num_seqs"),
+        ({"target": "http://127.0.0.1:8000", "dtype": ["fp16", "bf16"]}, "--dtype: sweeping dtype"),
+        ({"target": "ftp://x"}, "--target"),
+        ({"mode": "fast"}, "--mode: unknown mode 'fast'"),
+        ({"arrival": "closed"}, "--arrival closed needs --concurrency"),
+        ({"concurrency": [4]}, "add --arrival closed"),
+        ({"arrival": "trace"}, "--arrival trace needs --trace"),
+        ({"mode": "slo-search"}, "needs --slo"),
+        ({"mode": "sweep", "request_rate": [4.0]}, "chooses the rates itself"),
+        ({"request_rate": [0.0]}, "--request-rate"),
+        ({"dtype": ["fp64"]}, "--dtype: unknown dtype"),
+        ({"api": "chat", "prompt_format": "ids"}, "chat messages are text"),
+        ({"slo_attainment": 1.5}, "--slo-attainment"),
+        ({"sm_freq_mhz": [0]}, "--sm-freq"),
+        ({"length_dist": "weird"}, "--length-dist"),
+    ],
+)
+def test_bad_configs_name_the_option(changes: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ServeSweepConfig(**changes).validate()
+
+
+def test_url_may_leave_engine_knobs_unknown() -> None:
+    ServeSweepConfig(target="http://127.0.0.1:1", model=[], tp=[], dtype=[], max_num_seqs=[]).validate()
+
+
+def test_cli_bad_input_messages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve-sweep", "--target", "http://127.0.0.1:9", "--max-num-seqs", "4,8"]) == 1
+    err = capsys.readouterr().err
+    assert "Error: --max-num-seqs: sweeping max_num_seqs needs a server restart" in err
+    assert main(["serve-sweep", "--slo", "fast"]) == 1
+    assert "--slo" in capsys.readouterr().err
+    assert main(["serve-sweep", "--preset", "huge"]) == 1
+    assert "--preset: unknown preset 'huge'; valid: quick, greener-llms" in capsys.readouterr().err
+    assert main(["serve-sweep", "--sm-freq", "1200", "--device", "cpu", "--num-requests", "1"]) == 1
+    assert "--sm-freq/--power-limit need a GPU" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_options(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from charbench.results import RunStore
+
+    store = RunStore.create(tmp_path, "serve-sweep", config={"study_config": {}}, env={})
+    assert main(["serve-sweep", "--resume", str(store.path), "--request-rate", "3"]) == 1
+    assert "--resume continues the run's saved options" in capsys.readouterr().err
+
+
+def test_from_dict_restores_inf_rates() -> None:
+    cfg = ServeSweepConfig.from_dict({"request_rate": [None, 2.0]})
+    assert cfg.request_rate == [math.inf, 2.0]
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ServeSweepConfig.from_dict({"bogus": 1})

@@ -1,0 +1,171 @@
+"""The study through run_study with simulated targets: records, files, report, failures, resume, modes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from charbench.config import CommonOptions
+from charbench.errors import CharbenchError
+from charbench.results import RunStore
+from charbench.study import RunSettings, run_study
+from charbench.workloads.serving.config import ServeSweepConfig
+from charbench.workloads.serving.profile import FORMAT, export_profile, load_profile
+from charbench.workloads.serving.run import ServeSweepStudy
+
+from .fakes import FakeTarget, LoopbackSSE
+
+SETTINGS = RunSettings(sample_interval_s=0.05)
+
+
+def _cfg(**kw: Any) -> ServeSweepConfig:
+    base = dict(request_rate=[math.inf, 40.0], max_num_seqs=[2, 4], input_len=[8], output_len=[6], num_requests=16,
+                warmup_requests=1, slo_ttft_ms=200.0, slo_tpot_ms=50.0)
+    base.update(kw)
+    return ServeSweepConfig(**base)
+
+
+def _common(tmp_path: Path, **kw: Any) -> CommonOptions:
+    return CommonOptions(out=tmp_path / "runs", device="cpu", **kw)
+
+
+class Factory:
+    def __init__(self, **target_kw: Any) -> None:
+        self.kw = target_kw
+        self.made: list[tuple[dict[str, Any], FakeTarget]] = []
+        self.per_mns: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, knobs: dict[str, Any], device: str) -> FakeTarget:
+        kw = {**self.kw, **self.per_mns.get(knobs["max_num_seqs"], {})}
+        t = FakeTarget(max_num_seqs=knobs["max_num_seqs"], **kw)
+        self.made.append((knobs, t))
+        return t
+
+
+def test_grid_records_files_and_report(tmp_path: Path) -> None:
+    f = Factory()
+    res = run_study(ServeSweepStudy(_cfg(), target_factory=f), _common(tmp_path), SETTINGS)
+    assert res.status == "completed" and res.points_done == 4
+    assert [k["max_num_seqs"] for k, _ in f.made] == [2, 4]  # restart knobs vary slowest: one start each
+    assert all(t.shutdowns == 1 for _, t in f.made)
+    recs = RunStore.open(res.run_dir).records()
+    burst = [r for r in recs if r["load_kind"] == "burst"]
+    assert len(burst) == 2 and all(r["request_rate_rps"] is None for r in burst)
+    assert "rate inf" in json.loads(burst[0]["null_reasons"])["request_rate_rps"]
+    for r in recs:
+        assert r["completed"] == 16 and r["output_len_mismatch_count"] == 0
+        assert r["median_ttft_ms"] > 0 and r["p99_tpot_ms"] >= r["median_tpot_ms"]
+        assert (res.run_dir / r["requests_file"]).is_file()
+        assert r["prompt_tokens_exact"] and r["workload_class"] == "in8-out6"
+    for r in burst:  # all at once fills the batch: a steady window exists
+        assert r["steady_time_s"] > 0 and r["steady_output_tokens"] > 0
+        assert r["steady_energy_j"] is None  # no meter here: null with its reason, not 0
+        assert "not measured" in json.loads(r["null_reasons"])["steady_energy_j"]
+    per_req = pd.read_parquet(res.run_dir / burst[0]["requests_file"])
+    assert len(per_req) == 16 and set(per_req["good"]) <= {True, False}
+    html = (res.run_dir / "report.html").read_text()
+    for title in ("Serving summary", "Latency CDFs", "Throughput vs latency", "Energy per output token vs each knob",
+                  "Energy-latency Pareto frontier", "Power and clock timelines", "Best configuration under the SLO", "Steady-state windows"):
+        assert title in html
+    assert res.summary["best_under_slo"][0]["workload_class"] == "in8-out6"
+
+
+def test_dead_target_fails_point_and_sweep_continues(tmp_path: Path) -> None:
+    f = Factory()
+    f.per_mns[2] = {"dead": True}
+    res = run_study(ServeSweepStudy(_cfg(), target_factory=f), _common(tmp_path, continue_on_error=True), SETTINGS)
+    assert res.points_done == 2 and res.points_failed == 2
+    fail = RunStore.open(res.run_dir).failures()[0]
+    assert "served no request" in fail["message"] and "connection refused" in fail["message"]
+    assert len(f.made) >= 2  # a dead engine is rebuilt for the next point
+
+
+def test_dead_target_stops_and_keeps_completed_points(tmp_path: Path) -> None:
+    f = Factory()
+    f.per_mns[4] = {"dead": True}
+    with pytest.raises(CharbenchError, match="completed points are kept"):
+        run_study(ServeSweepStudy(_cfg(), target_factory=f), _common(tmp_path), SETTINGS)
+    store = RunStore.open(next((tmp_path / "runs" / "serve-sweep").iterdir()))
+    assert len(store.records()) == 2 and store.meta["status"] == "failed"
+
+
+def test_request_errors_are_counted_not_fatal(tmp_path: Path) -> None:
+    f = Factory(fail_every=4)
+    res = run_study(ServeSweepStudy(_cfg(request_rate=[math.inf], max_num_seqs=[4]), target_factory=f), _common(tmp_path), SETTINGS)
+    r = RunStore.open(res.run_dir).records()[0]
+    assert r["error_count"] > 0 and r["completed"] + r["error_count"] == 16
+    assert r["error_rate"] == pytest.approx(r["error_count"] / 16)
+
+
+def test_interrupt_keeps_points_then_resume_finishes(tmp_path: Path) -> None:
+    f = Factory()
+    f.per_mns[4] = {"explode": True}
+    cfg = _cfg()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(ServeSweepStudy(cfg, target_factory=f), _common(tmp_path), SETTINGS)
+    run_dir = next((tmp_path / "runs" / "serve-sweep").iterdir())
+    store = RunStore.open(run_dir)
+    assert store.meta["status"] == "interrupted" and len(store.records()) == 2
+    # resume with the saved config (inf rates went through JSON as null)
+    saved = ServeSweepConfig.from_dict(store.config()["study_config"])
+    res = run_study(ServeSweepStudy(saved, target_factory=Factory()), _common(tmp_path, resume=run_dir), SETTINGS)
+    assert res.status == "completed" and res.points_done == 4
+
+
+def test_sweep_mode(tmp_path: Path) -> None:
+    cfg = _cfg(mode="sweep", request_rate=[math.inf], max_num_seqs=[4], sweep_rates=2, num_requests=12)
+    res = run_study(ServeSweepStudy(cfg, target_factory=Factory(per_seq_s=0.002)), _common(tmp_path), SETTINGS)
+    recs = RunStore.open(res.run_dir).records()
+    assert [r["mode_step"] for r in recs] == ["synchronous", "throughput", "sweep-1", "sweep-2"]
+    assert recs[0]["concurrency"] == 1 and recs[0]["peak_concurrency"] == 1
+    lo, hi = recs[0]["request_throughput_rps"], recs[1]["request_throughput_rps"]
+    assert lo < recs[2]["request_rate_rps"] < recs[3]["request_rate_rps"] < hi
+    assert len({r["requests_file"] for r in recs}) == 4
+    assert "Sweep (synchronous" in (res.run_dir / "report.html").read_text()
+
+
+def test_slo_search_mode(tmp_path: Path) -> None:
+    cfg = _cfg(mode="slo-search", request_rate=[math.inf], max_num_seqs=[2], num_requests=12, search_iters=2,
+               slo_ttft_ms=60.0, slo_tpot_ms=None)
+    res = run_study(ServeSweepStudy(cfg, target_factory=Factory(prefill_s=0.01, step_s=0.004)), _common(tmp_path), SETTINGS)
+    recs = RunStore.open(res.run_dir).records()
+    assert recs[0]["mode_step"] == "throughput"
+    assert {r["slo_max_rate_rps"] for r in recs} == {next((r["request_rate_rps"] for r in recs if r["slo_search_best"]), None)}
+    assert "SLO search" in (res.run_dir / "report.html").read_text()
+
+
+def test_url_target_through_the_study(tmp_path: Path) -> None:
+    with LoopbackSSE(tokens=5) as srv:
+        cfg = ServeSweepConfig(target=srv.url, model=[], tp=[], dtype=[], max_num_seqs=[], request_rate=[200.0],
+                               input_len=[4], output_len=[5], num_requests=20, warmup_requests=1, prompt_format="text")
+        res = run_study(ServeSweepStudy(cfg), _common(tmp_path), SETTINGS)
+    r = RunStore.open(res.run_dir).records()[0]
+    assert r["completed"] == 20 and r["target_kind"] == "url" and r["served_model"] == "fake-model"
+    assert r["server_median_ttft_ms"] == 1.0 and r["ttft_client_minus_server_median_ms"] is not None
+    assert "max_num_seqs is unknown" in json.loads(r["null_reasons"])["steady_time_s"]
+    assert r["prompt_format"] == "text"
+
+
+def test_profile_roundtrip(tmp_path: Path) -> None:
+    res = run_study(ServeSweepStudy(_cfg(max_num_seqs=[4]), target_factory=Factory()), _common(tmp_path), SETTINGS)
+    recs = RunStore.open(res.run_dir).records()
+    for name in ("p.json", "p.csv"):
+        path = export_profile(recs, tmp_path / name, run_id="x")
+        prof = load_profile(path)
+        assert len(prof) == 2
+        kinds = {e["rate_kind"] for e in prof}
+        assert kinds == {"max-throughput", "rate"}
+        e = next(e for e in prof if e["rate_kind"] == "rate")
+        assert e["rate_rps"] == 40.0 and e["max_num_seqs"] == 4 and e["median_ttft_ms"] > 0
+        assert e["avg_power_w"] is None and e["provenance"]["avg_power_w"].startswith("not-measured:")
+    assert json.loads((tmp_path / "p.json").read_text())["format"] == FORMAT
+    (tmp_path / "bad.json").write_text(json.dumps({"format": FORMAT, "version": 99}))
+    from charbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="version 99"):
+        load_profile(tmp_path / "bad.json")
