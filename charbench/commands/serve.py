@@ -93,7 +93,7 @@ def build_config(
 def serve(
     model: str = typer.Option("tiny", "--model", help="Preset name (tiny, small, llama-2-7b, ...) or a local HF checkpoint folder."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind. Loopback by default; other hosts print a warning."),
-    port: int = typer.Option(8000, "--port", help="TCP port (1-65535; 0 picks a free one)."),
+    port: int = typer.Option(8000, "--port", help="TCP port, 0-65535 (0 picks a free port)."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights/activations dtype: fp32, bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: cuda when visible)."),
     max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="Most sequences per iteration."),

@@ -472,7 +472,7 @@ def _metrics_text(state: _ServerState) -> str:
     for name, kind, help_, value in rows:
         out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name}{label} {float(value)!r}\n")
     name = "charbench_server_requests_rejected_total"
-    out.append(f"# HELP {name} Requests refused before reaching the engine.\n# TYPE {name} counter\n")
+    out.append(f"# HELP {name} Requests refused (queue full, engine unavailable or dead, invalid request).\n# TYPE {name} counter\n")
     c = state.counters
     for reason, value in (
         ("queue_full", c.rejected_queue_full_total),

@@ -27,6 +27,10 @@ openai = pytest.importorskip("openai")
 # --------------------------------------------------------------------------- fake engine
 
 
+class EngineDeadError(Exception):
+    """Stands in for charbench.engine.engine.EngineDeadError (the server matches by name)."""
+
+
 class FakeTokenizer:
     """Bytes shifted by 3; 1 = BOS, 2 = EOS."""
 
@@ -84,6 +88,7 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.errored = False
         self.refuse_len: int | None = None  # engine-side limit below the advertised one
+        self.die_after: int | None = None  # the engine "dies" once a request has this many tokens
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
 
@@ -129,6 +134,9 @@ class FakeEngine:
         try:
             while True:
                 out = await seq.queue.get()
+                if isinstance(out, BaseException):
+                    seq.done = True
+                    raise out
                 yield out
                 if out.finished:
                     return
@@ -173,6 +181,11 @@ class FakeEngine:
                     self.running.remove(seq)
                     seq.blocks = 0
                     self.finished_total += 1
+                if self.die_after is not None and len(seq.out_ids) > self.die_after:
+                    self.running.remove(seq)
+                    seq.blocks = 0
+                    seq.queue.put_nowait(EngineDeadError("engine step failed: boom"))
+                    continue
                 piece = chr(tok - 3)
                 seq.text += piece
                 seq.queue.put_nowait(
@@ -491,6 +504,24 @@ def test_dead_engine_503() -> None:
         assert httpx.get(served.url + "/health").status_code == 503
         r = httpx.post(served.url + "/v1/completions", json={"prompt": "q", "max_tokens": 2})
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_engine_death_mid_request() -> None:
+    eng = FakeEngine()
+    eng.die_after = 3
+    for served in _serve(eng):
+        body = {"prompt": "x", "max_tokens": 10, "stream": True}
+        with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=10) as r:
+            assert r.status_code == 200
+            events = r.read().decode().split("\n\n")
+        assert events[-2:] == ["data: [DONE]", ""]
+        err = json.loads(events[-3][6:])["error"]
+        assert err["code"] == "engine_unavailable" or "boom" in err["message"]
+        assert [json.loads(e[6:])["choices"][0]["text"] for e in events[:-3]] == list(expected_text(3))
+        r2 = httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 10}, timeout=10)
+        assert r2.status_code >= 500 and "boom" in r2.json()["error"]["message"]
+        vals = parse_prometheus(httpx.get(served.url + "/metrics").text)
+        assert metric(vals, "charbench_server_requests_in_flight") == 0
 
 
 def test_engine_refusal_maps_to_400() -> None:
