@@ -1,0 +1,136 @@
+"""SM-frequency and power-limit knobs under a fake NVML: set, measured, restored on every path."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charbench.config import CommonOptions
+from charbench.errors import CharbenchError
+from charbench.measure.testing import FakeGpu, fake_nvml
+from charbench.results import RunStore
+from charbench.study import RunSettings, run_study
+from charbench.workloads.serving.config import ServeSweepConfig
+from charbench.workloads.serving.run import ServeSweepStudy
+
+from .fakes import FakeTarget
+
+DEFAULT_LIMIT_MW = 700_000
+
+
+class WatchingTarget(FakeTarget):
+    """Records the fake GPU's clock lock and power limit while requests run."""
+
+    def __init__(self, gpu: FakeGpu, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.gpu = gpu
+        self.seen: list[tuple[Any, int]] = []
+
+    async def send(self, rec, prompt, hooks) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append((self.gpu.locked_clocks_mhz, self.gpu.power_limit_mw))
+        await super().send(rec, prompt, hooks)
+
+
+@pytest.fixture
+def gpu_env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A fake H100 whose energy counter advances at 300 W; the run's device is cuda:0."""
+    from charbench.measure.timer import Timer
+
+    t0 = time.perf_counter()
+    gpu = FakeGpu(energy_mj=lambda: int(1_000_000 + (time.perf_counter() - t0) * 300_000))
+    monkeypatch.setattr("charbench.device.resolve_device", lambda spec: "cuda:0")
+    monkeypatch.setattr("charbench.measure.Timer", lambda device, *a, **k: Timer("cpu"))
+    with fake_nvml([gpu]):
+        yield gpu
+
+
+def _cfg(**kw: Any) -> ServeSweepConfig:
+    base = dict(request_rate=[math.inf], max_num_seqs=[4], input_len=[8], output_len=[40], num_requests=12,
+                warmup_requests=0, sm_freq_mhz=[1200, 1500], power_limit_w=[300.0])
+    base.update(kw)
+    return ServeSweepConfig(**base)
+
+
+def _run(tmp_path: Path, cfg: ServeSweepConfig, factory, **common: Any):  # type: ignore[no-untyped-def]
+    return run_study(ServeSweepStudy(cfg, target_factory=factory), CommonOptions(out=tmp_path / "runs", device="cuda", **common),
+                     RunSettings(sample_interval_s=0.05, idle_baseline_s=0.2))
+
+
+def _assert_restored(gpu: FakeGpu) -> None:
+    assert gpu.locked_clocks_mhz is None
+    assert gpu.power_limit_mw == DEFAULT_LIMIT_MW
+
+
+def test_set_measured_and_restored_on_success(tmp_path: Path, gpu_env: FakeGpu) -> None:
+    targets: list[WatchingTarget] = []
+
+    def factory(knobs: dict[str, Any], device: str) -> WatchingTarget:
+        targets.append(WatchingTarget(gpu_env, max_num_seqs=knobs["max_num_seqs"], step_s=0.004))
+        return targets[-1]
+
+    res = _run(tmp_path, _cfg(), factory)
+    assert res.status == "completed" and res.points_done == 2
+    seen = {s for t in targets for s in t.seen}
+    assert seen == {((1200, 1200), 300_000), ((1500, 1500), 300_000)}  # set while the load ran
+    _assert_restored(gpu_env)
+    recs = RunStore.open(res.run_dir).records()
+    for r in recs:
+        assert r["sm_clock_locked_mhz"] == r["sm_freq_mhz"] and r["power_limit_enforced_w"] == 300.0
+        assert r["gpu0_sm_clock_mean_mhz"] is not None  # the sampler's measured clock is in the record
+        # energy from the (fake) counter: ~300 W over the load and over its steady window
+        assert r["avg_power_w"] == pytest.approx(300.0, rel=0.1)
+        assert r["steady_energy_j"] > 0 and r["steady_avg_power_w"] == pytest.approx(300.0, rel=0.15)
+        assert r["energy_per_output_token_j"] > 0 and r["steady_output_tokens_per_j"] > 0
+        assert "nvml" in json.loads(r["provenance"])["energy_j"]
+    html = (res.run_dir / "report.html").read_text()
+    assert "Pareto frontier" in html and "Energy was not measured" not in html
+
+
+def test_restored_after_a_failed_point(tmp_path: Path, gpu_env: FakeGpu) -> None:
+    def factory(knobs: dict[str, Any], device: str) -> FakeTarget:
+        return FakeTarget(max_num_seqs=4, dead=True)
+
+    with pytest.raises(CharbenchError, match="served no request"):
+        _run(tmp_path, _cfg(), factory)
+    _assert_restored(gpu_env)
+
+
+def test_restored_after_ctrl_c(tmp_path: Path, gpu_env: FakeGpu) -> None:
+    locked_during: list[Any] = []
+
+    class Boom(FakeTarget):
+        async def send(self, rec, prompt, hooks) -> None:  # type: ignore[no-untyped-def]
+            locked_during.append(gpu_env.locked_clocks_mhz)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, _cfg(), lambda k, d: Boom(max_num_seqs=4))
+    assert locked_during and locked_during[0] == (1200, 1200)
+    _assert_restored(gpu_env)
+    store = RunStore.open(next((tmp_path / "runs" / "serve-sweep").iterdir()))
+    assert store.meta["status"] == "interrupted"
+
+
+def test_points_without_the_knob_run_at_default_settings(tmp_path: Path, gpu_env: FakeGpu) -> None:
+    targets: list[WatchingTarget] = []
+
+    def factory(knobs: dict[str, Any], device: str) -> WatchingTarget:
+        targets.append(WatchingTarget(gpu_env, max_num_seqs=4))
+        return targets[-1]
+
+    res = _run(tmp_path, _cfg(sm_freq_mhz=[1200], power_limit_w=[]), factory)
+    assert {s for t in targets for s in t.seen} == {((1200, 1200), DEFAULT_LIMIT_MW)}
+    _assert_restored(gpu_env)
+    assert res.status == "completed"
+
+
+def test_out_of_range_frequency_fails_the_point_with_the_range(tmp_path: Path, gpu_env: FakeGpu) -> None:
+    res = _run(tmp_path, _cfg(sm_freq_mhz=[5000], power_limit_w=[]), lambda k, d: FakeTarget(max_num_seqs=4), continue_on_error=True)
+    fail = RunStore.open(res.run_dir).failures()[0]
+    assert "--sm-freq 5000 MHz is outside" in fail["message"]
+    _assert_restored(gpu_env)
