@@ -201,6 +201,7 @@ class RunPoints:
     groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]]
     labels: dict[tuple[tuple[str, str], ...], str]
     identity_columns: list[str] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)
 
     @property
     def noise_knobs(self) -> list[str]:
@@ -291,7 +292,10 @@ def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = (), 
         ident = tuple(sorted((k, _row_knob(r, k, parsed)) for k in names)) + tuple((c, canonical_value(r.get(c))) for c in extra)
         groups.setdefault(ident, []).append(r)
         labels.setdefault(ident, ", ".join(f"{k}={v}" for k, v in ident) or "(single point)")
-    return RunPoints(store, knobs, metrics, groups, labels, extra)
+    # unit-suffixed columns that are null in every row: not measured here (see null_reasons)
+    unmeasured = sorted({c for r in rows for c in r if c not in knobs and metric_direction(c) is not None} - set(metrics) - BOOKKEEPING)
+    unmeasured = [c for c in unmeasured if all(r.get(c) is None for r in rows)]
+    return RunPoints(store, knobs, metrics, groups, labels, extra, unmeasured)
 
 
 # ---------------------------------------------------------------------------
@@ -505,7 +509,9 @@ def _resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | 
         for name in defaults:
             gated[name] = metric_direction(name) or LOWER
         if not defaults:
-            notes.append(f"no default gated metric for study '{base.store.study}' in these runs; nothing gates the exit code (choose with --metric NAME[:higher|lower])")
+            null = default_gates(base.store.study, set(base.unmeasured) | set(cand.unmeasured))
+            why = f"its default gated metric(s) {', '.join(null)} were not measured (null; see null_reasons)" if null else "it has no default gated metric in these runs"
+            notes.append(f"nothing gates the exit code: {why}; choose with --metric NAME[:higher|lower]")
     specs = [MetricSpec(m, gated.get(m, metric_direction(m) or NEUTRAL), m in gated) for m in common]
     for name, direction in gated.items():
         if name not in common:  # a gated metric missing from one run: compared as "missing"
@@ -565,7 +571,9 @@ def compare_runs(
         notes.append(f"{len(only_b)} point(s) only in the baseline and {len(only_c)} only in the candidate are not compared")
     noise = sorted(set(base.noise_knobs) | set(cand.noise_knobs))
     if noise:
-        notes.append(f"seeds/repeats ({', '.join(noise)}) form each point's noise sample")
+        most = max(len(g) for pts in (base, cand) for g in pts.groups.values())
+        tail = "" if most >= 2 else "; every point has a single sample here, so only the threshold applies"
+        notes.append(f"seeds/repeats ({', '.join(noise)}) form each point's noise sample{tail}")
     specs = _resolve_metrics(base, cand, metrics, notes)
     deltas: list[PointDelta] = []
     summaries: list[MetricSummary] = []
@@ -750,7 +758,9 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
 
     from charbench.report import figure_html
 
-    chosen = [m for m in cmp.metrics if m.gated] or cmp.metrics[:max_metrics]
+    moved = {s.metric: s.counts["regression"] + s.counts["improvement"] + s.counts["changed"] for s in cmp.summaries}
+    # without gates: metrics with a direction first, the most changed first
+    chosen = [m for m in cmp.metrics if m.gated] or sorted(cmp.metrics, key=lambda m: (m.direction == NEUTRAL, -moved.get(m.name, 0), m.name))
     parts = []
     for spec in chosen[:max_metrics]:
         ds = [d for d in cmp.deltas if d.metric == spec.name and d.delta_pct is not None]
@@ -772,7 +782,11 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
             fig.add_hline(y=y, line_dash="dot", line_color="#667085")
         better = "lower" if spec.direction == LOWER else "higher" if spec.direction == HIGHER else "neutral"
         fig.update_layout(title=f"{spec.name}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
-                          yaxis_title="delta (%)", xaxis_title="point", barmode="group", xaxis_type="category")
+                          yaxis_title="delta (%)", xaxis_title="point", barmode="overlay", xaxis_type="category")
+        fig.update_xaxes(categoryorder="array", categoryarray=[d.point for d in ds])  # run order, not trace order
+        if len(ds) > 12 or max(len(d.point) for d in ds) > 30:
+            # long knob lists would take the whole plot as tick labels: hover shows them instead
+            fig.update_xaxes(showticklabels=False, title_text=f"{len(ds)} points, in run order (hover a bar for its knobs)")
         parts.append(figure_html(fig, height=380))
     return "\n".join(parts)
 

@@ -330,3 +330,14 @@ def test_constant_knob_added_in_one_run_is_ignored_for_matching(tmp_path: Path) 
     c2 = make_run(tmp_path, "gemm-power", [{**p, "backend": be} for p in _grid() for be in ("a", "b")], _energy(), now=_t(3))
     with pytest.raises(ConfigError, match="no point of"):
         cm.compare_runs(b, c2)
+
+
+def test_unmeasured_default_gates_are_named_in_the_notes(tmp_path: Path) -> None:
+    def cpu_only(p: dict[str, Any]) -> dict[str, Any]:
+        return {"energy_j": None, "avg_power_w": None, "time_s": 0.1 * p["size"], "_reasons": {"energy_j": "no RAPL", "avg_power_w": "no RAPL"}}
+
+    b = make_run(tmp_path, "gemm-power", _grid(), cpu_only, now=_t(1))
+    c = make_run(tmp_path, "gemm-power", _grid(), cpu_only, now=_t(2))
+    cmp = cm.compare_runs(b, c)
+    assert not cmp.gated and cmp.exit_code == cm.EXIT_OK
+    assert any("energy_j, avg_power_w were not measured" in n for n in cmp.notes)
