@@ -176,7 +176,7 @@ class RunStore:
         if not isinstance(meta, dict) or "study" not in meta:
             raise RunStoreError(f"{path}: {RUN_META} has no 'study'; the run folder is damaged")
         if study is not None and meta.get("study") != study:
-            raise RunStoreError(f"--resume {path}: that run is from '{meta.get('study')}', not '{study}'")
+            raise RunStoreError(f"--resume {path}: that run is from '{meta.get('study')}', not '{study}'; continue it with `charbench {meta.get('study')} --resume {path}`")
         return cls(path, meta)
 
     # -- metadata -----------------------------------------------------------

@@ -35,7 +35,7 @@ def expand(knobs: dict[str, Any], mode: Literal["cartesian", "zip"] = "cartesian
     fixed = {k: v for k, v in knobs.items() if k not in listed}
     for k, v in listed.items():
         if not v:
-            raise ConfigError(f"--{k.replace('_', '-')}: empty list of values")
+            raise ConfigError(f"--{k.replace('_', '-')}: empty list of values; give at least one value")
     if not listed:
         return [dict(knobs)]
     names = list(listed)

@@ -135,7 +135,7 @@ def test_open_errors(tmp_path: Path) -> None:
     store = _store(tmp_path)
     with pytest.raises(RunStoreError) as ei:
         RunStore.open(store.path, study="serving")
-    assert str(ei.value) == f"--resume {store.path}: that run is from 'gemm-power', not 'serving'"
+    assert str(ei.value) == f"--resume {store.path}: that run is from 'gemm-power', not 'serving'; continue it with `charbench gemm-power --resume {store.path}`"
     (store.path / "run.json").write_text("[1, 2")
     with pytest.raises(RunStoreError, match="run.json is unreadable"):
         RunStore.open(store.path)

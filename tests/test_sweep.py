@@ -32,7 +32,7 @@ def test_no_lists_gives_one_point() -> None:
 def test_expansion_errors() -> None:
     with pytest.raises(ConfigError) as ei:
         expand({"batch_size": []})
-    assert str(ei.value) == "--batch-size: empty list of values"
+    assert str(ei.value) == "--batch-size: empty list of values; give at least one value"
     with pytest.raises(ConfigError) as ei:
         expand({"a": [1, 2], "b": [1]}, mode="zip")
     assert str(ei.value) == "zipped knobs need lists of one length; got {'a': 2, 'b': 1}"
