@@ -126,7 +126,7 @@ def serve(
             "from other machines.",
             err=True,
         )
-    run_server(cfg, host=host, port=port, log_level=level)
+    run_server(cfg, host=host, port=port, log_level=level, warn_exposed=False)
 
 
 def main() -> None:

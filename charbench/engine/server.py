@@ -708,37 +708,76 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> Any:
     )
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a listening TCP socket before the model loads, so a busy port fails fast.
+
+    Raises:
+        ConfigError: the host does not resolve or the port cannot be bound.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host: cannot resolve {host!r} ({exc}); use 127.0.0.1 or an interface address") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"--port: cannot listen on {host}:{port} ({exc.strerror}); pick a free port, or 0 for any"
+        ) from None
+    return sock
+
+
 def run_server(
     cfg: EngineConfig,
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
     served_model_name: str | None = None,
+    warn_exposed: bool = True,
 ) -> None:
-    """Build the engine from ``cfg`` and serve it until SIGINT/SIGTERM.
+    """Build the engine from ``cfg`` and serve it until SIGINT/SIGTERM (then return).
 
-    The model is loaded before the port is bound, so ``/health`` answers only when the
-    server is ready. Binding to a non-loopback host logs a warning: the server has no
-    authentication.
+    The port is bound first (a busy port fails before the model loads) and the model is
+    loaded before connections are accepted, so ``/health`` answers only when ready.
 
     Args:
         cfg: engine configuration (``cfg.max_queue`` bounds the waiting queue).
         host: interface to bind; loopback by default.
-        port: TCP port (0 picks a free one).
+        port: TCP port (0 picks a free one; the log names the one bound).
         log_level: uvicorn log level (``debug`` also enables the access log).
         served_model_name: name reported to clients; default the model's name.
-    """
-    from charbench.engine.engine import AsyncLLMEngine  # heavy: torch
+        warn_exposed: log a warning when ``host`` is not loopback (the server has no
+            authentication); ``charbench serve`` prints its own.
 
-    if host not in LOOPBACK_HOSTS:
+    Raises:
+        ConfigError: the host/port cannot be bound or the engine config is invalid.
+    """
+    if warn_exposed and host not in LOOPBACK_HOSTS:
         logger.warning(
             "binding to non-loopback host %s: the server has no authentication and is "
             "reachable from other machines", host,
         )
-    engine = AsyncLLMEngine(cfg)
-    app = build_app(engine, max_queue=cfg.max_queue, served_model_name=served_model_name, manage_engine=True)
-    _make_uvicorn_server(_uvicorn_config(app, host, port, log_level)).run()
-    logger.info("server stopped")
+    sock = bind_socket(host, port)
+    try:
+        from charbench.engine.engine import AsyncLLMEngine  # heavy: torch
+
+        engine = AsyncLLMEngine(cfg)
+        app = build_app(engine, max_queue=cfg.max_queue, served_model_name=served_model_name, manage_engine=True)
+        bound = sock.getsockname()
+        config = _uvicorn_config(app, host, int(bound[1]), log_level)
+        logging.getLogger("uvicorn.error").info(
+            "charbench serve: model %s on http://%s:%d (max_model_len=%d, max_queue=%d)",
+            engine.model_config.name, host if ":" not in host else f"[{host}]", bound[1],
+            engine.max_model_len, cfg.max_queue,
+        )
+        _make_uvicorn_server(config).run(sockets=[sock])
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class BackgroundServer:
@@ -754,9 +793,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        self._sock = bind_socket(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self.server = _make_uvicorn_server(_uvicorn_config(app, host, self.port, log_level))
@@ -800,4 +837,4 @@ class BackgroundServer:
         self.stop()
 
 
-__all__ = ["BackgroundServer", "build_app", "run_server", "LOOPBACK_HOSTS", "ServerCounters"]
+__all__ = ["BackgroundServer", "LOOPBACK_HOSTS", "ServerCounters", "bind_socket", "build_app", "run_server"]

@@ -30,8 +30,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replace run_server so the command returns after building the config."""
     calls: dict[str, Any] = {}
 
-    def fake_run_server(cfg: EngineConfig, host: str, port: int, log_level: str) -> None:
-        calls.update(cfg=cfg, host=host, port=port, log_level=log_level)
+    def fake_run_server(cfg: EngineConfig, host: str, port: int, log_level: str, **kw: Any) -> None:
+        calls.update(cfg=cfg, host=host, port=port, log_level=log_level, **kw)
 
     import charbench.engine.server as server
 
@@ -86,6 +86,17 @@ def test_non_loopback_host_warns(captured: dict[str, Any]) -> None:
     assert result.exit_code == 0
     assert captured["host"] == "0.0.0.0"
     assert "Warning: binding to 0.0.0.0" in result.output
+
+
+def test_busy_port_fails_before_loading_the_model() -> None:
+    from charbench.engine.server import bind_socket, run_server
+
+    with bind_socket("127.0.0.1", 0) as busy:
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--port: cannot listen on 127.0.0.1:{port}"):
+            # the model name would fail to load; the port check must come first
+            run_server(EngineConfig(model="no-such-model"), host="127.0.0.1", port=port)
 
 
 def test_root_cli_reports_config_error(captured: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
