@@ -12,7 +12,8 @@ status, points done/failed, link to the run's report) and, per study, trend char
 its headline metrics over time: each marker is one run, its value the median over the
 run's points of that metric (runs that did not complete are drawn as open markers).
 Headline metrics are the study's gated metrics (:data:`charbench.compare.DEFAULT_GATES`),
-else ``energy_j``/``avg_power_w``, else the first few unit-suffixed metrics. Links are
+else ``energy_j``/``avg_power_w``, else the first few unit-suffixed metrics (those with a
+better direction, such as times and throughputs, before clocks and fractions). Links are
 relative, so the folder can be published as it is (CI artifact, static site); the page
 is self-contained otherwise (plotly.js embedded).
 """
@@ -74,7 +75,7 @@ def summarize_run(store: RunStore) -> RunSummary:
 
 def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
     """Metrics charted for a study: its gates, else energy/power, else the first few present."""
-    from charbench.compare import default_gates
+    from charbench.compare import NEUTRAL, default_gates, metric_direction
 
     available: dict[str, None] = {}
     for r in runs:
@@ -82,8 +83,8 @@ def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
             if m in r.medians:
                 available.setdefault(m, None)
     chosen = default_gates(study, available)
-    if not chosen:
-        chosen = list(available)[:MAX_TREND_METRICS]
+    if not chosen:  # costs and throughputs before neutral columns (clocks, fractions)
+        chosen = sorted(available, key=lambda m: metric_direction(m) == NEUTRAL)
     return chosen[:MAX_TREND_METRICS]
 
 

@@ -125,3 +125,11 @@ def test_cli_history_errors_and_empty(tmp_path: Path, capsys: pytest.CaptureFixt
     empty.mkdir()
     html = render_history(empty).read_text()
     assert "No run folders" in html
+
+
+def test_headline_fallback_prefers_costs_over_neutral_columns(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, "gemm-power", expand({"n": [1, 2]}), lambda p: {"energy_j": None, "hamming_frac": 0.5, "sm_clock_mhz": 1400.0,
+                                                                   "time_s": 0.1, "tflop_per_s": 3.0}, now=dt.datetime(2026, 1, 1))
+    runs = [summarize_run(r) for r in map(RunStore.open, root.glob("gemm-power/*"))]
+    assert headline_metrics("gemm-power", runs) == ["time_s", "tflop_per_s", "hamming_frac", "sm_clock_mhz"]
