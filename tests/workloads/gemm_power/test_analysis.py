@@ -1,0 +1,107 @@
+"""Power model: the fit recovers known coefficients; LOO error; calibration round trip; swings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from charbench.errors import ConfigError
+from charbench.workloads.gemm_power import analysis as A
+
+TRUE = {"intercept_w": 150.0, "toggle_w": 300.0, "hamming_w": 40.0, "zero_w": -60.0}
+EXPS = ["sigma", "sparsity", "sort-rows", "bits-low", "unique"]
+
+
+def _synthetic(noise_w: float = 0.0, seed: int = 0, dtype: str = "fp16") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(60):
+        t, h, z = rng.uniform(0, 0.5), rng.uniform(0.2, 0.6), rng.uniform(0, 1)
+        p = TRUE["intercept_w"] + TRUE["toggle_w"] * t + TRUE["hamming_w"] * h + TRUE["zero_w"] * z + rng.normal(0, noise_w)
+        rows.append({"device_name": "GPU X", "dtype": dtype, "backend": "torch", "experiment": EXPS[i % 5], "value": float(i),
+                     "toggle_k_frac": t, "hamming_frac": h, "zero_operand_frac": z, "avg_power_w": p, "m": 64, "n": 64, "k": 64})
+    return pd.DataFrame(rows)
+
+
+def test_fit_recovers_known_coefficients_exactly() -> None:
+    models, notes = A.fit_power_models(_synthetic())
+    assert notes == [] and len(models) == 1
+    m = models[0]
+    for k, v in TRUE.items():
+        assert m.coefficients()[k] == pytest.approx(v, abs=1e-6)
+    assert m.r2 == pytest.approx(1.0)
+    assert m.loo_mae_w == pytest.approx(0.0, abs=1e-6)
+    assert m.rank == 4 and m.n_points == 60 and m.experiments == sorted(EXPS)
+
+
+def test_fit_with_noise_is_close_and_loo_error_matches_the_noise() -> None:
+    m = A.fit_power_models(_synthetic(noise_w=2.0, seed=1))[0][0]
+    assert m.coefficients()["toggle_w"] == pytest.approx(300, rel=0.05)
+    assert m.coefficients()["zero_w"] == pytest.approx(-60, rel=0.15)
+    assert 0.95 < m.r2 < 1.0
+    assert 1.0 < m.loo_mae_w < 3.0  # ~ mean |N(0, 2)| = 1.6 W
+
+
+def test_loo_needs_two_experiments() -> None:
+    x = np.random.default_rng(0).uniform(size=(10, 3))
+    mae, mape, per = A.loo_experiment_error(x, x.sum(axis=1), ["one"] * 10)
+    assert mae is None and mape is None and per == {}
+
+
+def test_no_power_means_no_fit() -> None:
+    df = _synthetic().assign(avg_power_w=None)
+    models, notes = A.fit_power_models(df)
+    assert models == [] and notes == ["no power data to fit: power was not measured on this machine"]
+
+
+def test_too_few_points_are_noted() -> None:
+    models, notes = A.fit_power_models(_synthetic().head(3))
+    assert models == [] and "only 3 point(s)" in notes[0]
+
+
+def test_calibration_round_trip_and_predict(tmp_path: Path) -> None:
+    models, _ = A.fit_power_models(pd.concat([_synthetic(), _synthetic(dtype="bf16")]))
+    path = A.save_calibration(models, tmp_path / "cal.json", source="run-1")
+    cal = A.load_calibration(path)
+    assert cal.source_run == "run-1" and {m.dtype for m in cal.models} == {"fp16", "bf16"}
+    feats = {"toggle_k_frac": 0.25, "hamming_frac": 0.5, "zero_operand_frac": 0.1}
+    watts, note = A.predict_power(cal, "fp16", "torch", feats)
+    assert watts == pytest.approx(150 + 75 + 20 - 6)
+    assert note.startswith("estimated: calibration cal.json (GPU X, fp16, torch")
+    watts, note = A.predict_power(cal, "fp16", "triton", feats)
+    assert watts is not None and "standing in for triton" in note
+    watts, note = A.predict_power(cal, "fp32", "torch", feats)
+    assert watts is None and note == "calibration cal.json has no model for dtype fp32 (it has: bf16/torch, fp16/torch)"
+
+
+def test_load_calibration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="calibration file not found"):
+        A.load_calibration(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        A.load_calibration(bad)
+    bad.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ConfigError, match="not a gemm-power calibration"):
+        A.load_calibration(bad)
+
+
+def test_largest_swings() -> None:
+    df = _synthetic()
+    sw = A.largest_swings(df, "avg_power_w")
+    assert len(sw) == 1
+    row = sw.iloc[0]
+    assert row["max"] == pytest.approx(df["avg_power_w"].max()) and row["min"] == pytest.approx(df["avg_power_w"].min())
+    assert row["swing_pct"] == pytest.approx(100 * (row["max"] - row["min"]) / row["max"])
+    assert A.largest_swings(df, "no_such_column").empty
+
+
+def test_paper_numbers_ship_with_a_citation() -> None:
+    p = A.paper_a100()
+    assert "arXiv:2409.18324" in p["citation"]
+    assert p["dtypes"]["fp16"]["baseline_w"] == 297
+    assert {v["power_w"] for v in p["dtypes"]["int8"]["lowest"]} == {172, 179}

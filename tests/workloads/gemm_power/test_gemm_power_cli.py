@@ -1,0 +1,149 @@
+"""``charbench gemm-power`` end to end on the CPU, --predict, and bad input (exact messages, exit 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from charbench.cli import main
+
+SMALL = ["--device", "cpu", "--experiments", "sigma,sparsity,bits-high,sort-rows-no-transpose,unique", "--size", "64",
+         "--duration", "0.05", "--cooldown", "0"]
+
+
+def _run_dir(home: Path) -> Path:
+    runs = sorted((home / "gemm-power").iterdir())
+    assert runs, "no run folder"
+    return runs[-1]
+
+
+def test_quick_run_on_cpu_writes_a_full_report(charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gemm-power", *SMALL, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["points_failed"] == 0
+    run = _run_dir(charbench_home)
+    df = pd.read_parquet(run / "results.parquet")
+    assert set(df["dtype"]) == {"fp32", "bf16"} and set(df["backend"]) == {"torch"}
+    assert len(df) == 2 * (3 + 4 + 3 + 3 + 3)
+    # timing is always measured; a missing meter never stops the run
+    assert df["time_per_gemm_ms"].notna().all() and (df["tflop_per_s"] > 0).all()
+    assert df["toggle_k_frac"].notna().all() and df["zero_operand_frac"].between(0, 1).all()
+    sparse = df[(df["experiment"] == "sparsity") & (df["value"] == 1.0)]
+    assert (sparse["zero_operand_frac"] == 1.0).all() and (sparse["toggle_k_frac"] == 0).all()
+    if df["energy_j"].isna().all():
+        reasons = json.loads(df["null_reasons"].iloc[0])
+        assert reasons["energy_j"] and reasons["energy_per_gemm_j"] == reasons["energy_j"]
+    html = (run / "report.html").read_text()
+    for title in ("GEMM power: summary", "Largest swing per dtype vs the paper", "1. sigma: N(0, sigma)",
+                  "11. sparsity: uniform random zeros", "6. bits-high", "13. sort-rows-no-transpose", "3. unique",
+                  "Power vs operand toggle rate (fitted model)", "Switching activity of the inputs", "arXiv:2409.18324"):
+        assert title in html, title
+    if df["energy_j"].isna().all():
+        assert "Power was not measured on this machine" in html
+        assert "No power data to fit" in html
+        assert "time per GEMM (ms)" in html and "GFLOP/s" in html
+    assert (run / "correctness.json").is_file()
+    assert json.loads((run / "correctness.json").read_text())["fp32/torch"]["ok"] is True
+
+
+def test_predict_labels_power_estimated(charbench_home: Path, tmp_path: Path) -> None:
+    from charbench.workloads.gemm_power.analysis import PowerModel, save_calibration
+
+    cal = save_calibration([
+        PowerModel("GPU X", "fp32", "torch", [100.0, 200.0, 10.0, -50.0], r2=0.9),
+        PowerModel("GPU X", "bf16", "torch", [120.0, 180.0, 0.0, -40.0], r2=0.8),
+    ], tmp_path / "cal.json", source="gpu-run")
+    assert main(["gemm-power", "--device", "cpu", "--experiments", "sparsity", "--size", "64", "--duration", "0.05",
+                 "--predict", str(cal)]) == 0
+    run = _run_dir(charbench_home)
+    df = pd.read_parquet(run / "results.parquet")
+    assert df["power_estimated_w"].notna().all()
+    p0 = df[(df["dtype"] == "fp32") & (df["value"] == 1.0)]["power_estimated_w"].iloc[0]
+    assert p0 == pytest.approx(100.0 - 50.0)  # all zeros: no toggles, no ones, zero fraction 1
+    prov = json.loads(df["provenance"].iloc[0])
+    assert prov["power_estimated_w"].startswith("estimated: calibration cal.json")
+    html = (run / "report.html").read_text()
+    assert "power, estimated (W)" in html and "Power is estimated" in html
+
+
+def test_nan_output_fails_the_point_with_the_reason(charbench_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from charbench.kernels.gemm.torch_backend import TorchGemm
+
+    real = TorchGemm.prepare
+
+    def poisoned(self, a, b, spec, *, alpha=1.0):  # type: ignore[no-untyped-def]
+        g = real(self, a, b, spec, alpha=alpha)
+        inner = g.run
+
+        def run():  # type: ignore[no-untyped-def]
+            inner()
+            g.out[0, 0] = float("nan")
+
+        g.run = run
+        return g
+
+    monkeypatch.setattr(TorchGemm, "prepare", poisoned)
+    base = ["gemm-power", "--device", "cpu", "--experiments", "sigma", "--dtypes", "fp32", "--size", "64",
+            "--duration", "0.02", "--continue-on-error"]
+    # the correctness check against float64 catches the broken kernel first ...
+    assert main(base) == 0
+    run = _run_dir(charbench_home)
+    fails = [json.loads(p.read_text()) for p in (run / "failures").glob("*.json")]
+    assert len(fails) == 3 and all(f["error_type"] == "PointFailedError" for f in fails)
+    assert "backend torch with fp32 failed its correctness check: torch fp32 128x128x128: relative error inf" in fails[0]["message"]
+    # ... and without it, the NaN in the output fails each point with the reason
+    cfg = charbench_home.parent / "nocheck.toml"
+    cfg.write_text("check_correctness = false\n")
+    assert main([*base, "--config", str(cfg)]) == 0
+    run = _run_dir(charbench_home)
+    fails = [json.loads(p.read_text()) for p in (run / "failures").glob("*.json")]
+    assert len(fails) == 3
+    assert fails[0]["error_type"] == "PointFailedError"
+    assert "output has 1 non-finite element(s) of 4096 (1 NaN, 0 Inf)" in fails[0]["message"]
+    assert "the inputs cannot overflow" in fails[0]["message"]
+    assert json.loads((run / "run.json").read_text())["points_failed"] == 3
+    assert torch.isnan(torch.tensor(float("nan")))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--experiments", "sparsity,bogus"],
+     "Error: --experiments: unknown name 'bogus'; valid: sigma, mu, unique, bits-random, bits-low, bits-high, sorted-mu, "
+     "sort-rows, sort-cols, sort-within-rows, sparsity, sorted-sparsity, sort-rows-no-transpose, zero-low-bits, "
+     "zero-high-bits, baseline or all"),
+    (["--dtypes", "fp64"],
+     "Error: --dtypes: unknown name 'fp64'; valid: fp32, tf32, fp16, fp16-simt, bf16, int8, fp8-e4m3, fp8-e5m2 or all"),
+    (["--backends", "cutlass"], "Error: --backends: unknown name 'cutlass'; valid: torch, cupy, cuda-simt, cuda-tc, triton or all"),
+    (["--dtypes", "tf32"],
+     "Error: --dtypes tf32: tf32 runs on tensor cores: it needs a CUDA GPU with compute capability >= 8.0; this device is cpu"),
+    (["--dtypes", "fp8-e4m3"],
+     "Error: --dtypes fp8-e4m3: fp8-e4m3 runs on tensor cores: it needs a CUDA GPU with compute capability >= 8.9; this device is cpu"),
+    (["--dtypes", "fp16-simt"],
+     "Error: --dtypes fp16-simt: none of the requested backends (torch) implements it; use --backends cuda-simt"),
+    (["--backends", "cuda-tc", "--dtypes", "fp16"],
+     "Error: --backends cuda-tc: backend cuda-tc runs charbench's CUDA kernels: it needs a CUDA GPU (and CuPy); this device is cpu"),
+    (["--size", "12,abc"], "Error: --size: expected M,N,K (e.g. 2048,2048,2048) or one number, got '12,abc'"),
+    (["--seeds", "a-b"], "Error: --seeds: expected integers like 1,2,3 or 1-10, got 'a-b'"),
+    (["--preset", "huge"], "Error: --preset: unknown preset 'huge'; valid: quick, paper"),
+    (["--duration", "0"], "Error: --duration must be > 0 s, got 0.0"),
+])
+def test_bad_input_exact_messages(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gemm-power", "--device", "cpu", *args]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def test_size_that_does_not_fit_is_refused_before_allocation(capsys: pytest.CaptureFixture[str], charbench_home: Path) -> None:
+    assert main(["gemm-power", "--device", "cpu", "--size", "400000", "--dtypes", "fp32"]) == 1
+    err = capsys.readouterr().err
+    assert "Error: --size 400000,400000,400000 with fp32: needs about" in err
+    assert "GiB is free; use a smaller --size" in err
+    assert not (charbench_home / "gemm-power").exists()  # refused before any run folder or allocation
+
+
+def test_predict_with_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["gemm-power", "--device", "cpu", "--predict", str(tmp_path / "nope.json")]) == 1
+    assert f"Error: --predict: calibration file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
