@@ -106,8 +106,12 @@ def test_charbench_invocations_match_the_cli(wf: dict[str, Any]) -> None:
     assert len(calls) >= 8  # env, study, compare, report in each job
     for call in calls:
         cmd, opts = call[0], {a.split("=")[0] for a in call[1:] if a.startswith("--")}
-        if cmd == "$CHARBENCH_STUDY":  # a study command: the shared options
+        if cmd == "$CHARBENCH_STUDY":  # a study command: the shared options, and those of the studies built here
             assert opts <= STUDY_OPTIONS, opts - STUDY_OPTIONS
+            for study in ("gemm-power", "serve-sweep"):
+                known = _options_of(study) if study in COMMANDS else None
+                if known is not None:
+                    assert opts <= known, f"charbench {study}: unknown options {opts - known}"
             continue
         assert cmd in COMMANDS, cmd
         known = _options_of(cmd)
