@@ -180,12 +180,29 @@ class Window:
                     reasons[k] = "; ".join(self.baseline.warnings) or "idle power not measured"
         for k, v in self.sampler_stats.items():
             rec[f"{p}{k}"] = v
-        # Private bookkeeping keys carry the prefix so that {**w1.fields("a_"), **w2.fields("b_")} keeps both.
-        tag = f":{p}" if p else ""
-        rec[f"_reasons{tag}"] = reasons
-        rec[f"_provenance{tag}"] = provenance
-        rec[f"_warnings{tag}"] = warnings
+        # Bookkeeping for finalize_record; combine several windows with merge_fields, not {**a, **b}.
+        rec["_reasons"] = reasons
+        rec["_provenance"] = provenance
+        rec["_warnings"] = warnings
         return rec
+
+
+def merge_fields(*records: dict[str, Any]) -> dict[str, Any]:
+    """Combine record fields (e.g. ``w1.fields("prefill_")`` and ``w2.fields("decode_")``).
+
+    Later values win for ordinary keys; the ``_reasons``/``_provenance`` dicts and the
+    ``_warnings`` lists are combined, so no window's null reasons or provenance are lost.
+    """
+    out: dict[str, Any] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if k.startswith(("_reasons", "_provenance")):
+                out.setdefault("_reasons" if k.startswith("_reasons") else "_provenance", {}).update(v or {})
+            elif k.startswith("_warnings"):
+                out.setdefault("_warnings", []).extend(v or [])
+            else:
+                out[k] = v
+    return out
 
 
 class Context:

@@ -21,7 +21,7 @@ from charbench.config import CommonOptions
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
 from charbench.measure.meters import Measurement
 from charbench.results import RunStore
-from charbench.study import Context, RunSettings, Study, Window, finalize_record, run_study
+from charbench.study import Context, RunSettings, Study, Window, finalize_record, merge_fields, run_study
 from charbench.sweep import expand
 
 FAST = RunSettings(sample_interval_s=0.01)
@@ -338,10 +338,12 @@ def test_window_fields_gpu_sum_provenance_and_net() -> None:
     assert rec["_reasons"] == {}
 
 
-def test_window_fields_missing_domain_reason_and_prefix_merge() -> None:
+def test_window_fields_missing_domain_reason_and_merge_fields() -> None:
     bad = Window("a", "cuda:0", 0.0, 1.0, _m({"gpu0": None}, {"gpu0": "not-measured"}, ["gpu0: window 0.05 s shorter than the counter's 0.1 s update"]))
     good = Window("b", "cpu", 0.0, 2.0, _m({"cpu_package0": 10.0}, {"cpu_package0": "rapl"}))
-    rec = {**bad.fields("prefill_"), **good.fields("decode_")}
+    a, b = bad.fields("prefill_"), good.fields("decode_")
+    assert set(a) >= {"_reasons", "_provenance", "_warnings"}  # the keys studies read and extend
+    rec = merge_fields(a, b)
     out = finalize_record(rec, {"batch": 4}, "batch=4", 7)
     reasons = json.loads(out["null_reasons"])
     prov = json.loads(out["provenance"])
