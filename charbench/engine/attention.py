@@ -254,6 +254,12 @@ class PagedAttention:
         nd = meta.num_decode
         if nd and not meta.prefills:
             return self._decode(q, k_cache, v_cache, meta)
+        if not nd and len(meta.prefills) == 1:
+            sp = meta.prefills[0]
+            return paged_prefill_torch(
+                q, k_cache, v_cache, sp.block_table, sp.start_pos, self.scale,
+                k_new=k, v_new=v, mask=sp.mask,
+            )
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         if nd:
             out[:nd] = self._decode(q[:nd], k_cache, v_cache, meta)
@@ -269,11 +275,11 @@ class PagedAttention:
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         assert meta.decode_block_tables is not None and meta.decode_seq_lens is not None
-        q = q.contiguous()
+        # q may be a strided slice of the fused qkv output; both paths read it by strides
         if self._triton_decode is not None:
             out, _ = self._triton_decode(
                 q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens,
-                self.scale, max_seq_len=meta.decode_max_len,
+                self.scale, max_seq_len=meta.decode_max_len, check=False,
             )
             return out
         return paged_decode_torch(  # type: ignore[return-value]

@@ -17,6 +17,9 @@ tensor-parallel rank ``kv_heads / tp``. Example::
 
 from __future__ import annotations
 
+import mmap
+import math
+
 import torch
 
 from charbench.engine.model import ModelConfig, dtype_bytes, to_torch_dtype
@@ -97,6 +100,21 @@ def kv_bytes_per_token(model_cfg: ModelConfig, dtype: str | torch.dtype, tp: int
     return 2 * model_cfg.num_layers * kv_heads * model_cfg.head_dim * dtype_bytes(dtype)
 
 
+def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero-filled tensor; on CPU backed by an anonymous mmap (zero pages, committed
+    only when written), so a 1 GiB cache costs nothing until used.
+
+    Zero, not uninitialised: slots past a sequence's end inside its blocks, and padding
+    blocks, are read (then masked) by batched attention; uninitialised memory could hold
+    NaN/Inf bit patterns, and ``0 * NaN`` is NaN even under a zero softmax weight.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    buf = mmap.mmap(-1, max(nbytes, 1))  # anonymous mappings are zero-filled (mmap(2))
+    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)
+
+
 class PagedKVCache:
     """The K/V storage of every layer (one tensor-parallel shard).
 
@@ -130,12 +148,8 @@ class PagedKVCache:
         self.device = torch.device(device)
         self.tp = tp
         kv_heads = model_cfg.num_kv_heads // tp
-        # empty, not zeros: pages are touched only when written (slots are always written
-        # before they are read)
-        self.storage = torch.empty(
-            model_cfg.num_layers, 2, num_blocks, block_size, kv_heads, model_cfg.head_dim,
-            dtype=self.dtype, device=self.device,
-        )
+        shape = (model_cfg.num_layers, 2, num_blocks, block_size, kv_heads, model_cfg.head_dim)
+        self.storage = zeroed_tensor(shape, self.dtype, self.device)
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [
             (self.storage[i, 0], self.storage[i, 1]) for i in range(model_cfg.num_layers)
         ]

@@ -294,43 +294,49 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding:
-    """Cos/sin tables ``[positions, head_dim/2]``, grown on demand, indexed per batch."""
+    """Rotations ``exp(i * pos * inv_freq)`` as complex64 ``[positions, head_dim/2]``,
+    grown on demand and indexed once per batch.
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    The model keeps q/k in the interleaved rotary layout (pairs ``(2i, 2i+1)`` rotate
+    together): :func:`charbench.engine.weights.load_weights` permutes the rows of the q/k
+    projections of Hugging Face checkpoints (which rotate halves ``(i, i + d/2)``) per
+    head. Scores ``q.k`` are unchanged by that permutation, and RoPE becomes one complex
+    multiply.
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device) -> None:
         self.inv_freq = rope_inv_freq(cfg)
-        self.dtype, self.device = dtype, device
-        self.cos = torch.empty(0, cfg.head_dim // 2, dtype=dtype, device=device)
-        self.sin = self.cos
+        self.device = device
+        self.freqs = torch.empty(0, cfg.head_dim // 2, dtype=torch.complex64, device=device)
         self.ensure(cfg.max_position_embeddings)
 
     def ensure(self, length: int) -> None:
-        """Make the tables cover positions ``[0, length)``."""
-        if length <= self.cos.shape[0]:
+        """Make the table cover positions ``[0, length)``."""
+        if length <= self.freqs.shape[0]:
             return
         pos = torch.arange(length, dtype=torch.float64)
         angles = torch.outer(pos, self.inv_freq)  # float64 keeps large positions exact
-        self.cos = angles.cos().to(dtype=self.dtype, device=self.device)
-        self.sin = angles.sin().to(dtype=self.dtype, device=self.device)
+        self.freqs = torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(self.device)
 
-    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``[T, 1, head_dim/2]`` for broadcasting over heads."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+    def lookup(self, positions: torch.Tensor) -> torch.Tensor:
+        """complex64 ``[T, 1, head_dim/2]`` for broadcasting over heads."""
+        return self.freqs[positions].unsqueeze(1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [T, heads, head_dim]`` (half-split convention of HF Llama checkpoints)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [T, heads, head_dim]`` (interleaved layout; last dim contiguous).
+
+    Computed in float32 (complex64) and returned in ``x``'s dtype.
+    """
+    xf = x if x.dtype == torch.float32 else x.float()
+    xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))  # [T, H, D/2]
+    out = torch.view_as_real(xc * freqs).flatten(-2)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in float32, cast back before the weight (as HF Llama does)."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    """RMSNorm (one fused op; statistics in float32 for low-precision inputs)."""
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 # ----------------------------------------------------------------------------- module
@@ -374,8 +380,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        freqs: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         attn: AttentionFn,
@@ -388,7 +393,7 @@ class DecoderLayer(nn.Module):
         eps = self.cfg.rms_norm_eps
         h = rms_norm(x, self.input_norm, eps)
         qkv = F.linear(h, self.qkv_weight, self.qkv_bias).view(t, nh + 2 * nkv, d)
-        qk = apply_rope(qkv[:, : nh + nkv], cos, sin)  # [T, H_r + KV_r, D]
+        qk = apply_rope(qkv[:, : nh + nkv], freqs)  # [T, H_r + KV_r, D]
         q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv:]
         o = attn(q, k, v, k_cache, v_cache, meta)  # [T, H_r, D]
         o = F.linear(o.reshape(t, nh * d), self.o_weight)
@@ -446,7 +451,7 @@ class LlamaModel(nn.Module):
         if with_lm_head and not cfg.tie_word_embeddings:
             self.lm_head = _param(cfg.vocab_size, h, dtype=dtype, device=device)
         self.with_lm_head = with_lm_head
-        self.rope = RotaryEmbedding(cfg, dtype, device)
+        self.rope = RotaryEmbedding(cfg, device)
 
     def forward(
         self,
@@ -473,10 +478,10 @@ class LlamaModel(nn.Module):
         """
         if max_position is not None:
             self.rope.ensure(max_position + 1)
-        cos, sin = self.rope.lookup(positions)
+        freqs = self.rope.lookup(positions)
         x = F.embedding(input_ids, self.embed)
         for layer, (kc, vc) in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, kc, vc, attn, meta, self.all_reduce)
+            x = layer(x, freqs, kc, vc, attn, meta, self.all_reduce)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -266,10 +266,25 @@ class RandomSource:
 # ----------------------------------------------------------------------------- loading
 
 
+def interleave_rope_rows(w: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder each head's rows from the half-split rotary layout of Hugging Face
+    checkpoints (row ``h*d/2 + i`` pairs with ``(h+1)*d/2 + i`` within a head) to the
+    interleaved layout the model uses (rows ``2i, 2i+1`` pair up).
+
+    Args:
+        w: ``[num_heads * head_dim, ...]`` q or k projection weight or bias.
+        num_heads: heads in ``w``.
+        head_dim: per-head width.
+    """
+    rest = w.shape[1:]
+    return w.reshape(num_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(num_heads * head_dim, *rest)
+
+
 def load_weights(model: LlamaModel, source: WeightSource, tp_rank: int = 0, tp_size: int = 1) -> None:
     """Fill ``model``'s parameters (this rank's shard) from ``source``.
 
-    Column-parallel (split along output rows): q/k/v heads, gate/up columns.
+    Column-parallel (split along output rows): q/k/v heads, gate/up columns. q/k rows are
+    reordered to the interleaved rotary layout (:func:`interleave_rope_rows`).
     Row-parallel (split along input columns): o_proj, down_proj. Replicated: embeddings,
     norms, LM head, output bias.
 
@@ -301,13 +316,13 @@ def load_weights(model: LlamaModel, source: WeightSource, tp_rank: int = 0, tp_s
             a = p + "self_attn."
             put(layer.input_norm, source.get(p + "input_layernorm.weight", (h,)))
             put(layer.post_norm, source.get(p + "post_attention_layernorm.weight", (h,)))
-            q = rows(a + "q_proj.weight", cfg.q_size, nh * d, h)
-            k = rows(a + "k_proj.weight", cfg.kv_size, nkv * d, h)
+            q = interleave_rope_rows(rows(a + "q_proj.weight", cfg.q_size, nh * d, h), nh, d)
+            k = interleave_rope_rows(rows(a + "k_proj.weight", cfg.kv_size, nkv * d, h), nkv, d)
             v = rows(a + "v_proj.weight", cfg.kv_size, nkv * d, h)
             put(layer.qkv_weight, torch.cat([q, k, v.to(q.device)], dim=0))
             if layer.qkv_bias is not None:
-                qb = rows(a + "q_proj.bias", cfg.q_size, nh * d)
-                kb = rows(a + "k_proj.bias", cfg.kv_size, nkv * d)
+                qb = interleave_rope_rows(rows(a + "q_proj.bias", cfg.q_size, nh * d), nh, d)
+                kb = interleave_rope_rows(rows(a + "k_proj.bias", cfg.kv_size, nkv * d), nkv, d)
                 vb = rows(a + "v_proj.bias", cfg.kv_size, nkv * d)
                 put(layer.qkv_bias, torch.cat([qb, kb, vb]))
             put(layer.o_weight, source.get(a + "o_proj.weight", (h, cfg.q_size), 1, r * nh * d, (r + 1) * nh * d))

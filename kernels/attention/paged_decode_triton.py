@@ -81,7 +81,7 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         stride_mlb, stride_mlh,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        IEEE_DOT: tl.constexpr,
+        IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -103,7 +103,7 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_H], 0.0, dtype=tl.float32)
         acc = tl.full([BLOCK_H, BLOCK_D], 0.0, dtype=tl.float32)
-        for n0 in range(start, end, BLOCK_N):
+        for n0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < end
             blk = tl.load(BT + b * stride_btb + offs_n // block_size, mask=n_mask, other=0)
@@ -181,10 +181,16 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
     return _split_kernel, _reduce_kernel
 
 
+@functools.lru_cache(maxsize=16)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def choose_num_splits(
-    batch: int, num_kv_heads: int, max_seq_len: int, block_n: int, num_sms: int
+    batch: int, num_kv_heads: int, max_seq_len: int, block_n: int, num_sms: int,
+    programs_per_sm: int = 2,
 ) -> int:
-    """Splits per sequence so that about two waves of programs fill the GPU.
+    """Splits per sequence so that about ``programs_per_sm`` waves of programs fill the GPU.
 
     Args:
         batch: sequences in the batch.
@@ -192,12 +198,13 @@ def choose_num_splits(
         max_seq_len: longest sequence (tokens).
         block_n: tokens per inner-loop tile; a split holds at least one tile.
         num_sms: streaming multiprocessors (1 under the interpreter).
+        programs_per_sm: target programs per multiprocessor.
 
     Returns:
         An int >= 1.
     """
     max_tiles = max(1, -(-max_seq_len // block_n))
-    want = max(1, -(-(2 * num_sms) // max(1, batch * num_kv_heads)))
+    want = max(1, -(-(programs_per_sm * num_sms) // max(1, batch * num_kv_heads)))
     return int(min(want, max_tiles, 256))
 
 
@@ -210,7 +217,11 @@ def paged_decode_triton(
     scale: float,
     max_seq_len: int | None = None,
     num_splits: int | None = None,
-    block_n: int = 32,
+    block_n: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    programs_per_sm: int = 2,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split-K paged decode attention; returns the output and the log-sum-exp.
 
@@ -219,11 +230,16 @@ def paged_decode_triton(
         k_cache: ``[num_blocks, block_size, num_kv_heads, head_dim]`` (last dim contiguous).
         v_cache: same shape as ``k_cache``.
         block_tables: int32/int64 ``[B, max_blocks]``.
-        seq_lens: int32 ``[B]``, each >= 1 (the query's own token is cached).
+        seq_lens: int32/int64 ``[B]``, each >= 1 (the query's own token is cached).
         scale: softmax scale.
         max_seq_len: ``max(seq_lens)`` if the caller knows it (avoids a device sync).
         num_splits: force the number of splits (tests); None picks one from the GPU size.
-        block_n: tokens per tile (a power of two, >= 16 on GPU).
+        block_n: tokens per tile (a power of two, >= 16 on GPU); None: 64 for
+            head_dim <= 128, else 32.
+        num_warps: warps per program of the split kernel.
+        num_stages: software-pipelining stages of the tile loop.
+        programs_per_sm: target programs per multiprocessor when choosing splits.
+        check: verify that Triton can run here (the engine checks once, up front).
 
     Returns:
         ``(out [B, num_heads, head_dim] in q's dtype, lse [B, num_heads] float32, natural log)``.
@@ -232,9 +248,10 @@ def paged_decode_triton(
         BackendUnavailableError: when Triton cannot run here (see
             :func:`triton_unavailable_reason`).
     """
-    reason = triton_unavailable_reason(q.device)
-    if reason is not None:
-        raise BackendUnavailableError(f"--attention-backend triton: {reason}")
+    if check:
+        reason = triton_unavailable_reason(q.device)
+        if reason is not None:
+            raise BackendUnavailableError(f"--attention-backend triton: {reason}")
     interpret = q.device.type == "cpu"
     split_kernel, reduce_kernel = _build_kernels(interpret)
 
@@ -246,11 +263,13 @@ def paged_decode_triton(
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
     group = num_heads // num_kv_heads
+    if block_n is None:
+        block_n = 64 if head_dim <= 128 else 32
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max().item()) if batch else 0
     if num_splits is None:
-        sms = 1 if interpret else torch.cuda.get_device_properties(q.device).multi_processor_count
-        num_splits = choose_num_splits(batch, num_kv_heads, max_seq_len, block_n, sms)
+        sms = 1 if interpret else _sm_count(q.device.index or 0)
+        num_splits = choose_num_splits(batch, num_kv_heads, max_seq_len, block_n, sms, programs_per_sm)
     # each split covers a whole number of tiles
     partition = -(-max(1, max_seq_len) // num_splits)
     partition = -(-partition // block_n) * block_n
@@ -262,7 +281,6 @@ def paged_decode_triton(
         return out, lse
     mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=q.device)
-    seq_lens = seq_lens.to(torch.int32)
     block_d = triton_next_pow2(head_dim)
     split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, mid_o, mid_lse,
@@ -276,7 +294,8 @@ def paged_decode_triton(
         mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, HEAD_DIM=head_dim,
         BLOCK_H=max(16, triton_next_pow2(group)), BLOCK_N=block_n, BLOCK_D=max(16, block_d),
-        IEEE_DOT=q.dtype == torch.float32,
+        IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=num_stages,
+        num_warps=num_warps,
     )
     reduce_kernel[(batch, num_heads)](
         mid_o, mid_lse, out, lse,

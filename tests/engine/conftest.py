@@ -86,18 +86,24 @@ def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], t
 
 
 class ChunkDriver:
-    """Drives a runner like a scheduler would: allocates blocks, feeds chunks, tracks lengths."""
+    """Drives a runner like a scheduler would: allocates blocks, feeds chunks, tracks lengths.
 
-    def __init__(self, runner: Any, scatter_seed: int | None = None) -> None:
+    Each driver has its own allocator over the whole cache, so two drivers of one runner
+    overwrite each other's blocks unless the second one is built with ``share=first``
+    (then they split one allocator).
+    """
+
+    def __init__(self, runner: Any, scatter_seed: int | None = None, share: ChunkDriver | None = None) -> None:
         from charbench.engine.kv_cache import BlockAllocator
 
         self.runner = runner
-        self.alloc = BlockAllocator(runner.num_blocks)
+        self.alloc = share.alloc if share is not None else BlockAllocator(runner.num_blocks)
         self.tables: dict[int, list[int]] = {}
         self.lens: dict[int, int] = {}
-        if scatter_seed is not None:  # hand out blocks in a random order (non-contiguous)
+        if scatter_seed is not None:  # hand out the free blocks in a random order
             g = torch.Generator().manual_seed(scatter_seed)
-            self.alloc._free = torch.randperm(runner.num_blocks, generator=g).tolist()
+            free = self.alloc._free
+            self.alloc._free = [free[i] for i in torch.randperm(len(free), generator=g).tolist()]
 
     def chunk(self, seq_id: int, tokens: list[int], need_logits: bool = True) -> Any:
         """A SeqChunk for ``tokens`` appended to ``seq_id``, blocks allocated as needed."""
@@ -123,7 +129,7 @@ class ChunkDriver:
 
 @pytest.fixture
 def chunk_driver() -> Callable[..., ChunkDriver]:
-    """Factory: ``chunk_driver(runner, scatter_seed=None) -> ChunkDriver``."""
+    """Factory: ``chunk_driver(runner, scatter_seed=None, share=None) -> ChunkDriver``."""
     return ChunkDriver
 
 

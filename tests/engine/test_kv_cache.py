@@ -40,6 +40,16 @@ def test_cache_storage_matches_formula():
     assert k.data_ptr() != v.data_ptr()
 
 
+def test_cache_starts_zeroed():
+    """Padding and not-yet-written slots are read (and masked) by batched attention, so
+    they must hold zeros, not NaN garbage (0 * NaN = NaN)."""
+    cache = PagedKVCache(get_preset("tiny"), num_blocks=64, block_size=16, dtype="bf16", device="cpu")
+    assert cache.storage.dtype == torch.bfloat16
+    assert torch.count_nonzero(cache.storage) == 0
+    cache.layers[1][1][3, 2] = 1.0  # views write through to the storage
+    assert torch.count_nonzero(cache.storage) == cache.layers[1][1].shape[2] * cache.layers[1][1].shape[3]
+
+
 def test_allocator_accounting():
     a = BlockAllocator(8)
     assert (a.num_blocks, a.num_free, a.num_used) == (8, 8, 0)

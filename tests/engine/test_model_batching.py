@@ -46,8 +46,8 @@ def test_chunked_prefill_equals_one_shot(tiny_runner, chunk_driver, sizes):
 
 def test_paged_equals_contiguous(tiny_runner, chunk_driver):
     contiguous = chunk_driver(tiny_runner)  # blocks 0, 1, 2, ... in order
-    scattered = chunk_driver(tiny_runner, scatter_seed=123)
     a = contiguous.run((0, PROMPT[:20]))[0]
+    scattered = chunk_driver(tiny_runner, scatter_seed=123, share=contiguous)
     b = scattered.run((0, PROMPT[:20]))[0]
     assert contiguous.tables[0] == list(range(len(contiguous.tables[0])))
     assert scattered.tables[0] != contiguous.tables[0]
@@ -90,7 +90,7 @@ def test_need_logits_order_and_empty(tiny_runner, chunk_driver):
     assert out.shape == (1, tiny_runner.model_config.vocab_size) and out.dtype == torch.float32
     # prefill (seq 0, 2nd chunk) listed before a decode (seq 1): logits stay in chunk order
     out2 = tiny_runner.forward([drv.chunk(0, PROMPT[10:14]), drv.chunk(1, [70])])
-    solo = chunk_driver(tiny_runner)
+    solo = chunk_driver(tiny_runner, share=drv)
     solo.run((5, OTHER))
     torch.testing.assert_close(out2[1], solo.run((5, [70]))[0], atol=ATOL, rtol=ATOL)
     assert tiny_runner.forward([]).shape == (0, tiny_runner.model_config.vocab_size)
@@ -139,7 +139,7 @@ def test_cuda_chunked_prefill_and_backends(dtype, chunk_driver, monkeypatch):
     tol = 2e-4 if dtype == "fp32" else 5e-2
     one = chunk_driver(torch_r)
     ref = one.run((0, PROMPT))[0]
-    drv = chunk_driver(torch_r, scatter_seed=3)
+    drv = chunk_driver(torch_r, scatter_seed=3, share=one)
     for a, b in [(0, 5), (5, 21), (21, 40), (40, len(PROMPT))]:
         got = drv.run((0, PROMPT[a:b]))[0]
     torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
