@@ -116,6 +116,9 @@ def import_pynvml() -> ModuleType:
     return pynvml
 
 
+REAL_IMPORT_PYNVML = import_pynvml  # tests replace import_pynvml; the sampler checks for that
+
+
 def throttle_reason_names(mask: int) -> list[str]:
     """Names of the clock-event reason bits set in ``mask`` (unknown bits as hex)."""
     names = [name for bit, name in THROTTLE_REASONS if mask & bit]

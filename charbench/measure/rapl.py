@@ -69,6 +69,9 @@ def _read_text(path: Path) -> str:
         return fh.read()
 
 
+REAL_READ_TEXT = _read_text  # tests replace _read_text; the sampler checks for that
+
+
 def permission_message(path: Path, root: str | Path = DEFAULT_ROOT) -> str:
     """The error text for an ``energy_uj`` that only root may read, with the fixes."""
     return (

@@ -23,14 +23,21 @@ Use::
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
+import os
+import select
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Literal
 
 from charbench.errors import (
     ConfigError,
+    MeasurementError,
     NvmlError,
     NvmlNoPermissionError,
     NvmlNotSupportedError,
@@ -42,6 +49,7 @@ from charbench.measure.rapl import DEFAULT_ROOT, RaplCounter, rapl_zones
 log = logging.getLogger(__name__)
 
 Sources = Literal["auto", "none", "gpu-power"]
+Backend = Literal["auto", "thread", "process"]
 _THROTTLE_ORDER = {name: i for i, (_, name) in enumerate(THROTTLE_REASONS)}
 
 
@@ -110,6 +118,7 @@ class Sampler:
         clock: Callable[[], float] = time.perf_counter,
         sources: Sources = "auto",
         wait: Callable[[float], bool] | None = None,
+        backend: Backend = "auto",
     ) -> None:
         """Create a sampler (nothing is read until :meth:`start` or :meth:`sample_once`).
 
@@ -123,6 +132,11 @@ class Sampler:
                 power only, for energy integration) or "none".
             wait: ``wait(timeout_s) -> stop_requested``; defaults to the stop event's
                 wait. Tests pass a fake that advances a fake clock.
+            backend: "process" samples in a child process (no GIL shared with the
+                workload: NVML's ctypes calls each drop and retake the GIL, which
+                stalls a busy main thread), "thread" in a daemon thread, "auto" picks
+                "process" unless a custom clock, wait or NVML session, "none" sources
+                or a test fake from :mod:`charbench.measure.testing` need the thread.
         """
         if not interval_s > 0:
             raise ConfigError(f"sampler interval must be > 0 s, got {interval_s}")
@@ -145,7 +159,18 @@ class Sampler:
         self._nvml_held = False
         self._ready = False
         self._notes: list[str] = []
-        self.cpu_s = 0.0  # CPU time the thread spent sampling (its own overhead)
+        self.cpu_s = 0.0  # CPU time spent sampling (its own overhead); a child's after stop()
+        self._sink: Callable[[dict[str, Any]], None] | None = None  # the child writes rows out
+        if backend not in ("auto", "thread", "process"):
+            raise ConfigError(f"sampler backend must be 'auto', 'thread' or 'process', got {backend!r}")
+        in_process_only = (clock is not time.perf_counter or wait is not None or nvml is not None
+                           or sources == "none" or _fakes_installed())
+        if backend == "process" and in_process_only:
+            raise ConfigError("the process sampler needs the default clock, wait and NVML session, "
+                              "real NVML/RAPL access and sources other than 'none'")
+        self.backend = "thread" if backend == "thread" or (backend == "auto" and in_process_only) else "process"
+        self._child: _ChildSampler | None = None
+        self._child_gpus: list[int] = []
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -197,6 +222,8 @@ class Sampler:
     @property
     def gpu_indices(self) -> list[int]:
         """Visible indices of the GPUs being sampled."""
+        if self.backend == "process":
+            return list(self._child_gpus)
         self._setup()
         return [p.gpu.visible_index for p in self._probes]
 
@@ -210,8 +237,11 @@ class Sampler:
             probe.read(row)
         if self._rapl:
             self._read_rapl(t, row)
-        self._rows.append(row)
-        self._times.append(t)
+        if self._sink is not None:
+            self._sink(row)
+        else:
+            self._rows.append(row)
+            self._times.append(t)
         return row
 
     def _read_rapl(self, t: float, row: dict[str, Any]) -> None:
@@ -251,7 +281,19 @@ class Sampler:
 
     # -- lifetime ---------------------------------------------------------------------------
     def start(self) -> Sampler:
-        """Start the thread (idempotent)."""
+        """Start sampling (idempotent); a process sampler returns once its first sample is taken."""
+        if self.backend == "process":
+            if self._child is None:
+                try:
+                    self._child = _ChildSampler(self.interval_s, self._gpu_indices, self._rapl_root,
+                                                self._sources)
+                    self._child_gpus = self._child.gpus
+                    self._notes.extend(self._child.notes)
+                except MeasurementError as exc:  # fall back rather than sample nothing
+                    self._notes.append(f"process sampler unavailable ({exc}); sampling in a thread")
+                    self.backend = "thread"
+            if self.backend == "process":
+                return self
         if self._thread is not None and self._thread.is_alive():
             return self
         self._setup()
@@ -261,7 +303,10 @@ class Sampler:
         return self
 
     def stop(self) -> None:
-        """Stop the thread and release NVML (idempotent). Rows stay available."""
+        """Stop sampling and release NVML (idempotent). Rows stay available."""
+        if self._child is not None:
+            self._ingest(*self._child.stop())
+            self._child = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval_s + 5.0)
@@ -272,8 +317,22 @@ class Sampler:
 
     @property
     def running(self) -> bool:
-        """Whether the sampling thread is alive."""
+        """Whether the sampling thread or process is alive."""
+        if self._child is not None:
+            return self._child.alive()
         return self._thread is not None and self._thread.is_alive()
+
+    def _ingest(self, rows: list[dict[str, Any]], final: dict[str, Any] | None = None) -> None:
+        for row in rows:
+            self._rows.append(row)
+            self._times.append(row["t_s"])
+        if final:
+            self.cpu_s = float(final.get("cpu_s", 0.0))
+            self._notes.extend(n for n in final.get("notes", []) if n not in self._notes)
+
+    def _sync_child(self) -> None:
+        if self._child is not None:
+            self._ingest(self._child.read_rows())
 
     def __enter__(self) -> Sampler:
         return self.start()
@@ -284,6 +343,7 @@ class Sampler:
     # -- results ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         """A copy of all samples so far, oldest first."""
+        self._sync_child()
         return list(self._rows)
 
     def clear(self) -> None:
@@ -293,6 +353,7 @@ class Sampler:
 
     def window(self, t0_s: float, t1_s: float) -> list[dict[str, Any]]:
         """Samples with ``t0_s <= t_s <= t1_s``."""
+        self._sync_child()
         rows, times = self._rows, self._times
         n = min(len(rows), len(times))
         lo = bisect.bisect_left(times, t0_s, 0, n)
@@ -323,7 +384,7 @@ class Sampler:
         if not rows:
             return out
         out["sample_count"] = len(rows)
-        for p in [probe.prefix for probe in self._probes]:
+        for p in [f"gpu{i}_" for i in self.gpu_indices]:
             power = _values(rows, p + "power_w")
             if power:
                 power.sort()
@@ -362,3 +423,93 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _fakes_installed() -> bool:
+    """Whether a test fake replaced the NVML import or the RAPL reader (in-process only)."""
+    from charbench.measure import nvml as nvml_module
+    from charbench.measure import rapl as rapl_module
+
+    return (nvml_module.import_pynvml is not nvml_module.REAL_IMPORT_PYNVML
+            or rapl_module._read_text is not rapl_module.REAL_READ_TEXT)
+
+
+class _ChildSampler:
+    """A sampler running in ``python -m charbench.measure._sampler_child``.
+
+    The child appends one JSON line per sample to a temporary file, which the parent
+    reads on demand (no reader thread, no pipe to fill); closing the child's stdin
+    stops it, so it also stops if the parent dies. ``t_s`` is ``time.perf_counter``
+    in the child: CLOCK_MONOTONIC, the same clock as the parent's on Linux.
+    """
+
+    START_TIMEOUT_S = 60.0
+
+    def __init__(self, interval_s: float, gpus: list[int] | None, rapl_root: str, sources: str) -> None:
+        fd, path = tempfile.mkstemp(prefix="charbench-samples-", suffix=".jsonl")
+        os.close(fd)
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        params = {"interval_s": interval_s, "gpus": gpus, "rapl_root": str(rapl_root), "sources": sources}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "charbench.measure._sampler_child", json.dumps(params), path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        ready = self._read_line(self.START_TIMEOUT_S)
+        if ready is None or ready.get("type") != "ready":
+            err = self._kill()
+            raise MeasurementError(f"sampler process did not start: {err or 'no ready message'}")
+        self.gpus: list[int] = list(ready.get("gpus", []))
+        self.notes: list[str] = list(ready.get("notes", []))
+
+    def _read_line(self, timeout_s: float) -> dict[str, Any] | None:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        try:
+            return json.loads(line) if line else None
+        except ValueError:
+            return None
+
+    def _kill(self) -> str:
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        os.unlink(self.path)
+        return err.decode(errors="replace").strip()[-2000:]
+
+    def alive(self) -> bool:
+        """Whether the child is still running."""
+        return self.proc.poll() is None
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """Rows appended since the last call (a trailing partial line waits for the next)."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [json.loads(line) for line in lines if line]
+
+    def stop(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Stop the child; return its remaining rows and its final report (notes, cpu_s)."""
+        try:
+            out, _err = self.proc.communicate(timeout=10.0)  # closes stdin: EOF stops the child
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _err = self.proc.communicate()
+        final = None
+        for line in out.decode(errors="replace").splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("type") == "final":
+                final = msg
+        rows = self.read_rows()
+        os.unlink(self.path)
+        return rows, final

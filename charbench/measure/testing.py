@@ -51,6 +51,9 @@ class FakeGpu:
 
     ``energy_mj`` is the value of the total-energy counter: an int (constant), a
     list (each read takes the next value, the last one repeats) or a callable.
+    :class:`~charbench.measure.meters.NvmlMeter` reads the counter once when it is
+    created (its support probe), so a list needs that extra first value; a callable
+    on a fake clock (``lambda: int(clock.now * 300_000)`` for 300 W) needs none.
     ``errors`` maps a pynvml function name to the NVML error code it raises.
     ``root=False`` makes every set/reset call fail with NO_PERMISSION.
     """

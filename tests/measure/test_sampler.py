@@ -142,3 +142,39 @@ def test_real_thread_samples_at_about_the_interval(nvml_fake, tmp_path):
     gaps = [b["t_s"] - a["t_s"] for a, b in zip(rows, rows[1:])]
     assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.02, abs=0.008)
     assert nv.nvmlShutdown.call_count == 1  # NVML released on stop
+
+
+def test_auto_backend_stays_in_process_for_fakes_and_custom_clocks(tmp_path, nvml_fake, powercap):
+    assert Sampler(0.05, rapl_root=str(tmp_path)).backend == "thread"  # the fake RAPL reader is active
+    nvml_fake()
+    assert Sampler(0.05, rapl_root=str(tmp_path)).backend == "thread"  # and a fake NVML
+    with pytest.raises(ConfigError, match="the process sampler needs the default clock"):
+        Sampler(0.05, clock=FakeClock(), backend="process")
+    with pytest.raises(ConfigError, match="sampler backend must be"):
+        Sampler(0.05, backend="fiber")  # type: ignore[arg-type]
+
+
+def test_process_backend_without_fakes(tmp_path):
+    from charbench.measure.testing import FakePowercap
+
+    pc = FakePowercap(tmp_path / "pc")  # plain files, readable by the child
+    pc.add_standard(packages=1, dram=False)
+    t_before = time.perf_counter()
+    sampler = Sampler(0.05, rapl_root=str(pc.root))
+    assert sampler.backend == "process"
+    with sampler:
+        assert sampler.running
+        time.sleep(0.3)
+        pc.set_energy("intel-rapl:0", 5_000_000)
+        time.sleep(0.2)
+        live = sampler.rows()
+    rows = sampler.rows()
+    assert not sampler.running
+    assert len(live) >= 5 and len(rows) >= len(live)
+    # the child's perf_counter is the parent's clock (CLOCK_MONOTONIC)
+    assert t_before < rows[0]["t_s"] < rows[-1]["t_s"] < time.perf_counter()
+    assert set(rows[1]) >= {"t_s", "cpu_package_power_w"}
+    assert sum(r["cpu_package_power_w"] or 0.0 for r in rows) > 0  # the 4 J step shows up
+    assert sampler.summarize(rows[0]["t_s"], rows[-1]["t_s"])["sample_count"] == len(rows)
+    assert sampler.cpu_s > 0.0
+    assert sampler.gpu_indices == [] or all(isinstance(i, int) for i in sampler.gpu_indices)

@@ -201,24 +201,32 @@ def main() -> int:
             rapl_root = str(pc.root)
             results["fake_gpus"] = args.fake_gpus
 
-        def factory() -> Sampler:
-            return Sampler(args.interval, rapl_root=rapl_root)
+        backends = ["thread"] if args.fake_gpus else ["auto", "thread"]
+        for backend in backends:
+            def factory(backend: str = backend) -> Sampler:
+                return Sampler(args.interval, rapl_root=rapl_root, backend=backend)  # type: ignore[arg-type]
 
-        results["sampler"] = sampler_overhead(timer, op, args.duration, args.reps, factory)
+            key = "sampler" if backend == backends[0] else f"sampler_{backend}"
+            results[key] = sampler_overhead(timer, op, args.duration, args.reps, factory)
+            results[key]["backend"] = factory().backend
         results["loop"] = loop_overhead(timer, op, args.duration, args.loop_reps)
     if not args.fake_gpus:
         results["nvml"] = nvml_probe(args.device)
 
-    s, lp = results["sampler"], results["loop"]
+    lp = results["loop"]
     print(f"device={args.device} matmul {args.size}x{args.size} threads={results['torch_threads']} "
           f"duration={args.duration}s reps={args.reps} fake_gpus={args.fake_gpus}")
-    print(f"sampler: off median {statistics.median(s['off_per_iter_s']) * 1e6:.2f} us/iter, "
-          f"on median {statistics.median(s['on_per_iter_s']) * 1e6:.2f} us/iter, rows/run {s['sampler_rows']}")
-    print(f"  speed with sampler = {s['speed_with_sampler']:.4f} (target >= 0.98) -> "
-          f"{'OK' if s['ok'] else 'MISS'}; pairwise median {s['speed_with_sampler_pairwise']:.4f}; "
-          f"sampler thread CPU = {statistics.median(s['sampler_cpu_fraction']) * 100:.3f}% of wall")
-    if s["sampler_notes"]:
-        print(f"  sampler notes: {s['sampler_notes']}")
+    for key in ("sampler", "sampler_thread"):
+        if key not in results:
+            continue
+        s = results[key]
+        print(f"sampler ({s['backend']}): off median {statistics.median(s['off_per_iter_s']) * 1e6:.2f} us/iter, "
+              f"on median {statistics.median(s['on_per_iter_s']) * 1e6:.2f} us/iter, rows/run {s['sampler_rows']}")
+        print(f"  speed with sampler = {s['speed_with_sampler']:.4f} (target >= 0.98) -> "
+              f"{'OK' if s['ok'] else 'MISS'}; pairwise median {s['speed_with_sampler_pairwise']:.4f}; "
+              f"sampler CPU = {statistics.median(s['sampler_cpu_fraction']) * 100:.3f}% of wall")
+        if s["sampler_notes"]:
+            print(f"  sampler notes: {s['sampler_notes']}")
     print(f"loop: bare median {statistics.median(lp['bare_per_iter_s']) * 1e6:.2f} us/iter, "
           f"run_for_at_least median {statistics.median(lp['loop_per_iter_s']) * 1e6:.2f} us/iter")
     print(f"  overhead ratio (median of pairs) = {lp['overhead_ratio']:.4f} (target <= 1.01) -> "
