@@ -396,10 +396,14 @@ class HttpTarget(Target):
         body = json.dumps(self.payload(prompt, rec.expected_output_tokens)).encode()
         events: list[tuple[float, str, Any]] = []  # (t, text, finish_reason)
         usage: dict[str, Any] | None = None
+        done_s: float | None = None
+        # Build the request before the clock starts: client-side request construction is
+        # not the server's latency.
+        request = self._client.build_request("POST", self.path, content=body, headers=_JSON_HEADERS)
         rec.send_s = time.perf_counter()
         try:
             async with _deadline(self.timeout_s):
-                async with self._client.stream("POST", self.path, content=body, headers={"content-type": "application/json"}) as resp:
+                async with _streamed(self._client, request) as resp:
                     rec.server_id = resp.headers.get("x-request-id")
                     if resp.status_code != 200:
                         raw = await resp.aread()
@@ -408,10 +412,13 @@ class HttpTarget(Target):
                         parser = SseParser()
                         done = False
                         async for chunk in resp.aiter_raw():
+                            if done:
+                                continue  # drain the body: a fully read response keeps its connection alive
                             t = time.perf_counter()
                             for data in parser.feed(chunk):
                                 if data == "[DONE]":
                                     done = True
+                                    done_s = t
                                     break
                                 try:
                                     obj = json.loads(data)
@@ -440,8 +447,6 @@ class HttpTarget(Target):
                                     rec.first_token_s = t
                                     hooks.first_token(t)
                                 events.append((t, text, ch.get("finish_reason")))
-                            if done:
-                                break
                         if not done and rec.error is None:
                             rec.error = "stream ended without [DONE]"
         except (TimeoutError, httpx.TimeoutException):
@@ -453,7 +458,8 @@ class HttpTarget(Target):
             rec.error = "cancelled"
             raise
         finally:
-            rec.end_s = time.perf_counter()
+            # the response ended at [DONE] (draining the connection afterwards is not latency)
+            rec.end_s = done_s if done_s is not None else time.perf_counter()
             hooks.finished(rec.end_s, rec.first_token_s is not None)
         if usage is not None and events and len(events) == int(usage.get("completion_tokens") or 0) + 1:
             # a trailing finish-only event (empty text) is not a token
@@ -508,6 +514,19 @@ class HttpTarget(Target):
             "max_model_len": self.max_model_len,
             "tokenizer_source": self.tokenizer.source if self.tokenizer else None,
         }
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+@contextlib.asynccontextmanager
+async def _streamed(client: Any, request: Any) -> AsyncIterator[Any]:
+    """``client.send(request, stream=True)`` as a context manager that closes the response."""
+    resp = await client.send(request, stream=True)
+    try:
+        yield resp
+    finally:
+        await resp.aclose()
 
 
 def _deadline(seconds: float) -> contextlib.AbstractAsyncContextManager[Any]:

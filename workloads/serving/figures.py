@@ -30,6 +30,7 @@ KNOB_COLUMNS: tuple[str, ...] = (
 )
 LAT = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
 MAX_CDF_TRACES = 16
+PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def _note(text: str) -> str:
@@ -191,7 +192,8 @@ def throughput_latency_section(recs: list[dict[str, Any]]) -> Section:
     if not groups:
         return Section("Throughput vs latency", _note("No load completed a request."), anchor="throughput-latency")
     fig = make_subplots(rows=1, cols=2, subplot_titles=["TTFT vs output throughput", "TPOT vs output throughput"])
-    for label, rs in groups.items():
+    for g, (label, rs) in enumerate(groups.items()):
+        color = PALETTE[g % len(PALETTE)]
         rs = sorted(rs, key=lambda r: r["output_throughput_tok_s"])
         x = [r["output_throughput_tok_s"] for r in rs]
         hover = [str(r.get("offered_load")) for r in rs]
@@ -199,7 +201,7 @@ def throughput_latency_section(recs: list[dict[str, Any]]) -> Section:
             for stat, dash in (("median", "solid"), ("p99", "dot")):
                 y = [r.get(f"{stat}_{m}_ms") for r in rs]
                 fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label} {stat}", legendgroup=label, text=hover,
-                                         line={"dash": dash}, showlegend=(col == 1)), row=1, col=col)
+                                         line={"dash": dash, "color": color}, marker={"color": color}, showlegend=(col == 1)), row=1, col=col)
     fig.update_xaxes(title_text="output throughput (tok/s)")
     fig.update_yaxes(title_text="ms", type="log")
     return Section("Throughput vs latency", figure_html(fig, height=460), note="Solid: median; dotted: p99. Each marker is one load (hover for the offered load).", anchor="throughput-latency")
@@ -225,17 +227,23 @@ def energy_knob_section(recs: list[dict[str, Any]]) -> Section:
                              "Run on a machine with readable NVML energy counters (GPU) or RAPL (CPU); `charbench env` lists the usable meters. "
                              f"Knobs swept: {', '.join(knobs)}."), anchor="energy-knobs")
     fig = make_subplots(rows=len(knobs), cols=1, subplot_titles=[f"J/output token vs {k}" for k in knobs])
+    loads = list(dict.fromkeys(str(r.get("offered_load")) for r, _, _ in have))
+    other = _varying(recs)
     for i, k in enumerate(knobs, start=1):
-        for basis, sym in (("steady", "circle"), ("whole load", "diamond-open")):
-            sel = [(r, e) for r, e, b in have if b == basis and r.get(k) is not None]
-            if not sel:
-                continue
-            fig.add_trace(go.Scatter(x=[r.get(k) for r, _ in sel], y=[e for _, e in sel], mode="markers", marker={"symbol": sym, "size": 9},
-                                     name=f"{basis}", legendgroup=basis, showlegend=(i == 1), text=[str(r.get("offered_load")) for r, _ in sel]), row=i, col=1)
+        for li, load in enumerate(loads):
+            for basis, sym in (("steady", "circle"), ("whole load", "diamond-open")):
+                sel = [(r, e) for r, e, b in have if b == basis and r.get(k) is not None and str(r.get("offered_load")) == load]
+                if not sel:
+                    continue
+                color = PALETTE[li % len(PALETTE)]
+                fig.add_trace(go.Scatter(x=[r.get(k) for r, _ in sel], y=[e for _, e in sel], mode="markers",
+                                         marker={"symbol": sym, "size": 9, "color": color}, name=f"{load} ({basis})",
+                                         legendgroup=f"{load}-{basis}", showlegend=(i == 1),
+                                         text=[_config_label(r, other) for r, _ in sel]), row=i, col=1)
         fig.update_xaxes(title_text=k, row=i, col=1)
         fig.update_yaxes(title_text="J / output token", row=i, col=1)
     return Section("Energy per output token vs each knob", figure_html(fig, height=320 * len(knobs)),
-                   note="Filled circles: steady-state window (ML.ENERGY style); open diamonds: whole load (steady window did not form).", anchor="energy-knobs")
+                   note="Colour: offered load. Filled circles: steady-state window (ML.ENERGY style); open diamonds: whole load (the steady window did not form). Hover for the configuration.", anchor="energy-knobs")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -275,9 +283,12 @@ def pareto_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="loads", text=labels, marker={"color": "#999", "size": 8}))
     fig.add_trace(go.Scatter(x=[pts[i][0] for i in front], y=[pts[i][1] for i in front], mode="lines+markers", name="Pareto frontier",
-                             text=[labels[i] for i in front], line={"shape": "hv"}, marker={"size": 10}))
+                             text=[labels[i] for i in front], marker={"size": 10}))
     if slo:
-        fig.add_vline(x=float(slo), line_dash="dash", line_color="red", annotation_text=f"SLO {metric.upper()} {slo} ms")
+        # a trace, not a shape: shapes on log axes take log10 coordinates
+        ys = [p[1] for p in pts]
+        fig.add_trace(go.Scatter(x=[float(slo), float(slo)], y=[min(ys), max(ys)], mode="lines", name=f"SLO {metric.upper()} {slo:g} ms",
+                                 line={"dash": "dash", "color": "red"}))
     fig.update_xaxes(title_text=f"{pct} {metric.upper()} (ms)", type="log")
     fig.update_yaxes(title_text="J / output token")
     return Section(title, figure_html(fig, height=480),
