@@ -61,7 +61,11 @@ class CupyGemm(GemmBackend):
         m, n, k = check_shape(a, b)
         ab_type, c_type, compute = _TYPES[spec.name]
         a_c = a.contiguous()  # row-major (M, K) == column-major (K, M) with ld K
-        if b.stride(0) == 1 and b.stride(1) == k:  # K-major: column-major (K, N) with ld K
+        kmajor = b.stride(0) == 1 and b.stride(1) == k
+        if not kmajor and spec.family == "int8":  # cuBLAS int8 wants the "TN" layout: make B K-major
+            b = b.t().contiguous().t()
+            kmajor = True
+        if kmajor:  # K-major: column-major (K, N) with ld K
             b_buf, trans_b_cm, ldb = b, OP_T, k
             layout = "A row-major, B K-major"
         else:  # row-major (K, N) == column-major (N, K) with ld N

@@ -52,13 +52,18 @@ class TorchGemm(GemmBackend):
         layout = f"A {'row-major' if a.is_contiguous() else 'strided'}, B {'K-major' if _kmajor(b) else 'row-major'}"
         if spec.family == "int8":
             # _int_mm: int8 x int8 -> int32; on CUDA it wants K % 8 == 0, N % 8 == 0, M > 16.
+            # cuBLASLt's int8 kernels want the "TN" layout: B K-major (copied when it is not)
             out = torch.empty(m, n, dtype=torch.int32, device=a.device)
             a_c = a.contiguous()
+            b_c = b
+            if a.is_cuda and not _kmajor(b):
+                b_c = b.t().contiguous().t()
+                layout = "A row-major, B K-major (copied for int8)"
 
             def run() -> Any:
-                return torch._int_mm(a_c, b, out=out)
+                return torch._int_mm(a_c, b_c, out=out)
 
-            return PreparedGemm(run, out, lambda o: o, m, n, k, self.name, layout, keep=[a_c, b])
+            return PreparedGemm(run, out, lambda o: o, m, n, k, self.name, layout, keep=[a_c, b_c])
         if spec.family == "fp8":
             # _scaled_mm needs A row-major and B column-major (K-contiguous).
             a_c = a.contiguous()
