@@ -94,10 +94,10 @@ def resolve(cfg: GemmPowerConfig, device: str) -> GemmPowerConfig:
     changes: dict[str, object] = {}
     if cfg.experiments == ["all"]:
         changes["experiments"] = list(EXPERIMENTS)
-    if cfg.dtypes is None:
-        changes["dtypes"] = list(DEFAULT_DTYPES[(preset, kind)])
     if cfg.backends is None:
-        changes["backends"] = ["torch", "cuda-simt"] if (gpu and preset == "paper") else ["torch"]
+        changes["backends"] = _auto_backends(preset, device)
+    if cfg.dtypes is None:
+        changes["dtypes"] = _auto_dtypes(preset, device, changes.get("backends", cfg.backends))  # type: ignore[arg-type]
     if cfg.size is None:
         changes["size"] = [2048, 2048, 2048] if gpu else [256, 256, 256]
     if cfg.duration_s is None:
@@ -111,6 +111,25 @@ def resolve(cfg: GemmPowerConfig, device: str) -> GemmPowerConfig:
     out = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     validate(out)
     return out
+
+
+def _auto_backends(preset: str, device: str) -> list[str]:
+    """torch, plus the CUDA-core kernel for the paper preset on a GPU when CuPy can load it."""
+    if device.startswith("cuda") and preset == "paper":
+        from charbench.kernels.gemm import get_backend
+
+        if get_backend("cuda-simt").probe(device) is None:
+            return ["torch", "cuda-simt"]
+    return ["torch"]
+
+
+def _auto_dtypes(preset: str, device: str, backends: list[str]) -> list[str]:
+    """The preset's default dtypes that one of ``backends`` can run on ``device``."""
+    from charbench.kernels.gemm import get_backend, get_dtype
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return [dt for dt in DEFAULT_DTYPES[(preset, kind)]
+            if any(dt in get_backend(b).dtypes and get_backend(b).unavailable_reason(get_dtype(dt), device) is None for b in backends)]
 
 
 def validate(cfg: GemmPowerConfig) -> None:
