@@ -92,3 +92,41 @@ def test_tp2_nccl_equals_tp1(chunk_driver):
         runner.shutdown()
     assert toks == ref_toks
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+TORCHRUN_SCRIPT = """
+import sys
+from charbench.engine.api import EngineConfig
+from charbench.engine.runner import SeqChunk, make_runner
+
+if __name__ == "__main__":
+    runner = make_runner(EngineConfig(model="tiny", kv_cache_gb=0.004, block_size=4, seed=11, tp=2))
+    # only rank 0 gets here; the other rank served batches inside make_runner and exited
+    ids = [256] + list(b"torchrun")
+    logits = runner.forward([SeqChunk(0, ids, 0, list(range(3)), True)])
+    print("ARGMAX", int(logits.argmax()), float(logits[0, :4].sum()))
+    runner.shutdown()
+"""
+
+
+def test_torchrun_launch(tmp_path, chunk_driver):
+    """Ranks started by torchrun: rank 1 runs the worker loop inside make_runner."""
+    import subprocess
+    import sys
+
+    from charbench.engine.tp import free_port
+
+    script = tmp_path / "run_tp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("ARGMAX")]
+    assert len(line) == 1  # printed by rank 0 only
+    _, arg, total = line[0].split()
+    ref = chunk_driver(make_runner(EngineConfig(model="tiny", kv_cache_gb=0.004, block_size=4, seed=11)))
+    logits = ref.run((0, [256] + list(b"torchrun")))
+    assert int(arg) == int(logits.argmax())
+    assert abs(float(total) - float(logits[0, :4].sum())) < 1e-3
