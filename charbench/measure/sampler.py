@@ -1,7 +1,11 @@
 """Background sampler: a power/clock/temperature timeline on the windows' clock.
 
-A daemon thread wakes every ``interval_s`` (default 0.1 s, scheduled on absolute
-deadlines so it does not drift), reads what exists and appends one flat row:
+Every ``interval_s`` (default 0.1 s, scheduled on absolute deadlines so it does not
+drift) the sampler reads what exists and appends one flat row. It runs in a child
+process by default (``backend="auto"``): each NVML call through ctypes drops and
+retakes the GIL, and in a thread those hand-offs stalled a CPU-bound torch loop by
+up to ~5% on a 16-core host; a thread is used with fakes, custom clocks or a shared
+NVML session, and as the fallback when the child cannot start. A row holds:
 ``t_s`` (``time.perf_counter``, the same clock as meter windows and the timer) and,
 per GPU ``i``: ``gpu{i}_power_w``, ``gpu{i}_power_kind`` ("instant" or
 "average-1s"), ``gpu{i}_sm_clock_mhz``, ``gpu{i}_mem_clock_mhz``, ``gpu{i}_temp_c``,
@@ -164,7 +168,7 @@ class Sampler:
         if backend not in ("auto", "thread", "process"):
             raise ConfigError(f"sampler backend must be 'auto', 'thread' or 'process', got {backend!r}")
         in_process_only = (clock is not time.perf_counter or wait is not None or nvml is not None
-                           or sources == "none" or _fakes_installed())
+                           or sources == "none" or os.name != "posix" or _fakes_installed())
         if backend == "process" and in_process_only:
             raise ConfigError("the process sampler needs the default clock, wait and NVML session, "
                               "real NVML/RAPL access and sources other than 'none'")
@@ -452,10 +456,14 @@ class _ChildSampler:
         self._offset = 0
         self._partial = b""
         params = {"interval_s": interval_s, "gpus": gpus, "rapl_root": str(rapl_root), "sources": sources}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "charbench.measure._sampler_child", json.dumps(params), path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "charbench.measure._sampler_child", json.dumps(params), path],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            os.unlink(path)
+            raise MeasurementError(f"cannot run {sys.executable}: {exc}") from exc
         ready = self._read_line(self.START_TIMEOUT_S)
         if ready is None or ready.get("type") != "ready":
             err = self._kill()
