@@ -99,6 +99,10 @@ class GemmBackend:
             return f"backend {self.name} does not implement {spec.name} (it does: {', '.join(self.dtypes)})"
         return device_dtype_reason(spec, device)
 
+    def size_reason(self, m: int, n: int, k: int) -> str | None:
+        """Why this backend cannot run an (M, N, K) problem, or None (most backends take any size)."""
+        return None
+
     def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0) -> PreparedGemm:
         """Build a :class:`PreparedGemm` for ``C = alpha * a @ b``."""
         raise NotImplementedError

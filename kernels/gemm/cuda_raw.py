@@ -106,6 +106,16 @@ class _RawBackend(GemmBackend):
             return f"backend {self.name} runs charbench's CUDA kernels: it needs a CUDA GPU (and CuPy); this device is {device}"
         return _cupy_reason()
 
+    #: (M and N multiple, K multiple) the kernel's tiles need
+    tile: tuple[int, int] = (128, 8)
+
+    def size_reason(self, m: int, n: int, k: int) -> str | None:
+        """The kernels have no edge handling: M, N and K must be multiples of the tile."""
+        mn, kk = self.tile
+        if m % mn or n % mn or k % kk:
+            return f"backend {self.name} needs M and N multiples of {mn} and K a multiple of {kk}"
+        return None
+
     def _launch_setup(self, spec: DTypeSpec, a: Any) -> tuple[Any, int]:
         dev = a.device.index or 0
         kernel = _module(self.source, dev).get_function(self.kernels[spec.name])
@@ -128,8 +138,9 @@ class SimtGemm(_RawBackend):
         import torch
 
         m, n, k = check_shape(a, b)
-        if m % 128 or n % 128 or k % 8:
-            raise ConfigError(f"--size {m},{n},{k}: backend cuda-simt needs M and N multiples of 128 and K a multiple of 8")
+        why = self.size_reason(m, n, k)
+        if why:
+            raise ConfigError(f"--size {m},{n},{k}: {why}")
         a_c = a.contiguous()
         b_c = b.contiguous()
         layout = "A row-major, B row-major" + (" (copied)" if b_c.data_ptr() != b.data_ptr() else "")
@@ -155,6 +166,7 @@ class TensorCoreGemm(_RawBackend):
     dtypes = ("fp16", "bf16")
     source = "gemm_tc.cu"
     kernels = {"fp16": "gemm_tc_f16", "bf16": "gemm_tc_bf16"}
+    tile = (128, 32)
     smem_bytes = 4 * 2 * 128 * 32 * 2
 
     def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0) -> PreparedGemm:
@@ -164,8 +176,9 @@ class TensorCoreGemm(_RawBackend):
         import torch
 
         m, n, k = check_shape(a, b)
-        if m % 128 or n % 128 or k % 32:
-            raise ConfigError(f"--size {m},{n},{k}: backend cuda-tc needs M and N multiples of 128 and K a multiple of 32")
+        why = self.size_reason(m, n, k)
+        if why:
+            raise ConfigError(f"--size {m},{n},{k}: {why}")
         a_c = a.contiguous()
         bt = b.t().contiguous()  # (N, K); no copy when b is already a K-major view
         layout = "A row-major, B K-major" + (" (copied)" if bt.data_ptr() != b.data_ptr() else "")

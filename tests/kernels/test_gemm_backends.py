@@ -106,3 +106,10 @@ def test_conversions_round_to_nearest() -> None:
     t = to_dtype(one_plus, get_dtype("tf32"))
     assert t.tolist() == [1.0, 1.0 + 2 * 2.0**-10]
     assert (t.view(torch.int32) & 0x1FFF).eq(0).all()
+
+
+def test_custom_kernel_size_rules() -> None:
+    assert get_backend("cuda-tc").size_reason(100, 128, 64) == "backend cuda-tc needs M and N multiples of 128 and K a multiple of 32"
+    assert get_backend("cuda-tc").size_reason(256, 128, 64) is None
+    assert get_backend("cuda-simt").size_reason(128, 128, 12) == "backend cuda-simt needs M and N multiples of 128 and K a multiple of 8"
+    assert get_backend("torch").size_reason(7, 5, 3) is None

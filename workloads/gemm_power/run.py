@@ -133,6 +133,11 @@ class GemmPowerStudy(Study):
         self.cfg = cfg
         self.device = device
         self.pairs = plan_pairs(cfg, device)
+        m, n, k = (int(v) for v in cfg.size or [256, 256, 256])
+        for dt, be in self.pairs:
+            why = get_backend(be).size_reason(m, n, k)
+            if why:
+                raise ConfigError(f"--size {m},{n},{k}: {why}")
         check_memory(cfg, device)
         self.calibration: Any = None
         if cfg.predict:
