@@ -36,6 +36,7 @@ from charbench.engine.api import EngineConfig
 from charbench.engine.attention import PagedAttention, build_metadata, check_backend
 from charbench.engine.kv_cache import PagedKVCache, kv_bytes_per_token
 from charbench.engine.model import (
+    PRESETS,
     LlamaModel,
     ModelConfig,
     check_tp_divisible,
@@ -83,13 +84,22 @@ class SeqChunk:
     need_logits: bool
 
 
+def is_checkpoint(model: str) -> bool:
+    """True when ``--model`` names a local folder (a preset name wins over a folder of the
+    same name that has no config.json)."""
+    path = Path(model)
+    if not path.is_dir():
+        return False
+    return model not in PRESETS or (path / "config.json").is_file()
+
+
 def resolve_model_config(model: str) -> ModelConfig:
     """A preset name or a local checkpoint folder -> :class:`ModelConfig`.
 
     Raises:
         ConfigError: unknown preset, or an unreadable/unsupported checkpoint.
     """
-    if Path(model).is_dir():
+    if is_checkpoint(model):
         return config_from_checkpoint(model)
     if "/" in model or model.startswith("."):
         raise ConfigError(
@@ -174,14 +184,15 @@ class ModelRunner:
         self.device = device or (tp_group.device if tp_group else rank_device(cfg.device, 0))
         self.dtype = to_torch_dtype(cfg.dtype)
         self.block_size = cfg.block_size
-        self.weights_kind = "checkpoint" if Path(cfg.model).is_dir() else "random"
+        self.weights_kind = "checkpoint" if is_checkpoint(cfg.model) else "random"
         self.max_model_len = cfg.max_model_len or self.model_config.max_position_embeddings
         self._workers: list = []
         self._closed = False
         check_device(self.device, self.dtype, cfg.dtype)
         check_tp_divisible(self.model_config, self.tp)
         self.tokenizer: ByteTokenizer | HFTokenizer | None = (
-            load_tokenizer(cfg.model, self.model_config) if self.rank == 0 else None
+            load_tokenizer(cfg.model, self.model_config, self.weights_kind == "checkpoint")
+            if self.rank == 0 else None
         )
 
         self.model = LlamaModel(

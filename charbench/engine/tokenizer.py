@@ -117,7 +117,8 @@ class HFTokenizer:
                 add_bos = False
         self.bos_token_id = bos if add_bos else None
         self.eos_token_id = model_cfg.eos_token_id
-        self.vocab_size = max(model_cfg.vocab_size, self._tok.get_vocab_size(with_added_tokens=True))
+        # the model's logits width: ids the model can take and produce
+        self.vocab_size = model_cfg.vocab_size
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids of ``text``; BOS first when wanted (see the class docstring)."""
@@ -131,13 +132,17 @@ class HFTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
 
-def load_tokenizer(model: str, model_cfg: ModelConfig) -> ByteTokenizer | HFTokenizer:
+def load_tokenizer(
+    model: str, model_cfg: ModelConfig, checkpoint: bool | None = None
+) -> ByteTokenizer | HFTokenizer:
     """The tokenizer for a preset (bytes) or a checkpoint folder (tokenizer.json).
 
     Args:
         model: preset name or checkpoint folder.
         model_cfg: the resolved model config.
+        checkpoint: whether ``model`` is a checkpoint folder (None: it is one if it is a
+            folder).
     """
-    if Path(model).is_dir():
+    if checkpoint if checkpoint is not None else Path(model).is_dir():
         return HFTokenizer(model, model_cfg)
     return ByteTokenizer(model_cfg.vocab_size)

@@ -81,7 +81,7 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         stride_mlb, stride_mlh,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
+        IEEE_DOT: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -103,7 +103,7 @@ def _build_kernels(interpret: bool) -> tuple[Any, Any]:
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_H], 0.0, dtype=tl.float32)
         acc = tl.full([BLOCK_H, BLOCK_D], 0.0, dtype=tl.float32)
-        for n0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
+        for n0 in range(start, end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < end
             blk = tl.load(BT + b * stride_btb + offs_n // block_size, mask=n_mask, other=0)
@@ -217,9 +217,9 @@ def paged_decode_triton(
     scale: float,
     max_seq_len: int | None = None,
     num_splits: int | None = None,
-    block_n: int | None = None,
+    block_n: int = 32,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int | None = None,
     programs_per_sm: int = 2,
     check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,10 +234,10 @@ def paged_decode_triton(
         scale: softmax scale.
         max_seq_len: ``max(seq_lens)`` if the caller knows it (avoids a device sync).
         num_splits: force the number of splits (tests); None picks one from the GPU size.
-        block_n: tokens per tile (a power of two, >= 16 on GPU); None: 64 for
-            head_dim <= 128, else 32.
+        block_n: tokens per tile (a power of two, >= 16 on GPU).
         num_warps: warps per program of the split kernel.
-        num_stages: software-pipelining stages of the tile loop.
+        num_stages: software-pipelining stages of the split kernel (None: Triton's
+            default for the GPU).
         programs_per_sm: target programs per multiprocessor when choosing splits.
         check: verify that Triton can run here (the engine checks once, up front).
 
@@ -263,8 +263,6 @@ def paged_decode_triton(
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
     group = num_heads // num_kv_heads
-    if block_n is None:
-        block_n = 64 if head_dim <= 128 else 32
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max().item()) if batch else 0
     if num_splits is None:
@@ -282,6 +280,9 @@ def paged_decode_triton(
     mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=q.device)
     block_d = triton_next_pow2(head_dim)
+    launch: dict[str, int] = {"num_warps": num_warps}
+    if num_stages is not None:
+        launch["num_stages"] = num_stages
     split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, mid_o, mid_lse,
         scale * math.log2(math.e),
@@ -294,8 +295,8 @@ def paged_decode_triton(
         mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, HEAD_DIM=head_dim,
         BLOCK_H=max(16, triton_next_pow2(group)), BLOCK_N=block_n, BLOCK_D=max(16, block_d),
-        IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=num_stages,
-        num_warps=num_warps,
+        IEEE_DOT=q.dtype == torch.float32,
+        **launch,
     )
     reduce_kernel[(batch, num_heads)](
         mid_o, mid_lse, out, lse,

@@ -133,6 +133,12 @@ def test_unknown_preset_and_bad_configs():
         make_runner(EngineConfig(model="tiny", attention_backend="flash"))
 
 
+def test_preset_name_beats_unrelated_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder named like a preset, without config.json
+    assert resolve_model_config("tiny").name == "tiny"
+
+
 def test_missing_files_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no config.json"):
         make_runner(EngineConfig(model=str(tmp_path)))
