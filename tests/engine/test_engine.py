@@ -451,6 +451,13 @@ def test_async_shutdown_fails_open_streams_and_step_errors_propagate() -> None:
 
 # ---- the real tiny model ------------------------------------------------------------------
 
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+]
+
 
 def tiny_engine(chunk: int | None = None, **cfg_kw) -> LLMEngine:
     cfg = EngineConfig(**{"model": "tiny", "max_num_seqs": 16, "max_num_batched_tokens": 256,
@@ -463,24 +470,63 @@ def tiny_prompts(n: int, seed: int, lo: int, hi: int) -> list[list[int]]:
     return [[256] + [rng.randrange(0, 256) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
 
 
-def test_tiny_model_chunked_prefill_and_batch_composition() -> None:
+@pytest.fixture
+def exact_matmul():
+    """No TF32 on GPU: greedy comparisons need fp32 matmuls."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_model_chunked_prefill_and_batch_composition(device: str, exact_matmul) -> None:
     ps = tiny_prompts(8, seed=7, lo=20, hi=90)
-    one_shot = greedy_outputs(tiny_engine(), ps, max_tokens=16, ignore_eos=True)
+    one_shot = greedy_outputs(tiny_engine(device=device), ps, max_tokens=16, ignore_eos=True)
     for chunk in (5, 32):
-        eng = tiny_engine(chunk=chunk)
+        eng = tiny_engine(chunk=chunk, device=device)
         assert greedy_outputs(eng, ps, max_tokens=16, ignore_eos=True) == one_shot
         assert eng.stats().preemptions_total == 0
-    alone = greedy_outputs(tiny_engine(), ps[:1], max_tokens=16, ignore_eos=True)["r0"]
+    alone = greedy_outputs(tiny_engine(device=device), ps[:1], max_tokens=16,
+                           ignore_eos=True)["r0"]
     assert alone == one_shot["r0"]
 
 
-def test_tiny_model_preemption_recompute_identical() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_model_preemption_recompute_identical(device: str, exact_matmul) -> None:
     ps = tiny_prompts(6, seed=8, lo=10, hi=30)
-    ref = greedy_outputs(tiny_engine(), ps, max_tokens=40, ignore_eos=True)
+    ref = greedy_outputs(tiny_engine(device=device), ps, max_tokens=40, ignore_eos=True)
     per_block = 2 * 4 * 4 * 32 * 4 * 16  # K+V * layers * kv_heads * head_dim * fp32 * block
-    eng = tiny_engine(kv_cache_gb=8 * per_block / 2**30, max_model_len=128)
+    eng = tiny_engine(kv_cache_gb=8 * per_block / 2**30, max_model_len=128, device=device)
     assert eng.allocator.num_blocks == 8
     got = greedy_outputs(eng, ps, max_tokens=40, ignore_eos=True)
     assert got == ref
     assert eng.stats().preemptions_total > 0
     assert eng.allocator.num_free == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_model_cuda_sampling_and_async() -> None:
+    """Seeded sampling with top-k/top-p on CUDA logits is reproducible and batch-independent;
+    the async engine streams from a CUDA engine."""
+    ps = tiny_prompts(8, seed=9, lo=5, hi=40)
+    sp = dict(max_tokens=24, temperature=0.8, top_k=50, top_p=0.9, seed=123, ignore_eos=True)
+    eng = tiny_engine(device="cuda")
+    eng.add_request("a", ps[0], SamplingParams(**sp))
+    alone = run_all(eng)["a"][-1].token_ids
+    eng.add_request("a", ps[0], SamplingParams(**sp))
+    for i, p in enumerate(ps[1:]):
+        eng.add_request(f"o{i}", p, SamplingParams(max_tokens=30, temperature=1.0, top_p=0.5))
+    assert run_all(eng)["a"][-1].token_ids == alone
+    aeng = AsyncLLMEngine(eng.cfg, engine=eng)
+    aeng.start()
+
+    async def main() -> list:
+        return [o async for o in aeng.generate(ps[0], SamplingParams(**sp), "z")]
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        aeng.shutdown()
+    assert outs[-1].token_ids == alone and outs[-1].finished

@@ -13,6 +13,7 @@ Run::
 
     .venv/bin/python tests/perf/bench_engine.py --json-out bench_engine.json
     .venv/bin/python tests/perf/bench_engine.py --quick      # smoke run, small sizes
+    python3 tests/perf/bench_engine.py --device cuda --dtype bf16   # GPU (targets are CPU's)
 
 Method. The read bandwidth (sum of a 1 GiB fp32 tensor) and the matmul rate (2048^3 fp32)
 are measured in the same run, best of 5, with the same torch threads as the models. The
@@ -54,35 +55,46 @@ TARGETS = {
 # ---- machine rates ------------------------------------------------------------------------
 
 
-def read_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
+def read_bandwidth_gbs(device: str = "cpu", gib: float = 1.0, repeats: int = 5) -> float:
     """Read bandwidth (GB/s): best time of ``x.sum()`` over a ``gib`` GiB fp32 tensor."""
-    x = torch.ones(int(gib * 2**30) // 4)
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
     x.sum()
-    best = min(_timed(lambda: x.sum()) for _ in range(repeats))
+    best = min(_timed(lambda: x.sum(), device) for _ in range(repeats))
     return x.numel() * 4 / best / 1e9
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 torch.matmul rate (GFLOP/s) on n x n matrices, best of ``repeats``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  n: int | None = None, repeats: int = 5) -> float:
+    """torch.matmul rate (GFLOP/s) on n x n matrices of ``dtype``, best of ``repeats``."""
+    n = n or (2048 if torch.device(device).type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn: Any) -> float:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Any, device: str = "cpu") -> float:
+    _sync(device)
     t = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t
 
 
 # ---- models -------------------------------------------------------------------------------
 
 
-def build_engine(model: str, seed: int, max_num_seqs: int, kv_cache_gb: float) -> Any:
+def build_engine(model: str, seed: int, max_num_seqs: int, kv_cache_gb: float,
+                 device: str = "cpu", dtype: str = "fp32") -> Any:
     from charbench.engine.engine import LLMEngine
 
-    cfg = EngineConfig(model=model, dtype="fp32", device="cpu", seed=seed,
+    cfg = EngineConfig(model=model, dtype=dtype, device=device, seed=seed,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
                        kv_cache_gb=kv_cache_gb)
     return LLMEngine(cfg)
@@ -105,13 +117,19 @@ def build_hf(engine: Any, seed: int) -> Any:
         bos_token_id=mc.bos_token_id, eos_token_id=mc.eos_token_id, pad_token_id=0,
         attn_implementation="sdpa",
     )
+    from charbench.engine.model import to_torch_dtype
+
     model = transformers.LlamaForCausalLM(hf_cfg)  # on CPU: buffers (RoPE) are real
-    src = RandomSource(seed, "cpu")
+    # the engine draws each tensor with a per-name seeded generator on its device
+    src = RandomSource(seed, engine.cfg.device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(src.get(name, tuple(p.shape)))
         if mc.tie_word_embeddings:
             model.tie_weights()
+    cfg = engine.cfg
+    if cfg.dtype != "fp32" or cfg.device != "cpu":
+        model = model.to(device=cfg.device, dtype=to_torch_dtype(cfg.dtype))
     model.generation_config.pad_token_id = 0
     return model.eval()
 
@@ -128,8 +146,8 @@ def check_same_model(engine: Any, hf: Any, prompt: list[int]) -> float:
     finally:
         engine.allocator.free(blocks)
     with torch.inference_mode():
-        theirs = hf(torch.tensor([prompt])).logits[0, -1].float()
-    return float((ours - theirs).abs().max())
+        theirs = hf(torch.tensor([prompt], device=hf.device)).logits[0, -1].float()
+    return float((ours - theirs).abs().max() / theirs.abs().max())
 
 
 class _Stamps:
@@ -170,8 +188,9 @@ def engine_decode(engine: Any, prompts: list[list[int]], n_out: int, tag: str) -
 def hf_generate(hf: Any, prompts: list[list[int]], n_out: int) -> dict[str, float]:
     """HF generate for a (left-padded) batch with forced length; decode and e2e tokens/s."""
     width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=hf.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                        device=hf.device)
     stamps = _Stamps()
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -239,6 +258,8 @@ def hf_serving(hf: Any, work: list[tuple[list[int], int]], batch: int) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="small")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--decode-tokens", type=int, default=128)
@@ -257,32 +278,37 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, load average {load_before}")
-    bw = read_bandwidth_gbs()
-    mm = matmul_gflops()
-    print(f"read bandwidth {bw:.1f} GB/s (1 GiB sum), matmul {mm:.1f} GFLOP/s (2048^3 fp32)")
+    from charbench.engine.model import to_torch_dtype
+
+    bw = read_bandwidth_gbs(args.device)
+    mm = matmul_gflops(args.device, to_torch_dtype(args.dtype))
+    print(f"{args.device}: read bandwidth {bw:.1f} GB/s (1 GiB sum), matmul {mm:.1f} GFLOP/s "
+          f"({args.dtype})")
 
     max_len = args.prompt_len + 1 + max(args.decode_tokens, args.serve_max) + 64
     kv_gb = 2.0 if not args.quick else 0.5
-    engine = build_engine(args.model, args.seed, max(64, args.serve_requests), kv_gb)
+    engine = build_engine(args.model, args.seed, max(64, args.serve_requests), kv_gb,
+                          args.device, args.dtype)
     hf = build_hf(engine, args.seed)
     mc = engine.model_config
     rng = random.Random(args.seed)
     prompt0 = [256] + [rng.randrange(32, 127) for _ in range(args.prompt_len - 1)]
     diff = check_same_model(engine, hf, prompt0)
     print(f"model {mc.name}: {mc.params_count() / 1e6:.1f} M params; "
-          f"engine vs HF max |logit diff| = {diff:.2e}")
-    if diff > 1e-2:
+          f"engine vs HF max |logit diff| / max |logit| = {diff:.2e}")
+    if diff > (1e-3 if args.dtype == "fp32" else 5e-2):
         print("ERROR: the HF copy is not the same model", file=sys.stderr)
         return 2
 
     res: dict[str, Any] = {"model": mc.name, "torch": torch.__version__,
+                           "device": args.device, "dtype": args.dtype,
                            "machine": platform.processor() or platform.machine(),
                            "threads": threads, "read_bandwidth_gbs": bw,
-                           "matmul_gflops": mm, "logit_max_abs_diff": diff,
+                           "matmul_gflops": mm, "logit_max_rel_diff": diff,
                            "max_len_used": max_len}
     n = args.decode_tokens
     avg_ctx = args.prompt_len + n / 2
-    weight_bytes = mc.weight_bytes("fp32")
+    weight_bytes = mc.weight_bytes(args.dtype)
     kv_per_tok = engine.runner.kv_bytes_per_token
     for b in (1, 16):
         prompts = [[256] + [rng.randrange(32, 127) for _ in range(args.prompt_len - 1)]
