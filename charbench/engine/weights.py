@@ -332,7 +332,8 @@ def load_weights(model: LlamaModel, source: WeightSource, tp_rank: int = 0, tp_s
             gate = rows(m + "gate_proj.weight", cfg.intermediate_size, inter, h)
             up = rows(m + "up_proj.weight", cfg.intermediate_size, inter, h)
             put(layer.gate_up_weight, torch.cat([gate, up], dim=0))
-            put(layer.down_weight, source.get(m + "down_proj.weight", (h, cfg.intermediate_size), 1, r * inter, (r + 1) * inter))
+            put(layer.down_weight, source.get(m + "down_proj.weight", (h, cfg.intermediate_size),
+                                              1, r * inter, (r + 1) * inter))
         put(model.norm, source.get("model.norm.weight", (h,)))
         if model.lm_head is not None:
             put(model.lm_head, source.get("lm_head.weight", (cfg.vocab_size, h)))

@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         extra = f"  weights {r['weight_gbps']} GB/s" if "weight_gbps" in r else ""
         extra += f"  {r['model_tflops']} TFLOP/s" if "model_tflops" in r else ""
-        what = f"prefill {r['tokens']} tok" if r["phase"] == "prefill" else f"decode B={r['batch']} ctx={r['context_tokens']}"
+        if r["phase"] == "prefill":
+            what = f"prefill {r['tokens']} tok"
+        else:
+            what = f"decode B={r['batch']} ctx={r['context_tokens']}"
         print(f"{r['model']:>12} {r['dtype']} {r['device']} {r['attention_backend']:>6} {what:>24}: "
               f"{r['ms']:9.3f} ms  {r['tokens_per_s']:10.1f} tok/s{extra}")
     if args.json_out:
