@@ -192,6 +192,7 @@ class _Generation:
         self._released = False
         state.starting += 1
         self.first = asyncio.get_running_loop().create_task(self._first_output(), name=f"gen-{request_id}")
+        self.first.add_done_callback(_retrieve_exception)
 
     async def _first_output(self) -> RequestOutput:
         st = self.state
@@ -273,6 +274,13 @@ class _Generation:
             self._released = True
             self.state.in_flight -= 1
             self.state.remember(self)
+
+
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    """Mark a task's exception as seen (it is re-raised to whoever awaits the task), so a
+    request abandoned before reading it does not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _map_engine_error(state: _ServerState, exc: BaseException) -> OpenAIError:
