@@ -309,8 +309,11 @@ class Sampler:
     def stop(self) -> None:
         """Stop sampling and release NVML (idempotent). Rows stay available."""
         if self._child is not None:
-            self._ingest(*self._child.stop())
-            self._child = None
+            child, self._child = self._child, None
+            try:
+                self._ingest(*child.stop())
+            except Exception as exc:  # a sampler fault must never fail the measured run
+                self._notes.append(f"sampler process did not stop cleanly ({type(exc).__name__}: {exc}); its last rows may be missing")
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval_s + 5.0)
@@ -505,11 +508,23 @@ class _ChildSampler:
 
     def stop(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Stop the child; return its remaining rows and its final report (notes, cpu_s)."""
+        # EOF on stdin stops the child. Close it ourselves rather than through communicate():
+        # communicate() flushes stdin first, which raises if the pipe was already closed
+        # (seen once on a GPU host), and the child only ever writes one line to stdout.
         try:
-            out, _err = self.proc.communicate(timeout=10.0)  # closes stdin: EOF stops the child
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=10.0)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _err = self.proc.communicate()
+            self.proc.wait()
+        try:
+            out = self.proc.stdout.read() if self.proc.stdout is not None else b""
+        except (OSError, ValueError):
+            out = b""
         final = None
         for line in out.decode(errors="replace").splitlines():
             try:
