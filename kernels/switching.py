@@ -167,11 +167,9 @@ def switching_stats(a: Any, b: Any, spec: DTypeSpec) -> dict[str, float]:
     mism = popcount_sum(fa[:common] ^ fb[:common]) if common else 0
     align = 1.0 - mism / (common * w) if common else 0.0
 
-    nz_a = _nonzero(ab, spec)  # (M, K)
-    nz_b = _nonzero(bst, spec)  # (N, K) or (K, N)
-    zero_ops = (ab.numel() - int(nz_a.sum().item())) + (bst.numel() - int(nz_b.sum().item()))
-    cnt_a = nz_a.sum(dim=0, dtype=torch.float64)  # non-zeros of A per k: (K,)
-    cnt_b = nz_b.sum(dim=0 if b_kmajor else 1, dtype=torch.float64)  # non-zeros of B per k: (K,)
+    cnt_a = _nonzero(ab, spec).sum(dim=0, dtype=torch.float64)  # non-zeros of A per k: (K,)
+    cnt_b = _nonzero(bst, spec).sum(dim=0 if b_kmajor else 1, dtype=torch.float64)  # non-zeros of B per k: (K,)
+    zero_ops = (ab.numel() - int(cnt_a.sum().item())) + (bst.numel() - int(cnt_b.sum().item()))
     nonzero_products = float((cnt_a * cnt_b).sum().item())
     total_products = float(m) * float(n) * float(k)
 
