@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ from charbench.workloads.serving.metrics import ClientRecord
 from charbench.workloads.serving.prompts import TokenizerAdapter, as_tokenizer, load_tokenizer_file
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+#: GIL switch interval during in-process loads (default CPython: 5 ms)
+ENGINE_SWITCH_INTERVAL_S = 0.0005
 APIS: tuple[str, ...] = ("completions", "chat")
 
 
@@ -124,6 +127,20 @@ class EngineTarget(Target):
         self.max_model_len = int(self.engine.max_model_len)
         self.label = "engine"
         self._dead: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[EngineTarget]:
+        """Shorten the GIL switch interval while a load runs.
+
+        The engine loop thread runs Python between torch calls; with the default 5 ms
+        interval it can hold the GIL that long and delay the dispatcher's sends.
+        """
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(min(old, ENGINE_SWITCH_INTERVAL_S))
+        try:
+            yield self
+        finally:
+            sys.setswitchinterval(old)
 
     @property
     def dead(self) -> str | None:

@@ -14,6 +14,11 @@ two energy windows open (the whole load, and the steady state, opened and closed
 :class:`~charbench.workloads.serving.metrics.SteadyTracker`), compute the metrics, and
 save the per-request details to ``requests/<point_key>[__<step>].parquet`` in the run folder.
 
+Sends are timed against their schedule (``send_lateness_*_ms``). With the in-process
+engine the dispatcher shares the GIL with the engine loop thread (the switch interval is
+shortened to 0.5 ms during loads), so lateness is larger than against a server in another
+process; latencies are always measured from the actual send.
+
 Energy is this machine's: for a URL target on another host the energy fields are null
 with that reason. With ``tp > 1`` the meters cover GPUs ``i .. i+tp-1`` (the idle
 baseline and the sampler timeline cover the run's first GPU only, so the net energy of
