@@ -46,6 +46,7 @@ def _build(interpret: bool) -> Any:
         stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, ACC_INT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        FP8: tl.constexpr,
     ):
         pid = tl.program_id(0)
         # plain arithmetic, not tl.cdiv: library @jit helpers only work in the interpreter when
@@ -72,6 +73,14 @@ def _build(interpret: bool) -> Any:
             b_mask = (rk[:, None] + k0 < K) & (rn[None, :] < N)
             a = tl.load(a_ptr, mask=a_mask, other=0)
             b = tl.load(b_ptr, mask=b_mask, other=0)
+            # fp8 operands arrive as their raw bytes (uint8): Triton cannot cast the masked-load
+            # filler 0 to fp8, but byte 0 is +0.0 in both formats, so bitcast after loading.
+            if FP8 == 1:
+                a = a.to(tl.float8e4nv, bitcast=True)
+                b = b.to(tl.float8e4nv, bitcast=True)
+            if FP8 == 2:
+                a = a.to(tl.float8e5, bitcast=True)
+                b = b.to(tl.float8e5, bitcast=True)
             if UPCAST:  # the interpreter's tl.dot misreads bf16; exact upcast keeps the math
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
@@ -152,12 +161,14 @@ class TritonGemm(GemmBackend):
         # Triton's interpreter (CPU) computes bf16 tl.dot wrongly; upcasting bf16 -> fp32 is exact.
         upcast = device == "cpu" and spec.name == "bf16"
         extra = {} if device == "cpu" else {"num_warps": warps, "num_stages": stages}
+        fp8 = {"fp8-e4m3": 1, "fp8-e5m2": 2}.get(spec.name, 0)
+        a_in, b_in = (a.view(torch.uint8), b.view(torch.uint8)) if fp8 else (a, b)
 
         def run() -> Any:
             kernel[grid](
-                a, b, out, m, n, k, al,
+                a_in, b_in, out, m, n, k, al,
                 a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ACC_INT=acc_int, PRECISION=precision, UPCAST=upcast, **extra,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ACC_INT=acc_int, PRECISION=precision, UPCAST=upcast, FP8=fp8, **extra,
             )
             return out
 
