@@ -117,13 +117,14 @@ class LoopbackSSE:
     """
 
     def __init__(self, tokens: int = 2, status: int = 200, model: str = "fake-model", records: bool = True,
-                 drop_done: bool = False, usage: bool = True) -> None:
+                 drop_done: bool = False, usage: bool = True, chat: bool = False) -> None:
         self.tokens = tokens
         self.status = status
         self.model = model
         self.records = records
         self.drop_done = drop_done
         self.usage = usage
+        self.chat = chat
         self.bodies: list[dict[str, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -176,9 +177,14 @@ class LoopbackSSE:
         self._n += 1
         rid = f"cmpl-{self._n}"
         pieces = []
+        if self.chat:
+            pieces.append(('data: {"id":"%s","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n' % rid).encode())
         for i in range(self.tokens):
             fr = '"length"' if i == self.tokens - 1 else "null"
-            pieces.append(('data: {"id":"%s","choices":[{"index":0,"text":"t%d","finish_reason":%s}]}\n\n' % (rid, i, fr)).encode())
+            if self.chat:
+                pieces.append(('data: {"id":"%s","choices":[{"index":0,"delta":{"content":"t%d"},"finish_reason":%s}]}\n\n' % (rid, i, fr)).encode())
+            else:
+                pieces.append(('data: {"id":"%s","choices":[{"index":0,"text":"t%d","finish_reason":%s}]}\n\n' % (rid, i, fr)).encode())
         if self.usage:
             pieces.append(('data: {"id":"%s","choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}\n\n' % (rid, 5, self.tokens)).encode())
         if not self.drop_done:

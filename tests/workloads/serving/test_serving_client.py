@@ -68,6 +68,20 @@ def test_chat_payload_and_unforced_lengths() -> None:
     assert "ignore_eos" not in p and "min_tokens" not in p
 
 
+def test_chat_stream_skips_the_role_chunk() -> None:
+    with LoopbackSSE(tokens=3, chat=True) as srv:
+        t = HttpTarget(srv.url, api="chat", model="m", timeout_s=5)
+        recs = _send(t, n=2, out=3, prompt="hello there")
+        body = srv.bodies[0]
+    assert srv_path_ok(body)
+    for r in recs:
+        assert r.ok and r.output_tokens == 3 and len(r.token_times_s) == 3
+
+
+def srv_path_ok(body: dict) -> bool:
+    return body["messages"][0]["content"] == "hello there" and body["max_completion_tokens"] == 3
+
+
 def test_http_error_status_is_counted() -> None:
     with LoopbackSSE(status=429) as srv:
         t = HttpTarget(srv.url, model="m", timeout_s=5)

@@ -169,3 +169,25 @@ def test_profile_roundtrip(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="version 99"):
         load_profile(tmp_path / "bad.json")
+
+
+def test_trace_replay_and_azure_lengths(tmp_path: Path) -> None:
+    csv = tmp_path / "trace.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"2024-05-10 00:00:{i // 10:02d}.{(i % 10) * 100000:06d}+00:00,{20 + i},{3 + i % 4}\n" for i in range(30)))
+    f = Factory()
+    cfg = ServeSweepConfig(arrival="trace", trace_file=str(csv), time_scale=0.2, trace_start_s=1.0, num_requests=12,
+                           max_num_seqs=[4], warmup_requests=0)
+    res = run_study(ServeSweepStudy(cfg, target_factory=f), _common(tmp_path), SETTINGS)
+    r = RunStore.open(res.run_dir).records()[0]
+    assert r["load_kind"] == "trace" and r["workload_class"] == "trace" and r["num_requests"] == 12
+    assert r["total_input_tokens"] == sum(20 + i for i in range(10, 22))  # rows 10..21 (t >= 1 s)
+    assert r["total_output_tokens"] == sum(3 + i % 4 for i in range(10, 22))
+    per = pd.read_parquet(res.run_dir / r["requests_file"])
+    assert list(per["scheduled_s"].round(6)) == pytest.approx([round(0.02 * k, 6) for k in range(12)], abs=1e-6)
+    assert "input_len" not in r  # lengths come from the trace, not a knob
+
+    cfg = ServeSweepConfig(length_dist="azure-code", length_scale=0.02, num_requests=10, max_num_seqs=[4], warmup_requests=0)
+    res = run_study(ServeSweepStudy(cfg, target_factory=Factory()), _common(tmp_path), SETTINGS)
+    r = RunStore.open(res.run_dir).records()[0]
+    assert r["workload_class"] == "azure-code" and r["completed"] == 10
