@@ -180,3 +180,19 @@ def test_atomic_json_nan_becomes_null(tmp_path: Path) -> None:
     p = tmp_path / "x.json"
     atomic_write_json(p, {"a": float("nan"), "b": [float("inf"), 1.0], "c": Path("/p"), "d": (1, 2)})
     assert json.loads(p.read_text()) == {"a": None, "b": [None, 1.0], "c": "/p", "d": [1, 2]}
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:
+    import os
+
+    from charbench.results import atomic_write_text
+
+    old = os.umask(0o022)
+    results._UMASK = None
+    try:
+        target = tmp_path / "report.html"
+        atomic_write_text(target, "x")
+        assert target.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+        results._UMASK = None
