@@ -130,6 +130,27 @@ def run_schedule(url: str, n: int, rate: float, seed: int = 0) -> dict[str, Any]
     }
 
 
+def run_closed(url: str, n: int, users: int) -> dict[str, Any]:
+    """Closed loop with ``users`` concurrent users: the client's request ceiling."""
+    from charbench.workloads.serving.client import HttpTarget
+    from charbench.workloads.serving.loadgen import LoadPlan, WorkItem, run_load
+
+    target = HttpTarget(url, model="m", timeout_s=30)
+    items = [WorkItem(i, "hi", 1, 1, 2) for i in range(n)]
+
+    async def go() -> Any:
+        async with target.session():
+            await run_load(target, LoadPlan(items[:32], closed_concurrency=users))
+            c0 = time.process_time()
+            res = await run_load(target, LoadPlan(items, closed_concurrency=users))
+            return res, time.process_time() - c0
+
+    res, cpu = asyncio.run(go())
+    ok = sum(1 for r in res.records if r.ok)
+    duration = max(r.end_s for r in res.records) - min(r.send_s for r in res.records)
+    return {"users": users, "requests": n, "ok": ok, "rps": ok / duration, "client_cpu_ms_per_request": 1e3 * cpu / n}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the figures and their ratio to the targets."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -152,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         load0 = os.getloadavg()[0]
         fid = [run_schedule(url, n200, 200.0, seed=s) for s in range(reps)]
         cap = [run_schedule(url, n500, 500.0, seed=100 + s) for s in range(reps)]
+        ceiling = run_closed(url, n500, 4)
         load1 = os.getloadavg()[0]
     finally:
         proc.kill()
@@ -170,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "pass": {"fidelity": ok_fid, "capacity": ok_cap},
         "runs_200rps": fid,
         "runs_500rps": cap,
+        "closed_loop_4_users": ceiling,
         "loadavg_1m": [load0, load1],
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
@@ -180,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Poisson 500 req/s: achieved {best_cap['achieved_rps']:.1f} req/s, {best_cap['errors']} errors, "
           f"p99 lateness {best_cap['lateness_p99_ms']:.3f} ms (target >= 500 req/s; ratio {figures['sustained_rps'] / 500.0:.2f}) "
           f"{'PASS' if ok_cap else 'FAIL'}")
+    print(f"closed loop, 4 users (ceiling, informational): {ceiling['rps']:.0f} req/s, "
+          f"client CPU {ceiling['client_cpu_ms_per_request']:.3f} ms/request")
     print(f"load average (1 min) before/after: {load0:.2f}/{load1:.2f} on {os.cpu_count()} CPUs")
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -32,9 +32,14 @@ def _run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
 
 def test_cli_quick_on_the_tiny_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     payload = _run_json(["serve-sweep", "--device", "cpu", "--out", str(tmp_path), "--num-requests", "8", "--request-rate", "40,inf",
-                         "--max-num-seqs", "4", "--input-len", "16", "--output-len", "8", "--idle-baseline", "0", "--json"], capsys)
+                         "--max-num-seqs", "4", "--input-len", "16", "--output-len", "8", "--idle-baseline", "0",
+                         "--export-profile", str(tmp_path / "profile.json"), "--json"], capsys)
     assert payload["status"] == "completed" and payload["points_done"] == 2
     run = Path(payload["run_dir"])
+    from charbench.workloads.serving.profile import load_profile
+
+    prof = load_profile(tmp_path / "profile.json")
+    assert {e["rate_kind"] for e in prof} == {"rate", "max-throughput"} and payload["summary"]["profile"].endswith("profile.json")
     recs = RunStore.open(run).records()
     for r in recs:
         assert r["completed"] == 8 and r["output_len_mismatch_count"] == 0 and r["prompt_tokens_exact"]
