@@ -237,8 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     srv = [r for r in http if r["server_process_cpu_s"] is not None]
     server_cpu = statistics.median(1e3 * r["server_process_cpu_s"] / r["output_tokens"] for r in srv) if srv else None
     client_cpu = statistics.median(1e3 * r["bench_process_cpu_s"] / r["output_tokens"] for r in http)
+    # uvicorn's "auto" choices in the server: uvloop and httptools when importable
+    import importlib.util
+
+    loop_impl = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
     result = {
         "benchmark": "server_streaming_vs_in_process",
+        "server_loop": loop_impl,
+        "server_http": http_impl,
+        "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
@@ -261,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "meets_target": ratio >= TARGET_RATIO,
     }
     print(f"model={args.model} device={args.device} concurrency={args.concurrency} "
-          f"prompt={args.prompt_len} output={args.output_len} tokens, {args.repeats} rounds (median)")
+          f"prompt={args.prompt_len} output={args.output_len} tokens, {args.repeats} rounds (median); "
+          f"server loop={loop_impl} http={http_impl} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"in-process engine : {inproc_tps:10.1f} output tokens/s  rounds: "
           + ", ".join(f"{r['tokens_per_s']:.1f}" for r in inproc))
     print(f"HTTP SSE (serve)  : {http_tps:10.1f} output tokens/s  rounds: "
