@@ -68,6 +68,14 @@ class Study:
         """All sweep points (knob name -> value), before resume filtering."""
         raise NotImplementedError
 
+    def gpus(self, device: str) -> list[int] | None:
+        """Visible GPU indices the run uses when it spans several (e.g. tensor parallelism).
+
+        None (the default) means just the ``--device`` GPU. The idle baseline, the sampler
+        and ``ctx.meter`` cover every GPU returned here.
+        """
+        return None
+
     def setup(self, ctx: Context) -> None:
         """Called once before the first point (allocate, compile, check the device)."""
 
@@ -208,7 +216,7 @@ def merge_fields(*records: dict[str, Any]) -> dict[str, Any]:
 class Context:
     """What ``run_point`` gets: device, timer, meters, sampler, control, baseline."""
 
-    def __init__(self, device: str, store: RunStore, seed: int, settings: RunSettings, log: Any) -> None:
+    def __init__(self, device: str, store: RunStore, seed: int, settings: RunSettings, log: Any, gpus: list[int] | None = None) -> None:
         from charbench.device import gpu_index
         from charbench.measure import Timer, make_meters
 
@@ -218,7 +226,7 @@ class Context:
         self.settings = settings
         self.log = log
         idx = gpu_index(device)
-        self.gpus: list[int] = [idx] if idx is not None else []
+        self.gpus: list[int] = list(gpus) if gpus and idx is not None else ([idx] if idx is not None else [])
         self.timer = Timer(device)
         self.meter, self.meter_notes = make_meters(device, gpus=self.gpus or None)
         self.sampler: Any = None
@@ -380,7 +388,7 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
     summary: dict[str, Any] = {}
     ctx: Context | None = None
     try:
-        ctx = Context(device, store, common.seed, settings, log)
+        ctx = Context(device, store, common.seed, settings, log, gpus=study.gpus(device))
         for note in ctx.meter_notes:
             log(f"note: {note}")
         if done:

@@ -443,3 +443,24 @@ def test_cuda_clock_lock_restored_after_ctrl_c(charbench_home: Path) -> None:
         t1 = time.perf_counter()
     stats = sampler.summarize(t0 + 0.3, t1)
     assert stats["gpu0_sm_clock_mean_mhz"] > 900, stats  # a lock left at 600 MHz would cap it
+
+
+def test_study_gpus_hook_spans_meters_over_every_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charbench import measure
+    from charbench.measure.testing import FakeGpu, fake_nvml
+    from charbench.study import Context
+
+    real_timer = measure.Timer
+    monkeypatch.setattr(measure, "Timer", lambda device: real_timer("cpu"))  # no CUDA here; NVML is faked
+
+    store = RunStore.create(tmp_path, "toy", config={}, env={})
+    gpus = [FakeGpu(uuid=f"GPU-{i}", pci_bus_id=f"00000000:{i + 1:02d}:00.0") for i in range(3)]
+    with fake_nvml(gpus):
+        ctx = Context("cuda:0", store, 0, RunSettings(sample_interval_s=0), print, gpus=[0, 1])
+        assert ctx.gpus == [0, 1]
+        assert [d for d in ctx.meter.domains() if d.startswith("gpu")] == ["gpu0", "gpu1"]
+        single = Context("cuda:1", store, 0, RunSettings(sample_interval_s=0), print)
+        assert single.gpus == [1]
+        ctx.close()
+        single.close()
+    assert Study().gpus("cuda:0") is None

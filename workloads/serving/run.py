@@ -275,10 +275,20 @@ class ServeSweepStudy(Study):
         return target
 
     # -- GPU control ---------------------------------------------------------------------
+    def gpus(self, device: str) -> list[int] | None:
+        """GPUs of the largest tensor-parallel point (so the baseline and sampler cover them all)."""
+        from charbench.device import gpu_index
+
+        first = gpu_index(device)
+        tp_max = max((int(t) for t in (self.cfg.tp or [1])), default=1)
+        if first is None or self.cfg.is_url or tp_max <= 1:
+            return None
+        return list(range(first, first + tp_max))
+
     def _gpus_for(self, params: dict[str, Any], ctx: Any) -> list[int]:
         base = list(getattr(ctx, "gpus", []) or [])
         tp = int(params.get("tp") or 1)
-        if not base or tp <= 1 or self.cfg.is_url:
+        if not base or self.cfg.is_url:
             return base
         return list(range(base[0], base[0] + tp))
 

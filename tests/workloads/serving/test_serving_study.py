@@ -191,3 +191,10 @@ def test_trace_replay_and_azure_lengths(tmp_path: Path) -> None:
     res = run_study(ServeSweepStudy(cfg, target_factory=Factory()), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
     assert r["workload_class"] == "azure-code" and r["completed"] == 10
+
+
+def test_gpus_cover_the_largest_tensor_parallel_point() -> None:
+    study = ServeSweepStudy(_cfg(tp=[1, 4]))
+    assert study.gpus("cuda:2") == [2, 3, 4, 5]
+    assert study.gpus("cpu") is None
+    assert ServeSweepStudy(_cfg(tp=[1])).gpus("cuda:0") is None
