@@ -218,8 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-cache-gb", type=float, default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="torch intra-op threads in both modes (default: CPU count - 1 on CPU, leaving a "
+             "core to the HTTP client; 0 keeps torch's default)",
+    )
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
+
+    threads = args.torch_threads
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 2) - 1) if args.device == "cpu" else 0
+    if threads > 0:
+        # Same for both modes: this process (in-process engine) and the serve subprocess
+        # (inherits the variable). A client sharing the cores with a torch parallel region
+        # that uses all of them stalls the region at its barriers.
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
     cfg = EngineConfig(
         model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
@@ -246,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "server_streaming_vs_in_process",
         "server_loop": loop_impl,
         "server_http": http_impl,
-        "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": threads if threads > 0 else "torch default",
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
@@ -270,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"model={args.model} device={args.device} concurrency={args.concurrency} "
           f"prompt={args.prompt_len} output={args.output_len} tokens, {args.repeats} rounds (median); "
-          f"server loop={loop_impl} http={http_impl} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+          f"server loop={loop_impl} http={http_impl} torch threads={threads if threads > 0 else 'default'}")
     print(f"in-process engine : {inproc_tps:10.1f} output tokens/s  rounds: "
           + ", ".join(f"{r['tokens_per_s']:.1f}" for r in inproc))
     print(f"HTTP SSE (serve)  : {http_tps:10.1f} output tokens/s  rounds: "
