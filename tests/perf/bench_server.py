@@ -66,38 +66,37 @@ async def _in_process_round(engine: Any, prompts: list[list[int]], output_len: i
     return {"output_tokens": float(sum(counts)), "wall_s": wall, "tokens_per_s": sum(counts) / wall}
 
 
-async def _http_round(url: str, model: str, prompts: list[list[int]], output_len: int) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=len(prompts) + 4, max_keepalive_connections=len(prompts) + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+async def _http_round(client: httpx.AsyncClient, model: str, prompts: list[list[int]], output_len: int) -> dict[str, float]:
+    """One round of concurrent SSE streams over a warm (keep-alive) client."""
 
-        async def one(prompt: list[int]) -> tuple[int, int]:
-            body = {
-                "model": model, "prompt": prompt, "max_tokens": output_len, "min_tokens": output_len,
-                "ignore_eos": True, "temperature": 0, "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            # A light client (it shares the CPUs with the server): count SSE events in the
-            # raw bytes and parse only the final usage event, instead of JSON per token.
-            pat = b"data: {"
-            events = 0
-            carry = b""
-            tail = b""
-            async with client.stream("POST", "/v1/completions", json=body) as r:
-                r.raise_for_status()
-                async for raw in r.aiter_bytes():
-                    buf = carry + raw
-                    events += buf.count(pat)
-                    carry = buf[-(len(pat) - 1):]
-                    tail = (tail + raw)[-4096:]
-            usage_events = [e for e in tail.split(b"\n\n") if e.startswith(b'data: {') and b'"choices":[]' in e]
-            if not usage_events or not tail.endswith(b"data: [DONE]\n\n"):
-                raise RuntimeError("stream did not end with a usage event and [DONE]")
-            usage = json.loads(usage_events[-1][6:])["usage"]["completion_tokens"]
-            return events - 1, usage  # minus the usage event
+    async def one(prompt: list[int]) -> tuple[int, int]:
+        body = {
+            "model": model, "prompt": prompt, "max_tokens": output_len, "min_tokens": output_len,
+            "ignore_eos": True, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        # A light client (it shares the CPUs with the server): count SSE events in the
+        # raw bytes and parse only the final usage event, instead of JSON per token.
+        pat = b"data: {"
+        events = 0
+        carry = b""
+        tail = b""
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            r.raise_for_status()
+            async for raw in r.aiter_raw():
+                buf = carry + raw
+                events += buf.count(pat)
+                carry = buf[-(len(pat) - 1):]
+                tail = (tail + raw)[-4096:]
+        usage_events = [e for e in tail.split(b"\n\n") if e.startswith(b'data: {') and b'"choices":[]' in e]
+        if not usage_events or not tail.endswith(b"data: [DONE]\n\n"):
+            raise RuntimeError("stream did not end with a usage event and [DONE]")
+        usage = json.loads(usage_events[-1][6:])["usage"]["completion_tokens"]
+        return events - 1, usage  # minus the usage event
 
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(one(p) for p in prompts))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - t0
     events = sum(e for e, _ in results)
     usage = sum(u for _, u in results)
     if events != usage:
@@ -185,8 +184,11 @@ def measure(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeat
         async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             inproc: list[dict[str, Any]] = []
             http: list[dict[str, Any]] = []
+            n = len(prompts) + 4
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            client = httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits)
             await _in_process_round(engine, prompts, output_len, "warm")  # discarded
-            await _http_round(server.url, server.model, prompts, output_len)  # discarded
+            await _http_round(client, server.model, prompts, output_len)  # discarded; opens the connections
             for k in range(repeats):
                 order = ("in", "http") if k % 2 == 0 else ("http", "in")
                 for which in order:
@@ -195,7 +197,8 @@ def measure(cfg: EngineConfig, prompts: list[list[int]], output_len: int, repeat
                     if which == "in":
                         inproc.append(await _measured(_in_process_round(engine, prompts, output_len, f"r{k}"), None))
                     else:
-                        http.append(await _measured(_http_round(server.url, server.model, prompts, output_len), server.proc.pid))
+                        http.append(await _measured(_http_round(client, server.model, prompts, output_len), server.proc.pid))
+            await client.aclose()
             return inproc, http
 
         return asyncio.run(run())
