@@ -575,6 +575,8 @@ def build_app(
                         "created": int(_START_TIME),
                         "owned_by": "charbench",
                         "max_model_len": state.max_model_len,
+                        # engine settings a load generator needs (serve-sweep's steady-state window)
+                        **{k: getattr(cfg, k) for k in ("max_num_seqs", "tp", "dtype") if cfg is not None and hasattr(cfg, k)},
                     }
                 ],
             }
