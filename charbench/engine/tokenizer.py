@@ -108,6 +108,7 @@ class HFTokenizer:
         add_bos = True
         bos: int | None = model_cfg.bos_token_id
         tc_path = folder / "tokenizer_config.json"
+        tc: dict = {}
         if tc_path.is_file():
             try:
                 tc = json.loads(tc_path.read_text())
@@ -116,6 +117,9 @@ class HFTokenizer:
             if tc.get("add_bos_token") is False or ("bos_token" in tc and tc["bos_token"] is None):
                 add_bos = False
         self.bos_token_id = bos if add_bos else None
+        # the checkpoint's Jinja chat template (the server renders it for /v1/chat/completions)
+        template = tc.get("chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) else None
         self.eos_token_id = model_cfg.eos_token_id
         # the model's logits width: ids the model can take and produce
         self.vocab_size = model_cfg.vocab_size

@@ -67,6 +67,23 @@ def test_checkpoint_config_and_tokenizer(hf_checkpoint):
     assert tok.decode(ids) == "w5 w6 w70"
     assert tok.encode("w5", add_bos=False) == [8]
     assert tok.eos_token_id == 2
+    assert tok.chat_template is None  # the fixture's tokenizer_config.json has none
+
+
+def test_checkpoint_chat_template_is_exposed(hf_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    folder, _ = hf_checkpoint("llama_gqa")
+    copy = tmp_path / "ckpt"
+    shutil.copytree(folder, copy)
+    tc = json.loads((copy / "tokenizer_config.json").read_text())
+    tc["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (copy / "tokenizer_config.json").write_text(json.dumps(tc))
+    from charbench.engine.tokenizer import HFTokenizer
+
+    tok = HFTokenizer(copy, resolve_model_config(str(copy)))
+    assert tok.chat_template == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def test_llama3_rope_matches_transformers():
