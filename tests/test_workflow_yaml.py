@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "charbench-gpu.yml"
-DOC = ROOT / "docs" / "ci-workflow.md"
+DOC = ROOT / "README.md"
 #: options every study command shares (charbench.cli_common) plus --preset
 STUDY_OPTIONS = {"--out", "--label", "--meta", "--device", "--seed", "--config", "--resume", "--continue-on-error", "--json", "--preset"}
 
