@@ -7,7 +7,10 @@ Targets (``small`` preset, fp32, CPU):
 * batch-16 decode: >= 1.2x HF and >= 60% of the compute bound
   (bound = torch.matmul FLOP/s / FLOPs per token);
 * serving: 64 requests (output lengths uniform in [16, 256], all arriving at t=0) finish
-  >= 2x faster with continuous batching than with HF static batches of 16.
+  >= 2x faster with continuous batching than with HF static batches of 16. The engine runs
+  it with 16 slots (``max_num_seqs=16``: the same concurrency as HF's batches, so the
+  figure isolates the scheduling policy; this is the target's figure) and with 64 slots
+  (the engine default; reported alongside).
 
 Run::
 
@@ -267,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-requests", type=int, default=64)
     ap.add_argument("--serve-min", type=int, default=16)
     ap.add_argument("--serve-max", type=int, default=256)
+    ap.add_argument("--serve-slots", default="16,64",
+                    help="engine max_num_seqs values for the serving workload; the first "
+                         "is the target's figure")
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: few tokens, 1 repeat")
     ap.add_argument("--json-out", default=None)
@@ -338,19 +344,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{bw_bound:.1f}; {100 * r['vs_compute_bound']:.0f}% of compute bound "
               f"{compute_bound:.1f}")
 
+    engine.shutdown()
     if not args.skip_serving:
         work = serving_workload(args.serve_requests, args.serve_min, args.serve_max, args.seed)
-        ours = engine_serving(engine, work)
         theirs = hf_serving(hf, work, 16)
-        res["serving"] = {"engine": ours, "hf_static_16": theirs,
-                          "speedup": theirs["wall_s"] / ours["wall_s"],
-                          "requests": len(work),
-                          "output_tokens": sum(n for _, n in work)}
-        print(f"serving {len(work)} requests ({res['serving']['output_tokens']} output tokens):"
-              f" engine {ours['wall_s']:.1f} s ({ours['output_tokens_per_s']:.1f} tok/s, "
-              f"{ours['steps']} steps, {ours['preemptions']} preemptions), HF static batches "
-              f"of 16 {theirs['wall_s']:.1f} s; speedup x{res['serving']['speedup']:.2f}")
-    engine.shutdown()
+        total = sum(n for _, n in work)
+        print(f"serving {len(work)} requests ({total} output tokens): HF static batches of 16 "
+              f"{theirs['wall_s']:.1f} s ({theirs['output_tokens_per_s']:.1f} tok/s)")
+        runs = {}
+        for slots in [int(x) for x in args.serve_slots.split(",")]:
+            eng = build_engine(args.model, args.seed, slots, kv_gb, args.device, args.dtype)
+            ours = engine_serving(eng, work)
+            eng.shutdown()
+            ours["speedup_vs_hf"] = theirs["wall_s"] / ours["wall_s"]
+            runs[f"max_num_seqs_{slots}"] = ours
+            print(f"  engine, max_num_seqs={slots}: {ours['wall_s']:.1f} s "
+                  f"({ours['output_tokens_per_s']:.1f} tok/s, {ours['steps']} steps, "
+                  f"{ours['preemptions']} preemptions); speedup x{ours['speedup_vs_hf']:.2f}")
+        first = next(iter(runs.values()))
+        res["serving"] = {"engine": runs, "hf_static_16": theirs,
+                          "speedup": first["speedup_vs_hf"],
+                          "speedup_config": next(iter(runs)),
+                          "requests": len(work), "output_tokens": total}
 
     checks = {
         "b1_vs_hf": res["b1"]["vs_hf"],
