@@ -176,6 +176,10 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
     n = len(records)
     dur = duration_s if duration_s is not None else duration_of(records)
     reasons: dict[str, str] = {}
+    # Prompt tokens are known only when the target reported usage or a tokenizer counted
+    # them; an unknown count is not 0, so the total (and total-token throughput) is null.
+    uncounted = sum(1 for r in ok if r.prompt_tokens is None)
+    total_in = None if uncounted else int(sum(r.prompt_tokens or 0 for r in ok))
     out: dict[str, Any] = {
         "num_requests": n,
         "completed": len(ok),
@@ -183,7 +187,7 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
         "error_rate": (n - len(ok)) / n if n else None,
         "timeout_count": sum(1 for r in records if r.timed_out),
         "duration_s": dur,
-        "total_input_tokens": int(sum(r.prompt_tokens or 0 for r in ok)),
+        "total_input_tokens": total_in,
         "total_output_tokens": int(sum(r.output_tokens for r in ok)),
         "output_len_mismatch_count": sum(1 for r in ok if r.output_tokens != r.expected_output_tokens),
         "peak_concurrency": peak_concurrency(records),
@@ -191,11 +195,16 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
     if dur is not None and dur > 0:
         out["request_throughput_rps"] = len(ok) / dur
         out["output_throughput_tok_s"] = out["total_output_tokens"] / dur
-        out["total_token_throughput_tok_s"] = (out["total_input_tokens"] + out["total_output_tokens"]) / dur
+        out["total_token_throughput_tok_s"] = (total_in + out["total_output_tokens"]) / dur if total_in is not None else None
     else:
         for k in ("request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s"):
             out[k] = None
             reasons[k] = "no request finished (duration unknown)"
+    if total_in is None:
+        why = (f"prompt tokens unknown for {uncounted} of {len(ok)} successful request(s): the target sent no usage "
+               "and no tokenizer counted them (pass --tokenizer)")
+        reasons["total_input_tokens"] = why
+        reasons.setdefault("total_token_throughput_tok_s", why)
     out.update(_stats("ttft", [v for r in ok if (v := r.ttft_ms) is not None]))
     out.update(_stats("tpot", [v for r in ok if (v := r.tpot_ms) is not None]))
     out.update(_stats("itl", [g for r in ok for g in r.itl_ms]))

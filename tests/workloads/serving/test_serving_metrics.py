@@ -112,3 +112,15 @@ def test_energy_metrics_never_divide_by_zero() -> None:
     z = energy_metrics(None, None, completed=0, output_tokens=0)
     assert all(v is None for v in z.values())
     assert energy_metrics(10.0, None, completed=0, output_tokens=0)["energy_per_request_j"] is None
+
+
+def test_unknown_prompt_tokens_are_null_not_zero() -> None:
+    """A target without usage and without a tokenizer: input totals are unknown, never 0."""
+    a = rec(0, 0.0, [0.1, 0.2])
+    b = rec(1, 0.0, [0.1, 0.3])
+    b.prompt_tokens = None
+    m = compute_metrics([a, b], duration_s=1.0)
+    assert m["total_input_tokens"] is None and m["total_token_throughput_tok_s"] is None
+    assert "prompt tokens unknown for 1 of 2" in m["_reasons"]["total_input_tokens"]
+    assert "prompt tokens unknown" in m["_reasons"]["total_token_throughput_tok_s"]
+    assert m["output_throughput_tok_s"] == pytest.approx(4.0)  # output counts stay measured
