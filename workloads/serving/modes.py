@@ -81,7 +81,8 @@ def slo_search(measure: Measure, attainment: float, iters: int = 5, rel_tol: flo
 
     Returns:
         Every measured record; each carries ``slo_max_rate_rps`` (None when no rate met the
-        SLOs, with ``slo_search_note`` saying why) and ``slo_search_best``.
+        SLOs, with ``slo_search_note`` and the record's ``_reasons`` saying why) and
+        ``slo_search_best``.
     """
     recs: list[dict[str, Any]] = []
     thr = measure(Load("rate", math.inf, "throughput"))
@@ -123,4 +124,6 @@ def slo_search(measure: Measure, attainment: float, iters: int = 5, rel_tol: flo
         r["slo_max_rate_rps"] = best_rate
         r["slo_search_best"] = r is best
         r["slo_search_note"] = note
+        if best_rate is None:  # null with its reason in the record's null_reasons
+            r.setdefault("_reasons", {})["slo_max_rate_rps"] = f"no rate meets the SLOs: {note}"
     return recs

@@ -496,13 +496,14 @@ class ServeSweepStudy(Study):
         multi = len(gpus) > 1 and gpus != list(getattr(ctx, "gpus", []) or [])
         # whole point
         w = wins.closed.get(f"{wname}:point")
-        if w is not None and remote is None:
+        failed = wins.errors.get(f"{wname}:point")  # the meter raised: the window holds no measurement
+        if w is not None and remote is None and failed is None:
             f = w.fields()
             if multi and f.get("energy_net_j") is None:
                 f["_reasons"]["energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
             _merge(rec, f)
         else:
-            why = remote or wins.errors.get(f"{wname}:point", "the point window was not measured")
+            why = remote or (f"the energy meter failed: {failed}" if failed else "the point window was not measured")
             for k in ("energy_j", "avg_power_w", "energy_net_j"):
                 rec[k] = None
                 reasons[k] = why
@@ -534,6 +535,11 @@ class ServeSweepStudy(Study):
             for k in ("steady_time_s", "steady_energy_j", "steady_avg_power_w", "steady_energy_net_j"):
                 rec[k] = None
                 reasons[k] = remote
+            rec["steady_time_s"] = sw.time_s
+        elif f"{wname}:steady" in wins.errors:
+            for k in ("steady_energy_j", "steady_avg_power_w", "steady_energy_net_j"):
+                rec[k] = None
+                reasons[k] = f"the energy meter failed: {wins.errors[f'{wname}:steady']}"
             rec["steady_time_s"] = sw.time_s
         else:
             f = sw.fields(prefix="steady_")
@@ -581,7 +587,8 @@ class ServeSweepStudy(Study):
         rec["server_median_queue_ms"] = float(np.median(queues)) if queues else None
         if not queues:
             reasons["server_median_queue_ms"] = "the target reports no server-side queueing time"
-        preempt = [r.server.get("preemptions") or 0 for r in records if r.server]
+        # a request whose server record lacks the count is unknown, not 0 preemptions
+        preempt = [p for r in records if r.server and (p := r.server.get("preemptions")) is not None]
         rec["server_preemptions"] = int(sum(preempt)) if preempt else None
         if not preempt:
             reasons["server_preemptions"] = "the target reports no preemption counts"

@@ -65,6 +65,8 @@ def test_slo_search_answer_at_max_and_no_answer() -> None:
     recs = slo_search(s, attainment=0.9)
     assert not any(r["slo_search_best"] for r in recs)
     assert recs[0]["slo_max_rate_rps"] is None and "missed even at" in recs[0]["slo_search_note"]
+    # the null carries its reason into null_reasons (not the generic "not measured")
+    assert all("no rate meets the SLOs: the SLOs are missed even at" in r["_reasons"]["slo_max_rate_rps"] for r in recs)
 
 
 def test_meets_slo() -> None:

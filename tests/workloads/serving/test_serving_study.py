@@ -198,3 +198,65 @@ def test_gpus_cover_the_largest_tensor_parallel_point() -> None:
     assert study.gpus("cuda:2") == [2, 3, 4, 5]
     assert study.gpus("cpu") is None
     assert ServeSweepStudy(_cfg(tp=[1])).gpus("cuda:0") is None
+
+
+class _FailingPointMeter:
+    """A meter whose load windows fail to close (a counter read that raises)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.available, self.reason = inner.available, inner.reason
+
+    def domains(self) -> list[str]:
+        return self.inner.domains()
+
+    def begin_window(self, name: str) -> None:
+        self.inner.begin_window(name)
+
+    def end_window(self, name: str) -> Any:
+        m = self.inner.end_window(name)
+        if name.endswith((":point", ":steady")):
+            raise RuntimeError("counter read failed")
+        return m
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_meter_failure_is_the_null_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charbench import measure
+
+    real = measure.make_meters
+
+    def failing(device: str, gpus: Any = None) -> Any:
+        meter, notes = real(device, gpus)
+        return _FailingPointMeter(meter), notes
+
+    monkeypatch.setattr(measure, "make_meters", failing)
+    cfg = _cfg(request_rate=[math.inf], max_num_seqs=[2])
+    res = run_study(ServeSweepStudy(cfg, target_factory=Factory()), _common(tmp_path), SETTINGS)
+    r = RunStore.open(res.run_dir).records()[0]
+    reasons = json.loads(r["null_reasons"])
+    assert r["energy_j"] is None and r["avg_power_w"] is None
+    assert reasons["energy_j"] == "the energy meter failed: RuntimeError: counter read failed"
+    assert reasons["energy_per_output_token_j"] == reasons["energy_j"]
+    assert r["steady_time_s"] > 0 and r["steady_energy_j"] is None
+    assert reasons["steady_energy_j"] == "the energy meter failed: RuntimeError: counter read failed"
+
+
+def test_unknown_preemption_counts_are_not_zero() -> None:
+    from charbench.workloads.serving.metrics import ClientRecord
+
+    def rec(i: int, server: dict[str, Any] | None) -> ClientRecord:
+        r = ClientRecord(i, f"r{i}", 4, 2, send_s=0.0, first_token_s=0.1, token_times_s=[0.1, 0.2], end_s=0.2, output_tokens=2)
+        r.server = server
+        return r
+
+    study = ServeSweepStudy(_cfg())
+    out: dict[str, Any] = {"_reasons": {}}
+    study._server_fields(out, [rec(0, {"ttft_ms": 90.0}), rec(1, {"ttft_ms": 95.0, "preemptions": None})])
+    assert out["server_preemptions"] is None
+    assert out["_reasons"]["server_preemptions"] == "the target reports no preemption counts"
+    out = {"_reasons": {}}
+    study._server_fields(out, [rec(0, {"preemptions": 2}), rec(1, {"ttft_ms": 95.0}), rec(2, {"preemptions": 1})])
+    assert out["server_preemptions"] == 3
