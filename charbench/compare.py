@@ -499,6 +499,13 @@ def _resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | 
         for text in metric_opts:
             name, direction = parse_metric_option(text)
             if name not in available:
+                unmeasured = [side for side, pts in (("baseline", base), ("candidate", cand)) if name in pts.unmeasured]
+                if unmeasured:
+                    pts = base if unmeasured[0] == "baseline" else cand
+                    raise ConfigError(
+                        f"--metric {name}: not measured in the {' and the '.join(unmeasured)} run (null in every point: "
+                        f"{_null_reason(pts, name)}); gate on a measured metric: {', '.join(available) or '(none)'}"
+                    )
                 raise ConfigError(f"--metric {name}: no such metric in these runs; available: {', '.join(available) or '(none)'}")
             direction = direction or metric_direction(name)
             if direction not in (LOWER, HIGHER):
@@ -518,6 +525,19 @@ def _resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | 
             specs.append(MetricSpec(name, direction, True))
     specs.sort(key=lambda s: (not s.gated, s.name))
     return specs
+
+
+def _null_reason(pts: RunPoints, metric: str) -> str:
+    """Why ``metric`` is null in a run (from the first row's ``null_reasons``)."""
+    for rows in pts.groups.values():
+        for r in rows:
+            try:
+                reason = json.loads(r.get("null_reasons") or "{}").get(metric)
+            except (TypeError, ValueError):
+                reason = None
+            if reason:
+                return str(reason)
+    return "no reason recorded"
 
 
 def compare_runs(
@@ -770,14 +790,19 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
         fig = go.Figure()
         for verdict in VERDICTS:
             sel = [d for d in ds if d.verdict == verdict]
-            if not sel:
-                continue
-            fig.add_trace(go.Bar(
-                x=[d.point for d in sel], y=[d.delta_pct for d in sel], name=verdict, marker_color=_COLORS[verdict],
-                error_y=dict(type="data", array=[d.noise_band_pct or 0.0 for d in sel], visible=any(d.noise_band_pct for d in sel)),
-                customdata=[[_fmt(d.mean_b), _fmt(d.mean_c)] for d in sel],
-                hovertemplate="%{x}<br>delta %{y:.2f}%<br>baseline %{customdata[0]} → candidate %{customdata[1]}<extra>" + verdict + "</extra>",
-            ))
+            # Points without a noise band (fewer than two samples a side) get no error bar at
+            # all: a zero-length bar would claim a measured band of 0.
+            for banded in (True, False):
+                part = [d for d in sel if (d.noise_band_pct is not None) == banded]
+                if not part:
+                    continue
+                fig.add_trace(go.Bar(
+                    x=[d.point for d in part], y=[d.delta_pct for d in part], name=verdict, marker_color=_COLORS[verdict],
+                    legendgroup=verdict, showlegend=banded or not any(d.noise_band_pct is not None for d in sel),
+                    error_y=dict(type="data", array=[d.noise_band_pct for d in part], visible=True) if banded else None,
+                    customdata=[[_fmt(d.mean_b), _fmt(d.mean_c), "-" if d.noise_band_pct is None else f"±{d.noise_band_pct:.2f}%"] for d in part],
+                    hovertemplate="%{x}<br>delta %{y:.2f}%<br>baseline %{customdata[0]} → candidate %{customdata[1]}<br>noise band %{customdata[2]}<extra>" + verdict + "</extra>",
+                ))
         for y in (cmp.threshold_pct, -cmp.threshold_pct):
             fig.add_hline(y=y, line_dash="dot", line_color="#667085")
         better = "lower" if spec.direction == LOWER else "higher" if spec.direction == HIGHER else "neutral"
@@ -839,7 +864,7 @@ def comparison_sections(cmp: Comparison, out: Path, prefix: str = ""):  # -> lis
     from charbench.report import Section
 
     sections = [_runs_section(cmp, out), _verdict_section(cmp), _aggregate_section(cmp)]
-    sections.append(Section("Per-point deltas", _delta_figures(cmp), note="Bars: candidate minus baseline in % of the baseline mean; error bars: the noise band; dotted lines: the threshold.", anchor="figures"))
+    sections.append(Section("Per-point deltas", _delta_figures(cmp), note="Bars: candidate minus baseline in % of the baseline mean; error bars: the noise band (none where a run has fewer than two samples of the point); dotted lines: the threshold.", anchor="figures"))
     table = _points_table(cmp, gated_only=True) if cmp.gated else ""
     all_rows = _points_table(cmp, gated_only=False)
     html = (table + f"<details><summary>all metrics ({len(cmp.deltas)} rows)</summary>{all_rows}</details>") if cmp.gated else all_rows

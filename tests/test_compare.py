@@ -341,3 +341,36 @@ def test_unmeasured_default_gates_are_named_in_the_notes(tmp_path: Path) -> None
     cmp = cm.compare_runs(b, c)
     assert not cmp.gated and cmp.exit_code == cm.EXIT_OK
     assert any("energy_j, avg_power_w were not measured" in n for n in cmp.notes)
+
+
+def test_delta_bars_without_a_noise_band_draw_no_error_bar(tmp_path: Path) -> None:
+    """A point with one sample a side has no noise band: no error bar, not a bar of length 0."""
+    pts = [{"size": 256, "seed": s} for s in (0, 1, 2)] + [{"size": 512, "seed": 0}]
+    b = make_run(tmp_path, "gemm-power", pts, lambda p: {"energy_j": 10.0 + p["seed"] + p["size"] / 256}, label="b", now=_t(1))
+    c = make_run(tmp_path, "gemm-power", pts, lambda p: {"energy_j": 13.0 + p["seed"] + p["size"] / 256}, label="c", now=_t(2))
+    cmp = cm.compare_runs(b, c, ["energy_j"])
+    bands = {d.point: d.noise_band_pct for d in cmp.deltas if d.metric == "energy_j"}
+    assert bands["size=512"] is None and bands["size=256"] is not None
+    html = cm._delta_figures(cmp)
+    fig = json.loads(html[html.index("var f=") + len("var f="):html.index(";Plotly.newPlot")])
+    drawn: dict[str, Any] = {}
+    for trace in fig["data"]:
+        if trace.get("type") != "bar":
+            continue
+        arr = (trace.get("error_y") or {}).get("array")
+        for i, x in enumerate(trace["x"]):
+            drawn[x] = None if arr is None else arr[i]
+    assert drawn["size=512"] is None  # no error bar at all
+    assert drawn["size=256"] == pytest.approx(bands["size=256"])
+
+
+def test_metric_option_on_an_unmeasured_metric_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def unmeasured(p: dict[str, Any]) -> dict[str, Any]:
+        return {"energy_j": None, "time_s": 0.1 * p["size"], "_reasons": {"energy_j": "no RAPL zones here"}}
+
+    b = make_run(tmp_path, "gemm-power", _grid(), unmeasured, now=_t(1))
+    c = make_run(tmp_path, "gemm-power", _grid(), unmeasured, now=_t(2))
+    assert main(["compare", str(b), str(c), "--metric", "energy_j", "--out", str(tmp_path / "x.html")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: --metric energy_j: not measured in the baseline and the candidate run (null in every point: no RAPL zones here)")
+    assert "gate on a measured metric: time_s" in err
