@@ -143,16 +143,22 @@ class RunStore:
         stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
         name = f"{stamp}-{_slug(label)}" if _slug(label) else stamp
         base = Path(out) / study
-        base.mkdir(parents=True, exist_ok=True)
         path = base / name
-        n = 1
-        while True:  # two runs started in the same second get -2, -3, ... (mkdir is the lock)
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                n += 1
-                path = base / f"{name}-{n}"
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while True:  # two runs started in the same second get -2, -3, ... (mkdir is the lock)
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+                    path = base / f"{name}-{n}"
+        except OSError as exc:
+            raise RunStoreError(
+                f"--out {out}: cannot create the run folder {path} ({exc.strerror or exc}); "
+                "pick a writable folder with --out (or $CHARBENCH_HOME)"
+            ) from None
         run_meta = {
             "study": study,
             "label": label,

@@ -196,3 +196,15 @@ def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
         results._UMASK = None
+
+
+def test_unwritable_out_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunStoreError, match=r"^--out .*a-file: cannot create the run folder .*pick a writable folder with --out"):
+        RunStore.create(blocker, "gemm-power", config={}, env={})
+    from charbench.cli import main
+
+    rc = main(["gemm-power", "--out", str(blocker), "--device", "cpu", "--experiments", "sigma", "--dtypes", "fp32", "--size", "8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"Error: --out {blocker}: cannot create the run folder") and "internal error" not in err
