@@ -235,6 +235,25 @@ class ServeSweepConfig:
         for d in self.dtype:
             if d not in DTYPES:
                 raise ConfigError(f"--dtype: unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
+        # engine settings: checked here so a bad value fails before the run starts, not at its first point
+        if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
+            raise ConfigError(f"--kv-cache-gb: must be > 0, got {self.kv_cache_gb}; omit it for the engine's default")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"--max-model-len: must be >= 2, got {self.max_model_len}; omit it for the model's length")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"--max-num-batched-tokens: must be >= 1, got {self.max_num_batched_tokens}")
+        if not self.is_url and self.max_num_seqs and self.max_num_batched_tokens < max(self.max_num_seqs):
+            raise ConfigError(
+                f"--max-num-batched-tokens {self.max_num_batched_tokens}: must be >= every --max-num-seqs value "
+                f"(largest {max(self.max_num_seqs)}) so each running sequence can decode every step; raise it or lower --max-num-seqs"
+            )
+        for name, flag in (("idle_baseline_s", "--idle-baseline"), ("cooldown_s", "--cooldown"), ("sample_interval_s", "sample_interval_s")):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag}: must be >= 0 s, got {getattr(self, name)}")
+        if self.trace_start_s < 0:
+            raise ConfigError(f"--trace-start: must be >= 0 s, got {self.trace_start_s}")
+        if self.trace_duration_s is not None and not self.trace_duration_s > 0:
+            raise ConfigError(f"--trace-duration: must be > 0 s, got {self.trace_duration_s}")
         for f in self.sm_freq_mhz:
             if f <= 0:
                 raise ConfigError(f"--sm-freq: each clock must be > 0 MHz, got {f}")

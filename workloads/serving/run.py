@@ -148,6 +148,22 @@ class ServeSweepStudy(Study):
         self._control_used = False
         self._meters: dict[tuple[int, ...], Any] = {}
         self.engine_starts = 0
+        # Checked now, before a run folder exists: a bad --model, --tp or --trace is a
+        # usage error, not a failure of the first point after the idle baseline.
+        if not cfg.is_url and target_factory is None:
+            from charbench.engine.model import check_tp_divisible
+            from charbench.engine.runner import resolve_model_config
+
+            for m in cfg.model:
+                model_cfg = resolve_model_config(str(m))
+                for tp in cfg.tp:
+                    check_tp_divisible(model_cfg, int(tp))
+        if cfg.arrival == "trace":
+            from pathlib import Path
+
+            from charbench.workloads.serving.traces import load_azure_trace
+
+            self._trace = load_azure_trace(Path(cfg.trace_file or ""), cfg.time_scale, cfg.trace_start_s, cfg.trace_duration_s, cfg.num_requests)
 
     def config_dict(self) -> dict[str, Any]:
         """The config as saved in config.json (inf rates as null: JSON has no inf)."""
@@ -181,17 +197,18 @@ class ServeSweepStudy(Study):
 
     # -- lifecycle ---------------------------------------------------------------------
     def setup(self, ctx: Any) -> None:
-        """Check GPU-only knobs against the device; contact a URL target; load a trace."""
+        """Check GPU-only knobs against the device; contact a URL target; report the trace."""
         c = self.cfg
         if (c.sm_freq_mhz or c.power_limit_w) and not getattr(ctx, "gpus", None):
             raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
-        if c.arrival == "trace":
-            from pathlib import Path
-
-            from charbench.workloads.serving.traces import load_azure_trace
-
-            self._trace = load_azure_trace(Path(c.trace_file or ""), c.time_scale, c.trace_start_s, c.trace_duration_s, c.num_requests)
+        if self._trace is not None:
             ctx.log(f"trace: {len(self._trace)} requests of {self._trace.rows_in_file} from {self._trace.source}")
+        if c.is_url and self._factory is None:
+            # A dead or wrong target fails the run here, once, with the probe's message
+            # (every point talks to the same server: its engine knobs cannot vary).
+            points = self.points()
+            if points:
+                self._ensure_target(points[0], ctx)
 
     def teardown(self, ctx: Any) -> None:
         """Stop the engine and put back clocks/power limits of extra GPUs."""

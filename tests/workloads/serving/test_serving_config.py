@@ -52,6 +52,14 @@ def test_presets_validate() -> None:
         ({"slo_attainment": 1.5}, "--slo-attainment"),
         ({"sm_freq_mhz": [0]}, "--sm-freq"),
         ({"length_dist": "weird"}, "--length-dist"),
+        # engine settings fail before the run, not at its first point
+        ({"kv_cache_gb": -1.0}, "--kv-cache-gb: must be > 0"),
+        ({"max_model_len": 1}, "--max-model-len: must be >= 2"),
+        ({"max_num_batched_tokens": 0}, "--max-num-batched-tokens: must be >= 1"),
+        ({"max_num_seqs": [4, 64], "max_num_batched_tokens": 32}, "must be >= every --max-num-seqs value \\(largest 64\\)"),
+        ({"idle_baseline_s": -1.0}, "--idle-baseline: must be >= 0 s"),
+        ({"cooldown_s": -2.0}, "--cooldown: must be >= 0 s"),
+        ({"trace_duration_s": 0.0}, "--trace-duration: must be > 0 s"),
     ],
 )
 def test_bad_configs_name_the_option(changes: dict, match: str) -> None:
@@ -88,3 +96,39 @@ def test_from_dict_restores_inf_rates() -> None:
     assert cfg.request_rate == [math.inf, 2.0]
     with pytest.raises(ConfigError, match="unknown keys"):
         ServeSweepConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--model", "nonexist"], "Error: --model: unknown preset 'nonexist'"),
+        (["--tp", "3"], "Error: --tp 3: model 'tiny' has num_heads=8, not divisible by 3"),
+        (["--trace", "/nonexistent/trace.csv"], "Error: --trace: file not found: /nonexistent/trace.csv"),
+        (["--kv-cache-gb", "-1"], "Error: --kv-cache-gb: must be > 0"),
+    ],
+)
+def test_bad_engine_options_fail_before_the_run(args: list[str], expect: str, charbench_home, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert main(["serve-sweep", "--device", "cpu", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expect), err
+    assert "completed points are kept" not in err and "--continue-on-error" not in err
+    assert not (charbench_home / "serve-sweep").exists()  # no run folder, no idle baseline
+
+
+def test_dead_url_target_fails_once_with_the_probe_message(charbench_home, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    assert main(["serve-sweep", "--device", "cpu", "--target", url, "--request-rate", "1,2", "--num-requests", "2",
+                 "--idle-baseline", "0", "--continue-on-error"]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: --target {url}: no answer from /v1/models" in err and "is the server running?" in err
+    assert "point " not in err  # the run stopped at setup: no point was attempted
+    from charbench.results import RunStore
+
+    run = next((charbench_home / "serve-sweep").iterdir())
+    store = RunStore.open(run)
+    assert store.meta["status"] == "failed" and store.failures() == [] and store.records() == []
