@@ -34,9 +34,9 @@ def parse_size(text: str) -> list[int]:
     Raises:
         ConfigError: not one or three positive integers.
     """
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
     try:
-        vals = [int(p) for p in parts]
+        vals = [int(p) for p in parts]  # an empty part ("3x", "4,,4") is an error, not skipped
     except ValueError:
         raise ConfigError(f"--size: expected M,N,K (e.g. 2048,2048,2048) or one number, got {text!r}") from None
     if len(vals) == 1:

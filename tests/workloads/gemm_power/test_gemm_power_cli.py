@@ -147,3 +147,15 @@ def test_size_that_does_not_fit_is_refused_before_allocation(capsys: pytest.Capt
 def test_predict_with_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["gemm-power", "--device", "cpu", "--predict", str(tmp_path / "nope.json")]) == 1
     assert f"Error: --predict: calibration file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
+
+
+def test_parse_size_accepts_cubes_and_triples_only() -> None:
+    from charbench.errors import ConfigError
+    from charbench.workloads.gemm_power.cli import parse_size
+
+    assert parse_size("256") == [256, 256, 256]
+    assert parse_size("128,256, 512") == [128, 256, 512]
+    assert parse_size("128x256X512") == [128, 256, 512]
+    for bad in ("3x", "4,,4,4", "256,", "abc", "1,2", "0", ""):
+        with pytest.raises(ConfigError, match="--size"):
+            parse_size(bad)
