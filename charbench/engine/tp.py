@@ -44,11 +44,59 @@ COLLECTIVE_TIMEOUT_S = 600.0
 """Process-group timeout: a collective waiting longer raises instead of hanging."""
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def loopback_ifname() -> str | None:
+    """Name of the loopback network interface (``lo`` on Linux), None when not found."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    if "lo" in names:
+        return "lo"
+    return next((n for n in names if n.startswith("lo")), None)
+
+
+def _loopback_port(init_method: str) -> int | None:
+    """The port of a ``tcp://127.0.0.1:PORT`` rendezvous (spawned workers), else None."""
+    prefix = f"tcp://{LOOPBACK}:"
+    if init_method.startswith(prefix) and init_method[len(prefix):].isdigit():
+        return int(init_method[len(prefix):])
+    return None
+
+
+def loopback_store(rank: int, world_size: int, port: int, timeout: datetime.timedelta) -> Any:
+    """The rendezvous store of a single-machine group, listening on 127.0.0.1 only.
+
+    ``init_method="tcp://127.0.0.1:PORT"`` would make torch's TCPStore listen on every
+    interface; rank 0 instead hands it a socket bound to loopback. The other ranks connect.
+    The collectives' own sockets are kept on loopback too (``GLOO_SOCKET_IFNAME`` and
+    ``NCCL_SOCKET_IFNAME``, unless the user set them).
+    """
+    ifname = loopback_ifname()
+    if ifname is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", ifname)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", ifname)
+    if rank != 0:
+        return dist.TCPStore(LOOPBACK, port, world_size, False, timeout=timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, port))
+        sock.listen(max(128, world_size))
+    except OSError as exc:
+        sock.close()
+        raise DeviceError(f"--tp {world_size}: cannot listen on {LOOPBACK}:{port} for the worker rendezvous ({exc})") from exc
+    # the store owns the listening socket from here on
+    return dist.TCPStore(LOOPBACK, port, world_size, True, timeout=timeout, master_listen_fd=sock.detach())
 
 
 def rank_device(base: str, rank: int) -> torch.device:
@@ -136,10 +184,13 @@ class TPGroup:
             kwargs: dict[str, Any] = {}
             if device.type == "cuda":
                 kwargs["device_id"] = device
-            dist.init_process_group(
-                backend, init_method=init_method, rank=rank, world_size=world_size,
-                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S), **kwargs,
-            )
+            timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+            port = _loopback_port(init_method)
+            if port is not None:  # spawned workers: nothing listens beyond loopback
+                kwargs["store"] = loopback_store(rank, world_size, port, timeout)
+            else:  # torchrun's env:// (MASTER_ADDR is the user's choice)
+                kwargs["init_method"] = init_method
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
             owns = True
         elif dist.get_world_size() != world_size:
             raise ConfigError(
@@ -178,6 +229,10 @@ class TPGroup:
         if self.owns_default_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_default_group = False
+            # Drop our reference too: a process group object that outlives destroy_process_group
+            # is freed during interpreter shutdown, where its threads' teardown can abort
+            # the process ("terminate called without an active exception").
+            self.ctrl = None
 
 
 # ----------------------------------------------------------------------------- workers

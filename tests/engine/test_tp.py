@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+
 import pytest
 import torch
 
@@ -130,3 +134,59 @@ def test_torchrun_launch(tmp_path, chunk_driver):
     logits = ref.run((0, [256] + list(b"torchrun")))
     assert int(arg) == int(logits.argmax())
     assert abs(float(total) - float(logits[0, :4].sum())) < 1e-3
+
+
+def _listening_addresses_of_this_process() -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket this process holds (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A = LISTEN
+                continue
+            addr_hex, port_hex = cols[1].split(":")
+            raw = bytes.fromhex(addr_hex)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            out.append((str(ipaddress.ip_address(raw)), int(port_hex, 16)))
+    return out
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads Linux /proc")
+def test_worker_rendezvous_listens_on_loopback_only(monkeypatch):
+    """The TP group's rendezvous (and gloo's sockets) must not be reachable from other machines."""
+    import torch.distributed as dist
+
+    from charbench.engine.tp import TPGroup, free_port
+
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    before = set(_listening_addresses_of_this_process())
+    port = free_port()
+    group = TPGroup.init(0, 1, f"tcp://127.0.0.1:{port}", torch.device("cpu"))
+    try:
+        t = torch.ones(3)
+        dist.all_reduce(t)
+        assert t.tolist() == [1.0, 1.0, 1.0]
+        new = set(_listening_addresses_of_this_process()) - before
+        assert any(p == port for _, p in new)  # the rendezvous store is among them
+        assert [(a, p) for a, p in new if not _is_loopback(a)] == [], new
+    finally:
+        group.destroy()
+    assert not dist.is_initialized()
