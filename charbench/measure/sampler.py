@@ -175,6 +175,7 @@ class Sampler:
         self.backend = "thread" if backend == "thread" or (backend == "auto" and in_process_only) else "process"
         self._child: _ChildSampler | None = None
         self._child_gpus: list[int] = []
+        self._sample_errors = 0
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -221,7 +222,8 @@ class Sampler:
     @property
     def notes(self) -> list[str]:
         """Why sources or metrics are not sampled, or failed to read at least once."""
-        return self._notes + [n for probe in self._probes for n in probe.notes]
+        failed = [f"{self._sample_errors} sample(s) failed and were skipped"] if self._sample_errors else []
+        return self._notes + [n for probe in self._probes for n in probe.notes] + failed
 
     @property
     def gpu_indices(self) -> list[int]:
@@ -273,8 +275,12 @@ class Sampler:
             cpu0 = time.thread_time()
             try:
                 self.sample_once()
-            except Exception:  # noqa: BLE001 - a telemetry hiccup must not kill the thread
-                log.exception("sampler: sample failed")
+            except Exception as exc:  # noqa: BLE001 - a telemetry hiccup must not kill the thread
+                # Logged once with its traceback; a fault that repeats every interval would
+                # otherwise flood stderr (or fill a child sampler's output).
+                self._sample_errors += 1
+                if self._sample_errors == 1:
+                    log.exception("sampler: sample failed (later failures are counted in the notes)")
             self.cpu_s += time.thread_time() - cpu0
             next_t += self.interval_s
             now = self._clock()
@@ -459,12 +465,16 @@ class _ChildSampler:
         self._offset = 0
         self._partial = b""
         params = {"interval_s": interval_s, "gpus": gpus, "rapl_root": str(rapl_root), "sources": sources}
+        # stderr goes to an unlinked temporary file, not a pipe: nobody reads the child's
+        # stderr while it runs, and a full pipe would block its sampling loop.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _close
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "charbench.measure._sampler_child", json.dumps(params), path],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             )
         except OSError as exc:
+            self._stderr.close()
             os.unlink(path)
             raise MeasurementError(f"cannot run {sys.executable}: {exc}") from exc
         ready = self._read_line(self.START_TIMEOUT_S)
@@ -487,9 +497,21 @@ class _ChildSampler:
 
     def _kill(self) -> str:
         self.proc.kill()
-        _, err = self.proc.communicate()
+        self.proc.wait()
+        self._stderr.seek(0)
+        err = self._stderr.read()
+        self._close()
         os.unlink(self.path)
         return err.decode(errors="replace").strip()[-2000:]
+
+    def _close(self) -> None:
+        """Close the pipes and the stderr file (the process has exited)."""
+        for f in (self.proc.stdin, self.proc.stdout, self._stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except (OSError, ValueError):
+                pass
 
     def alive(self) -> bool:
         """Whether the child is still running."""
@@ -525,6 +547,7 @@ class _ChildSampler:
             out = self.proc.stdout.read() if self.proc.stdout is not None else b""
         except (OSError, ValueError):
             out = b""
+        self._close()
         final = None
         for line in out.decode(errors="replace").splitlines():
             try:

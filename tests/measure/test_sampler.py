@@ -178,3 +178,41 @@ def test_process_backend_without_fakes(tmp_path):
     assert sampler.summarize(rows[0]["t_s"], rows[-1]["t_s"])["sample_count"] == len(rows)
     assert sampler.cpu_s > 0.0
     assert sampler.gpu_indices == [] or all(isinstance(i, int) for i in sampler.gpu_indices)
+
+
+def test_repeated_sample_failures_are_logged_once_and_counted(tmp_path, caplog, monkeypatch):
+    clk = FakeClock(0.0)
+    sampler = Sampler(0.1, clock=clk, rapl_root=tmp_path, sources="none", wait=clk.waiter(stop_after=6))
+
+    def boom() -> dict:
+        raise RuntimeError("sensor gone")
+
+    monkeypatch.setattr(sampler, "sample_once", boom)
+    with caplog.at_level("ERROR", logger="charbench.measure.sampler"):
+        sampler._loop()
+    failures = [r for r in caplog.records if "sample failed" in r.getMessage()]
+    assert len(failures) == 1  # one traceback, not one per interval
+    assert sampler.notes[-1].endswith("sample(s) failed and were skipped")
+    assert int(sampler.notes[-1].split()[0]) >= 6
+
+
+def test_process_backend_releases_its_pipes(tmp_path):
+    import gc
+    import warnings
+
+    from charbench.measure.testing import FakePowercap
+
+    pc = FakePowercap(tmp_path / "pc")
+    pc.add_standard(packages=1, dram=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = Sampler(0.05, rapl_root=str(pc.root))
+        assert sampler.backend == "process"
+        sampler.start()
+        time.sleep(0.15)
+        sampler.stop()
+        assert len(sampler.rows()) >= 2
+        del sampler
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == []
