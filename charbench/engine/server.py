@@ -487,7 +487,7 @@ def _metrics_text(state: _ServerState) -> str:
         ("unavailable", c.rejected_unavailable_total),
         ("invalid", c.rejected_invalid_total),
     ):
-        out.append(f'{name}{{model_name="{state.model_name}",reason="{reason}"}} {float(value)!r}\n')
+        out.append(f'{name}{label[:-1]},reason="{reason}"}} {float(value)!r}\n')
     return "".join(out)
 
 
@@ -772,6 +772,7 @@ def run_server(
             "reachable from other machines", host,
         )
     sock = bind_socket(host, port)
+    engine = None
     try:
         from charbench.engine.engine import AsyncLLMEngine  # heavy: torch
 
@@ -788,6 +789,10 @@ def run_server(
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+        if engine is not None:
+            # The app's shutdown normally stops the engine; when the server failed before
+            # (or during) startup it did not, and tensor-parallel workers would outlive us.
+            engine.shutdown()  # idempotent
 
 
 class BackgroundServer:
@@ -822,13 +827,20 @@ class BackgroundServer:
             self._error = exc
 
     def start(self, timeout_s: float = 60.0) -> BackgroundServer:
-        """Start the thread and wait until the server accepts connections."""
+        """Start the thread and wait until the server accepts connections.
+
+        Raises:
+            RuntimeError: the server failed to start. TimeoutError: it did not start in
+                time. Either way the thread is stopped and the socket closed.
+        """
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
-            if self._error is not None or not self._thread.is_alive():
-                raise RuntimeError(f"server failed to start: {self._error!r}")
-            if time.monotonic() > deadline:
+            failed = self._error is not None or not self._thread.is_alive()
+            if failed or time.monotonic() > deadline:
+                self.stop(timeout_s=5.0)  # __exit__ does not run when __enter__ raises
+                if failed:
+                    raise RuntimeError(f"server failed to start: {self._error!r}")
                 raise TimeoutError(f"server did not start within {timeout_s} s")
             time.sleep(0.01)
         return self

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -690,3 +691,64 @@ def test_real_queue_full_429() -> None:
 def test_real_models_lists_engine_settings(real: Served) -> None:
     entry = httpx.get(real.url + "/v1/models").json()["data"][0]
     assert (entry["max_num_seqs"], entry["tp"], entry["dtype"]) == (64, 1, "fp32")
+
+
+# --------------------------------------------------------------------------- lifecycle on failure
+
+
+def test_metrics_labels_are_escaped_on_every_line() -> None:
+    from charbench.engine.server import _metrics_text
+
+    app = build_app(FakeEngine(), served_model_name='we"ird\\name')
+    text = _metrics_text(app.state.charbench)
+    samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert samples and all('model_name="we\\"ird\\\\name"' in ln for ln in samples)
+    assert parse_prometheus(text)["charbench_server_requests_rejected_total{model_name=\"we\\\"ird\\\\name\",reason=\"invalid\"}"] == 0.0
+
+
+def test_background_server_that_fails_to_start_releases_its_port() -> None:
+    import contextlib
+    import socket
+
+    from fastapi import FastAPI
+
+    @contextlib.asynccontextmanager
+    async def broken(_: FastAPI) -> AsyncIterator[None]:
+        raise RuntimeError("startup failed")
+        yield  # pragma: no cover
+
+    srv = BackgroundServer(FastAPI(lifespan=broken))
+    port = srv.port
+    with pytest.raises(RuntimeError, match="server failed to start"):
+        srv.start(timeout_s=20)
+    assert not srv._thread.is_alive()
+    with socket.socket() as s:  # the listening socket is closed: the port can be bound again
+        s.bind(("127.0.0.1", port))
+
+
+def test_run_server_stops_the_engine_when_the_server_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import charbench.engine.engine as engine_mod
+    from charbench.engine import server as server_mod
+    from charbench.engine.api import EngineConfig
+
+    made: list[Any] = []
+
+    class Engine(FakeEngine):
+        def __init__(self, cfg: EngineConfig) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.shutdowns = 0
+            made.append(self)
+
+        def shutdown(self) -> None:  # type: ignore[override]
+            self.shutdowns += 1
+
+    class Broken:
+        def run(self, sockets: Any = None) -> None:
+            raise OSError("uvicorn could not start")
+
+    monkeypatch.setattr(engine_mod, "AsyncLLMEngine", Engine)
+    monkeypatch.setattr(server_mod, "_make_uvicorn_server", lambda config: Broken())
+    with pytest.raises(OSError, match="uvicorn could not start"):
+        server_mod.run_server(EngineConfig(model="tiny"), host="127.0.0.1", port=0, log_level="warning")
+    assert len(made) == 1 and made[0].shutdowns == 1
