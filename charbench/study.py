@@ -202,15 +202,24 @@ def merge_fields(*records: dict[str, Any]) -> dict[str, Any]:
     ``_warnings`` lists are combined, so no window's null reasons or provenance are lost.
     """
     out: dict[str, Any] = {}
+    merge_into(out, *records)
+    return out
+
+
+def merge_into(dst: dict[str, Any], *records: dict[str, Any]) -> dict[str, Any]:
+    """:func:`merge_fields` in place: ``dst`` keeps its own ``_reasons``/``_provenance``/``_warnings`` objects.
+
+    For a record that is filled step by step while code holds ``rec["_reasons"]``.
+    """
     for rec in records:
         for k, v in rec.items():
             if k.startswith(("_reasons", "_provenance")):
-                out.setdefault("_reasons" if k.startswith("_reasons") else "_provenance", {}).update(v or {})
+                dst.setdefault("_reasons" if k.startswith("_reasons") else "_provenance", {}).update(v or {})
             elif k.startswith("_warnings"):
-                out.setdefault("_warnings", []).extend(v or [])
+                dst.setdefault("_warnings", []).extend(v or [])
             else:
-                out[k] = v
-    return out
+                dst[k] = v
+    return dst
 
 
 class Context:

@@ -21,7 +21,7 @@ from charbench.config import CommonOptions
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
 from charbench.measure.meters import Measurement
 from charbench.results import RunStore
-from charbench.study import Context, RunSettings, Study, Window, finalize_record, merge_fields, run_study
+from charbench.study import Context, RunSettings, Study, Window, finalize_record, merge_fields, merge_into, run_study
 from charbench.sweep import expand
 
 FAST = RunSettings(sample_interval_s=0.01)
@@ -353,6 +353,15 @@ def test_window_fields_missing_domain_reason_and_merge_fields() -> None:
     assert prov == {"decode_avg_power_w": "rapl", "decode_cpu_package0_energy_j": "rapl", "decode_energy_j": "rapl"}
     assert "shorter than the counter" in out["warnings"]
     assert not any(k.startswith("_") for k in out)
+
+
+def test_merge_into_keeps_the_records_own_bookkeeping_objects() -> None:
+    rec: dict = {"_reasons": {"x": "why x"}, "_warnings": ["w0"], "n": 1}
+    reasons, warnings = rec["_reasons"], rec["_warnings"]
+    merge_into(rec, {"n": 2, "_reasons": {"y": "why y"}, "_provenance": {"e": "rapl"}, "_warnings": ["w1"]})
+    assert rec["_reasons"] is reasons and rec["_warnings"] is warnings  # holders of rec["_reasons"] see the merge
+    assert reasons == {"x": "why x", "y": "why y"} and warnings == ["w0", "w1"]
+    assert rec["n"] == 2 and rec["_provenance"] == {"e": "rapl"}
 
 
 def test_window_without_meter() -> None:

@@ -92,13 +92,11 @@ def _load_label(r: dict[str, Any], knobs: list[str]) -> str:
 
 
 def _energy_tok(r: dict[str, Any]) -> tuple[float | None, str]:
-    v = r.get("steady_energy_per_output_token_j")
-    if _isnum(v):
-        return float(v), "steady"
-    v = r.get("energy_per_output_token_j")
-    if _isnum(v):
-        return float(v), "whole load"
-    return None, ""
+    """J/output token and its basis as labeled in the figures ("steady", "whole load", "")."""
+    from charbench.workloads.serving.profile import energy_per_token
+
+    v, basis = energy_per_token(r)
+    return v, {"steady": "steady", "point": "whole load"}.get(basis, "")
 
 
 # --------------------------------------------------------------------------- sections

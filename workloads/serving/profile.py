@@ -211,13 +211,11 @@ def load_profile(path: Path) -> list[dict[str, Any]]:
 
 
 def energy_per_token(rec: dict[str, Any]) -> tuple[float | None, str]:
-    """The record's J/output token and its basis (steady window preferred)."""
-    v = rec.get("steady_energy_per_output_token_j")
-    if v is not None and not (isinstance(v, float) and math.isnan(v)):
-        return float(v), "steady"
-    v = rec.get("energy_per_output_token_j")
-    if v is not None and not (isinstance(v, float) and math.isnan(v)):
-        return float(v), "point"
+    """The record's J/output token and its basis: ``steady`` (preferred), ``point`` or ``not measured``."""
+    for key, basis in (("steady_energy_per_output_token_j", "steady"), ("energy_per_output_token_j", "point")):
+        v = rec.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v), basis
     return None, "not measured"
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from charbench.errors import ConfigError, PointFailedError
-from charbench.study import Study, Window
+from charbench.study import Study, Window, merge_into
 from charbench.sweep import expand, point_key
 from charbench.workloads.serving.arrivals import arrival_times
 from charbench.workloads.serving.client import EngineTarget, HttpTarget, Target
@@ -71,17 +71,6 @@ def requests_file_key(key: str, step: str | None) -> str:
 def _seed_of(*parts: Any) -> int:
     h = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Merge record fields, combining the bookkeeping keys instead of overwriting them."""
-    for k, v in src.items():
-        if k in ("_reasons", "_provenance"):
-            dst.setdefault(k, {}).update(v)
-        elif k == "_warnings":
-            dst.setdefault(k, []).extend(v)
-        else:
-            dst[k] = v
 
 
 class _Windows:
@@ -496,7 +485,7 @@ class ServeSweepStudy(Study):
         rec.update(info)
         rec.update(target.describe())
         rec["engine_starts"] = self.engine_starts
-        _merge(rec, metrics)
+        merge_into(rec, metrics)
         rec.update(result.lateness)
         rec["point_t0_s"] = result.origin_s
         rec["point_t1_s"] = result.end_s
@@ -518,7 +507,7 @@ class ServeSweepStudy(Study):
             f = w.fields()
             if multi and f.get("energy_net_j") is None:
                 f["_reasons"]["energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
-            _merge(rec, f)
+            merge_into(rec, f)
         else:
             why = remote or (f"the energy meter failed: {failed}" if failed else "the point window was not measured")
             for k in ("energy_j", "avg_power_w", "energy_net_j"):
@@ -562,7 +551,7 @@ class ServeSweepStudy(Study):
             f = sw.fields(prefix="steady_")
             if multi and f.get("steady_energy_net_j") is None:
                 f["_reasons"]["steady_energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
-            _merge(rec, f)
+            merge_into(rec, f)
         e, en = rec.get("steady_energy_j"), rec.get("steady_energy_net_j")
         rec["steady_energy_per_output_token_j"] = e / toks if e is not None and toks else None
         rec["steady_output_tokens_per_j"] = toks / e if e else None
