@@ -252,6 +252,26 @@ def test_help_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "0"
 
 
+def test_command_help_imports_nothing_heavy() -> None:
+    """Every command's --help stays fast: no torch, plotly, pandas or numpy."""
+    from charbench.cli import COMMANDS
+
+    code = textwrap.dedent(
+        """
+        import sys, io, contextlib
+        from charbench.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main([sys.argv[1], "--help"])
+        heavy = sorted(m for m in ("torch", "plotly", "pandas", "numpy", "pyarrow", "fastapi", "uvicorn") if m in sys.modules)
+        print(rc, ",".join(heavy))
+        """
+    )
+    for command in COMMANDS:
+        out = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "0", (command, out.stdout)
+
+
 def test_report_history(tmp_path: Path, capsys: pytest.CaptureFixture[str], charbench_home: Path) -> None:
     store = _run(charbench_home, "hist")
     assert main(["report", "--history", str(charbench_home)]) == 0

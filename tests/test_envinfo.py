@@ -39,12 +39,20 @@ def test_collect_env_has_every_section() -> None:
 
 def test_git_sha(monkeypatch: pytest.MonkeyPatch) -> None:
     sha = envinfo.git_sha()
-    assert sha is None or re.fullmatch(r"[0-9a-f]{40}", sha)
+    checkout = Path(envinfo.__file__).resolve().parent.parent
+    if (checkout / ".git").exists():  # this test suite runs from the checkout: the sha must be HEAD's
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        assert sha == head.stdout.strip() and re.fullmatch(r"[0-9a-f]{40}", sha or "")
+    else:
+        assert sha is None
 
     def no_git(*a: object, **k: object) -> None:
         raise OSError("git: not found")
 
     monkeypatch.setattr(envinfo.subprocess, "run", no_git)
+    assert envinfo.git_sha() is None
+    # a repository without commits: `git rev-parse HEAD` prints "HEAD" and exits 128
+    monkeypatch.setattr(envinfo.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 128, stdout="HEAD\n", stderr="fatal"))
     assert envinfo.git_sha() is None
 
 
