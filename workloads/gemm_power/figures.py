@@ -30,7 +30,7 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8
 
 
 def _badge(kind: str) -> str:
-    cls = {"estimated": "estimated", "not measured": "not-measured"}.get(kind, "measured")
+    cls = {"estimated": "estimated", "not measured": "not-measured", "sampled": "estimated"}.get(kind, "measured")
     return f'<span class="badge {cls}">{escape(kind)}</span>'
 
 
@@ -49,6 +49,12 @@ def power_provenance(df: Any) -> tuple[str, str]:
         if any("rapl" in s for s in sources):
             return "RAPL", f"RAPL energy counters per point ({joined})"
         return "measured", joined
+    from charbench.workloads.gemm_power.analysis import power_column
+
+    sampled = power_column(df)
+    if sampled is not None and sampled != "avg_power_w":
+        return "sampled", (f"no energy counter reading; power is the background sampler's mean ({sampled}), "
+                           "a fallback that can miss short peaks")
     if "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
         return "estimated", "no power meter here; power is estimated from the operands' switching activity with a calibration (--predict)"
     reason = "no energy meter usable on this machine"
@@ -66,11 +72,20 @@ def _power_metric(df: Any) -> tuple[str | None, str]:
     from charbench.workloads.gemm_power.analysis import power_column
 
     col = power_column(df)
-    if col is not None:
+    if col == "avg_power_w":
         return col, "power (W)"
+    if col is not None:  # the counter-based average is missing: the sampler's mean, labeled as such
+        return col, "power, sampled mean (W)"
     if "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
         return "power_estimated_w", "power, estimated (W)"
     return None, ""
+
+
+def _power_kind(column: str | None) -> str:
+    """How a power column was obtained, for legends: measured, sampled or estimated."""
+    if column == "power_estimated_w":
+        return "estimated"
+    return "measured" if column == "avg_power_w" else "sampled"
 
 
 def _series_key(row: Any) -> str:
@@ -246,7 +261,7 @@ def _model_section(data: RunData) -> Section:
         d = df[df[pmetric].notna()]
         for i, ((dt, be), grp) in enumerate(d.groupby(["dtype", "backend"], sort=True)):
             color = _COLORS[i % len(_COLORS)]
-            fig.add_trace(go.Scatter(x=grp["toggle_k_frac"], y=grp[pmetric], mode="markers", name=f"{dt}/{be} {'estimated' if pmetric == 'power_estimated_w' else 'measured'}",
+            fig.add_trace(go.Scatter(x=grp["toggle_k_frac"], y=grp[pmetric], mode="markers", name=f"{dt}/{be} {_power_kind(pmetric)}",
                                      marker=dict(color=color), text=grp["experiment"] + " " + grp["value"].astype(str),
                                      hovertemplate="%{text}<br>toggle %{x:.3f}<br>%{y:.1f} W<extra></extra>"))
             model = next((m for m in models if m.dtype == dt and m.backend == be), None)

@@ -50,3 +50,21 @@ def test_gpu_report_has_power_model_and_paper_overlay(tmp_path: Path) -> None:
                  "paper A100 baseline (W)", "297"):
         assert text in html, text
     assert "No power data to fit" not in html
+
+
+def test_sampled_power_fallback_is_labeled_sampled(tmp_path: Path) -> None:
+    """Without counter energy the figures fall back to the sampler's mean power: labeled, not shown as measured."""
+    recs = _records()
+    for r in recs:
+        r["avg_power_w"] = r["energy_j"] = r["energy_net_j"] = r["energy_per_gemm_j"] = None
+        r["provenance"] = "{}"
+        r["null_reasons"] = json.dumps({"energy_j": "gpu0: energy counter unreadable"})
+    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"size": [2048] * 3}},
+                            env={}, report_hook="charbench.workloads.gemm_power.figures:report_sections")
+    store.update_meta(device="cuda:0")
+    store.append_records(recs)
+    store.finish("completed")
+    html = render_run(store.path).read_text()
+    assert '<span class="badge estimated">sampled</span>' in html and "gpu0_power_mean_w" in html
+    assert "power, sampled mean (W)" in html and "fp16/torch sampled" in html and "fp16/torch measured" not in html
+    assert ">NVML</span>" not in html
