@@ -36,6 +36,10 @@ from charbench.results import RunStore
 from charbench.sweep import point_key
 
 
+#: provenance of power statistics from the background sampler (fallbacks and timelines, not energy)
+PROV_SAMPLED = "sampler (mean of periodic power readings)"
+
+
 @dataclass
 class RunSettings:
     """How the runner measures a sweep (shared by every study).
@@ -182,12 +186,17 @@ class Window:
         rec[f"{p}energy_net_j"] = net
         to_record = getattr(self.baseline, "to_record", None)
         if to_record is not None:
+            idle_prov = getattr(self.baseline, "provenance", None) or {}
             for k, v in to_record().items():
                 rec[k] = v
                 if v is None:
                     reasons[k] = "; ".join(self.baseline.warnings) or "idle power not measured"
+                elif k.startswith("idle_") and k.endswith("_power_w") and k[5:-8] in idle_prov:
+                    provenance[k] = f"{idle_prov[k[5:-8]]} (idle baseline)"
         for k, v in self.sampler_stats.items():
             rec[f"{p}{k}"] = v
+            if k.endswith("_w") and v is not None:  # sampled power: a timeline statistic, not counter energy
+                provenance[f"{p}{k}"] = PROV_SAMPLED
         # Bookkeeping for finalize_record; combine several windows with merge_fields, not {**a, **b}.
         rec["_reasons"] = reasons
         rec["_provenance"] = provenance

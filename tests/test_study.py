@@ -321,6 +321,7 @@ def _m(energy: dict[str, float | None], prov: dict[str, str], warnings: list[str
 class _Baseline:
     def __init__(self, power_w: dict[str, float | None]) -> None:
         self.power_w = power_w
+        self.provenance = {d: "nvml-energy-counter" for d in power_w}
         self.warnings: list[str] = []
 
     def to_record(self) -> dict[str, Any]:
@@ -335,6 +336,9 @@ def test_window_fields_gpu_sum_provenance_and_net() -> None:
     assert rec["gpu0_power_mean_w"] == 249.0 and rec["idle_gpu0_power_w"] == 50.0
     assert rec["_provenance"]["energy_j"] == "nvml-energy-counter"
     assert rec["_provenance"]["energy_net_j"] == "nvml-energy-counter minus idle baseline"
+    # sampled power is labeled as the sampler's, idle power as the baseline's (never unlabeled)
+    assert rec["_provenance"]["gpu0_power_mean_w"] == "sampler (mean of periodic power readings)"
+    assert rec["_provenance"]["idle_gpu0_power_w"] == "nvml-energy-counter (idle baseline)"
     assert rec["_reasons"] == {}
 
 
