@@ -60,6 +60,8 @@ def test_presets_validate() -> None:
         ({"idle_baseline_s": -1.0}, "--idle-baseline: must be >= 0 s"),
         ({"cooldown_s": -2.0}, "--cooldown: must be >= 0 s"),
         ({"trace_duration_s": 0.0}, "--trace-duration: must be > 0 s"),
+        ({"export_profile": f"{__file__}/x/profile.json"}, "--export-profile .*/x/profile.json: cannot write there .* is not a writable folder"),
+        ({"export_profile": "/"}, "--export-profile /: is a folder"),
     ],
 )
 def test_bad_configs_name_the_option(changes: dict, match: str) -> None:
