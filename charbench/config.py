@@ -185,6 +185,23 @@ def _hint_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("pathlib.", "")
 
 
+def check_writable_file(path: str | Path, option: str) -> None:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    Raises:
+        ConfigError: the path is a folder, or its nearest existing parent is not a
+            writable folder (naming ``option`` and the fix).
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file path (a name inside it)")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write there ({parent} is not a writable folder); pick another path")
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert dataclasses, paths and tuples to JSON-friendly values (recursively)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -280,3 +280,26 @@ def test_report_history(tmp_path: Path, capsys: pytest.CaptureFixture[str], char
     assert store.path.name in index.read_text()
     assert main(["report", "--history", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.startswith(f"Error: --history {tmp_path / 'missing'}: not a folder")
+
+
+def test_unwritable_outputs_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _run(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    bad = str(blocker / "page.html")
+    for args in (["report", str(store.path), "--out", bad], ["report", str(store.path), str(store.path), "--out", bad],
+                 ["report", "--history", str(tmp_path), "--out", bad], ["compare", str(store.path), str(store.path), "--out", bad],
+                 ["report", str(store.path), "--out", str(tmp_path)]):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"Error: --out {args[-1]}: ") and "internal error" not in err, err
+    # the default page lands in a folder that turns out to be unwritable (e.g. read-only run folders)
+    import charbench.report
+
+    def denied(run_dir: Path, out: Path | None = None) -> Path:
+        raise PermissionError(13, "Permission denied", str(Path(run_dir) / "report.html"))
+
+    monkeypatch.setattr(charbench.report, "render_run", denied)
+    assert main(["report", str(store.path)]) == 1
+    assert capsys.readouterr().err == (f"Error: report: cannot write {store.path / 'report.html'} (Permission denied); "
+                                       "pass --out FILE in a writable folder\n")

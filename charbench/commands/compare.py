@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from charbench.compare import DEFAULT_THRESHOLD_PCT, EXIT_REGRESSION, RegressionFound
+from charbench.errors import ConfigError
 
 app = typer.Typer(add_completion=False)
 
@@ -35,9 +36,16 @@ def compare(
 ) -> None:
     """Compare a candidate run with a baseline; exit 3 when a gated metric regresses."""
     from charbench.compare import compare_runs, render_comparison, summary_text
+    from charbench.config import check_writable_file
 
+    if out is not None:
+        check_writable_file(out, "--out")
     cmp = compare_runs(baseline, candidate, metric or None, threshold)
-    page = render_comparison([baseline, candidate], out if out is not None else candidate / "compare.html", comparisons=[cmp])
+    target = out if out is not None else candidate / "compare.html"
+    try:
+        page = render_comparison([baseline, candidate], target, comparisons=[cmp])
+    except OSError as exc:  # e.g. a read-only candidate folder for the default page
+        raise ConfigError(f"compare: cannot write {exc.filename or target} ({exc.strerror or exc}); pass --out FILE in a writable folder") from None
     if json_out:
         typer.echo(json.dumps({**cmp.to_json(), "page": str(page)}, indent=2, default=str))
     else:

@@ -27,21 +27,29 @@ def report(
 ) -> None:
     """Render a run's HTML report, compare several runs, or build a run history."""
     from charbench import report as rep
+    from charbench.config import check_writable_file
 
+    if out is not None:
+        check_writable_file(out, "--out")
     if history is not None:
         if run_dirs:
             raise ConfigError("report: give either RUN_DIR... or --history DIR, not both")
-        from charbench.history import render_history
-
-        path = render_history(history, out)
     elif not run_dirs:
         raise ConfigError("report: give a RUN_DIR (or several to compare), or --history DIR")
     else:
         for d in run_dirs:
             if not (d / "run.json").is_file():
                 raise ConfigError(f"report: {d} is not a charbench run folder (no run.json); pass a folder made by a charbench study (see `charbench runs`)")
-        if len(run_dirs) == 1:
-            path = rep.render_run(run_dirs[0], out)
+    try:
+        if history is not None:
+            from charbench.history import render_history
+
+            path = render_history(history, out)
+        elif len(run_dirs or []) == 1:
+            path = rep.render_run(run_dirs[0], out)  # type: ignore[index]
         else:
-            path = rep.render_many(run_dirs, out or Path("compare.html"))
+            path = rep.render_many(list(run_dirs or []), out or Path("compare.html"))
+    except OSError as exc:  # e.g. a read-only run folder for the default RUN_DIR/report.html
+        where = exc.filename or out or "the report"
+        raise ConfigError(f"report: cannot write {where} ({exc.strerror or exc}); pass --out FILE in a writable folder") from None
     typer.echo(str(path))

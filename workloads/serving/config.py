@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from charbench.config import check_writable_file
 from charbench.errors import ConfigError
 from charbench.workloads.serving.lengths import LENGTH_DISTS, LengthSpec
 from charbench.workloads.serving.metrics import Slo
@@ -251,7 +252,7 @@ class ServeSweepConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag}: must be >= 0 s, got {getattr(self, name)}")
         if self.export_profile:
-            _check_writable(self.export_profile, "--export-profile")
+            check_writable_file(self.export_profile, "--export-profile")
         if self.trace_start_s < 0:
             raise ConfigError(f"--trace-start: must be >= 0 s, got {self.trace_start_s}")
         if self.trace_duration_s is not None and not self.trace_duration_s > 0:
@@ -302,25 +303,6 @@ class ServeSweepConfig:
             if i < 1:
                 raise ConfigError(f"--input-len/--output-len: lengths must be >= 1, got {i}")
         self.length_spec(self.input_len[0], self.output_len[0]).validate()
-
-
-def _check_writable(path: str, option: str) -> None:
-    """Refuse a file path that cannot be written (checked before the sweep, written after it).
-
-    Raises:
-        ConfigError: the path is a folder, or its nearest existing parent is not a writable folder.
-    """
-    import os
-    from pathlib import Path
-
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise ConfigError(f"{option} {path}: is a folder; give a file name such as {target / 'profile.json'}")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write there ({parent} is not a writable folder); pick another path")
 
 
 PRESETS: dict[str, ServeSweepConfig] = {
