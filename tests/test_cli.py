@@ -211,7 +211,7 @@ def test_report_many_real_comparison_page(tmp_path: Path, capsys: pytest.Capture
 
 def test_runs_table_json_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str], charbench_home: Path) -> None:
     assert main(["runs"]) == 0
-    assert capsys.readouterr().err == f"no runs under {charbench_home}\n"
+    assert capsys.readouterr().err == f"no runs under {charbench_home} (the folder does not exist)\n"
     store = _run(charbench_home, "first")
     assert main(["runs", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -303,3 +303,12 @@ def test_unwritable_outputs_are_user_errors(tmp_path: Path, capsys: pytest.Captu
     assert main(["report", str(store.path)]) == 1
     assert capsys.readouterr().err == (f"Error: report: cannot write {store.path / 'report.html'} (Permission denied); "
                                        "pass --out FILE in a writable folder\n")
+
+
+def test_runs_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "results.csv"
+    f.write_text("x")
+    assert main(["runs", "--out", str(f)]) == 1
+    assert capsys.readouterr().err.startswith(f"Error: --out {f}: is a file, not a results folder")
+    assert main(["runs", "--out", str(tmp_path / "typo")]) == 0
+    assert capsys.readouterr().err == f"no runs under {tmp_path / 'typo'} (the folder does not exist)\n"

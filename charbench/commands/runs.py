@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from charbench.errors import ConfigError
+
 app = typer.Typer(add_completion=False)
 
 
@@ -41,12 +43,14 @@ def runs(
     from charbench.config import default_out_dir
 
     root = out if out is not None else default_out_dir()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--out {root}: is a file, not a results folder; give the folder runs are written to (e.g. ./charbench-runs)")
     rows = run_rows(root)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        typer.echo(f"no runs under {root}", err=True)
+        typer.echo(f"no runs under {root}" + ("" if root.is_dir() else " (the folder does not exist)"), err=True)
         return
     from rich.console import Console
     from rich.table import Table

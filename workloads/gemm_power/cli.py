@@ -46,6 +46,10 @@ def parse_size(text: str) -> list[int]:
     return vals
 
 
+#: more seeds than this is a typo (each seed multiplies the points), not a sweep
+MAX_SEEDS = 10_000
+
+
 def parse_seeds(text: str) -> list[int]:
     """``1,2,3`` or ``1-10`` (or a mix) -> list of ints.
 
@@ -57,11 +61,16 @@ def parse_seeds(text: str) -> list[int]:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1)
+                count = int(hi) - int(lo) + 1
+                if len(seeds) + max(count, 0) > MAX_SEEDS:  # checked before the list is built
+                    raise ConfigError(f"--seeds: {text!r} is {len(seeds) + count} seeds; at most {MAX_SEEDS} (each seed is a separate point)")
                 seeds.extend(range(int(lo), int(hi) + 1))
             else:
                 seeds.append(int(part))
     except ValueError:
         raise ConfigError(f"--seeds: expected integers like 1,2,3 or 1-10, got {text!r}") from None
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds: {len(seeds)} seeds; at most {MAX_SEEDS} (each seed is a separate point)")
     if not seeds:
         raise ConfigError(f"--seeds: no seed in {text!r}; e.g. --seeds 1-10")
     return seeds

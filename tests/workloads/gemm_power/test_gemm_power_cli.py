@@ -159,3 +159,15 @@ def test_parse_size_accepts_cubes_and_triples_only() -> None:
     for bad in ("3x", "4,,4,4", "256,", "abc", "1,2", "0", ""):
         with pytest.raises(ConfigError, match="--size"):
             parse_size(bad)
+
+
+def test_parse_seeds_ranges_and_limit() -> None:
+    from charbench.errors import ConfigError
+    from charbench.workloads.gemm_power.cli import MAX_SEEDS, parse_seeds
+
+    assert parse_seeds("1,2,5-7") == [1, 2, 5, 6, 7]
+    assert len(parse_seeds(f"1-{MAX_SEEDS}")) == MAX_SEEDS
+    with pytest.raises(ConfigError, match=r"--seeds: '1-100000000' is 100000000 seeds; at most 10000"):
+        parse_seeds("1-100000000")  # refused at once, without building the list
+    with pytest.raises(ConfigError, match="at most 10000"):
+        parse_seeds(",".join(str(i) for i in range(MAX_SEEDS + 1)))
