@@ -23,6 +23,8 @@ from charbench.workloads.gemm_power.config import GemmPowerConfig
 from charbench.workloads.gemm_power.experiments import get_experiment
 
 GIB = 1024.0**3
+#: a sweep larger than this is a typo (e.g. --repeats 100000000), not a measurement plan
+MAX_POINTS = 1_000_000
 
 
 def plan_pairs(cfg: GemmPowerConfig, device: str) -> list[tuple[str, str]]:
@@ -139,6 +141,12 @@ class GemmPowerStudy(Study):
             if why:
                 raise ConfigError(f"--size {m},{n},{k}: {why}")
         check_memory(cfg, device)
+        n = self.point_count()
+        if n > MAX_POINTS:
+            raise ConfigError(
+                f"gemm-power: {n} points ({len(self.pairs)} dtype/backend pair(s) x experiment values x "
+                f"{len(cfg.seeds)} seed(s) x {cfg.repeats} repeat(s)) is more than {MAX_POINTS}; lower --repeats or --seeds"
+            )
         self.calibration: Any = None
         if cfg.predict:
             from charbench.workloads.gemm_power.analysis import load_calibration
@@ -146,6 +154,12 @@ class GemmPowerStudy(Study):
             self.calibration = load_calibration(cfg.predict)
         self.checks: dict[tuple[str, str], Any] = {}
         self._device_name = ""
+
+    def point_count(self) -> int:
+        """How many points :meth:`points` would make (computed without building them)."""
+        per_pair = {dt: sum(len(get_experiment(name).values(get_dtype(dt).family, self.cfg.sweep, get_dtype(dt).bits))
+                            for name in self.cfg.experiments) for dt, _ in self.pairs}
+        return sum(per_pair[dt] for dt, _ in self.pairs) * len(self.cfg.seeds) * int(self.cfg.repeats)
 
     def points(self) -> list[dict[str, Any]]:
         """Every (dtype, backend, experiment, value, seed, repeat), grouped by dtype/backend."""

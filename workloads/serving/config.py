@@ -37,6 +37,8 @@ MODES: tuple[str, ...] = ("grid", "sweep", "slo-search")
 ARRIVALS: tuple[str, ...] = ("poisson", "gamma", "constant", "closed", "trace")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PARETO_LATENCIES: tuple[str, ...] = ("ttft", "tpot", "e2el")
+#: most requests per load (prompts, arrival times and per-request records are all in memory)
+MAX_REQUESTS = 1_000_000
 #: knobs whose change needs a new engine (and therefore cannot be swept against a URL)
 RESTART_KNOBS: tuple[str, ...] = ("tp", "max_num_seqs", "dtype")
 
@@ -221,6 +223,8 @@ class ServeSweepConfig:
             raise ConfigError(f"--max-concurrency: must be >= 1, got {self.max_concurrency}")
         if self.num_requests < 1:
             raise ConfigError(f"--num-requests: must be >= 1, got {self.num_requests}")
+        if self.num_requests > MAX_REQUESTS:  # every request's prompt and record is held in memory
+            raise ConfigError(f"--num-requests: {self.num_requests} is more than {MAX_REQUESTS} per load; split the run")
         if self.warmup_requests < 0:
             raise ConfigError(f"--warmup-requests: must be >= 0, got {self.warmup_requests}")
         if not self.burstiness > 0:

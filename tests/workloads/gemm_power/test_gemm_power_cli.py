@@ -171,3 +171,18 @@ def test_parse_seeds_ranges_and_limit() -> None:
         parse_seeds("1-100000000")  # refused at once, without building the list
     with pytest.raises(ConfigError, match="at most 10000"):
         parse_seeds(",".join(str(i) for i in range(MAX_SEEDS + 1)))
+
+
+def test_point_count_matches_points_and_huge_sweeps_are_refused(capsys: pytest.CaptureFixture[str], charbench_home: Path) -> None:
+    import dataclasses
+
+    from charbench.workloads.gemm_power.config import PRESETS, resolve
+    from charbench.workloads.gemm_power.run import GemmPowerStudy
+
+    cfg = resolve(dataclasses.replace(PRESETS["quick"], dtypes=["fp32", "bf16"], seeds=[1, 2], repeats=3, size=[8, 8, 8]), "cpu")
+    study = GemmPowerStudy(cfg, "cpu")
+    assert study.point_count() == len(study.points())
+    assert main(["gemm-power", "--device", "cpu", "--size", "8", "--repeats", "100000000"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: gemm-power: ") and "is more than 1000000; lower --repeats or --seeds" in err
+    assert not (charbench_home / "gemm-power").exists()

@@ -62,6 +62,7 @@ def test_presets_validate() -> None:
         ({"trace_duration_s": 0.0}, "--trace-duration: must be > 0 s"),
         ({"export_profile": f"{__file__}/x/profile.json"}, "--export-profile .*/x/profile.json: cannot write there .* is not a writable folder"),
         ({"export_profile": "/"}, "--export-profile /: is a folder"),
+        ({"num_requests": 10**9}, "--num-requests: 1000000000 is more than 1000000 per load"),
     ],
 )
 def test_bad_configs_name_the_option(changes: dict, match: str) -> None:
