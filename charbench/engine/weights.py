@@ -135,7 +135,14 @@ def config_from_checkpoint(path: str | Path) -> ModelConfig:
         raw = json.loads(cfg_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"--model {path}: cannot read config.json ({exc})") from exc
-    return config_from_hf(raw, str(folder))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--model {path}: config.json is not a JSON object")
+    try:
+        return config_from_hf(raw, str(folder))
+    except KeyError as exc:  # a required field is absent: the checkpoint, not charbench, is incomplete
+        raise ConfigError(f"--model {path}: config.json has no {exc.args[0]!r}; is it a Hugging Face Llama-family checkpoint?") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--model {path}: config.json has a malformed value ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- sources

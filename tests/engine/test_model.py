@@ -227,3 +227,17 @@ def test_cuda_logits_match_transformers(backend, hf_checkpoint, chunk_driver, mo
         for i, t in enumerate(nxt):
             seqs[i].append(t)
             torch.testing.assert_close(logits[i], _hf_logits(hf, seqs[i])[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_incomplete_checkpoint_config_is_a_config_error(tmp_path):
+    from charbench.engine.weights import config_from_checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(ConfigError, match=r"config.json has no 'num_attention_heads'; is it a Hugging Face Llama-family checkpoint"):
+        config_from_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": "wide", "num_attention_heads": 4}))
+    with pytest.raises(ConfigError, match="config.json has a malformed value"):
+        config_from_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        config_from_checkpoint(tmp_path)

@@ -141,12 +141,15 @@ class ServeSweepStudy(Study):
         # usage error, not a failure of the first point after the idle baseline.
         if not cfg.is_url and target_factory is None:
             from charbench.engine.model import check_tp_divisible
-            from charbench.engine.runner import resolve_model_config
+            from charbench.engine.runner import is_checkpoint, resolve_model_config
+            from charbench.engine.tokenizer import load_tokenizer
 
             for m in cfg.model:
                 model_cfg = resolve_model_config(str(m))
                 for tp in cfg.tp:
                     check_tp_divisible(model_cfg, int(tp))
+                if is_checkpoint(str(m)):  # a checkpoint without a usable tokenizer.json
+                    load_tokenizer(str(m), model_cfg, checkpoint=True)
         if cfg.arrival == "trace":
             from pathlib import Path
 

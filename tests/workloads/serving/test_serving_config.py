@@ -135,3 +135,15 @@ def test_dead_url_target_fails_once_with_the_probe_message(charbench_home, capsy
     run = next((charbench_home / "serve-sweep").iterdir())
     store = RunStore.open(run)
     assert store.meta["status"] == "failed" and store.failures() == [] and store.records() == []
+
+
+def test_checkpoint_without_tokenizer_fails_before_the_run(tmp_path, charbench_home, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+                                                "intermediate_size": 128, "vocab_size": 100}))
+    assert main(["serve-sweep", "--device", "cpu", "--model", str(ck)]) == 1
+    assert capsys.readouterr().err.startswith(f"Error: --model {ck}: no tokenizer.json")
+    assert not (charbench_home / "serve-sweep").exists()
