@@ -239,9 +239,7 @@ class RunStore:
         if self._records is None:
             p = self.path / RESULTS_PARQUET
             if p.exists():
-                import pandas as pd
-
-                df = pd.read_parquet(p)
+                df = _read_parquet(p, "its results.csv may still hold the completed points")
                 self._records = [{k: _from_pandas(v) for k, v in row.items()} for row in df.to_dict("records")]
             else:
                 self._records = []
@@ -299,9 +297,7 @@ class RunStore:
         p = self.path / SAMPLES_PARQUET
         if not p.exists():
             return None
-        import pandas as pd
-
-        return pd.read_parquet(p)
+        return _read_parquet(p, "delete samples.parquet to render the rest")
 
     # -- failures -----------------------------------------------------------
     def record_failure(self, point_key: str, exc: BaseException, params: dict[str, Any] | None = None) -> Path:
@@ -349,6 +345,16 @@ class RunStore:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue  # a damaged failure record must not hide the others
         return out
+
+
+def _read_parquet(path: Path, hint: str):  # -> pandas.DataFrame
+    """Read a run folder's parquet file; a damaged one is a :class:`RunStoreError`, not a crash."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
+        raise RunStoreError(f"{path}: unreadable ({type(exc).__name__}: {exc}); the run folder is damaged ({hint})") from exc
 
 
 def _from_pandas(v: Any) -> Any:

@@ -208,3 +208,21 @@ def test_unwritable_out_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFi
     rc = main(["gemm-power", "--out", str(blocker), "--device", "cpu", "--experiments", "sigma", "--dtypes", "fp32", "--size", "8"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"Error: --out {blocker}: cannot create the run folder") and "internal error" not in err
+
+
+def test_damaged_parquet_is_a_run_store_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore.create(tmp_path, "gemm-power", config={}, env={})
+    store.append_record({"point_key": "a", "energy_j": 1.0})
+    store.write_samples([{"t_s": 0.0, "gpu0_power_w": 1.0}])
+    (store.path / "results.parquet").write_bytes(b"garbage")
+    (store.path / "samples.parquet").write_bytes(b"garbage")
+    fresh = RunStore.open(store.path)
+    with pytest.raises(RunStoreError, match=r"results.parquet: unreadable .*the run folder is damaged \(its results.csv may still hold"):
+        fresh.records()
+    with pytest.raises(RunStoreError, match=r"samples.parquet: unreadable"):
+        fresh.samples_frame()
+    from charbench.cli import main
+
+    assert main(["report", str(store.path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {store.path / 'results.parquet'}: unreadable") and "internal error" not in err
