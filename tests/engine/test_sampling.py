@@ -79,6 +79,8 @@ def test_greedy_is_argmax() -> None:
     logits = torch.randn(6, 50)
     s = Sampler(eos_token_ids=())
     assert s.sample(logits.clone(), [row() for _ in range(6)]) == logits.argmax(1).tolist()
+    ties = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    assert s.sample(ties, [row(), row()]) == [1, 0]  # first maximum, like argmax
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy() -> None:
