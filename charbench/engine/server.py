@@ -201,11 +201,15 @@ class _Generation:
         self._started = True
         st.starting -= 1
         st.in_flight += 1
+        return await self._next("the engine ended a request without any output")
+
+    async def _next(self, ended_early: str) -> RequestOutput:
+        """The engine's next output; marks the request finished when the stream ends or fails."""
         try:
             out = await self.agen.__anext__()
         except StopAsyncIteration:
             self.finished = True
-            raise RuntimeError("the engine ended a request without any output") from None
+            raise RuntimeError(ended_early) from None
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -231,18 +235,7 @@ class _Generation:
         out = await self.first
         yield out
         while not self.finished:
-            try:
-                out = await self.agen.__anext__()
-            except StopAsyncIteration:
-                self.finished = True
-                raise RuntimeError("the engine ended a request without a finished output") from None
-            except asyncio.CancelledError:
-                raise
-            except BaseException:
-                self.finished = True
-                raise
-            self._seen(out)
-            yield out
+            yield await self._next("the engine ended a request without a finished output")
 
     def close(self, client_gone: bool = False) -> None:
         """Abort the request in the engine unless it finished (idempotent).
