@@ -18,6 +18,7 @@ import torch
 
 from charbench.engine.api import EngineConfig, SamplingParams
 from charbench.engine.chunking import FixedChunkPolicy
+from charbench.engine.kv_cache import BlockAllocator
 from charbench.engine.engine import (
     AsyncLLMEngine,
     EngineDeadError,
@@ -44,28 +45,6 @@ class FakeTokenizer:
         return "".join(CHARS[i - 1] for i in ids if 1 <= i <= len(CHARS))
 
 
-class ListAllocator:
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        self._free = list(range(num_blocks))
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise RuntimeError("out of blocks")
-        out, self._free = self._free[:n], self._free[n:]
-        return out
-
-    def free(self, blocks: list[int]) -> None:
-        assert not set(blocks) & set(self._free), "double free"
-        self._free.extend(blocks)
 
 
 class FakeRunner:
@@ -123,7 +102,7 @@ def make_engine(num_blocks: int = 256, block_size: int = 4, chunk: int | None = 
                 **cfg_kw) -> LLMEngine:
     cfg = EngineConfig(**{"max_num_seqs": 16, "max_num_batched_tokens": 64, **cfg_kw})
     runner = FakeRunner(num_blocks, block_size)
-    return LLMEngine(cfg, runner=runner, allocator=ListAllocator(num_blocks),
+    return LLMEngine(cfg, runner=runner, allocator=BlockAllocator(num_blocks),
                      chunk_policy=FixedChunkPolicy(chunk) if chunk else None)
 
 

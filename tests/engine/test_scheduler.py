@@ -10,39 +10,16 @@ from charbench.engine.chunking import (
     make_chunk_policy,
     register_chunk_policy,
 )
+from charbench.engine.kv_cache import BlockAllocator
 from charbench.engine.scheduler import Scheduler, SeqStatus, Sequence
 from charbench.errors import ConfigError
 
 
-class ListAllocator:
-    """A minimal block allocator with the kv_cache.BlockAllocator interface."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        self._free = list(range(num_blocks))
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise RuntimeError("out of blocks")
-        out, self._free = self._free[:n], self._free[n:]
-        return out
-
-    def free(self, blocks: list[int]) -> None:
-        assert not set(blocks) & set(self._free), "double free"
-        self._free.extend(blocks)
 
 
 def make(num_blocks: int = 100, block_size: int = 4, seqs: int = 8, budget: int = 16,
          chunk: int | None = None) -> Scheduler:
-    return Scheduler(ListAllocator(num_blocks), block_size, seqs, budget, FixedChunkPolicy(chunk))
+    return Scheduler(BlockAllocator(num_blocks), block_size, seqs, budget, FixedChunkPolicy(chunk))
 
 
 def seq(i: int, n_prompt: int, t: float | None = None) -> Sequence:
@@ -217,7 +194,7 @@ def test_preempts_already_scheduled_younger_decode_for_older_prefill() -> None:
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="max_num_batched_tokens"):
-        Scheduler(ListAllocator(4), 4, max_num_seqs=8, max_num_batched_tokens=4,
+        Scheduler(BlockAllocator(4), 4, max_num_seqs=8, max_num_batched_tokens=4,
                   chunk_policy=FixedChunkPolicy())
     with pytest.raises(ConfigError, match="unknown policy"):
         make_chunk_policy("adaptive-nope", 512)
@@ -236,7 +213,7 @@ def test_custom_policy_plugs_in() -> None:
 
     register_chunk_policy("halves-test", lambda arg, budget: Halves())
     assert "halves-test" in available_chunk_policies()
-    s = Scheduler(ListAllocator(50), 4, 4, 64, make_chunk_policy("halves-test", 64))
+    s = Scheduler(BlockAllocator(50), 4, 4, 64, make_chunk_policy("halves-test", 64))
     a = seq(0, 8)
     s.add(a)
     sizes = []
