@@ -28,14 +28,10 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def _resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validate the rest."""
-    if device == "auto":
-        import torch  # lazy: keeps `charbench --help` light
+    """``--device`` through :func:`charbench.device.resolve_device`; ``auto`` means cuda when visible."""
+    from charbench.device import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        return device
-    raise ConfigError(f"--device: unknown device '{device}'; use auto, cpu, cuda or cuda:N")
+    return resolve_device(device)
 
 
 def build_config(
