@@ -72,13 +72,13 @@ def print_env(env: dict[str, Any]) -> None:
         con.print(f"[bold]GPUs:[/bold] none ({escape(env.get('gpus_reason') or 'no GPU found')})")
     b = Table(title="Backends")
     for c in ("backend", "usable", "version", "detail / why not"):
-        b.add_column(c)
+        b.add_column(c, overflow="fold")
     for name, p in (env.get("backends") or {}).items():
         b.add_row(escape(name), "yes" if p.get("ok") else "no", escape(_fmt(p.get("version"))), escape(p.get("detail") or p.get("reason") or ""))
     con.print(b)
     m = Table(title="Meters")
     for c in ("meter", "usable", "measures", "why not / fix"):
-        m.add_column(c)
+        m.add_column(c, overflow="fold")
     for row in env.get("meters") or []:
         m.add_row(escape(str(row.get("meter"))), "yes" if row.get("usable") else "no", escape(str(row.get("what") or "")), escape(row.get("reason") or ""))
     con.print(m)
