@@ -84,3 +84,34 @@ def emit_result(result: Any, json_out: bool) -> None:
         typer.echo(f"{result.status}: {result.points_done} point(s), {result.points_failed} failed -> {result.run_dir}", err=True)
         if result.report:
             typer.echo(f"report: {result.report}", err=True)
+
+
+def preset_config(presets: dict[str, Any], preset: str, common: CommonOptions) -> Any:
+    """The named preset with ``--config FILE.toml`` applied on top (options come after).
+
+    Raises:
+        ConfigError: an unknown preset, or a bad key or value in the TOML file.
+    """
+    from charbench.config import apply_overrides, load_toml, select_preset
+
+    cfg = select_preset(presets, preset, option="--preset")
+    if common.config_file is not None:
+        cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
+    return cfg
+
+
+def run_and_emit(study: Any, cfg: Any, common: CommonOptions, shuffle: bool) -> None:
+    """Run ``study`` with the runner settings its config carries, then print the summary.
+
+    ``cfg`` needs ``idle_baseline_s``, ``cooldown_s`` (None = 0) and ``sample_interval_s``.
+    """
+    from charbench.study import RunSettings, run_study
+
+    settings = RunSettings(
+        idle_baseline_s=float(cfg.idle_baseline_s or 0.0),
+        cooldown_s=float(cfg.cooldown_s or 0.0),
+        shuffle=shuffle,
+        sample_interval_s=cfg.sample_interval_s,
+    )
+    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]])
+    emit_result(result, common.json)

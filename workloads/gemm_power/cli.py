@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ import typer
 
 from charbench.cli_common import (
     ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, emit_result,
+    ShuffleOpt, common_options, preset_config, run_and_emit,
 )
 from charbench.errors import ConfigError
 
@@ -106,18 +105,15 @@ def gemm_power(
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """
-    from charbench.config import apply_overrides, load_toml, parse_csv_list, select_preset
+    from charbench.config import parse_csv_list
     from charbench.device import resolve_device
     from charbench.kernels.gemm import backend_names, dtype_names
-    from charbench.study import RunSettings, run_study
     from charbench.workloads.gemm_power.config import PRESETS, resolve
     from charbench.workloads.gemm_power.experiments import experiment_names
     from charbench.workloads.gemm_power.run import GemmPowerStudy
 
     common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
-    cfg = select_preset(PRESETS, preset, option="--preset")
-    if common.config_file is not None:
-        cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
+    cfg = preset_config(PRESETS, preset, common)
     changes: dict[str, object] = {}
     if experiments is not None:
         changes["experiments"] = parse_csv_list(experiments, "--experiments", experiment_names())
@@ -144,15 +140,7 @@ def gemm_power(
     if cfg.predict and cfg.dtypes is None:
         cfg = _dtypes_from_calibration(cfg, dev)
     cfg = resolve(cfg, dev)
-    study = GemmPowerStudy(cfg, dev)
-    settings = RunSettings(
-        idle_baseline_s=float(cfg.idle_baseline_s or 0.0),
-        cooldown_s=float(cfg.cooldown_s or 0.0),
-        shuffle=shuffle,
-        sample_interval_s=cfg.sample_interval_s,
-    )
-    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]])
-    emit_result(result, json_out)
+    run_and_emit(GemmPowerStudy(cfg, dev), cfg, common, shuffle)
 
 
 def _dtypes_from_calibration(cfg, device: str):  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,7 +11,7 @@ import typer
 
 from charbench.cli_common import (
     ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, emit_result,
+    ShuffleOpt, common_options, preset_config, run_and_emit,
 )
 from charbench.errors import ConfigError
 
@@ -194,8 +193,6 @@ def serve_sweep(
     (three loads x two max_num_seqs) and writes a report. See `charbench serve-sweep --help`
     and the examples in charbench.workloads.serving.
     """
-    from charbench.config import apply_overrides, load_toml, select_preset
-    from charbench.study import RunSettings, run_study
     from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
@@ -253,9 +250,7 @@ def serve_sweep(
         saved = RunStore.open(common.resume, study="serve-sweep").config().get("study_config") or {}
         cfg = ServeSweepConfig.from_dict(saved)
     else:
-        cfg = select_preset(PRESETS, preset, option="--preset")
-        if common.config_file is not None:
-            cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
+        cfg = preset_config(PRESETS, preset, common)
         url = changes.get("target", cfg.target) != "engine"
         if url:
             # A server's model, batch limit, tp and dtype are whatever it was started with:
@@ -269,12 +264,4 @@ def serve_sweep(
 
         if not resolve_device(common.device).startswith("cuda"):
             raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
-    study = ServeSweepStudy(cfg)
-    settings = RunSettings(
-        idle_baseline_s=float(cfg.idle_baseline_s or 0.0),
-        cooldown_s=float(cfg.cooldown_s or 0.0),
-        shuffle=cfg.shuffle,
-        sample_interval_s=cfg.sample_interval_s,
-    )
-    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]])
-    emit_result(result, json_out)
+    run_and_emit(ServeSweepStudy(cfg), cfg, common, cfg.shuffle)
