@@ -97,6 +97,10 @@ class GemmBackend:
             return reason
         if spec.name not in self.dtypes:
             return f"backend {self.name} does not implement {spec.name} (it does: {', '.join(self.dtypes)})"
+        return self.device_reason(spec, device)
+
+    def device_reason(self, spec: DTypeSpec, device: str) -> str | None:
+        """Why this backend cannot run an implemented ``spec`` on ``device`` (capability by default)."""
         return device_dtype_reason(spec, device)
 
     def size_reason(self, m: int, n: int, k: int) -> str | None:

@@ -44,9 +44,9 @@ class TorchGemm(GemmBackend):
     description = "vendor library via torch (cuBLAS/cuBLASLt on GPU, oneDNN/MKL on CPU)"
     dtypes = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8-e4m3", "fp8-e5m2")
 
-    def unavailable_reason(self, spec: DTypeSpec, device: str) -> str | None:
+    def device_reason(self, spec: DTypeSpec, device: str) -> str | None:
         """As the base class, plus cuBLASLt's refusal of e5m2 x e5m2 (seen on an H200, torch 2.11)."""
-        reason = super().unavailable_reason(spec, device)
+        reason = super().device_reason(spec, device)
         if reason is None and spec.name == "fp8-e5m2" and device.startswith("cuda"):
             return ("fp8-e5m2 with backend torch: torch._scaled_mm (cuBLASLt) does not multiply two e5m2 "
                     "matrices; use --backends triton for fp8-e5m2, or --dtypes fp8-e4m3")

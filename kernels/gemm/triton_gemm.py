@@ -130,20 +130,13 @@ class TritonGemm(GemmBackend):
             return "TRITON_INTERPRET=1 is set but the device is CUDA; unset it to compile the kernel"
         return None
 
-    def unavailable_reason(self, spec: DTypeSpec, device: str) -> str | None:
-        """The interpreter runs any dtype torch can hold on the CPU; a GPU needs the dtype's capability."""
-        reason = self.probe(device)
-        if reason:
-            return reason
-        if spec.name not in self.dtypes:
-            return f"backend triton does not implement {spec.name} (it does: {', '.join(self.dtypes)})"
+    def device_reason(self, spec: DTypeSpec, device: str) -> str | None:
+        """The interpreter runs any dtype torch can hold on the CPU but fp8/tf32; a GPU needs the dtype's capability."""
         if device == "cpu":
             if spec.family == "fp8" or spec.name == "tf32":
                 return f"{spec.name} under the Triton interpreter is not supported; run it on a GPU"
             return None
-        from charbench.kernels.gemm.base import device_dtype_reason
-
-        return device_dtype_reason(spec, device)
+        return super().device_reason(spec, device)
 
     def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0) -> PreparedGemm:
         """Prepare one Triton launch over the operands as given (any strides)."""

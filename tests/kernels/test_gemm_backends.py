@@ -113,3 +113,17 @@ def test_custom_kernel_size_rules() -> None:
     assert get_backend("cuda-tc").size_reason(256, 128, 64) is None
     assert get_backend("cuda-simt").size_reason(128, 128, 12) == "backend cuda-simt needs M and N multiples of 128 and K a multiple of 8"
     assert get_backend("torch").size_reason(7, 5, 3) is None
+
+
+def test_torch_refuses_fp8_e5m2_on_cuda_and_triton_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charbench.kernels.gemm import base, get_backend, get_dtype
+
+    monkeypatch.setattr(base, "device_dtype_reason", lambda spec, device: None)  # a capable GPU, faked
+    e5m2 = get_dtype("fp8-e5m2")
+    why = get_backend("torch").unavailable_reason(e5m2, "cuda:0")
+    assert why == ("fp8-e5m2 with backend torch: torch._scaled_mm (cuBLASLt) does not multiply two e5m2 "
+                   "matrices; use --backends triton for fp8-e5m2, or --dtypes fp8-e4m3")
+    assert get_backend("torch").unavailable_reason(get_dtype("fp8-e4m3"), "cuda:0") is None
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert get_backend("triton").unavailable_reason(e5m2, "cuda:0") is None
