@@ -301,15 +301,7 @@ class Scheduler:
             budget += freed_budget
             if not ok:
                 continue  # seq itself was preempted
-            chunk = ScheduledChunk(
-                seq=seq,
-                start_pos=seq.num_computed_tokens,
-                num_tokens=n,
-                need_logits=target == seq.num_tokens,
-                is_decode=decode,
-            )
-            seq.num_computed_tokens = target
-            scheduled[seq.seq_id] = chunk
+            _schedule(scheduled, seq, n, decode)
             budget -= n
 
         # Phase 3: admit waiting sequences, FCFS, unless this step preempted.
@@ -328,14 +320,7 @@ class Scheduler:
                     seq.block_table.extend(self.allocator.allocate(need))
                 seq.status = SeqStatus.RUNNING
                 bisect.insort(self.running, seq, key=Sequence.priority_key)
-                scheduled[seq.seq_id] = ScheduledChunk(
-                    seq=seq,
-                    start_pos=seq.num_computed_tokens,
-                    num_tokens=n,
-                    need_logits=target == seq.num_tokens,
-                    is_decode=False,
-                )
-                seq.num_computed_tokens = target
+                _schedule(scheduled, seq, n, False)
                 budget -= n
 
         chunks = list(scheduled.values())
@@ -390,3 +375,16 @@ class Scheduler:
         if seq.block_table:
             self.allocator.free(seq.block_table)
             seq.block_table = []
+
+
+def _schedule(scheduled: dict[int, ScheduledChunk], seq: Sequence, n: int, is_decode: bool) -> None:
+    """Put the next ``n`` tokens of ``seq`` into this step and count them as computed."""
+    target = seq.num_computed_tokens + n
+    scheduled[seq.seq_id] = ScheduledChunk(
+        seq=seq,
+        start_pos=seq.num_computed_tokens,
+        num_tokens=n,
+        need_logits=target == seq.num_tokens,
+        is_decode=is_decode,
+    )
+    seq.num_computed_tokens = target
