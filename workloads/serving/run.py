@@ -354,7 +354,7 @@ class ServeSweepStudy(Study):
         warm = {"done": False}
 
         def measure(load: Load) -> dict[str, Any]:
-            rec = self._measure(params, key, load, ctx, target, meter, gpus, warmup=not warm["done"])
+            rec = self._measure(params, key, load, ctx, target, meter, warmup=not warm["done"])
             warm["done"] = True
             rec.update(gpu_fields)
             return rec
@@ -416,7 +416,7 @@ class ServeSweepStudy(Study):
         k = min(self.cfg.warmup_requests, len(items))
         return [WorkItem(i, items[i].prompt, items[i].input_len, items[i].prompt_tokens, min(4, items[i].output_len)) for i in range(k)]
 
-    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, meter: Any, gpus: list[int], warmup: bool) -> dict[str, Any]:
+    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, meter: Any, warmup: bool) -> dict[str, Any]:
         c = self.cfg
         items, info = self._workload(params, load, target, key, ctx)
         mns = params.get("max_num_seqs") or getattr(target, "max_num_seqs", None)
@@ -492,25 +492,21 @@ class ServeSweepStudy(Study):
         rec.update(result.lateness)
         rec["point_t0_s"] = result.origin_s
         rec["point_t1_s"] = result.end_s
-        self._energy_fields(rec, wins, wname, records, tracker, target, metrics, gpus, ctx)
+        self._energy_fields(rec, wins, wname, records, tracker, target, metrics)
         self._server_fields(rec, records)
         self._save_requests(ctx, wname, records, result.origin_s)
         rec["requests_file"] = f"{REQUESTS_DIR}/{wname}.parquet"
         return rec
 
     def _energy_fields(self, rec: dict[str, Any], wins: _Windows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
-                       target: Target, metrics: dict[str, Any], gpus: list[int], ctx: Any) -> None:
+                       target: Target, metrics: dict[str, Any]) -> None:
         reasons = rec["_reasons"]
         remote = None if target.local else f"the target {target.label} is not on this machine; its energy cannot be measured here"
-        multi = len(gpus) > 1 and gpus != list(getattr(ctx, "gpus", []) or [])
         # whole point
         w = wins.closed.get(f"{wname}:point")
         failed = wins.errors.get(f"{wname}:point")  # the meter raised: the window holds no measurement
         if w is not None and remote is None and failed is None:
-            f = w.fields()
-            if multi and f.get("energy_net_j") is None:
-                f["_reasons"]["energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
-            merge_into(rec, f)
+            merge_into(rec, w.fields())
         else:
             why = remote or (f"the energy meter failed: {failed}" if failed else "the point window was not measured")
             for k in ("energy_j", "avg_power_w", "energy_net_j"):
@@ -551,10 +547,8 @@ class ServeSweepStudy(Study):
                 reasons[k] = f"the energy meter failed: {wins.errors[f'{wname}:steady']}"
             rec["steady_time_s"] = sw.time_s
         else:
-            f = sw.fields(prefix="steady_")
-            if multi and f.get("steady_energy_net_j") is None:
-                f["_reasons"]["steady_energy_net_j"] = "idle baseline covers the first GPU only; no net energy for tp > 1"
-            merge_into(rec, f)
+            # the idle baseline covers every GPU of the sweep (Study.gpus), so subsets get net energy too
+            merge_into(rec, sw.fields(prefix="steady_"))
         e, en = rec.get("steady_energy_j"), rec.get("steady_energy_net_j")
         rec["steady_energy_per_output_token_j"] = e / toks if e is not None and toks else None
         rec["steady_output_tokens_per_j"] = toks / e if e else None
