@@ -332,7 +332,8 @@ class ServeSweepStudy(Study):
         return out
 
     def _meter_for(self, gpus: list[int], ctx: Any) -> Any:
-        if len(gpus) <= 1 or gpus == list(getattr(ctx, "gpus", []) or []):
+        # the run's meter spans every GPU of the sweep (Study.gpus); a smaller tp needs its own
+        if gpus == list(getattr(ctx, "gpus", []) or []):
             return ctx.meter
         key = tuple(gpus)
         if key not in self._meters:

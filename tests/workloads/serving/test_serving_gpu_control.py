@@ -134,3 +134,26 @@ def test_out_of_range_frequency_fails_the_point_with_the_range(tmp_path: Path, g
     fail = RunStore.open(res.run_dir).failures()[0]
     assert "--sm-freq 5000 MHz is outside" in fail["message"]
     _assert_restored(gpu_env)
+
+
+def test_tp_sweep_baseline_spans_every_gpu_so_each_point_has_net_energy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charbench.measure.timer import Timer
+
+    t0 = time.perf_counter()
+    gpus = [FakeGpu(uuid=f"GPU-{i}", pci_bus_id=f"00000000:{i + 1:02d}:00.0",
+                    energy_mj=lambda: int(1_000_000 + (time.perf_counter() - t0) * 300_000)) for i in range(2)]
+    monkeypatch.setattr("charbench.device.resolve_device", lambda spec: "cuda:0")
+    monkeypatch.setattr("charbench.measure.Timer", lambda device, *a, **k: Timer("cpu"))
+    cfg = _cfg(tp=[1, 2], sm_freq_mhz=[], power_limit_w=[])
+    with fake_nvml(gpus):
+        res = _run(tmp_path, cfg, lambda knobs, device: FakeTarget(max_num_seqs=knobs["max_num_seqs"], step_s=0.004))
+    baseline = json.loads((res.run_dir / "baseline.json").read_text())
+    assert {"gpu0", "gpu1"} <= set(baseline["power_w"])
+    recs = {r["tp"]: r for r in RunStore.open(res.run_dir).records()}
+    assert set(recs) == {1, 2}
+    assert recs[1].get("gpu1_energy_j") is None and recs[2]["gpu1_energy_j"] is not None  # tp=1 meters gpu0 only
+    for tp, rec in recs.items():
+        assert rec["energy_j"] is not None and rec["energy_net_j"] is not None, (tp, rec["null_reasons"])
+    # tp=2 sums both GPUs: about twice tp=1's power (both fake GPUs draw 300 W)
+    assert recs[2]["avg_power_w"] == pytest.approx(600.0, rel=0.1)
+    assert recs[1]["avg_power_w"] == pytest.approx(300.0, rel=0.1)
