@@ -13,6 +13,12 @@ from typing import Iterator
 
 import pytest
 
+from charbench.syspath import drop_checkout_root
+
+# ``python -m pytest`` from the repo root puts the root first on sys.path; drop it before any
+# test module imports transformers (which imports the PyPI ``kernels`` package).
+drop_checkout_root()
+
 
 def _clear_probe_caches() -> None:
     from charbench import device
