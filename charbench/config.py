@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -106,6 +107,123 @@ def select_preset(presets: dict[str, T], name: str, option: str = "--preset") ->
     return copy.deepcopy(presets[name])
 
 
+#: longest wait a duration option may ask for (a day): beyond it ``time.sleep`` overflows, and a
+#: measurement that long is a typo
+MAX_WAIT_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts, declared once per field (see :func:`check`).
+
+    Every float is refused when it is NaN or infinite; ``allow_inf`` admits ``+inf`` for a
+    field that documents a meaning for it (serve-sweep's ``request_rate``: all at once).
+
+    Attributes:
+        gt, ge, lt, le: exclusive/inclusive bounds (None = unbounded).
+        allow_inf: accept ``+inf`` (the bounds then apply to the finite values).
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    allow_inf: bool = False
+
+    def describe(self, integer: bool = False) -> str:
+        """What the field accepts, e.g. ``a finite number > 0 and <= 86400``."""
+        kind = "an integer" if integer else ("a number" if self.allow_inf else "a finite number")
+        bounds = [f"{op} {_fmt_num(v)}" for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)) if v is not None]
+        return kind + "".join(f" {b}" if i == 0 else f" and {b}" for i, b in enumerate(bounds)) + (" or inf" if self.allow_inf else "")
+
+    def accepts(self, value: Any) -> bool:
+        """True when ``value`` (an int or float, not a bool) meets the constraint."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return self.allow_inf and value == math.inf
+        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+
+
+#: the constraint of a float field that declares none: finite, any sign
+FINITE = Range()
+
+
+def check(option: str | None = None, **bounds: Any) -> dict[str, Any]:
+    """Field metadata: the CLI option that sets the field and the range it accepts.
+
+    Example: ``duration_s: float = field(default=5.0, metadata=check("--duration", gt=0, le=MAX_WAIT_S))``.
+
+    Args:
+        option: the option as the user types it (``--duration``); None for a field that has
+            no option (errors then name the field).
+        bounds: keyword arguments of :class:`Range` (``gt``, ``ge``, ``lt``, ``le``, ``allow_inf``).
+    """
+    return {"option": option, "range": Range(**bounds) if bounds else None}
+
+
+def field_label(f: dataclasses.Field[Any], source: str | None) -> str:
+    """How an error names a field: ``--config x.toml: duration_s`` from a file, else its option."""
+    if source is not None:
+        return f"{source}: {f.name}"
+    return f.metadata.get("option") or f.name
+
+
+def _numeric_kinds(hint: Any) -> tuple[bool, bool]:
+    """(has float, has int) among the number types in ``hint`` (``float | None``, ``list[int]``...)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType, list, tuple):
+        kinds = [_numeric_kinds(h) for h in typing.get_args(hint) if h is not Ellipsis]
+        return any(k[0] for k in kinds), any(k[1] for k in kinds)
+    return hint is float, hint is int
+
+
+def check_value(value: Any, rule: Range, name: str, *, integer: bool = False) -> None:
+    """Refuse a number (or each number of a list) outside ``rule``; None passes.
+
+    Raises:
+        ConfigError: ``<name> must be a finite number > 0 (got inf)``.
+    """
+    if value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            if not rule.accepts(v):
+                raise ConfigError(f"{name}: every value must be {rule.describe(integer)} (got {v!r})")
+    elif not rule.accepts(value):
+        raise ConfigError(f"{name} must be {rule.describe(integer)} (got {value!r})")
+
+
+def validate_fields(obj: Any, source: str | None = None, names: typing.Iterable[str] | None = None) -> None:
+    """Check the numeric fields of a dataclass against their declared :class:`Range`.
+
+    Float fields without a declaration must still be finite. Used by :func:`apply_overrides`
+    for every value from a TOML file or an option, and by configs' own ``validate``.
+
+    Args:
+        obj: a dataclass instance.
+        source: where the values came from (``--config x.toml``); None names each field by
+            its CLI option.
+        names: only these fields (default: all).
+
+    Raises:
+        ConfigError: the first value out of range, naming the option (or file and key).
+    """
+    hints = typing.get_type_hints(type(obj))
+    wanted = set(names) if names is not None else None
+    for f in dataclasses.fields(obj):
+        if wanted is not None and f.name not in wanted:
+            continue
+        has_float, has_int = _numeric_kinds(hints[f.name])
+        rule = f.metadata.get("range") or (FINITE if has_float else None)
+        if rule is not None:
+            check_value(getattr(obj, f.name), rule, field_label(f, source), integer=has_int and not has_float)
+
+
 def _check_type(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -134,27 +252,33 @@ def _check_type(value: Any, hint: Any) -> bool:
     return True
 
 
-def apply_overrides(cfg: T, overrides: dict[str, Any], source: str) -> T:
-    """Return ``cfg`` with ``overrides`` applied, type-checked field by field.
+def apply_overrides(cfg: T, overrides: dict[str, Any], source: str | None) -> T:
+    """Return ``cfg`` with ``overrides`` applied, type- and range-checked field by field.
+
+    Both a ``--config`` file and a command's options go through here, so a value is checked
+    the same way whichever way it came (see :func:`validate_fields`).
 
     Args:
         cfg: a dataclass instance.
-        overrides: field name -> value (e.g. from a TOML file).
-        source: how the user gave them, used in error messages (``--config x.toml``).
+        overrides: field name -> value (from a TOML file, or from the command's options).
+        source: how the user gave them, used in error messages (``--config x.toml``); None
+            for options: errors then name the option (``--duration``) declared on the field.
 
     Raises:
-        ConfigError: unknown key or a value of the wrong type.
+        ConfigError: unknown key, a value of the wrong type, or a value out of range.
     """
     hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    names = list(fields)
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         k = key.replace("-", "_")
         if k not in names:
-            raise ConfigError(f"{source}: unknown key {key!r}; valid: {', '.join(names)}")
+            raise ConfigError(f"{source or 'options'}: unknown key {key!r}; valid: {', '.join(names)}")
         hint = hints[k]
         if not _check_type(value, hint):
-            raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected {_hint_name(hint)}")
+            what = f"{source}: {key} = {value!r}" if source is not None else f"{field_label(fields[k], None)}: {value!r}"
+            raise ConfigError(f"{what} has the wrong type; expected {_hint_name(hint)}")
         if isinstance(value, list) and _origin_in(hint, tuple):
             value = tuple(value)
         if isinstance(value, int) and not isinstance(value, bool) and _accepts_float_not_int(hint):
@@ -162,7 +286,9 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], source: str) -> T:
         if hint is Path or (isinstance(value, str) and Path in typing.get_args(hint)):
             value = Path(value)
         changes[k] = value
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    out = dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    validate_fields(out, source, names=changes)
+    return out
 
 
 def _origin_in(hint: Any, origin: type) -> bool:
@@ -188,18 +314,36 @@ def _hint_name(hint: Any) -> str:
 def check_writable_file(path: str | Path, option: str) -> None:
     """Refuse an output file path that cannot be written, before any work is done.
 
+    Permission bits are not enough (root ignores them; a read-only mount or /proc does
+    not): a probe file is really created, and removed, in the nearest existing folder,
+    and an existing file is opened for appending (its content is left as it is).
+
     Raises:
         ConfigError: the path is a folder, or its nearest existing parent is not a
             writable folder (naming ``option`` and the fix).
     """
+    import tempfile
+
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file path (a name inside it)")
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write there ({parent} is not a writable folder); pick another path")
+    refused = f"{option} {path}: cannot write there ({parent} is not a writable folder"
+    if not parent.is_dir():
+        raise ConfigError(f"{refused}); pick another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".charbench-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{refused}: {exc.strerror or exc}); pick another path") from None
+    if target.exists():
+        try:
+            with open(target, "ab"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{option} {path}: cannot write the file ({exc.strerror or exc}); pick another path") from None
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from charbench.errors import DeviceError
+from charbench.errors import ConfigError, DeviceError
 
 
 @dataclass(frozen=True)
@@ -220,3 +220,46 @@ def _parse_index(spec: str) -> int:
 def gpu_index(device: str) -> int | None:
     """Visible GPU index of ``cuda:i`` (None for cpu)."""
     return int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+
+
+def memory_bytes(device: str) -> tuple[int, int] | None:
+    """(free, total) memory of ``device`` in bytes, None when unknown.
+
+    A GPU answers through cudaMemGetInfo; the CPU through /proc/meminfo (MemAvailable,
+    MemTotal): the machine's RAM.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(gpu_index(device) or 0)
+        return int(free), int(total)
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("MemAvailable", "MemTotal"):
+                    fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(fields) < 2:
+        return None
+    return fields["MemAvailable"], fields["MemTotal"]
+
+
+def check_fits_memory(size_gib: float, device: str, option: str) -> None:
+    """Refuse a buffer size (GiB) larger than the device's whole memory, before allocating it.
+
+    Raises:
+        ConfigError: naming ``option``, the size and the memory there is (RAM on the CPU).
+    """
+    mem = memory_bytes(device)
+    if mem is None:
+        return  # unknown memory: the allocation itself will tell
+    total = mem[1]
+    if size_gib * 1024.0**3 > total:
+        where = "RAM on this machine (cpu)" if not device.startswith("cuda") else f"memory on {device}"
+        raise ConfigError(
+            f"{option} {size_gib:g}: more than the {total / 1024.0**3:.1f} GiB of {where}; "
+            f"give a smaller {option}, or omit it for the engine's default"
+        )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from charbench.config import CommonOptions, to_jsonable
+from charbench.config import MAX_WAIT_S, CommonOptions, check, to_jsonable, validate_fields
 from charbench.errors import CharbenchError, ConfigError
 from charbench.results import RunStore
 from charbench.sweep import point_key
@@ -51,10 +51,14 @@ class RunSettings:
         sample_interval_s: background sampler period; 0 disables the sampler.
     """
 
-    idle_baseline_s: float = 0.0
-    cooldown_s: float = 0.0
+    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
+    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
     shuffle: bool = False
-    sample_interval_s: float = 0.1
+    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
+
+    def __post_init__(self) -> None:
+        # refused here, before a run folder exists (time.sleep(inf) overflows mid-run)
+        validate_fields(self)
 
 
 class Study:

@@ -17,6 +17,8 @@ from typing import Optional
 
 import typer
 
+from charbench.config import Range, check_value
+from charbench.device import check_fits_memory
 from charbench.engine.api import EngineConfig
 from charbench.errors import CharbenchError, ConfigError
 
@@ -66,14 +68,16 @@ def build_config(
     ):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    if kv_cache_gb is not None and not kv_cache_gb > 0:
-        raise ConfigError(f"--kv-cache-gb: must be > 0, got {kv_cache_gb}; omit it for the default")
+    check_value(kv_cache_gb, Range(gt=0), "--kv-cache-gb")
     if max_model_len is not None and max_model_len < 2:
         raise ConfigError(f"--max-model-len: must be >= 2, got {max_model_len}; omit it for the model's length")
+    resolved = _resolve_device(device)
+    if kv_cache_gb is not None:  # before the engine allocates it
+        check_fits_memory(kv_cache_gb, resolved, "--kv-cache-gb")
     return EngineConfig(
         model=model,
         dtype=dtype,
-        device=_resolve_device(device),
+        device=resolved,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         kv_cache_gb=kv_cache_gb,

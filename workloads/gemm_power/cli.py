@@ -105,7 +105,7 @@ def gemm_power(
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """
-    from charbench.config import parse_csv_list
+    from charbench.config import apply_overrides, parse_csv_list
     from charbench.device import resolve_device
     from charbench.kernels.gemm import backend_names, dtype_names
     from charbench.workloads.gemm_power.config import PRESETS, resolve
@@ -135,7 +135,7 @@ def gemm_power(
         changes["idle_baseline_s"] = idle_baseline
     if predict is not None:
         changes["predict"] = str(predict)
-    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    cfg = apply_overrides(cfg, changes, source=None)  # the same type and range checks as --config
     dev = resolve_device(common.device)
     if cfg.predict and cfg.dtypes is None:
         cfg = _dtypes_from_calibration(cfg, dev)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from charbench.config import MAX_WAIT_S, check, validate_fields
 from charbench.errors import ConfigError
 from charbench.workloads.gemm_power.experiments import EXPERIMENTS, QUICK_EXPERIMENTS
 
@@ -50,15 +51,15 @@ class GemmPowerConfig:
     backends: list[str] | None = None
     size: list[int] | None = None
     seeds: list[int] = field(default_factory=lambda: [1])
-    repeats: int = 1
-    duration_s: float | None = None
-    cpu_duration_s: float = 0.25
-    warmup_s: float | None = None
-    cooldown_s: float | None = None
-    idle_baseline_s: float | None = None
+    repeats: int = field(default=1, metadata=check("--repeats", ge=1))
+    duration_s: float | None = field(default=None, metadata=check("--duration", gt=0, le=MAX_WAIT_S))
+    cpu_duration_s: float = field(default=0.25, metadata=check(gt=0, le=MAX_WAIT_S))
+    warmup_s: float | None = field(default=None, metadata=check(ge=0, le=MAX_WAIT_S))
+    cooldown_s: float | None = field(default=None, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
+    idle_baseline_s: float | None = field(default=None, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
     check_correctness: bool = True
     predict: str | None = None
-    sample_interval_s: float = 0.1
+    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
 
 
 PRESETS: dict[str, GemmPowerConfig] = {
@@ -133,26 +134,17 @@ def _auto_dtypes(preset: str, device: str, backends: list[str]) -> list[str]:
 
 
 def validate(cfg: GemmPowerConfig) -> None:
-    """Check ranges of a resolved config.
+    """Check ranges of a resolved config (the numeric ones are declared on the fields).
 
     Raises:
         ConfigError: a bad value, naming the option.
     """
+    validate_fields(cfg)
     if cfg.sweep not in ("quick", "paper"):
         raise ConfigError(f"sweep = {cfg.sweep!r}; valid: quick, paper")
     if cfg.size is not None:
         if len(cfg.size) != 3 or any(int(v) < 1 for v in cfg.size):
             raise ConfigError(f"--size: expected three positive integers M,N,K, got {cfg.size}")
-    if cfg.duration_s is not None and not cfg.duration_s > 0:
-        raise ConfigError(f"--duration must be > 0 s, got {cfg.duration_s}")
-    if cfg.cooldown_s is not None and cfg.cooldown_s < 0:
-        raise ConfigError(f"--cooldown must be >= 0 s, got {cfg.cooldown_s}")
-    if cfg.idle_baseline_s is not None and cfg.idle_baseline_s < 0:
-        raise ConfigError(f"--idle-baseline must be >= 0 s, got {cfg.idle_baseline_s}")
-    if cfg.warmup_s is not None and cfg.warmup_s < 0:
-        raise ConfigError(f"warmup_s must be >= 0, got {cfg.warmup_s}")
-    if cfg.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {cfg.repeats}")
     if not cfg.seeds:
         raise ConfigError("--seeds: give at least one seed, e.g. --seeds 1,2,3")
     for name in cfg.experiments:

@@ -73,20 +73,10 @@ def memory_needed_bytes(m: int, n: int, k: int, spec: DTypeSpec) -> tuple[int, i
 
 def free_memory_bytes(device: str) -> int | None:
     """Free memory on the device (GPU: cudaMemGetInfo; CPU: MemAvailable), None if unknown."""
-    if device.startswith("cuda"):
-        import torch
+    from charbench.device import memory_bytes
 
-        idx = int(device.split(":", 1)[1]) if ":" in device else 0
-        free, _total = torch.cuda.mem_get_info(idx)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    mem = memory_bytes(device)
+    return mem[0] if mem is not None else None
 
 
 def check_memory(cfg: GemmPowerConfig, device: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -65,6 +64,7 @@ AttOpt = Annotated[Flt, _opt("--slo-attainment", "Fraction of requests that must
 SweepRatesOpt = Annotated[Int, _opt("--sweep-rates", "sweep mode: rates between synchronous and max throughput.")]
 ItersOpt = Annotated[Int, _opt("--search-iters", "slo-search: bisection steps.")]
 TimeoutOpt = Annotated[Flt, _opt("--request-timeout", "Per-request timeout in s (timeouts are counted, not fatal).")]
+MaxDurOpt = Annotated[Flt, _opt("--max-duration", "Stop sending a load's requests after this many seconds (the point records truncated=true).")]
 PromptFmtOpt = Annotated[Str, _opt("--prompt-format", "auto, ids (token-id prompts) or text.")]
 TokOpt = Annotated[Str, _opt("--tokenizer", "Tokenizer for a URL target: tokenizer.json, checkpoint folder or charbench preset.")]
 ForceOpt = Annotated[Optional[bool], typer.Option("--force-output-len/--no-force-output-len", help="Send ignore_eos/min_tokens to force output lengths.")]
@@ -169,6 +169,7 @@ def serve_sweep(
     sweep_rates: SweepRatesOpt = None,
     search_iters: ItersOpt = None,
     request_timeout: TimeoutOpt = None,
+    max_duration: MaxDurOpt = None,
     prompt_format: PromptFmtOpt = None,
     tokenizer: TokOpt = None,
     force_output_len: ForceOpt = None,
@@ -193,6 +194,7 @@ def serve_sweep(
     (three loads x two max_num_seqs) and writes a report. See `charbench serve-sweep --help`
     and the examples in charbench.workloads.serving.
     """
+    from charbench.config import apply_overrides
     from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
@@ -225,6 +227,7 @@ def serve_sweep(
                        ("trace_duration_s", trace_duration), ("max_num_batched_tokens", max_num_batched_tokens),
                        ("kv_cache_gb", kv_cache_gb), ("max_model_len", max_model_len), ("slo_attainment", slo_attainment),
                        ("sweep_rates", sweep_rates), ("search_iters", search_iters), ("request_timeout_s", request_timeout),
+                       ("max_duration_s", max_duration),
                        ("force_output_len", force_output_len), ("cooldown_s", cooldown), ("idle_baseline_s", idle_baseline)):
         if value is not None:
             changes[key] = value
@@ -258,10 +261,13 @@ def serve_sweep(
             # need restarts).
             for key in ("model", "max_num_seqs", "tp", "dtype"):
                 changes.setdefault(key, [])
-        cfg = dataclasses.replace(cfg, **changes)
-    if (cfg.sm_freq_mhz or cfg.power_limit_w) and common.resume is None:
-        from charbench.device import resolve_device
+        cfg = apply_overrides(cfg, changes, source=None)  # the same type and range checks as --config
+    if (cfg.sm_freq_mhz or cfg.power_limit_w or cfg.kv_cache_gb is not None) and common.resume is None:
+        from charbench.device import check_fits_memory, resolve_device
 
-        if not resolve_device(common.device).startswith("cuda"):
+        dev = resolve_device(common.device)
+        if (cfg.sm_freq_mhz or cfg.power_limit_w) and not dev.startswith("cuda"):
             raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
+        if cfg.kv_cache_gb is not None and not cfg.is_url:  # before the engine allocates it
+            check_fits_memory(cfg.kv_cache_gb, dev, "--kv-cache-gb")
     run_and_emit(ServeSweepStudy(cfg), cfg, common, cfg.shuffle)

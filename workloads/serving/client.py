@@ -52,6 +52,9 @@ class Hooks(Protocol):
     def finished(self, t: float, had_first_token: bool) -> None:
         """The request ended at ``t``."""
 
+    def sending_stopped(self, sent: int) -> None:
+        """``--max-duration`` passed: only the first ``sent`` requests of the load went out."""
+
 
 class NoHooks:
     """Hooks that do nothing (warm-up requests)."""
@@ -60,6 +63,9 @@ class NoHooks:
         """Ignore."""
 
     def finished(self, t: float, had_first_token: bool) -> None:
+        """Ignore."""
+
+    def sending_stopped(self, sent: int) -> None:
         """Ignore."""
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from charbench.config import check_writable_file
+from charbench.config import MAX_WAIT_S, check, check_writable_file, validate_fields
 from charbench.errors import ConfigError
 from charbench.workloads.serving.lengths import LENGTH_DISTS, LengthSpec
 from charbench.workloads.serving.metrics import Slo
@@ -84,6 +84,8 @@ class ServeSweepConfig:
         search_rel_tol: stop bisecting when (hi - lo) / hi is below this.
         search_lo_frac: the lowest rate tried, as a fraction of max throughput.
         request_timeout_s: per-request timeout (counted, not fatal).
+        max_duration_s: stop sending a load's requests after this many seconds (None = send
+            them all; the point records ``truncated`` and ``unsent_requests``).
         prompt_format: ``auto`` (ids for completions with a tokenizer, else text), ``ids``, ``text``.
         tokenizer: tokenizer for URL targets (tokenizer.json, checkpoint folder or preset).
         force_output_len: send ``ignore_eos``/``min_tokens`` to force output lengths.
@@ -97,51 +99,54 @@ class ServeSweepConfig:
     api: str = "completions"
     model: list[str] = field(default_factory=lambda: ["tiny"])
     arrival: str = "poisson"
-    request_rate: list[float] = field(default_factory=lambda: [math.inf])
-    concurrency: list[int] = field(default_factory=list)
-    burstiness: float = 1.0
-    max_concurrency: int | None = None
-    ramp_up_s: float = 0.0
-    ramp_start_rps: float = 0.0
+    # inf is the documented "all at once" (max-throughput) load
+    request_rate: list[float] = field(default_factory=lambda: [math.inf], metadata=check("--request-rate", gt=0, allow_inf=True))
+    concurrency: list[int] = field(default_factory=list, metadata=check("--concurrency", ge=1))
+    burstiness: float = field(default=1.0, metadata=check("--burstiness", gt=0))
+    max_concurrency: int | None = field(default=None, metadata=check("--max-concurrency", ge=1))
+    ramp_up_s: float = field(default=0.0, metadata=check("--ramp-up-s", ge=0, le=MAX_WAIT_S))
+    ramp_start_rps: float = field(default=0.0, metadata=check("--ramp-start-rps", ge=0))
     rescale_arrivals: bool = True
-    num_requests: int = 64
-    warmup_requests: int = 2
+    num_requests: int = field(default=64, metadata=check("--num-requests", ge=1))
+    warmup_requests: int = field(default=2, metadata=check("--warmup-requests", ge=0))
     length_dist: str = "fixed"
-    input_len: list[int] = field(default_factory=lambda: [128])
-    output_len: list[int] = field(default_factory=lambda: [128])
-    range_ratio: float = 0.25
-    std_ratio: float = 0.25
-    zipf_alpha: float = 1.2
-    length_scale: float = 1.0
+    input_len: list[int] = field(default_factory=lambda: [128], metadata=check("--input-len", ge=1))
+    output_len: list[int] = field(default_factory=lambda: [128], metadata=check("--output-len", ge=1))
+    # ranges of the length parameters are LengthSpec.validate's; here they must be finite
+    range_ratio: float = field(default=0.25, metadata=check("--range-ratio"))
+    std_ratio: float = field(default=0.25, metadata=check("--std-ratio"))
+    zipf_alpha: float = field(default=1.2, metadata=check("--zipf-alpha"))
+    length_scale: float = field(default=1.0, metadata=check("--length-scale"))
     trace_file: str | None = None
-    time_scale: float = 1.0
-    trace_start_s: float = 0.0
-    trace_duration_s: float | None = None
-    max_num_seqs: list[int] = field(default_factory=lambda: [64])
-    tp: list[int] = field(default_factory=lambda: [1])
+    time_scale: float = field(default=1.0, metadata=check("--time-scale", gt=0))
+    trace_start_s: float = field(default=0.0, metadata=check("--trace-start", ge=0))
+    trace_duration_s: float | None = field(default=None, metadata=check("--trace-duration", gt=0))
+    max_num_seqs: list[int] = field(default_factory=lambda: [64], metadata=check("--max-num-seqs", ge=1))
+    tp: list[int] = field(default_factory=lambda: [1], metadata=check("--tp", ge=1))
     dtype: list[str] = field(default_factory=lambda: ["fp32"])
-    max_num_batched_tokens: int = 512
-    kv_cache_gb: float | None = None
-    max_model_len: int | None = None
-    sm_freq_mhz: list[int] = field(default_factory=list)
-    power_limit_w: list[float] = field(default_factory=list)
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
-    slo_e2el_ms: float | None = None
-    slo_attainment: float = 0.9
-    sweep_rates: int = 3
-    search_iters: int = 5
-    search_rel_tol: float = 0.05
-    search_lo_frac: float = 0.1
-    request_timeout_s: float = 600.0
+    max_num_batched_tokens: int = field(default=512, metadata=check("--max-num-batched-tokens", ge=1))
+    kv_cache_gb: float | None = field(default=None, metadata=check("--kv-cache-gb", gt=0))
+    max_model_len: int | None = field(default=None, metadata=check("--max-model-len", ge=2))
+    sm_freq_mhz: list[int] = field(default_factory=list, metadata=check("--sm-freq", gt=0))
+    power_limit_w: list[float] = field(default_factory=list, metadata=check("--power-limit", gt=0))
+    slo_ttft_ms: float | None = field(default=None, metadata=check("--slo ttft_ms", gt=0))
+    slo_tpot_ms: float | None = field(default=None, metadata=check("--slo tpot_ms", gt=0))
+    slo_e2el_ms: float | None = field(default=None, metadata=check("--slo e2el_ms", gt=0))
+    slo_attainment: float = field(default=0.9, metadata=check("--slo-attainment", gt=0, le=1))
+    sweep_rates: int = field(default=3, metadata=check("--sweep-rates", ge=0))
+    search_iters: int = field(default=5, metadata=check("--search-iters", ge=1))
+    search_rel_tol: float = field(default=0.05, metadata=check(gt=0))
+    search_lo_frac: float = field(default=0.1, metadata=check(gt=0, lt=1))
+    request_timeout_s: float = field(default=600.0, metadata=check("--request-timeout", gt=0))
+    max_duration_s: float | None = field(default=None, metadata=check("--max-duration", gt=0, le=MAX_WAIT_S))
     prompt_format: str = "auto"
     tokenizer: str | None = None
     force_output_len: bool = True
     pareto_latency: str = "tpot"
     export_profile: str | None = None
-    idle_baseline_s: float = 0.0
-    cooldown_s: float = 0.0
-    sample_interval_s: float = 0.1
+    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
+    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
+    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
     shuffle: bool = False
 
     # -- derived -----------------------------------------------------------------------
@@ -181,7 +186,12 @@ class ServeSweepConfig:
 
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> None:
-        """Check every option; raise ConfigError naming the option and the fix."""
+        """Check every option; raise ConfigError naming the option and the fix.
+
+        Numeric ranges are declared on the fields (:func:`charbench.config.check`); the
+        checks here are the ones between fields.
+        """
+        validate_fields(self)
         if self.mode not in MODES:
             raise ConfigError(f"--mode: unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.arrival not in ARRIVALS:
@@ -202,12 +212,6 @@ class ServeSweepConfig:
         for name in required:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')}: empty list of values")
-        for r in self.request_rate:
-            if not (isinstance(r, (int, float)) and r > 0):
-                raise ConfigError(f"--request-rate: each rate must be > 0 req/s (or inf), got {r}")
-        for c in self.concurrency:
-            if c < 1:
-                raise ConfigError(f"--concurrency: each value must be >= 1, got {c}")
         if self.arrival == "closed" and not self.concurrency and self.mode == "grid":
             raise ConfigError("--arrival closed needs --concurrency N[,M...] (users per point)")
         if self.concurrency and self.arrival != "closed":
@@ -219,60 +223,19 @@ class ServeSweepConfig:
                 raise ConfigError(f"--mode {self.mode} chooses rates itself; replay a trace with --mode grid")
         elif self.trace_file:
             raise ConfigError("--trace FILE is replayed only with --arrival trace")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ConfigError(f"--max-concurrency: must be >= 1, got {self.max_concurrency}")
-        if self.num_requests < 1:
-            raise ConfigError(f"--num-requests: must be >= 1, got {self.num_requests}")
         if self.num_requests > MAX_REQUESTS:  # every request's prompt and record is held in memory
             raise ConfigError(f"--num-requests: {self.num_requests} is more than {MAX_REQUESTS} per load; split the run")
-        if self.warmup_requests < 0:
-            raise ConfigError(f"--warmup-requests: must be >= 0, got {self.warmup_requests}")
-        if not self.burstiness > 0:
-            raise ConfigError(f"--burstiness: must be > 0, got {self.burstiness}; 1 = Poisson, < 1 burstier")
-        if self.ramp_up_s < 0 or self.ramp_start_rps < 0:
-            raise ConfigError("--ramp-up-s/--ramp-start-rps: must be >= 0")
-        for v in self.max_num_seqs:
-            if v < 1:
-                raise ConfigError(f"--max-num-seqs: each value must be >= 1, got {v}")
-        for v in self.tp:
-            if v < 1:
-                raise ConfigError(f"--tp: each value must be >= 1, got {v}")
         for d in self.dtype:
             if d not in DTYPES:
                 raise ConfigError(f"--dtype: unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
         # engine settings: checked here so a bad value fails before the run starts, not at its first point
-        if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
-            raise ConfigError(f"--kv-cache-gb: must be > 0, got {self.kv_cache_gb}; omit it for the engine's default")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"--max-model-len: must be >= 2, got {self.max_model_len}; omit it for the model's length")
-        if self.max_num_batched_tokens < 1:
-            raise ConfigError(f"--max-num-batched-tokens: must be >= 1, got {self.max_num_batched_tokens}")
         if not self.is_url and self.max_num_seqs and self.max_num_batched_tokens < max(self.max_num_seqs):
             raise ConfigError(
                 f"--max-num-batched-tokens {self.max_num_batched_tokens}: must be >= every --max-num-seqs value "
                 f"(largest {max(self.max_num_seqs)}) so each running sequence can decode every step; raise it or lower --max-num-seqs"
             )
-        for name, flag in (("idle_baseline_s", "--idle-baseline"), ("cooldown_s", "--cooldown"), ("sample_interval_s", "sample_interval_s")):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{flag}: must be >= 0 s, got {getattr(self, name)}")
         if self.export_profile:
             check_writable_file(self.export_profile, "--export-profile")
-        if self.trace_start_s < 0:
-            raise ConfigError(f"--trace-start: must be >= 0 s, got {self.trace_start_s}")
-        if self.trace_duration_s is not None and not self.trace_duration_s > 0:
-            raise ConfigError(f"--trace-duration: must be > 0 s, got {self.trace_duration_s}")
-        for f in self.sm_freq_mhz:
-            if f <= 0:
-                raise ConfigError(f"--sm-freq: each clock must be > 0 MHz, got {f}")
-        for w in self.power_limit_w:
-            if w <= 0:
-                raise ConfigError(f"--power-limit: each limit must be > 0 W, got {w}")
-        if not 0 < self.slo_attainment <= 1:
-            raise ConfigError(f"--slo-attainment: must be in (0, 1], got {self.slo_attainment}")
-        for name in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ConfigError(f"--slo {name[4:]}: must be > 0 ms, got {v}")
         if self.mode == "slo-search" and not self.slo.given:
             raise ConfigError("--mode slo-search needs --slo, e.g. --slo ttft_ms=500,tpot_ms=50")
         if self.mode in ("sweep", "slo-search"):
@@ -280,16 +243,6 @@ class ServeSweepConfig:
                 raise ConfigError(f"--mode {self.mode} varies the request rate; use --arrival poisson, gamma or constant")
             if len(self.request_rate) > 1 or not math.isinf(self.request_rate[0]):
                 raise ConfigError(f"--request-rate: --mode {self.mode} chooses the rates itself; drop --request-rate or use --mode grid")
-        if self.sweep_rates < 0:
-            raise ConfigError(f"--sweep-rates: must be >= 0, got {self.sweep_rates}")
-        if self.search_iters < 1:
-            raise ConfigError(f"--search-iters: must be >= 1, got {self.search_iters}")
-        if not 0 < self.search_lo_frac < 1:
-            raise ConfigError(f"--search-lo-frac: must be in (0, 1), got {self.search_lo_frac}")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"--request-timeout: must be > 0 s, got {self.request_timeout_s}")
-        if not self.time_scale > 0:
-            raise ConfigError(f"--time-scale: must be > 0, got {self.time_scale}")
         if self.is_url:
             from charbench.workloads.serving.client import normalize_base_url
 
@@ -303,9 +256,6 @@ class ServeSweepConfig:
                         f"to --target {self.target}; use --target engine, or restart the server with each "
                         f"{flag} value and run serve-sweep once per server"
                     )
-        for i in self.input_len + self.output_len:
-            if i < 1:
-                raise ConfigError(f"--input-len/--output-len: lengths must be >= 1, got {i}")
         self.length_spec(self.input_len[0], self.output_len[0]).validate()
 
 

@@ -15,12 +15,17 @@ send time is then later than scheduled, as in vLLM's ``--max-concurrency``).
 
 Closed loop: ``closed_concurrency`` workers each send their next request as soon as the
 previous one ends (GuideLLM's ``concurrent``/``synchronous``).
+
+With ``max_duration_s`` no request is sent after that many seconds from the schedule's
+start (requests already sent finish); the result counts the ones left ``unsent`` and the
+hooks hear ``sending_stopped(sent)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +70,7 @@ class LoadPlan:
     closed_concurrency: int | None = None
     max_concurrency: int | None = None
     id_prefix: str = "req"
+    max_duration_s: float | None = None
 
 
 @dataclass
@@ -72,16 +78,25 @@ class LoadResult:
     """What a load run produced.
 
     Attributes:
-        records: one per item, in item order.
+        records: one per sent item, in item order.
         origin_s: the schedule's t = 0 (``perf_counter``).
         end_s: when the last request ended.
         lateness: send lateness stats (open loop without a cap), else empty.
+        unsent: items not sent because ``max_duration_s`` had passed.
     """
 
     records: list[ClientRecord]
     origin_s: float
     end_s: float
     lateness: dict[str, Any] = field(default_factory=dict)
+    unsent: int = 0
+
+
+def _stop_sending(hooks: Hooks, records: list[ClientRecord], sent: int) -> int:
+    """Tell the hooks that only ``sent`` of ``records`` went out; returns how many did not."""
+    if sent < len(records):
+        hooks.sending_stopped(sent)
+    return len(records) - sent
 
 
 async def _send(target: Target, item: WorkItem, rec: ClientRecord, hooks: Hooks) -> None:
@@ -121,17 +136,20 @@ async def run_load(target: Target, plan: LoadPlan, hooks: Hooks | None = None, *
     records = [_record(it, plan.id_prefix) for it in plan.items]
     if plan.closed_concurrency is not None:
         origin = time.perf_counter()
+        deadline = math.inf if plan.max_duration_s is None else origin + plan.max_duration_s
         queue = list(zip(plan.items, records))
         queue.reverse()
 
         async def worker() -> None:
-            while queue:
+            while queue and time.perf_counter() <= deadline:
                 item, rec = queue.pop()
                 await _send(target, item, rec, hooks)
 
         n_workers = max(1, min(plan.closed_concurrency, len(queue)))
         await asyncio.gather(*(worker() for _ in range(n_workers)))
-        return LoadResult(records, origin, time.perf_counter())
+        sent = len(records) - len(queue)  # workers take items in order: the first `sent` went out
+        unsent = _stop_sending(hooks, records, sent)
+        return LoadResult(records[:sent], origin, time.perf_counter(), unsent=unsent)
 
     sem = asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None
     # A cyclic-GC pass in the middle of the schedule delays sends by milliseconds; the
@@ -141,6 +159,7 @@ async def run_load(target: Target, plan: LoadPlan, hooks: Hooks | None = None, *
     if len(plan.items) <= _GC_PAUSE_MAX_REQUESTS:
         gc.disable()
     origin = time.perf_counter() + lead_s
+    deadline = math.inf if plan.max_duration_s is None else origin + plan.max_duration_s
     tasks: list[asyncio.Task[None]] = []
     scheduled = np.empty(len(records))
     loop = asyncio.get_running_loop()
@@ -153,6 +172,8 @@ async def run_load(target: Target, plan: LoadPlan, hooks: Hooks | None = None, *
     try:
         for k, (item, rec) in enumerate(zip(plan.items, records)):
             due = origin + float(item.scheduled_s or 0.0)
+            if due > deadline:  # decided before sleeping: a far-off due time must not be waited for
+                break
             rec.scheduled_s = due
             scheduled[k] = due
             delay = due - time.perf_counter()
@@ -169,10 +190,12 @@ async def run_load(target: Target, plan: LoadPlan, hooks: Hooks | None = None, *
         for t in tasks:
             if not t.done():
                 t.cancel()
+    sent = len(tasks)
+    unsent = _stop_sending(hooks, records, sent)
     lateness: dict[str, Any] = {}
     if sem is None:
-        lateness = lateness_stats_ms(scheduled, np.array([r.send_s for r in records]))
-    return LoadResult(records, origin, time.perf_counter(), lateness)
+        lateness = lateness_stats_ms(scheduled[:sent], np.array([r.send_s for r in records[:sent]]))
+    return LoadResult(records[:sent], origin, time.perf_counter(), lateness, unsent)
 
 
 async def warm_up(target: Target, items: list[WorkItem]) -> int:

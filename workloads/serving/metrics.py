@@ -31,6 +31,7 @@ fewer than ``max_num_seqs`` requests remain unfinished, counting those not yet s
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -290,10 +291,18 @@ class SteadyTracker:
         if had_first_token:
             self.decoding -= 1
         self.finished_count += 1
+        self._close_if_draining(t)
+
+    def _close_if_draining(self, t: float) -> None:
         if self.t_open is not None and self.t_close is None and self._remaining() < self.max_num_seqs:
             self.t_close = t
             if self.on_close is not None:
                 self.on_close(t)
+
+    def sending_stopped(self, sent: int) -> None:
+        """Only ``sent`` requests went out (``--max-duration``): the window closes as if the load had ``sent``."""
+        self.total = sent
+        self._close_if_draining(time.perf_counter())
 
     def _remaining(self) -> int:
         return self.total - self.finished_count

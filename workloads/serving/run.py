@@ -56,6 +56,8 @@ from charbench.workloads.serving.modes import Load, run_sweep, slo_search
 from charbench.workloads.serving.prompts import build_prompts
 
 REQUESTS_DIR = "requests"
+#: longest the open-loop schedules of a sweep may add up to without --max-duration (a week)
+MAX_EXPECTED_SWEEP_S = 7 * 86_400.0
 ENGINE_KNOBS: tuple[str, ...] = ("model", "tp", "dtype", "max_num_seqs")
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
@@ -150,12 +152,35 @@ class ServeSweepStudy(Study):
                     check_tp_divisible(model_cfg, int(tp))
                 if is_checkpoint(str(m)):  # a checkpoint without a usable tokenizer.json
                     load_tokenizer(str(m), model_cfg, checkpoint=True)
+        self._check_expected_duration()
         if cfg.arrival == "trace":
             from pathlib import Path
 
             from charbench.workloads.serving.traces import load_azure_trace
 
             self._trace = load_azure_trace(Path(cfg.trace_file or ""), cfg.time_scale, cfg.trace_start_s, cfg.trace_duration_s, cfg.num_requests)
+
+    def _check_expected_duration(self) -> None:
+        """Refuse open-loop rates whose schedules alone would run for days (``--request-rate 1e-9``).
+
+        Without ``--max-duration`` a point sends its last request about num_requests / rate
+        seconds after its first; summed over the grid's points this must stay under
+        :data:`MAX_EXPECTED_SWEEP_S`.
+
+        Raises:
+            ConfigError: naming --request-rate and the fixes.
+        """
+        c = self.cfg
+        if c.max_duration_s is not None:
+            return
+        rates = [float(p["request_rate_rps"]) for p in self.points() if "request_rate_rps" in p]
+        total = sum(c.num_requests / r for r in rates if math.isfinite(r))
+        if total > MAX_EXPECTED_SWEEP_S:
+            raise ConfigError(
+                f"--request-rate {min(rates):g}: sending {c.num_requests} requests per point at these rates takes about "
+                f"{total:.3g} s ({total / 86400:.3g} days) over {len(rates)} point(s), more than {MAX_EXPECTED_SWEEP_S / 86400:g} days; "
+                "raise --request-rate, lower --num-requests, or cap each point with --max-duration SECONDS"
+            )
 
     def config_dict(self) -> dict[str, Any]:
         """The config as saved in config.json (inf rates as null: JSON has no inf)."""
@@ -436,6 +461,7 @@ class ServeSweepStudy(Study):
             closed_concurrency=int(load.value) if load.kind == "concurrency" else None,  # type: ignore[arg-type]
             max_concurrency=c.max_concurrency,
             id_prefix=f"{wname[:40]}-{int(time.time() * 1e3) % 10**9}",
+            max_duration_s=c.max_duration_s,
         )
         warm_items = self._warmup_items(items) if warmup else []
 
@@ -455,6 +481,11 @@ class ServeSweepStudy(Study):
         finally:
             wins.abandon()
         records = result.records
+        if not records:
+            raise PointFailedError(
+                f"--max-duration {c.max_duration_s:g}: no request of this load ({load.step or load.kind}) was due within it; "
+                "raise --max-duration or --request-rate"
+            )
         metrics = compute_metrics(records, slo=c.slo)
         dead = getattr(target, "dead", None)
         if metrics["completed"] == 0:
@@ -486,6 +517,11 @@ class ServeSweepStudy(Study):
         rec["max_concurrency"] = c.max_concurrency
         rec["length_dist"] = c.length_dist if load.kind != "trace" else "trace"
         rec["warmup_errors"] = warm_errors
+        rec["max_duration_s"] = c.max_duration_s
+        rec["truncated"] = result.unsent > 0
+        rec["unsent_requests"] = result.unsent
+        if c.max_duration_s is None:
+            rec["_reasons"]["max_duration_s"] = "no --max-duration: every planned request was sent"
         rec.update(info)
         rec.update(target.describe())
         rec["engine_starts"] = self.engine_starts

@@ -129,7 +129,7 @@ def test_nan_output_fails_the_point_with_the_reason(charbench_home: Path, monkey
     (["--size", "12,abc"], "Error: --size: expected M,N,K (e.g. 2048,2048,2048) or one number, got '12,abc'"),
     (["--seeds", "a-b"], "Error: --seeds: expected integers like 1,2,3 or 1-10, got 'a-b'"),
     (["--preset", "huge"], "Error: --preset: unknown preset 'huge'; valid: quick, paper"),
-    (["--duration", "0"], "Error: --duration must be > 0 s, got 0.0"),
+    (["--duration", "0"], "Error: --duration must be a finite number > 0 and <= 86400 (got 0.0)"),
 ])
 def test_bad_input_exact_messages(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gemm-power", "--device", "cpu", *args]) == 1

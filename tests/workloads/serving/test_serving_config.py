@@ -53,13 +53,13 @@ def test_presets_validate() -> None:
         ({"sm_freq_mhz": [0]}, "--sm-freq"),
         ({"length_dist": "weird"}, "--length-dist"),
         # engine settings fail before the run, not at its first point
-        ({"kv_cache_gb": -1.0}, "--kv-cache-gb: must be > 0"),
-        ({"max_model_len": 1}, "--max-model-len: must be >= 2"),
-        ({"max_num_batched_tokens": 0}, "--max-num-batched-tokens: must be >= 1"),
+        ({"kv_cache_gb": -1.0}, r"^--kv-cache-gb must be a finite number > 0 \(got -1.0\)$"),
+        ({"max_model_len": 1}, r"^--max-model-len must be an integer >= 2 \(got 1\)$"),
+        ({"max_num_batched_tokens": 0}, r"^--max-num-batched-tokens must be an integer >= 1 \(got 0\)$"),
         ({"max_num_seqs": [4, 64], "max_num_batched_tokens": 32}, "must be >= every --max-num-seqs value \\(largest 64\\)"),
-        ({"idle_baseline_s": -1.0}, "--idle-baseline: must be >= 0 s"),
-        ({"cooldown_s": -2.0}, "--cooldown: must be >= 0 s"),
-        ({"trace_duration_s": 0.0}, "--trace-duration: must be > 0 s"),
+        ({"idle_baseline_s": -1.0}, r"^--idle-baseline must be a finite number >= 0 and <= 86400 \(got -1.0\)$"),
+        ({"cooldown_s": -2.0}, r"^--cooldown must be a finite number >= 0 and <= 86400 \(got -2.0\)$"),
+        ({"trace_duration_s": 0.0}, r"^--trace-duration must be a finite number > 0 \(got 0.0\)$"),
         ({"export_profile": f"{__file__}/x/profile.json"}, "--export-profile .*/x/profile.json: cannot write there .* is not a writable folder"),
         ({"export_profile": "/"}, "--export-profile /: is a folder"),
         ({"num_requests": 10**9}, "--num-requests: 1000000000 is more than 1000000 per load"),
@@ -107,7 +107,7 @@ def test_from_dict_restores_inf_rates() -> None:
         (["--model", "nonexist"], "Error: --model: unknown preset 'nonexist'"),
         (["--tp", "3"], "Error: --tp 3: model 'tiny' has num_heads=8, not divisible by 3"),
         (["--trace", "/nonexistent/trace.csv"], "Error: --trace: file not found: /nonexistent/trace.csv"),
-        (["--kv-cache-gb", "-1"], "Error: --kv-cache-gb: must be > 0"),
+        (["--kv-cache-gb", "-1"], "Error: --kv-cache-gb must be a finite number > 0 (got -1.0)"),
     ],
 )
 def test_bad_engine_options_fail_before_the_run(args: list[str], expect: str, charbench_home, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
