@@ -11,7 +11,7 @@ The page has one row per run (study, date, label, run id, git sha, host, GPU, de
 status, points done/failed, link to the run's report) and, per study, trend charts of
 its headline metrics over time: each marker is one run, its value the median over the
 run's points of that metric (runs that did not complete are drawn as open markers).
-Headline metrics are the study's gated metrics (:data:`charbench.compare.DEFAULT_GATES`),
+Headline metrics are the study's gated metrics (declared in its ``StudySpec``, see :mod:`charbench.compare.gates`),
 else ``energy_j``/``avg_power_w``, else the first few unit-suffixed metrics (those with a
 better direction, such as times and throughputs, before clocks and fractions). Links are
 relative, so the folder can be published as it is (CI artifact, static site); the page
@@ -89,7 +89,7 @@ def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
 
 
 def _status_badge(status: str, failed: str) -> str:
-    from charbench.compare import html_escape as _e
+    from charbench.pages import html_escape as _e
 
     cls = "measured" if status == "completed" else "not-measured"
     extra = f' <span class="badge not-measured">{_e(failed)} failed point(s)</span>' if failed not in ("0", "", "None") else ""
@@ -97,7 +97,7 @@ def _status_badge(status: str, failed: str) -> str:
 
 
 def _runs_table(runs: list[RunSummary], out: Path) -> str:
-    from charbench.compare import html_escape as _e, relative_link
+    from charbench.pages import html_escape as _e, relative_link
 
     head = "".join(f"<th>{c}</th>" for c in ["started", "study", "label", "status", "points", "report", "git", "host", "gpu", "device", "run"])
     rows = []
@@ -121,8 +121,7 @@ def _trend_figure(study: str, runs: list[RunSummary]) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from charbench.compare import html_escape as _e
-    from charbench.report import figure_html
+    from charbench.pages import figure_html, html_escape as _e
 
     metrics = headline_metrics(study, runs)
     if not metrics:
@@ -157,8 +156,7 @@ def render_history(history_dir: Path, out: Path | None = None) -> Path:
     Raises:
         ConfigError: ``history_dir`` is not a folder.
     """
-    from charbench.compare import html_escape as _e
-    from charbench.report import Section, render_page
+    from charbench.pages import Section, html_escape as _e, render_page
     from charbench.results import atomic_write_text
 
     history_dir = Path(history_dir)

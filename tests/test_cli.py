@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from charbench import __version__, cli
-from charbench.cli import COMMANDS, main
+from charbench.cli import SPINE_COMMANDS, command_table, main
 from charbench.results import RunStore
 
 BIN = Path(sys.executable).parent / "charbench"
@@ -53,7 +53,7 @@ def _fake_command_module() -> types.ModuleType:
 @pytest.fixture
 def boom(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cb_test_cmds", _fake_command_module())
-    monkeypatch.setitem(COMMANDS, "boom", ("cb_test_cmds", "Test command."))
+    monkeypatch.setitem(SPINE_COMMANDS, "boom", ("cb_test_cmds", "Test command."))
 
 
 def _run(tmp: Path, label: str = "") -> RunStore:
@@ -76,12 +76,14 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str], flag: str) -> N
     for name in ("env", "report", "runs", "--version", "--debug"):
         assert name in out
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and not line.startswith("    ")]
-    assert listed == [n for n in COMMANDS if cli._module_exists(COMMANDS[n][0])]
+    table = command_table()
+    assert listed == [n for n in table if cli._module_exists(table[n][0])]
+    assert listed[:2] == ["gemm-power", "serve-sweep"]  # the built-in studies, found by the registry
 
 
 def test_help_hides_commands_whose_module_is_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(COMMANDS, "ghost", ("charbench.workloads.no_such_study.cli", "Not installed."))
-    monkeypatch.setitem(COMMANDS, "ghost2", ("no_such_pkg_xyz.cli", "Not installed."))
+    monkeypatch.setitem(SPINE_COMMANDS, "ghost", ("charbench.workloads.no_such_study.cli", "Not installed."))
+    monkeypatch.setitem(SPINE_COMMANDS, "ghost2", ("no_such_pkg_xyz.cli", "Not installed."))
     assert main(["--help"]) == 0
     assert "ghost" not in capsys.readouterr().out
     assert main(["ghost"]) == 2
@@ -158,7 +160,7 @@ def test_internal_error_under_debug_raises() -> None:
 def test_broken_command_module(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "cb_broken_cmd.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(COMMANDS, "broken", ("cb_broken_cmd", "Broken."))
+    monkeypatch.setitem(SPINE_COMMANDS, "broken", ("cb_broken_cmd", "Broken."))
     assert main(["broken"]) == 1
     assert capsys.readouterr().err == (
         "Error: broken: the command failed to load (ModuleNotFoundError: No module named 'no_such_dependency_xyz'); "
@@ -185,7 +187,7 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_report_many_delegates_to_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import charbench.compare
+    import charbench.compare_page
 
     calls: list[tuple[list[Path], Path]] = []
 
@@ -193,7 +195,7 @@ def test_report_many_delegates_to_compare(tmp_path: Path, capsys: pytest.Capture
         calls.append((list(run_dirs), Path(out)))
         return Path(out)
 
-    monkeypatch.setattr(charbench.compare, "render_comparison", fake)
+    monkeypatch.setattr(charbench.compare_page, "render_comparison", fake)
     a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
     monkeypatch.chdir(tmp_path)
     assert main(["report", str(a.path), str(b.path)]) == 0
@@ -254,8 +256,6 @@ def test_help_imports_nothing_heavy() -> None:
 
 def test_command_help_imports_nothing_heavy() -> None:
     """Every command's --help stays fast: no torch, plotly, pandas or numpy."""
-    from charbench.cli import COMMANDS
-
     code = textwrap.dedent(
         """
         import sys, io, contextlib
@@ -266,7 +266,7 @@ def test_command_help_imports_nothing_heavy() -> None:
         print(rc, ",".join(heavy))
         """
     )
-    for command in COMMANDS:
+    for command in command_table():
         out = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "0", (command, out.stdout)

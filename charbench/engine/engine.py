@@ -22,11 +22,20 @@ the GIL) and streams outputs to asyncio consumers::
 Timestamps (``RequestRecord``) are ``time.perf_counter()`` seconds taken right after a
 step's tokens are sampled (the sampled ids are on the host then, so the device is synced),
 not when a consumer reads them.
+
+One request never stops the engine. An exception while preparing, sampling or
+detokenizing one request fails that request alone: it is logged (``charbench.engine``,
+level error, with the request id), its KV blocks are freed, and its last output has
+``finish_reason="error"`` and ``error`` set (``AsyncLLMEngine.generate`` raises
+:class:`RequestFailedError` for it); the other requests go on. A failure that cannot be
+attributed to one request (the model forward of the batch, the scheduler) fails the
+requests it concerns (the batch; every scheduled request) and the loop goes on serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -53,7 +62,10 @@ __all__ = [
     "LLMEngine",
     "PromptTooLongError",
     "QueueFullError",
+    "RequestFailedError",
 ]
+
+logger = logging.getLogger("charbench.engine")
 
 
 class PromptTooLongError(ConfigError):
@@ -65,7 +77,19 @@ class QueueFullError(CharbenchError):
 
 
 class EngineDeadError(CharbenchError):
-    """The engine loop stopped (shut down, or a step raised); no more requests are served."""
+    """The engine loop stopped (shut down, or the loop itself failed); no more requests are served."""
+
+
+class RequestFailedError(CharbenchError):
+    """The engine failed one request (the server answers 500); the engine goes on serving.
+
+    Attributes:
+        request_id: the failed request.
+    """
+
+    def __init__(self, request_id: str, message: str) -> None:
+        super().__init__(f"request {request_id} failed: {message}")
+        self.request_id = request_id
 
 
 @dataclass
@@ -229,14 +253,15 @@ class LLMEngine:
             arrival_time_s: perf_counter arrival time; default now.
 
         Raises:
-            ValueError: duplicate unfinished ``request_id`` or invalid ``params``.
+            ValueError: duplicate unfinished ``request_id`` or invalid ``params``
+                (:class:`~charbench.engine.api.SamplingParamsError` names the field).
             PromptTooLongError: prompt tokens + 1 > ``max_model_len``.
         """
         if self._closed:
             raise EngineDeadError("the engine was shut down")
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use by an unfinished request")
-        params.validate()
+        params.validate(self.vocab_size)
         ids = self.encode_prompt(prompt)
         self._add_encoded(request_id, ids, params, arrival_time_s)
 
@@ -305,41 +330,85 @@ class LLMEngine:
     # ---- the loop ---------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one iteration; return outputs of requests that got a token or finished."""
+        """Run one iteration; return outputs of requests that got a token or finished.
+
+        Never raises for a request's failure: a failed request's output has
+        ``finish_reason="error"`` (see the module docstring).
+        """
         if self._closed:
             raise EngineDeadError("the engine was shut down")
-        sched = self.scheduler.schedule()
+        try:
+            sched = self.scheduler.schedule()
+        except Exception as exc:  # its state is suspect and no request can be blamed: fail all
+            return self._fail_many(list(self._requests.values()), exc, "scheduling")
+        outputs: list[RequestOutput] = []
         for seq in sched.preempted:
             self._requests[seq.request_id].record.preemptions += 1
         if sched.is_empty:
             return []
         now = time.perf_counter()
         chunks = []
+        scheduled = []
         for c in sched.chunks:
-            rec = self._requests[c.seq.request_id].record
-            if rec.first_scheduled_time_s is None:
-                rec.first_scheduled_time_s = now
-            chunks.append(
-                SeqChunk(
-                    seq_id=c.seq.seq_id,
-                    token_ids=c.token_ids,
-                    start_pos=c.start_pos,
-                    block_table=list(c.seq.block_table),
-                    need_logits=c.need_logits,
+            req = self._requests[c.seq.request_id]
+            try:
+                if req.record.first_scheduled_time_s is None:
+                    req.record.first_scheduled_time_s = now
+                chunks.append(
+                    SeqChunk(
+                        seq_id=c.seq.seq_id,
+                        token_ids=c.token_ids,
+                        start_pos=c.start_pos,
+                        block_table=list(c.seq.block_table),
+                        need_logits=c.need_logits,
+                    )
                 )
-            )
-        logits = self.runner.forward(chunks)
-        sampled = [c for c in sched.chunks if c.need_logits]
+                scheduled.append(c)
+            except Exception as exc:
+                outputs.append(self._fail(req, exc, "preparing its chunk"))
+        if not chunks:
+            return outputs
+        batch = [self._requests[c.seq.request_id] for c in scheduled]
+        try:
+            logits = self.runner.forward(chunks)
+        except Exception as exc:  # one forward for the whole batch: fail the batch
+            return outputs + self._fail_many(batch, exc, "running the batch's model forward")
+        sampled = [c for c in scheduled if c.need_logits]
         reqs = [self._requests[c.seq.request_id] for c in sampled]
-        rows = [SamplingRow(r.params, r.generator, r.seq.num_output_tokens) for r in reqs]
-        tokens = self.sampler.sample(logits, rows)
+        rows = [
+            SamplingRow(r.params, r.generator, r.seq.num_output_tokens, r.seq.token_ids, r.seq.num_prompt_tokens)
+            for r in reqs
+        ]
+        tokens = self._sample(logits, rows)
         t = time.perf_counter()  # tokens are host ints now: the device has finished
-        return self._process(reqs, tokens, t)
-
-    def _process(self, reqs: list[_Request], tokens: list[int], t: float) -> list[RequestOutput]:
-        outputs = []
         for req, tok in zip(reqs, tokens):
-            seq, rec = req.seq, req.record
+            if isinstance(tok, Exception):
+                outputs.append(self._fail(req, tok, "sampling"))
+            else:
+                outputs.append(self._process_one(req, tok, t))
+        return outputs
+
+    def _sample(self, logits: Any, rows: list[SamplingRow]) -> list[int | Exception]:
+        """One batched sampling pass; when it raises, each row alone, so that only the
+        rows that fail by themselves fail (sampling a row alone draws what the batch would:
+        every row has its own uniform number, and masks are idempotent)."""
+        try:
+            return list(self.sampler.sample(logits, rows))
+        except Exception as exc:
+            if len(rows) == 1:
+                return [exc]
+        results: list[int | Exception] = []
+        for i, row in enumerate(rows):
+            try:
+                results.append(self.sampler.sample(logits[i : i + 1], [row])[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _process_one(self, req: _Request, tok: int, t: float) -> RequestOutput:
+        """Append a sampled token: timestamps, detokenization, stop checks, finishing."""
+        seq, rec = req.seq, req.record
+        try:
             seq.append_token(tok)
             if rec.first_token_time_s is None:
                 rec.first_token_time_s = t
@@ -348,13 +417,32 @@ class LLMEngine:
             rec.output_tokens += 1
             self._generation_tokens_total += 1
             new_text = req.stop.add_token(tok)
-            finished = req.stop.finish_reason is not None
-            if finished:
-                del self._requests[seq.request_id]
-                self.scheduler.finish(seq)
-                self._finish_record(req, t, req.stop.finish_reason)
-            outputs.append(self._output(req, [tok], new_text, finished))
-        return outputs
+        except Exception as exc:
+            return self._fail(req, exc, "detokenizing")
+        finished = req.stop.finish_reason is not None
+        if finished:
+            del self._requests[seq.request_id]
+            self.scheduler.finish(seq)
+            self._finish_record(req, t, req.stop.finish_reason)
+        return self._output(req, [tok], new_text, finished)
+
+    def _fail_many(self, reqs: list[_Request], exc: Exception, stage: str) -> list[RequestOutput]:
+        return [self._fail(r, exc, stage) for r in reqs if r.seq.request_id in self._requests]
+
+    def _fail(self, req: _Request, exc: Exception, stage: str) -> RequestOutput:
+        """End one request with ``finish_reason="error"``, free its blocks, log it."""
+        rid = req.seq.request_id
+        logger.error("request %s failed while %s: %s: %s", rid, stage, type(exc).__name__, exc, exc_info=exc)
+        self._requests.pop(rid, None)
+        try:
+            self.scheduler.finish(req.seq)
+        except Exception:  # its bookkeeping is what broke; the rest must go on
+            logger.exception("request %s: freeing its KV blocks failed", rid)
+        req.stop.finish_reason = "error"
+        self._finish_record(req, time.perf_counter(), "error")
+        out = self._output(req, [], "", finished=True)
+        out.error = f"{type(exc).__name__} while {stage}: {exc}"
+        return out
 
     def _finish_record(self, req: _Request, t: float, reason: Any) -> None:
         rec = req.record
@@ -495,6 +583,7 @@ class AsyncLLMEngine:
             EngineDeadError: the engine is not running.
             QueueFullError: ``cfg.max_queue`` requests are waiting.
             PromptTooLongError, ValueError: bad prompt, params or duplicate id.
+            RequestFailedError: the engine failed this request (after it started).
         """
         if self._dead is not None:
             raise EngineDeadError(f"the engine loop stopped: {self._dead}")
@@ -506,7 +595,7 @@ class AsyncLLMEngine:
                 "retry later or raise max_queue"
             )
         rid = request_id if request_id is not None else f"req-{uuid.uuid4().hex}"
-        params.validate()
+        params.validate(self.engine.vocab_size)
         ids = self.engine.encode_prompt(prompt)  # tokenizers are thread-safe for encode
         if rid in self._streams:
             raise ValueError(f"request id {rid!r} is already in use by an unfinished request")
@@ -570,14 +659,18 @@ class AsyncLLMEngine:
                                 self._num_pending_adds -= 1
                     else:
                         rid, deliver = payload
-                        out = eng.abort(rid)
+                        try:
+                            out = eng.abort(rid)
+                        except Exception:  # one request's bookkeeping; the loop goes on
+                            logger.exception("request %s: abort failed", rid)
+                            continue
                         if out is not None and deliver:
                             outs.append(out)
                 if eng.has_unfinished():
                     outs.extend(eng.step())
                 self._stats = eng.stats()
                 self._deliver(outs)
-        except BaseException as e:  # a failed step kills the engine; tell every consumer
+        except BaseException as e:  # a bug in the loop itself (steps isolate requests)
             self._dead = e
             self._fail_streams(EngineDeadError(f"engine step failed: {e!r}"))
 
@@ -592,6 +685,8 @@ class AsyncLLMEngine:
                 stream = self._streams.get(rid)
                 if stream is not None and out.finished:
                     self._streams.pop(rid, None)
+                if out.error is not None:
+                    item = RequestFailedError(rid, out.error)
             if stream is not None:
                 by_loop.setdefault(stream.loop, []).append((stream.queue, item))
         for loop, items in by_loop.items():

@@ -1,11 +1,13 @@
 """Token sampling and stop handling.
 
 :class:`Sampler` turns one step's logits (one row per sequence that needs a token) into
-token ids, batched over all rows: greedy rows take an argmax; the others are scaled by
-their temperature, masked by top-k and top-p, and drawn by inverse-CDF sampling with one
-uniform number per row from the request's own ``torch.Generator`` (seeded requests) or the
-engine's generator. A seeded request therefore draws the same tokens whatever else shares
-its batch. ``min_tokens`` suppresses EOS and the stop tokens until enough were generated.
+token ids, batched over all rows. ``min_tokens`` first suppresses EOS and the stop tokens
+until enough were generated; rows with a repetition, frequency or presence penalty then get
+them applied (vLLM's formulas, vectorised over those rows only: a batch without penalties
+pays nothing). Greedy rows take an argmax; the others are scaled by their temperature,
+masked by min-p, top-k and top-p, and drawn by inverse-CDF sampling with one uniform number
+per row from the request's own ``torch.Generator`` (seeded requests) or the engine's
+generator. A seeded request therefore draws the same tokens whatever else shares its batch.
 
 :class:`StopChecker` does the text side: incremental detokenization, stop tokens, stop
 strings (held back from the streamed text until they can no longer start a stop string,
@@ -18,6 +20,7 @@ cut from the final text), ``max_tokens`` and EOS::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -45,11 +48,16 @@ class SamplingRow:
         params: the request's sampling settings.
         generator: the request's private generator (seeded requests) or None.
         num_output_tokens: tokens generated before this one (for ``min_tokens``).
+        token_ids: the prompt followed by the tokens generated so far; read only when
+            the row has a penalty (a reference to the sequence's list, not a copy).
+        num_prompt_tokens: how many of ``token_ids`` are the prompt.
     """
 
     params: SamplingParams
     generator: torch.Generator | None
     num_output_tokens: int
+    token_ids: Sequence[int] = ()
+    num_prompt_tokens: int = 0
 
 
 def apply_top_k_sorted(sorted_logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -89,16 +97,89 @@ def apply_top_p_sorted(sorted_logits: torch.Tensor, top_p: torch.Tensor) -> torc
     return sorted_logits.masked_fill(drop, NEG_INF)
 
 
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Mask tokens whose probability is below ``min_p`` times the row's largest one.
+
+    Args:
+        logits: [n, vocab] (temperature already applied).
+        min_p: [n] float in [0, 1]; 0 keeps everything.
+
+    Returns:
+        The logits with masked entries set to -inf (a new tensor).
+    """
+    probs = torch.softmax(logits, dim=-1)
+    threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+def token_counts(ids: list[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """How often each token id occurs in each row: int64 ``[len(ids), vocab]``.
+
+    Args:
+        ids: one token-id list per row (ids in [0, vocab)).
+        vocab: the width of the result.
+        device: where to build it.
+    """
+    width = max(1, max(len(row) for row in ids))
+    # pad with the extra column ``vocab``, dropped after the scatter
+    padded = torch.tensor(
+        [list(row) + [vocab] * (width - len(row)) for row in ids], dtype=torch.int64, device=device
+    )
+    counts = torch.zeros(len(ids), vocab + 1, dtype=torch.int64, device=device)
+    counts.scatter_add_(1, padded, torch.ones_like(padded))
+    return counts[:, :vocab]
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    prompt_ids: list[Sequence[int]],
+    output_ids: list[Sequence[int]],
+    repetition: torch.Tensor,
+    presence: torch.Tensor,
+    frequency: torch.Tensor,
+) -> torch.Tensor:
+    """Repetition, frequency and presence penalties (vLLM's and OpenAI's formulas).
+
+    For each token of the prompt or the output, a positive logit is divided by the
+    repetition penalty and a negative one multiplied by it; then
+    ``logit - frequency * count - presence * (count > 0)`` with ``count`` the token's
+    occurrences in the output.
+
+    Args:
+        logits: [n, vocab] fp32.
+        prompt_ids: per row, the prompt's token ids.
+        output_ids: per row, the generated token ids.
+        repetition: [n] > 0 (1 disables).
+        presence: [n] (0 disables).
+        frequency: [n] (0 disables).
+
+    Returns:
+        The penalised logits (a new tensor).
+    """
+    vocab = logits.shape[1]
+    out_counts = token_counts(output_ids, vocab, logits.device)
+    in_output = out_counts > 0
+    seen = in_output | (token_counts(prompt_ids, vocab, logits.device) > 0)
+    rp = repetition[:, None]
+    x = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
+    return x - frequency[:, None] * out_counts - presence[:, None] * in_output
+
+
 def filter_logits(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Temperature, top-k and top-p in one pass over sorted logits.
+    """Temperature, min-p, top-k and top-p in one pass over sorted logits.
 
     Args:
         logits: [n, vocab] fp32.
         temperature: [n] > 0.
         top_k: [n] int64 (0 disables).
         top_p: [n] float (1 disables).
+        min_p: [n] float (0 disables); None when no row has one.
 
     Returns:
         (filtered logits [n, m] with -inf where masked, the token id of each column
@@ -108,6 +189,8 @@ def filter_logits(
         (column = token id).
     """
     x = logits / temperature[:, None]
+    if min_p is not None:
+        x = apply_min_p(x, min_p)
     vocab = x.shape[1]
     need_k = bool((top_k > 0).any())
     need_p = bool((top_p < 1.0).any())
@@ -144,7 +227,8 @@ class Sampler:
 
         Args:
             logits: [len(rows), vocab] fp32 (may be on any device; modified in place only
-                where ``min_tokens`` masks apply).
+                where ``min_tokens`` masks apply, which is idempotent: sampling the same
+                logits again gives the same distribution).
             rows: per-row settings, in the same order.
 
         Returns:
@@ -156,7 +240,8 @@ class Sampler:
         if logits.shape[0] != n:
             raise ValueError(f"logits have {logits.shape[0]} rows for {n} sampling rows")
         self._apply_min_tokens(logits, rows)
-        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0.0]
+        logits = self._apply_penalties(logits, rows)
+        greedy = [i for i, r in enumerate(rows) if r.params.is_greedy]
         # max().indices is argmax (first maximum on ties) and ~1.7x faster on CPU
         if len(greedy) == n:
             return logits.max(dim=-1).indices.tolist()
@@ -165,14 +250,22 @@ class Sampler:
             g_idx = torch.tensor(greedy, device=logits.device)
             for i, t in zip(greedy, logits.index_select(0, g_idx).max(dim=-1).indices.tolist()):
                 result[i] = t
-        rand = [i for i in range(n) if rows[i].params.temperature != 0.0]
+        rand = [i for i in range(n) if not rows[i].params.is_greedy]
         r_rows = [rows[i] for i in rand]
         dev = logits.device
+        vocab = logits.shape[1]
         x = logits if len(rand) == n else logits.index_select(0, torch.tensor(rand, device=dev))
         temperature = torch.tensor([r.params.temperature for r in r_rows], device=dev)
-        top_k = torch.tensor([r.params.top_k for r in r_rows], dtype=torch.int64, device=dev)
+        # -1/0 disable; a k at or above the vocabulary keeps it all, so it disables too
+        # (then it draws exactly what top_k=0 draws, and any int fits the int64 tensor)
+        top_k = torch.tensor(
+            [k if 0 < (k := r.params.top_k) < vocab else 0 for r in r_rows], dtype=torch.int64, device=dev
+        )
         top_p = torch.tensor([r.params.top_p for r in r_rows], dtype=torch.float32, device=dev)
-        vals, idx = filter_logits(x, temperature, top_k, top_p)
+        min_p = None
+        if any(r.params.min_p > 0.0 for r in r_rows):
+            min_p = torch.tensor([r.params.min_p for r in r_rows], dtype=torch.float32, device=dev)
+        vals, idx = filter_logits(x, temperature, top_k, top_p, min_p)
         # one uniform per row from the row's own stream: batch composition cannot change it
         u = torch.cat(
             [torch.rand(1, generator=r.generator or self.generator) for r in r_rows]
@@ -184,6 +277,26 @@ class Sampler:
         for i, t in zip(rand, picked):
             result[i] = t
         return result
+
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """The logits with the rows' penalties applied (the input itself when none has one)."""
+        sel = [i for i, r in enumerate(rows) if r.params.has_penalties]
+        if not sel:
+            return logits
+        dev = logits.device
+        p_rows = [rows[i] for i in sel]
+        idx = torch.tensor(sel, device=dev)
+        penalised = apply_penalties(
+            logits.index_select(0, idx),
+            [r.token_ids[: r.num_prompt_tokens] for r in p_rows],
+            [r.token_ids[r.num_prompt_tokens :] for r in p_rows],
+            torch.tensor([r.params.repetition_penalty for r in p_rows], dtype=torch.float32, device=dev),
+            torch.tensor([r.params.presence_penalty for r in p_rows], dtype=torch.float32, device=dev),
+            torch.tensor([r.params.frequency_penalty for r in p_rows], dtype=torch.float32, device=dev),
+        )
+        # out of place: the caller's logits stay as given (a retry must not penalise twice)
+        return logits.index_copy(0, idx, penalised)
 
     def _apply_min_tokens(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
         for i, r in enumerate(rows):

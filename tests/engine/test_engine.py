@@ -25,6 +25,7 @@ from charbench.engine.engine import (
     LLMEngine,
     PromptTooLongError,
     QueueFullError,
+    RequestFailedError,
 )
 from charbench.errors import ConfigError
 
@@ -406,16 +407,46 @@ def test_async_errors_queue_full_and_external_abort() -> None:
         aeng.shutdown()
 
 
-def test_async_shutdown_fails_open_streams_and_step_errors_propagate() -> None:
+def test_async_forward_failure_fails_the_batch_and_the_engine_goes_on() -> None:
     aeng = make_async()
+    fwd = aeng.engine.runner.forward
 
     def boom(chunks):
         raise RuntimeError("device lost")
 
     aeng.engine.runner.forward = boom
 
+    async def main() -> list:
+        with pytest.raises(RequestFailedError,
+                           match="^request e failed: RuntimeError while running the batch's model forward: "
+                                 "device lost$"):
+            async for _ in aeng.generate([BOS, 1], SamplingParams(), "e"):
+                pass
+        assert aeng.is_running
+        aeng.engine.runner.forward = fwd
+        return [o async for o in aeng.generate([BOS, 1], SamplingParams(max_tokens=5, ignore_eos=True), "f")]
+
+    try:
+        outs = asyncio.run(main())
+        assert outs[-1].finish_reason == "length" and len(outs[-1].token_ids) == 5
+        assert aeng.get_record("e").finish_reason == "error"
+        eng = aeng.engine
+        assert eng.allocator.num_free == eng.allocator.num_blocks
+    finally:
+        aeng.shutdown()
+    assert aeng.engine.runner.closed
+
+
+def test_async_loop_bug_kills_the_engine_and_fails_open_streams() -> None:
+    aeng = make_async()
+
+    def boom():
+        raise RuntimeError("stats broke")
+
+    aeng.engine.stats = boom  # outside step(): the loop itself fails
+
     async def main() -> None:
-        with pytest.raises(EngineDeadError, match="device lost"):
+        with pytest.raises(EngineDeadError, match="stats broke"):
             async for _ in aeng.generate([BOS, 1], SamplingParams(), "e"):
                 pass
         with pytest.raises(EngineDeadError):
@@ -423,9 +454,121 @@ def test_async_shutdown_fails_open_streams_and_step_errors_propagate() -> None:
 
     try:
         asyncio.run(main())
+        assert not aeng.is_running
     finally:
         aeng.shutdown()
-    assert aeng.engine.runner.closed
+
+
+# ---- one request never stops the engine (issue 16) ----------------------------------------
+
+ISO_PROMPTS = prompts(4, seed=11)
+
+
+def _iso_engine() -> LLMEngine:
+    eng = make_engine()
+    for i, p in enumerate(ISO_PROMPTS):
+        eng.add_request(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))
+    return eng
+
+
+def _without(rid: str) -> dict[str, list[int]]:
+    """Token ids of the other requests when ``rid`` is not sent at all."""
+    eng = make_engine()
+    for i, p in enumerate(ISO_PROMPTS):
+        if f"r{i}" != rid:
+            eng.add_request(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))
+    return {k: v[-1].token_ids for k, v in run_all(eng).items()}
+
+
+def _check_isolated(eng: LLMEngine, outs: dict[str, list], rid: str, stage: str, exc: str, msg: str,
+                    caplog: pytest.LogCaptureFixture) -> None:
+    last = outs[rid][-1]
+    assert (last.finished, last.finish_reason, last.error) == (True, "error", f"{exc} while {stage}: {msg}")
+    assert eng.get_record(rid).finish_reason == "error"
+    others = {k: v[-1].token_ids for k, v in outs.items() if k != rid}
+    assert others == _without(rid)
+    assert all(outs[k][-1].finish_reason == "length" for k in others)
+    assert eng.allocator.num_free == eng.allocator.num_blocks  # its blocks were freed too
+    logged = [r for r in caplog.records if r.name == "charbench.engine" and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in logged] == [f"request {rid} failed while {stage}: {exc}: {msg}"]
+
+
+def test_detokenizer_failure_fails_one_request(caplog: pytest.LogCaptureFixture) -> None:
+    eng = _iso_engine()
+    stop = eng._requests["r2"].stop
+    real_add = stop.add_token
+
+    def add_token(tok: int) -> str:
+        if stop.num_output_tokens == 3:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real_add(tok)
+
+    stop.add_token = add_token
+    outs = run_all(eng)
+    _check_isolated(eng, outs, "r2", "detokenizing", "UnicodeDecodeError",
+                    "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte", caplog)
+    assert len(outs["r2"][-1].token_ids) == 4  # three good tokens, then the failing one
+
+
+def test_sampler_failure_fails_one_request(caplog: pytest.LogCaptureFixture) -> None:
+    eng = _iso_engine()
+    # the issue's crash, slipped past validation: min_tokens with an id outside the vocabulary
+    p = eng._requests["r1"].params
+    p.min_tokens, p.stop_token_ids = 5, [10**9]
+    outs = run_all(eng)
+    _check_isolated(eng, outs, "r1", "sampling", "IndexError",
+                    "index 1000000000 is out of bounds for dimension 0 with size 33", caplog)
+    assert outs["r1"][-1].token_ids == []
+
+
+def test_scheduler_failure_fails_held_requests_and_engine_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    eng = _iso_engine()
+    real = eng.scheduler.schedule
+    calls = []
+
+    def schedule():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("scheduler bug")
+        return real()
+
+    eng.scheduler.schedule = schedule
+    outs = run_all(eng)
+    assert {k: (v[-1].finish_reason, v[-1].error) for k, v in outs.items()} == {
+        f"r{i}": ("error", "RuntimeError while scheduling: scheduler bug") for i in range(4)}
+    assert eng.allocator.num_free == eng.allocator.num_blocks
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 4
+    eng.add_request("after", ISO_PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True))
+    assert run_all(eng)["after"][-1].token_ids == _without("r1")["r0"]
+
+
+def test_the_issues_requests_are_refused_in_process() -> None:
+    eng = make_engine()
+    with pytest.raises(ValueError, match=r"^top_k: must be less than or equal to 9223372036854775807 "
+                                         r"\(the 64-bit limit\) \(got 10000000000000000000\)$"):
+        eng.add_request("a", [BOS, 1], SamplingParams(max_tokens=4, top_k=10**19))
+    with pytest.raises(ValueError, match=r"^stop_token_ids: token id 1000000000 is outside the vocabulary; "
+                                         r"ids must be in \[0, 33\)$"):
+        eng.add_request("b", [BOS, 1], SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=[10**9]))
+    with pytest.raises(ValueError, match=r"^seed: must be less than or equal to 9223372036854775807"):
+        eng.add_request("c", [BOS, 1], SamplingParams(max_tokens=4, seed=2**70))
+    assert not eng.has_unfinished()
+    # a top_k above the vocabulary is the whole vocabulary
+    eng.add_request("k", [BOS, 1], SamplingParams(max_tokens=8, temperature=1.0, top_k=10**18, seed=5))
+    eng.add_request("z", [BOS, 1], SamplingParams(max_tokens=8, temperature=1.0, top_k=0, seed=5))
+    outs = run_all(eng)
+    assert outs["k"][-1].token_ids == outs["z"][-1].token_ids
+
+
+def test_penalties_change_greedy_outputs_through_engine() -> None:
+    ps = prompts(3, seed=12)
+    plain = greedy_outputs(make_engine(), ps, max_tokens=30, ignore_eos=True)
+    rep = greedy_outputs(make_engine(), ps, max_tokens=30, ignore_eos=True, repetition_penalty=3.0)
+    freq = greedy_outputs(make_engine(), ps, max_tokens=30, ignore_eos=True, frequency_penalty=2.0)
+    for rid in plain:
+        assert rep[rid] != plain[rid] and freq[rid] != plain[rid]
+        # a strong frequency penalty spreads the output over more distinct tokens
+        assert len(set(freq[rid])) > len(set(plain[rid]))
 
 
 # ---- the real tiny model ------------------------------------------------------------------

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import random
+import re
 
 import pytest
 import torch
 
-from charbench.engine.api import SamplingParams
+from charbench.engine.api import SamplingParams, SamplingParamsError
 from charbench.engine.sampling import (
     IncrementalDetokenizer,
     Sampler,
     SamplingRow,
     StopChecker,
+    apply_min_p,
+    apply_penalties,
     apply_top_k_sorted,
     apply_top_p_sorted,
     filter_logits,
@@ -247,3 +251,169 @@ def test_sampling_params_validation() -> None:
         SamplingParams(top_p=0.0).validate()
     with pytest.raises(ValueError, match="min_tokens"):
         SamplingParams(max_tokens=2, min_tokens=3).validate()
+
+
+# ---- validation (issue 16: every numeric field against its real range) --------------------
+
+I64 = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "vocab", "param", "message"),
+    [
+        (dict(top_k=10**19), None, "top_k",
+         f"top_k: must be less than or equal to {I64} (the 64-bit limit) (got 10000000000000000000)"),
+        (dict(top_k=-2), None, "top_k", "top_k: must be greater than or equal to -1 (got -2)"),
+        (dict(seed=2**70), None, "seed",
+         f"seed: must be less than or equal to {I64} (the 64-bit limit) (got {2**70})"),
+        (dict(seed=-(2**63) - 1), None, "seed",
+         f"seed: must be greater than or equal to {-(2**63)} (got {-(2**63) - 1})"),
+        (dict(temperature=float("nan")), None, "temperature", "temperature: must be a finite number (got nan)"),
+        (dict(temperature=-0.5), None, "temperature", "temperature: must be greater than or equal to 0 (got -0.5)"),
+        (dict(top_p=0.0), None, "top_p", "top_p: must be greater than 0 and less than or equal to 1 (got 0.0)"),
+        (dict(min_p=1.5), None, "min_p",
+         "min_p: must be greater than or equal to 0 and less than or equal to 1 (got 1.5)"),
+        (dict(repetition_penalty=0.0), None, "repetition_penalty",
+         "repetition_penalty: must be greater than 0 (got 0.0)"),
+        (dict(repetition_penalty=float("inf")), None, "repetition_penalty",
+         "repetition_penalty: must be a finite number (got inf)"),
+        (dict(presence_penalty=2.5), None, "presence_penalty",
+         "presence_penalty: must be greater than or equal to -2 and less than or equal to 2 (got 2.5)"),
+        (dict(frequency_penalty=-3), None, "frequency_penalty",
+         "frequency_penalty: must be greater than or equal to -2 and less than or equal to 2 (got -3)"),
+        (dict(max_tokens=0), None, "max_tokens", "max_tokens: must be greater than or equal to 1 (got 0)"),
+        (dict(max_tokens=True), None, "max_tokens", "max_tokens: must be an integer (got True)"),
+        (dict(max_tokens=2, min_tokens=3), None, "min_tokens",
+         "min_tokens: 3 exceeds max_tokens 2; lower min_tokens or raise max_tokens"),
+        (dict(min_tokens=1, stop_token_ids=[10**9]), 100, "stop_token_ids",
+         "stop_token_ids: token id 1000000000 is outside the vocabulary; ids must be in [0, 100)"),
+        (dict(stop_token_ids=[-1]), None, "stop_token_ids",
+         "stop_token_ids: token id -1 is outside the vocabulary; ids must be non-negative 64-bit integers"),
+    ],
+)
+def test_sampling_params_refuses_out_of_range_values(
+    kw: dict, vocab: int | None, param: str, message: str
+) -> None:
+    with pytest.raises(SamplingParamsError, match=f"^{re.escape(message)}$") as ei:
+        SamplingParams(**kw).validate(vocab)
+    assert ei.value.param == param
+
+
+def test_sampling_params_accepts_range_edges() -> None:
+    SamplingParams(top_k=-1, seed=-(2**63), min_p=1.0, presence_penalty=-2, frequency_penalty=2.0,
+                   repetition_penalty=1e-3, stop_token_ids=[0, 99]).validate(100)
+    SamplingParams(top_k=I64, seed=I64).validate(100)
+
+
+def test_top_k_beyond_vocab_acts_as_vocab_and_minus_one_disables() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(6, 30)
+
+    def draw(top_k: int) -> list[int]:
+        rows = [row(temperature=1.0, top_k=top_k, seed=s) for s in range(6)]
+        return Sampler(eos_token_ids=()).sample(logits.clone(), rows)
+
+    assert draw(10**18) == draw(0) == draw(-1) == draw(30)
+    assert draw(10**18) != draw(2)  # top_k does take effect below the vocabulary
+
+
+def test_tiny_temperature_is_greedy() -> None:
+    torch.manual_seed(5)
+    logits = torch.randn(8, 50)
+    s = Sampler(eos_token_ids=(), seed=1)
+    assert s.sample(logits.clone(), [row(temperature=1e-6) for _ in range(8)]) == logits.argmax(1).tolist()
+    assert s.sample(logits.clone(), [row(temperature=1e-30) for _ in range(8)]) == logits.argmax(1).tolist()
+
+
+def test_out_of_vocab_stop_token_with_min_tokens_raises_in_the_sampler() -> None:
+    # what validation now keeps out; the engine isolates the failure if it ever gets in
+    s = Sampler(eos_token_ids=[2])
+    with pytest.raises(IndexError):
+        s.sample(torch.zeros(1, 5), [row(min_tokens=2, stop_token_ids=[10**9])])
+
+
+# ---- penalties and min_p ------------------------------------------------------------------
+
+
+def reference_penalties(
+    logits: list[float], prompt: list[int], output: list[int], rep: float, pres: float, freq: float
+) -> list[float]:
+    """vLLM/OpenAI penalties, one token at a time."""
+    out = []
+    for tok, value in enumerate(logits):
+        if tok in prompt or tok in output:
+            value = value / rep if value > 0 else value * rep
+        count = output.count(tok)
+        out.append(value - freq * count - pres * (1 if count > 0 else 0))
+    return out
+
+
+def test_penalties_exact_small_example() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, -2.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    got = apply_penalties(
+        logits, [[0, 1], [4]], [[3, 3, 2], [0, 0, 0, 1]],
+        repetition=torch.tensor([2.0, 1.0]), presence=torch.tensor([0.5, 0.0]),
+        frequency=torch.tensor([0.25, 1.0]),
+    )
+    # row 0: prompt 0 (2/2), prompt 1 (-1*2), output 2 once (0.5/2 - 0.25 - 0.5),
+    # output 3 twice (3/2 - 0.5 - 0.5), 4 untouched; row 1: frequency only
+    assert got.tolist() == [[1.0, -2.0, -0.5, 0.5, -2.0], [-2.0, 0.0, 1.0, 1.0, 1.0]]
+    assert logits.tolist()[0] == [2.0, -1.0, 0.5, 3.0, -2.0]  # input untouched
+
+
+def test_penalties_match_per_row_reference() -> None:
+    g = torch.Generator().manual_seed(7)
+    n, vocab = 5, 23
+    logits = torch.randn(n, vocab, generator=g) * 3
+    rng = random.Random(3)
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(1, 12))] for _ in range(n)]
+    outputs = [[rng.randrange(vocab) for _ in range(rng.randint(0, 15))] for _ in range(n)]
+    rep = [1.0, 1.3, 0.7, 2.0, 1.1]
+    pres = [0.0, 0.5, -0.4, 2.0, -2.0]
+    freq = [0.3, 0.0, 1.5, -0.2, 0.1]
+    got = apply_penalties(logits, prompts, outputs, torch.tensor(rep), torch.tensor(pres), torch.tensor(freq))
+    want = torch.tensor([
+        reference_penalties(logits[i].tolist(), prompts[i], outputs[i], rep[i], pres[i], freq[i])
+        for i in range(n)
+    ])
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_sampler_penalties_change_greedy_choice_and_skip_default_rows() -> None:
+    base = torch.tensor([[3.0, 2.9, 0.0, -1.0]])
+    hist = [2, 0]  # prompt [2], output [0]
+
+    def pick(**kw) -> int:
+        r = SamplingRow(SamplingParams(**kw), None, 1, hist, 1)
+        logits = base.clone()
+        tok = Sampler(eos_token_ids=()).sample(logits, [r])[0]
+        assert torch.equal(logits, base)  # penalties never write into the caller's logits
+        return tok
+
+    assert pick() == 0
+    assert pick(repetition_penalty=1.2) == 1  # 3 / 1.2 = 2.5 < 2.9
+    assert pick(presence_penalty=0.5) == 1  # 3 - 0.5
+    assert pick(frequency_penalty=0.2) == 1  # 3 - 0.2 * 1
+    assert pick(frequency_penalty=0.05) == 0  # 2.95 still wins
+    # a batch of default rows is passed through as is: no copy, no extra work
+    rows = [row(), row(temperature=0.7)]
+    x = torch.randn(2, 4)
+    assert Sampler._apply_penalties(x, rows) is x
+
+
+def test_min_p_mask_exact_after_temperature() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3)
+    out = apply_min_p(probs.log(), torch.tensor([0.2, 0.5, 0.0]))
+    assert (out > -INF).tolist() == [[True, True, True, False], [True, True, False, False], [True] * 4]
+    # temperature 0.5 squares the ratios to the top token: 1, 0.36, 0.09, 0.01
+    vals, idx = filter_logits(probs[:1].log(), torch.tensor([0.5]), torch.tensor([0]), torch.tensor([1.0]),
+                              torch.tensor([0.2]))
+    assert idx is None and (vals > -INF).tolist() == [[True, True, False, False]]
+
+
+def test_min_p_sampling_never_draws_dropped_tokens() -> None:
+    base = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    n = 3000
+    toks = Sampler(eos_token_ids=(), seed=2).sample(base.repeat(n, 1), [row(temperature=1.0, min_p=0.5)] * n)
+    assert set(toks) == {0, 1}
+    assert abs(toks.count(0) / n - 0.5 / 0.8) < 0.03

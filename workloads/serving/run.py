@@ -40,6 +40,7 @@ import numpy as np
 from charbench.errors import ConfigError, PointFailedError
 from charbench.study import Study, Window, merge_into
 from charbench.sweep import expand, point_key
+from charbench.workloads.serving import STUDY
 from charbench.workloads.serving.arrivals import arrival_times
 from charbench.workloads.serving.client import EngineTarget, HttpTarget, Target
 from charbench.workloads.serving.config import ServeSweepConfig
@@ -123,8 +124,8 @@ class _Windows:
 class ServeSweepStudy(Study):
     """LLM serving latency, throughput, power and energy across knobs."""
 
-    name = "serve-sweep"
-    report_hook = "charbench.workloads.serving.figures:report_sections"
+    name = STUDY.command
+    report_hook = STUDY.report_hook
 
     def __init__(self, cfg: ServeSweepConfig, target_factory: TargetFactory | None = None) -> None:
         """Args: cfg: validated here; target_factory: builds a target from engine knobs and
