@@ -8,9 +8,10 @@
     charbench --debug report RUN_DIR       # tracebacks on errors
 
 Each command lives in its own module exposing a one-command ``typer.Typer`` named ``app``;
-the module is imported only when the command runs. Errors derived from
-:class:`charbench.errors.CharbenchError` print ``Error: ...`` and exit 1 (usage errors 2),
-with a traceback only under ``--debug``.
+the module is imported only when the command runs. The spine's commands are listed in
+:data:`SPINE_COMMANDS`; study commands come from the registry (:mod:`charbench.studies`).
+Errors derived from :class:`charbench.errors.CharbenchError` print ``Error: ...`` and exit
+1 (usage errors 2), with a traceback only under ``--debug``.
 """
 
 from __future__ import annotations
@@ -27,16 +28,37 @@ import click
 from charbench import __version__
 from charbench.errors import CharbenchError
 
-#: command name -> (module defining ``app``, one-line help shown by ``charbench --help``)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "gemm-power": ("charbench.workloads.gemm_power.cli", "Input-dependent GEMM power: values, bits, placement, sparsity, across dtypes and kernels."),
-    "serve-sweep": ("charbench.workloads.serving.cli", "LLM serving latency, throughput, power and energy across knobs."),
+#: the spine's own commands: name -> (module defining ``app``, one-line help shown by ``charbench --help``)
+SPINE_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("charbench.commands.serve", "Run the built-in LLM engine behind an OpenAI-compatible API (loopback by default)."),
     "env": ("charbench.commands.env", "Show the machine, GPUs, backends and usable meters (and how to fix missing ones)."),
     "report": ("charbench.commands.report", "Render a run's HTML report, compare several runs, or build a run history."),
     "runs": ("charbench.commands.runs", "List runs under the results folder."),
     "compare": ("charbench.commands.compare", "Compare a candidate run with a baseline; exit non-zero on regressions."),
 }
+
+
+_CLASHES_WARNED: set[str] = set()
+
+
+def command_table() -> dict[str, tuple[str, str]]:
+    """Every command: the studies the registry discovers (:mod:`charbench.studies`), then the spine's.
+
+    A study cannot take a spine command's name; :func:`charbench.studies.discover` warns
+    about other clashes.
+    """
+    from charbench.studies import discover
+
+    table: dict[str, tuple[str, str]] = {}
+    for spec in discover():
+        if spec.command in SPINE_COMMANDS:
+            if spec.command not in _CLASHES_WARNED:  # the table is rebuilt per lookup: say it once
+                _CLASHES_WARNED.add(spec.command)
+                print(f"[charbench] warning: study command {spec.command!r} from {spec.cli_module} is a charbench command; skipped", file=sys.stderr)
+            continue
+        table[spec.command] = (spec.cli_module, spec.help)
+    return table | SPINE_COMMANDS
+
 
 DEBUG_ENV = "CHARBENCH_DEBUG"
 
@@ -51,16 +73,18 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Command names in a stable order (registered modules that exist)."""
-        return [name for name in COMMANDS if _module_exists(COMMANDS[name][0])]
+        table = command_table()
+        return [name for name in table if _module_exists(table[name][0])]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         """Import the command's module and turn its Typer app into a click command."""
-        if cmd_name not in COMMANDS or not _module_exists(COMMANDS[cmd_name][0]):
+        table = command_table()
+        if cmd_name not in table or not _module_exists(table[cmd_name][0]):
             return None
         import typer.main
 
         try:
-            module = importlib.import_module(COMMANDS[cmd_name][0])
+            module = importlib.import_module(table[cmd_name][0])
         except Exception as exc:  # a broken study module must not look like a charbench crash
             if debug_enabled():
                 raise
@@ -74,18 +98,18 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List commands from the static table so ``--help`` imports nothing heavy."""
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        table = command_table()
+        rows = [(name, table[name][1]) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
 
 def _module_exists(module: str) -> bool:
-    """Whether ``module`` can be imported, without running its own package's ``__init__``.
+    """Whether ``module`` can be imported, without importing it (nor an unimported parent's ``__init__``).
 
-    ``charbench.workloads.gemm_power.cli`` is looked up in the folder of
-    ``charbench.workloads.gemm_power`` (which imports only ``charbench.workloads``), so
-    ``charbench --help`` never imports a study (and with it torch).
+    A study's command module imports the study (and with it torch); ``charbench --help``
+    only looks it up in its package's folder, so listing commands stays fast.
     """
     if module in sys.modules:
         return True
@@ -158,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success, 1 for a :class:`CharbenchError` (``Error: ...`` on stderr) or an
-        internal error, 2 for usage errors, 130 after Ctrl-C.
+        internal error, 2 for usage errors, 130 after Ctrl-C, 143 after SIGTERM during a run.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     previous_debug = os.environ.get(DEBUG_ENV)
@@ -179,9 +203,9 @@ def _main(args: list[str]) -> int:
         try:
             with root.make_context("charbench", list(args)) as ctx:
                 root.invoke(ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (charbench.signals.Terminated)
             click.echo("Interrupted; completed points are kept (continue with --resume RUN_DIR).", err=True)
-            return 130
+            return int(getattr(exc, "exit_code", 130))
         except CharbenchError as exc:
             if debug_enabled():
                 import traceback

@@ -11,13 +11,14 @@ and by which meter, what is estimated, what is missing and why), the study's own
 table and the failures. plotly.js is embedded once; every user-provided string is escaped
 (jinja2 autoescape; figure JSON is embedded with ``<``, ``>`` and ``&`` escaped).
 
-A study adds sections with a hook ``module:function`` taking a :class:`RunData` and
-returning a list of :class:`Section`; build figure HTML with :func:`figure_html`.
+A study adds sections with a hook ``module:function`` (its ``StudySpec.report_hook``)
+taking a :class:`RunData` and returning a list of :class:`charbench.pages.Section`; build
+figure and table HTML with :func:`charbench.pages.figure_html` and
+:func:`charbench.pages.table_html`.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
@@ -26,19 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from charbench.errors import CharbenchError
+from charbench.pages import Section, figure_html, html_escape, jinja_env, plotly_js, table_html
 from charbench.results import RunStore, atomic_write_text
 
 ESTIMATED = "estimated"
-
-
-@dataclass
-class Section:
-    """One block of a report: a title, trusted HTML (figures, tables) and a note."""
-
-    title: str
-    html: str
-    note: str = ""
-    anchor: str = ""
 
 
 @dataclass
@@ -59,82 +51,6 @@ class RunData:
         """Read a run folder."""
         store = RunStore.open(run_dir)
         return cls(store, store.results_frame(), store.samples_frame(), store.failures(), store.config(), store.env(), dict(store.meta))
-
-
-class _FigureIds:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> str:
-        self.n += 1
-        return f"fig{self.n}"
-
-
-_IDS = _FigureIds()
-
-
-def _safe_json(obj_json: str) -> str:
-    # JSON stays valid while nothing in it can close the <script> element.
-    return obj_json.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def figure_html(fig: Any, height: int | None = None) -> str:
-    """HTML for one plotly figure: a div plus a script that draws it (plotly.js comes once per page).
-
-    Args:
-        fig: a ``plotly.graph_objects.Figure``.
-        height: optional pixel height.
-    """
-    div_id = _IDS.next()
-    if height is not None:
-        fig.update_layout(height=height)
-    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
-    payload = _safe_json(fig.to_json())
-    return (
-        f'<div class="plot" id="{div_id}"></div>\n'
-        f'<script>(function(){{var f={payload};Plotly.newPlot("{div_id}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>'
-    )
-
-
-def table_html(df: Any, max_rows: int = 500, float_fmt: str = "{:.4g}") -> str:
-    """An escaped HTML table of a DataFrame (None/NaN shown as 'null')."""
-    from markupsafe import escape
-
-    cols = list(df.columns)
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in cols)
-    rows = []
-    for _, row in df.head(max_rows).iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            if v is None or (isinstance(v, float) and v != v):
-                cells.append('<td class="null">null</td>')
-            elif isinstance(v, float):
-                cells.append(f"<td>{escape(float_fmt.format(v))}</td>")
-            else:
-                cells.append(f"<td>{escape(str(v))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    more = f'<p class="muted">{len(df) - max_rows} more rows in results.csv</p>' if len(df) > max_rows else ""
-    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
-
-
-@functools.lru_cache(maxsize=1)
-def plotly_js() -> str:
-    """The plotly.js bundle, embedded once per page so reports work offline."""
-    from plotly.offline import get_plotlyjs
-
-    # The bundle goes inside <script>...</script>: no "</script" may appear in it.
-    return get_plotlyjs().replace("</script", "<\\/script")
-
-
-def _env():  # -> jinja2.Environment
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("charbench.reports", "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
-        undefined=jinja2.StrictUndefined,
-    )
 
 
 def provenance_rows(data: RunData) -> list[dict[str, str]]:
@@ -188,18 +104,16 @@ def _study_sections(data: RunData) -> list[Section]:
     if not hook:
         return []
     module, _, func = hook.partition(":")
-    from markupsafe import escape
-
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as exc:
-        return [Section("Study sections unavailable", f"<p>Cannot load report hook {escape(hook)}: {escape(type(exc).__name__)}: {escape(str(exc))}</p>")]
+        return [Section("Study sections unavailable", f"<p>Cannot load report hook {html_escape(hook)}: {html_escape(type(exc).__name__)}: {html_escape(str(exc))}</p>")]
     try:
         return list(fn(data))
     except Exception as exc:  # the rest of the report (points, provenance, env) is still worth having
         if os.environ.get("CHARBENCH_DEBUG") == "1":
             raise
-        return [Section("Study sections failed", f"<p>The report hook {escape(hook)} raised {escape(type(exc).__name__)}: {escape(str(exc))}. The data below is complete; rerun <code>charbench --debug report RUN_DIR</code> after fixing it.</p>")]
+        return [Section("Study sections failed", f"<p>The report hook {html_escape(hook)} raised {html_escape(type(exc).__name__)}: {html_escape(str(exc))}. The data below is complete; rerun <code>charbench --debug report RUN_DIR</code> after fixing it.</p>")]
 
 
 def render_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -213,7 +127,7 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
     env = {k: None for k in ("charbench_version", "git_sha", "hostname", "cpu_model", "cpu_cores", "os", "python", "torch", "torch_cuda", "gpus_reason")}
     env |= {"command_line": [], "meters": [], "gpus": []} | data.env
     meta = {k: None for k in ("run_id", "status", "points_done", "points_failed", "started", "label", "device")} | {"meta": {}} | data.meta
-    html = _env().get_template("run.html.j2").render(
+    html = jinja_env().get_template("run.html.j2").render(
         title=f"charbench {meta['study']}: {meta['run_id']}",
         meta=meta,
         env=env,
@@ -230,20 +144,15 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
     return target
 
 
-def render_page(title: str, sections: list[Section], subtitle: str = "") -> str:
-    """A generic page (comparisons, history) in the same look as run reports."""
-    return _env().get_template("page.html.j2").render(title=title, subtitle=subtitle, sections=sections, plotly_js=plotly_js())
-
-
 def _display_frame(df: Any) -> Any:
     hidden = {"null_reasons", "provenance", "completed_at"}
     return df[[c for c in df.columns if c not in hidden]]
 
 
 def render_many(run_dirs: list[Path], out: Path) -> Path:
-    """Render a side-by-side comparison of several runs (see :mod:`charbench.compare`)."""
+    """Render a side-by-side comparison of several runs (see :mod:`charbench.compare_page`)."""
     if len(run_dirs) < 2:
         raise CharbenchError("report: give two or more RUN_DIRs to compare, or one to render")
-    from charbench.compare import render_comparison
+    from charbench.compare_page import render_comparison
 
     return render_comparison(run_dirs, out)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from charbench import compare as cm
+from charbench import compare_page
 from charbench.cli import main
 from charbench.errors import ConfigError
 from charbench.sweep import expand
@@ -303,7 +304,7 @@ def test_page_escapes_labels_metadata_and_knob_values(tmp_path: Path) -> None:
     c = make_run(tmp_path, "gemm-power", pts, lambda p: {"energy_j": 2.0 * p["size"]}, label=XSS, meta={"note": XSS}, env=evil, now=_t(2))
     out = tmp_path / "cmp.html"
     cmp = cm.compare_runs(b, c)
-    cm.render_comparison([b, c], out, comparisons=[cmp])
+    compare_page.render_comparison([b, c], out, comparisons=[cmp])
     html = out.read_text()
     assert XSS not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -351,7 +352,7 @@ def test_delta_bars_without_a_noise_band_draw_no_error_bar(tmp_path: Path) -> No
     cmp = cm.compare_runs(b, c, ["energy_j"])
     bands = {d.point: d.noise_band_pct for d in cmp.deltas if d.metric == "energy_j"}
     assert bands["size=512"] is None and bands["size=256"] is not None
-    html = cm._delta_figures(cmp)
+    html = compare_page._delta_figures(cmp)
     fig = json.loads(html[html.index("var f=") + len("var f="):html.index(";Plotly.newPlot")])
     drawn: dict[str, Any] = {}
     for trace in fig["data"]:

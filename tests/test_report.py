@@ -13,7 +13,8 @@ import pytest
 
 from charbench import report
 from charbench.errors import CharbenchError
-from charbench.report import RunData, Section, figure_html, plotly_js, provenance_rows, render_page, render_run, table_html
+from charbench.pages import Section, figure_html, plotly_js, render_page, table_html
+from charbench.report import RunData, provenance_rows, render_run
 from charbench.results import RunStore
 
 EVIL = "<script>alert(1)</script>"
@@ -99,7 +100,7 @@ def make_run(out: Path, hook: str | None = None) -> RunStore:
         raise RuntimeError(f"boom {EVIL}")
     except RuntimeError as exc:
         store.record_failure("dtype=fp8", exc, {"dtype": "fp8"})
-    store.write_samples([{"t_s": 10.0 + i * 0.1, "gpu0_power_w": 100.0 + i, "cpu_package0_power_w": None, "gpu0_temp_c": 50.0} for i in range(5)])
+    store.append_samples([{"t_s": 10.0 + i * 0.1, "gpu0_power_w": 100.0 + i, "cpu_package0_power_w": None, "gpu0_temp_c": 50.0} for i in range(5)])
     store.finish("completed")
     return store
 
@@ -179,11 +180,12 @@ def test_report_hook_raising_under_debug_propagates(tmp_path: Path, hooks: str, 
 
 def test_timeline_skips_missing_columns(tmp_path: Path) -> None:
     store = RunStore.create(tmp_path, "s", config={}, env={})
-    store.write_samples([{"t_s": 0.0, "gpu0_power_w": None}])
+    store.append_samples([{"t_s": 0.0, "gpu0_power_w": None}])
     sec = report.timeline_section(RunData.load(store.path))
     assert sec is not None and "no power, clock or temperature source was readable" in sec.html
-    store.write_samples([{"time": 0.0}])
-    assert report.timeline_section(RunData.load(store.path)) is None
+    other = RunStore.create(tmp_path, "s", config={}, env={}, label="no-t")  # samples append: a second store, not a second call
+    other.append_samples([{"time": 0.0}])
+    assert report.timeline_section(RunData.load(other.path)) is None
 
 
 def test_table_html_escapes_and_marks_nulls() -> None:

@@ -35,7 +35,8 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout instead of the table.")] = False,
 ) -> None:
     """Compare a candidate run with a baseline; exit 3 when a gated metric regresses."""
-    from charbench.compare import compare_runs, render_comparison, summary_text
+    from charbench.compare import compare_runs, summary_text
+    from charbench.compare_page import render_comparison
     from charbench.config import check_writable_file
 
     if out is not None:

@@ -44,15 +44,8 @@ from charbench.engine.model import (
     to_torch_dtype,
 )
 from charbench.engine.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
-from charbench.engine.tp import (
-    TPGroup,
-    free_port,
-    rank_device,
-    spawn_workers,
-    stop_workers,
-    torchrun_env,
-    wait_for,
-)
+from charbench.engine.tp import TPGroup, free_port, rank_device, torchrun_env
+from charbench.engine.tp_worker import spawn_workers, stop_workers, wait_for
 from charbench.engine.weights import (
     RandomSource,
     SafetensorsSource,
@@ -355,7 +348,7 @@ def make_runner(cfg: EngineConfig) -> ModelRunner:
             "process (another tensor-parallel runner?); shut it down first"
         )
     port = free_port()
-    workers = spawn_workers(cfg, cfg.tp, port)
+    workers = spawn_workers(cfg, cfg.tp, port, runner_cls=ModelRunner)
     group: TPGroup | None = None
     try:
         wait_for(workers, "started")

@@ -1,9 +1,9 @@
-"""Tensor parallelism: process group, batch broadcast, worker processes.
+"""Tensor parallelism: process group, batch broadcast, rendezvous on loopback.
 
 Rank 0 is the engine's process. It either spawns ``tp - 1`` worker processes itself
-(:func:`spawn_workers`, the default) or runs as rank 0 of a ``torchrun`` launch
-(:func:`torchrun_env` detects one; the other ranks run :func:`serve_forever` instead of an
-engine). Each rank holds one Megatron-style shard of the model and of the KV cache.
+(:func:`charbench.engine.tp_worker.spawn_workers`, the default) or runs as rank 0 of a
+``torchrun`` launch (:func:`torchrun_env` detects one; the other ranks run
+``ModelRunner.serve_forever`` instead of an engine). Each rank holds one Megatron-style shard of the model and of the KV cache.
 
 Per iteration rank 0 broadcasts the batch (the chunks as one int64 tensor over a gloo
 group, so NCCL runs need no host-device copies for control messages); every rank runs
@@ -12,7 +12,7 @@ GPU, gloo on CPU); rank 0 alone computes logits. Shutdown is a broadcast command
 
 Example (what ``make_runner`` does for ``tp=2``)::
 
-    procs = spawn_workers(engine_cfg, world_size=2, port=port)
+    procs = spawn_workers(engine_cfg, world_size=2, port=port, runner_cls=ModelRunner)   # tp_worker
     group = TPGroup.init(rank=0, world_size=2, init_method=f"tcp://127.0.0.1:{port}",
                          device=torch.device("cpu"))
 """
@@ -20,26 +20,19 @@ Example (what ``make_runner`` does for ``tp=2``)::
 from __future__ import annotations
 
 import datetime
-import multiprocessing.connection
 import os
 import socket
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from charbench.errors import ConfigError, DeviceError
 
-if TYPE_CHECKING:
-    from charbench.engine.api import EngineConfig
-
 CMD_SHUTDOWN = 0
 CMD_FORWARD = 1
-STARTUP_TIMEOUT_S = 600.0
-"""Longest wait for workers to start and load their shard."""
 COLLECTIVE_TIMEOUT_S = 600.0
 """Process-group timeout: a collective waiting longer raises instead of hanging."""
 
@@ -233,105 +226,3 @@ class TPGroup:
             # is freed during interpreter shutdown, where its threads' teardown can abort
             # the process ("terminate called without an active exception").
             self.ctrl = None
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-def spawn_workers(
-    cfg: EngineConfig, world_size: int, port: int
-) -> list[tuple[Any, multiprocessing.connection.Connection]]:
-    """Start ranks ``1..world_size-1`` as spawned processes.
-
-    Each reports ``("started", None)`` before joining the process group,
-    ``("loaded", None)`` once its weights are loaded (before the first collective),
-    ``("ready", None)`` once its KV cache exists, or ``("error", traceback)``.
-
-    Returns:
-        ``[(process, parent end of its pipe)]``.
-    """
-    ctx = torch.multiprocessing.get_context("spawn")
-    out = []
-    for rank in range(1, world_size):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker_entry, args=(cfg, rank, world_size, port, child),
-                        name=f"charbench-tp-rank{rank}", daemon=True)
-        p.start()
-        child.close()
-        out.append((p, parent))
-    return out
-
-
-def wait_for(
-    workers: list[tuple[Any, multiprocessing.connection.Connection]], state: str,
-    timeout_s: float = STARTUP_TIMEOUT_S,
-) -> None:
-    """Wait until every worker reported ``state``.
-
-    Raises:
-        DeviceError: a worker reported an error, died, or timed out.
-    """
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    pending = list(workers)
-    while pending:
-        for item in list(pending):
-            proc, conn = item
-            if conn.poll(0.05):
-                try:
-                    kind, detail = conn.recv()
-                except EOFError:
-                    kind, detail = "error", "pipe closed"
-                if kind == "error":
-                    raise DeviceError(f"tensor-parallel worker {proc.name} failed:\n{detail}")
-                if kind == state:
-                    pending.remove(item)
-            elif not proc.is_alive():
-                raise DeviceError(
-                    f"tensor-parallel worker {proc.name} exited with code {proc.exitcode} "
-                    f"before it was {state}"
-                )
-        if time.monotonic() > deadline:
-            raise DeviceError(f"tensor-parallel workers not {state} after {timeout_s:.0f} s")
-
-
-def stop_workers(workers: list[tuple[Any, multiprocessing.connection.Connection]], timeout_s: float = 30.0) -> None:
-    """Join worker processes; terminate (then kill) the ones that do not exit."""
-    for proc, conn in workers:
-        proc.join(timeout_s)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5.0)
-        conn.close()
-
-
-def _worker_entry(cfg: EngineConfig, rank: int, world_size: int, port: int,
-                  conn: multiprocessing.connection.Connection) -> None:
-    """Body of a spawned worker: join the group, build the shard, serve batches."""
-    group = None
-    try:
-        device = rank_device(cfg.device, rank)
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-        conn.send(("started", None))
-        group = TPGroup.init(rank, world_size, f"tcp://127.0.0.1:{port}", device)
-        from charbench.engine.runner import ModelRunner
-
-        runner = ModelRunner(cfg, tp_group=group,
-                             before_collectives=lambda: conn.send(("loaded", None)))
-        conn.send(("ready", None))
-        runner.serve_forever()
-    except BaseException:  # report everything, including KeyboardInterrupt, to rank 0
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
-        raise
-    finally:
-        if group is not None:
-            group.destroy()
-        conn.close()

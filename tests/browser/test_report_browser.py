@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from charbench.compare import compare_runs, render_comparison
+from charbench.compare import compare_runs
+from charbench.compare_page import render_comparison
 from charbench.history import render_history
 from charbench.report import render_run
 from charbench.sweep import expand

@@ -17,3 +17,18 @@ switching activity with a fitted, saved model::
 On a CPU without readable RAPL, power is not measured (null, never 0): the report shows
 time per GEMM and GFLOP/s per variation instead, and the power model says so.
 """
+
+from charbench.studies import StudySpec
+
+STUDY = StudySpec(
+    command="gemm-power",
+    help="Input-dependent GEMM power: values, bits, placement, sparsity, across dtypes and kernels.",
+    cli_module="charbench.workloads.gemm_power.cli",
+    # energy per GEMM is normalized by the iteration count; energy_j covers a timed window
+    gates=(("energy_per_gemm_j", "energy_j"), "avg_power_w"),
+    report_hook="charbench.workloads.gemm_power.figures:report_sections",
+    metrics=(
+        "time_per_gemm_ms", "tflop_per_s", "energy_per_gemm_j", "energy_per_gemm_net_j",
+        "energy_per_flop_pj", "energy_per_flop_net_pj", "power_estimated_w",
+    ),
+)

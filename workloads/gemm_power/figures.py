@@ -19,7 +19,8 @@ from typing import Any
 
 from markupsafe import escape as _escape
 
-from charbench.report import RunData, Section, figure_html, table_html
+from charbench.pages import Section, figure_html, table_html
+from charbench.report import RunData
 
 def escape(text: Any) -> str:
     """HTML-escaped text as a plain str (so concatenation never re-escapes markup)."""

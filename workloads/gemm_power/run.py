@@ -19,6 +19,7 @@ from charbench.errors import ConfigError, DeviceError, OutOfDeviceMemoryError, P
 from charbench.kernels.gemm import backends_for, get_backend, get_dtype, output_scale
 from charbench.kernels.gemm.dtypes import DTypeSpec
 from charbench.study import Context, Study
+from charbench.workloads.gemm_power import STUDY
 from charbench.workloads.gemm_power.config import GemmPowerConfig
 from charbench.workloads.gemm_power.experiments import get_experiment
 
@@ -117,8 +118,8 @@ def device_name(device: str) -> str:
 class GemmPowerStudy(Study):
     """Input-dependent GEMM power (Gregersen et al., SC24), across dtypes and kernels."""
 
-    name = "gemm-power"
-    report_hook = "charbench.workloads.gemm_power.figures:report_sections"
+    name = STUDY.command
+    report_hook = STUDY.report_hook
 
     def __init__(self, cfg: GemmPowerConfig, device: str) -> None:
         """Args: cfg: a resolved config (see ``config.resolve``); device: ``cpu`` or ``cuda:i``."""

@@ -22,7 +22,8 @@ from typing import Any
 
 from markupsafe import escape
 
-from charbench.report import RunData, Section, figure_html, table_html
+from charbench.pages import Section, figure_html, table_html
+from charbench.report import RunData
 
 KNOB_COLUMNS: tuple[str, ...] = (
     "model", "tp", "dtype", "max_num_seqs", "sm_freq_mhz", "power_limit_w", "input_len", "output_len",

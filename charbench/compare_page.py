@@ -1,0 +1,224 @@
+"""The comparison page: a candidate run against a baseline, as HTML (figures, tables, differences).
+
+::
+
+    cmp = compare_runs(base, cand)                                   # charbench.compare (pure)
+    render_comparison([base, cand], Path("compare.html"), comparisons=[cmp])
+    charbench report RUN_A RUN_B RUN_C --out compare.html            # one baseline, two candidates
+
+The comparison itself (matching, noise rule, gates) is :mod:`charbench.compare`; this
+module only lays it out with the shared page blocks of :mod:`charbench.pages`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from charbench.compare import (
+    DEFAULT_THRESHOLD_PCT,
+    EXIT_REGRESSION,
+    HIGHER,
+    LOWER,
+    NEUTRAL,
+    VERDICTS,
+    Comparison,
+    compare_runs,
+    noise_rule_text,
+    run_facts,
+)
+from charbench.compare.text import fmt_value
+from charbench.errors import ConfigError
+from charbench.pages import PALETTE, Section, figure_html, html_escape, relative_link, render_page, table_html
+from charbench.results import atomic_write_text
+
+_e = html_escape
+
+
+def _runs_section(cmp: Comparison, out: Path) -> Section:
+    keys = ["run", "label", "started", "status", "points", "failed", "git", "host", "device", "gpu"]
+    rows = []
+    for role, pts in (("baseline", cmp.baseline), ("candidate", cmp.candidate)):
+        f = run_facts(pts.store)
+        rep = pts.store.path / "report.html"
+        link = f'<a href="{_e(relative_link(rep, out))}">report</a>' if rep.exists() else f'<span class="muted">no report (charbench report {_e(pts.store.path)})</span>'
+        rows.append("<tr><td>" + role + "</td>" + "".join(f"<td>{_e(f[k])}</td>" for k in keys) + f"<td>{link}</td></tr>")
+        meta = pts.store.meta.get("meta") or {}
+        if meta:
+            rows.append(f'<tr><td></td><td colspan="{len(keys) + 1}" class="muted">' + _e(", ".join(f"{k}={v}" for k, v in meta.items())) + "</td></tr>")
+    head = "".join(f"<th>{k}</th>" for k in ["", *keys, ""])
+    return Section("Runs", f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>', anchor="runs")
+
+
+
+def _verdict_section(cmp: Comparison) -> Section:
+    if cmp.regressions:
+        names = sorted({d.metric for d in cmp.regressions})
+        head = f'<p><span class="badge not-measured">regression</span> {len(cmp.regressions)} point(s) of {_e(", ".join(names))} worse by more than {cmp.threshold_pct:g}% and outside the noise band (exit code {EXIT_REGRESSION}).</p>'
+    else:
+        head = f'<p><span class="badge measured">ok</span> no gated metric regressed beyond {cmp.threshold_pct:g}% (exit code 0).</p>'
+    gated = ", ".join(f"{m.name} ({m.direction} is better)" for m in cmp.gated) or "none"
+    items = [f"<li>gated metrics: {_e(gated)}</li>", f"<li>{len(cmp.matched)} matched point(s)</li>"] + [f"<li>{_e(n)}</li>" for n in cmp.notes]
+    return Section("Verdict", head + "<ul>" + "".join(items) + "</ul>", note=noise_rule_text(cmp.threshold_pct), anchor="verdict")
+
+
+def _aggregate_section(cmp: Comparison) -> Section:
+    rows = []
+    for s in cmp.summaries:
+        n = s.counts
+        rows.append(
+            f'<tr><td>{"&#9733; " if s.gated else ""}{_e(s.metric)}</td><td>{_e(s.direction)}</td><td>{s.points}</td>'
+            f"<td>{_e(fmt_value(s.aggregate_pct, pct=True))}</td><td>{_e(s.aggregate_kind)}</td>"
+            + "".join(f"<td>{n[v]}</td>" for v in VERDICTS)
+            + "</tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ["metric (&#9733; gated)", "better", "points", "aggregate", "kind", *VERDICTS])
+    return Section("Aggregate deltas", f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>',
+                   note="Per metric over the matched points; counts are points per verdict.", anchor="aggregate")
+
+
+#: bar color of each verdict
+VERDICT_COLORS: dict[str, str] = {
+    "regression": PALETTE["bad"], "improvement": PALETTE["good"], "changed": PALETTE["warn"],
+    "noise": PALETTE["quiet"], "unchanged": PALETTE["neutral"], "missing": PALETTE["faint"],
+}
+
+
+def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
+    import plotly.graph_objects as go
+
+    moved = {s.metric: s.counts["regression"] + s.counts["improvement"] + s.counts["changed"] for s in cmp.summaries}
+    # without gates: metrics with a direction first, the most changed first
+    chosen = [m for m in cmp.metrics if m.gated] or sorted(cmp.metrics, key=lambda m: (m.direction == NEUTRAL, -moved.get(m.name, 0), m.name))
+    parts = []
+    for spec in chosen[:max_metrics]:
+        ds = [d for d in cmp.deltas if d.metric == spec.name and d.delta_pct is not None]
+        if not ds:
+            parts.append(f'<p class="muted">{_e(spec.name)}: no point with values in both runs.</p>')
+            continue
+        fig = go.Figure()
+        for verdict in VERDICTS:
+            sel = [d for d in ds if d.verdict == verdict]
+            # Points without a noise band (fewer than two samples a side) get no error bar at
+            # all: a zero-length bar would claim a measured band of 0.
+            for banded in (True, False):
+                part = [d for d in sel if (d.noise_band_pct is not None) == banded]
+                if not part:
+                    continue
+                fig.add_trace(go.Bar(
+                    x=[d.point for d in part], y=[d.delta_pct for d in part], name=verdict, marker_color=VERDICT_COLORS[verdict],
+                    legendgroup=verdict, showlegend=banded or not any(d.noise_band_pct is not None for d in sel),
+                    error_y=dict(type="data", array=[d.noise_band_pct for d in part], visible=True) if banded else None,
+                    customdata=[[fmt_value(d.mean_b), fmt_value(d.mean_c), "-" if d.noise_band_pct is None else f"±{d.noise_band_pct:.2f}%"] for d in part],
+                    hovertemplate="%{x}<br>delta %{y:.2f}%<br>baseline %{customdata[0]} → candidate %{customdata[1]}<br>noise band %{customdata[2]}<extra>" + verdict + "</extra>",
+                ))
+        for y in (cmp.threshold_pct, -cmp.threshold_pct):
+            fig.add_hline(y=y, line_dash="dot", line_color=PALETTE["neutral"])
+        better = "lower" if spec.direction == LOWER else "higher" if spec.direction == HIGHER else "neutral"
+        fig.update_layout(title=f"{spec.name}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
+                          yaxis_title="delta (%)", xaxis_title="point", barmode="overlay", xaxis_type="category")
+        fig.update_xaxes(categoryorder="array", categoryarray=[d.point for d in ds])  # run order, not trace order
+        if len(ds) > 12 or max(len(d.point) for d in ds) > 30:
+            # long knob lists would take the whole plot as tick labels: hover shows them instead
+            fig.update_xaxes(showticklabels=False, title_text=f"{len(ds)} points, in run order (hover a bar for its knobs)")
+        parts.append(figure_html(fig, height=380))
+    return "\n".join(parts)
+
+
+def _points_table(cmp: Comparison, gated_only: bool) -> str:
+    import pandas as pd
+
+    rows = [
+        {"metric": d.metric, "point": d.point, "n_b": d.n_b, "n_c": d.n_c, "baseline": d.mean_b, "candidate": d.mean_c,
+         "delta": d.delta, "delta_pct": d.delta_pct, "noise_band_pct": d.noise_band_pct, "verdict": d.verdict}
+        for d in cmp.deltas if d.gated or not gated_only
+    ]
+    if not rows:
+        return '<p class="muted">No rows.</p>'
+    return table_html(pd.DataFrame(rows), max_rows=2000)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(obj, default=str, sort_keys=True)}
+
+
+def _differences(cmp: Comparison) -> str:
+    bs, cs = cmp.baseline.store, cmp.candidate.store
+    skip = ("common.out", "common.label", "common.resume", "common.meta", "common.json")
+    try:
+        fb, fc = _flatten(bs.config()), _flatten(cs.config())
+    except (OSError, ValueError):
+        fb, fc = {}, {}
+    env_keys = ("charbench_version", "git_sha", "hostname", "cpu_model", "python", "torch", "torch_cuda", "device", "gpus")
+    eb, ec = bs.env(), cs.env()
+    for k in env_keys:
+        fb[f"env.{k}"] = json.dumps(eb.get(k), default=str, sort_keys=True)
+        fc[f"env.{k}"] = json.dumps(ec.get(k), default=str, sort_keys=True)
+    keys = sorted(k for k in set(fb) | set(fc) if fb.get(k) != fc.get(k) and not k.startswith(skip))
+    if not keys:
+        return '<p class="muted">Same configuration and environment.</p>'
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(fb.get(k, '(absent)'))}</td><td>{_e(fc.get(k, '(absent)'))}</td></tr>" for k in keys[:300])
+    return f'<div class="table-wrap"><table><thead><tr><th>key</th><th>baseline</th><th>candidate</th></tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def comparison_sections(cmp: Comparison, out: Path, prefix: str = "") -> list[Section]:
+    """The sections of a comparison page (runs, verdict, aggregates, figures, points, differences)."""
+    sections = [_runs_section(cmp, out), _verdict_section(cmp), _aggregate_section(cmp)]
+    sections.append(Section("Per-point deltas", _delta_figures(cmp), note="Bars: candidate minus baseline in % of the baseline mean; error bars: the noise band (none where a run has fewer than two samples of the point); dotted lines: the threshold.", anchor="figures"))
+    table = _points_table(cmp, gated_only=True) if cmp.gated else ""
+    all_rows = _points_table(cmp, gated_only=False)
+    html = (table + f"<details><summary>all metrics ({len(cmp.deltas)} rows)</summary>{all_rows}</details>") if cmp.gated else all_rows
+    sections.append(Section("Points", html, anchor="points"))
+    if cmp.only_baseline or cmp.only_candidate:
+        items = "".join(f"<li>baseline only: {_e(p)}</li>" for p in cmp.only_baseline[:200]) + "".join(f"<li>candidate only: {_e(p)}</li>" for p in cmp.only_candidate[:200])
+        sections.append(Section("Unmatched points", f"<ul>{items}</ul>", anchor="unmatched"))
+    sections.append(Section("Configuration and environment differences", _differences(cmp), anchor="differences"))
+    if prefix:
+        for i, s in enumerate(sections):
+            s.title = f"{prefix}: {s.title}"
+            s.anchor = f"{s.anchor}-{len(prefix)}-{i}" if s.anchor else ""
+    return sections
+
+
+def render_comparison(
+    run_dirs: list[Path],
+    out: Path,
+    metrics: list[str] | None = None,
+    threshold_pct: float = DEFAULT_THRESHOLD_PCT,
+    comparisons: list[Comparison] | None = None,
+) -> Path:
+    """Write an HTML page comparing ``run_dirs[1:]`` each with the baseline ``run_dirs[0]``.
+
+    Args:
+        run_dirs: baseline first, then one or more candidates (all of one study).
+        out: the HTML file to write.
+        metrics: gated metrics (``NAME[:higher|lower]``), default the study's.
+        threshold_pct: regression threshold (%).
+        comparisons: already computed comparisons (skips recomputing).
+
+    Raises:
+        ConfigError: fewer than two runs, or see :func:`compare_runs`.
+    """
+    if len(run_dirs) < 2 and not comparisons:
+        raise ConfigError("compare: give a baseline run and at least one candidate run")
+    out = Path(out)
+    cmps = comparisons or [compare_runs(run_dirs[0], c, metrics, threshold_pct) for c in run_dirs[1:]]
+    sections = []
+    for i, cmp in enumerate(cmps):
+        prefix = "" if len(cmps) == 1 else f"vs {cmp.candidate.store.meta.get('run_id')} ({i + 1}/{len(cmps)})"
+        sections.extend(comparison_sections(cmp, out, prefix))
+    first = cmps[0]
+    b = first.baseline.store.meta
+    cands = ", ".join(str(c.candidate.store.meta.get("run_id")) for c in cmps)
+    worst = max(c.exit_code for c in cmps)
+    status = "REGRESSION" if worst == EXIT_REGRESSION else "ok"
+    title = f"charbench compare {first.study}: {status}"
+    subtitle = f"baseline {b.get('run_id')}{' (' + str(b.get('label')) + ')' if b.get('label') else ''} · candidate {cands} · threshold {first.threshold_pct:g}%"
+    atomic_write_text(out, render_page(title, sections, subtitle=subtitle))
+    return out

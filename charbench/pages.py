@@ -1,0 +1,136 @@
+"""The HTML building blocks every charbench page shares: sections, escaping, links, figures, tables.
+
+::
+
+    from charbench.pages import Section, figure_html, html_escape, render_page, table_html
+    html = render_page("title", [Section("Runs", table_html(df)), Section("Plot", figure_html(fig))])
+
+Run reports (:mod:`charbench.report`), comparison pages (:mod:`charbench.compare_page`),
+the run history (:mod:`charbench.history`) and the studies' report hooks build on these.
+Pages are self-contained: plotly.js is embedded once per page; every user-provided string
+is escaped (jinja2 autoescape, :func:`html_escape`; figure JSON has ``<``, ``>`` and ``&``
+escaped).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: semantic colors of the pages (the same hues as the ``badge`` classes of the templates)
+PALETTE: dict[str, str] = {
+    "bad": "#d92d20",
+    "good": "#039855",
+    "warn": "#b54708",
+    "quiet": "#98a2b3",
+    "neutral": "#667085",
+    "faint": "#d0d5dd",
+}
+
+
+@dataclass
+class Section:
+    """One block of a report: a title, trusted HTML (figures, tables) and a note."""
+
+    title: str
+    html: str
+    note: str = ""
+    anchor: str = ""
+
+
+def html_escape(v: Any) -> str:
+    """Text made safe for HTML (``<``, ``>``, ``&`` and quotes escaped); None becomes empty."""
+    from markupsafe import escape
+
+    return str(escape("" if v is None else str(v)))
+
+
+def relative_link(target: Path, page: Path) -> str:
+    """URL of ``target`` relative to the folder of ``page`` (keeps a published folder's links working)."""
+    from urllib.parse import quote
+
+    rel = os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)
+    return quote(Path(rel).as_posix())
+
+
+class _FigureIds:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return f"fig{self.n}"
+
+
+_IDS = _FigureIds()
+
+
+def _safe_json(obj_json: str) -> str:
+    # JSON stays valid while nothing in it can close the <script> element.
+    return obj_json.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def figure_html(fig: Any, height: int | None = None) -> str:
+    """HTML for one plotly figure: a div plus a script that draws it (plotly.js comes once per page).
+
+    Args:
+        fig: a ``plotly.graph_objects.Figure``.
+        height: optional pixel height.
+    """
+    div_id = _IDS.next()
+    if height is not None:
+        fig.update_layout(height=height)
+    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+    payload = _safe_json(fig.to_json())
+    return (
+        f'<div class="plot" id="{div_id}"></div>\n'
+        f'<script>(function(){{var f={payload};Plotly.newPlot("{div_id}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>'
+    )
+
+
+def table_html(df: Any, max_rows: int = 500, float_fmt: str = "{:.4g}") -> str:
+    """An escaped HTML table of a DataFrame (None/NaN shown as 'null')."""
+    cols = list(df.columns)
+    head = "".join(f"<th>{html_escape(c)}</th>" for c in cols)
+    rows = []
+    for _, row in df.head(max_rows).iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append('<td class="null">null</td>')
+            elif isinstance(v, float):
+                cells.append(f"<td>{html_escape(float_fmt.format(v))}</td>")
+            else:
+                cells.append(f"<td>{html_escape(v)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    more = f'<p class="muted">{len(df) - max_rows} more rows in results.csv</p>' if len(df) > max_rows else ""
+    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
+
+
+@functools.lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """The plotly.js bundle, embedded once per page so reports work offline."""
+    from plotly.offline import get_plotlyjs
+
+    # The bundle goes inside <script>...</script>: no "</script" may appear in it.
+    return get_plotlyjs().replace("</script", "<\\/script")
+
+
+def jinja_env():  # -> jinja2.Environment
+    """The jinja2 environment of the templates in ``charbench.reports`` (autoescaped, strict)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("charbench.reports", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_page(title: str, sections: list[Section], subtitle: str = "") -> str:
+    """A generic page (comparisons, history) in the same look as run reports."""
+    return jinja_env().get_template("page.html.j2").render(title=title, subtitle=subtitle, sections=sections, plotly_js=plotly_js())
