@@ -12,27 +12,36 @@ Responses are built as plain dicts (non-streaming) or as pre-rendered SSE string
 cheap: the JSON envelope of a stream is rendered once and only the text is escaped per
 token.
 
-Accepted fields (others are ignored, as OpenAI-compatible servers commonly do):
-``model``, ``prompt`` (string, token-id list, or a one-element list of either),
-``messages`` (chat), ``max_tokens``, ``max_completion_tokens`` (chat; wins over
-``max_tokens``), ``temperature`` (default 1.0 as in OpenAI), ``top_p``, ``top_k``
-(vLLM extension; -1 or 0 disables), ``seed``, ``stop`` (string or list),
-``stop_token_ids``, ``stream``, ``stream_options.include_usage``, ``ignore_eos`` and
-``min_tokens`` (vLLM extensions), ``n`` (only 1). Fields that would change the output in
-ways the engine cannot honour (``logprobs``, ``echo``, ``best_of`` > 1, non-zero penalties,
-``logit_bias``) are refused with 400 rather than silently ignored.
+Accepted fields: ``model``, ``prompt`` (string, token-id list, or a one-element list of
+either), ``messages`` (chat), ``max_tokens``, ``max_completion_tokens`` (chat; wins over
+``max_tokens``), ``temperature`` (default 1.0 as in OpenAI), ``top_p``,
+``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]), ``seed`` (64-bit signed),
+``stop`` (string or list), ``stream``, ``stream_options.include_usage``, ``user``, and
+vLLM's extensions ``top_k`` (-1 or 0 disables; above the vocabulary acts as the
+vocabulary), ``min_p`` (in [0, 1]), ``repetition_penalty`` (> 0), ``stop_token_ids``
+(inside the vocabulary), ``ignore_eos`` and ``min_tokens``. Each numeric value is checked
+against its real range (:meth:`SamplingParams.validate`) and refused with a 400 naming
+it. Every other OpenAI or vLLM option (:data:`UNSUPPORTED_OPTIONS`: ``n`` > 1,
+``logprobs``, ``response_format`` other than text, ``tools``, ``tool_choice`` other
+than ``"none"``, ``parallel_tool_calls``, ``top_logprobs``, guided decoding, ...) is
+refused with 400 unless absent or set to its "off" value, rather than silently ignored;
+fields unknown to both APIs are ignored and logged, as vLLM does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from charbench.engine.api import RequestOutput, SamplingParams
+from charbench.engine.api import RequestOutput, SamplingParams, SamplingParamsError
+
+logger = logging.getLogger("charbench.server")
 
 # --------------------------------------------------------------------------- errors
 
@@ -79,6 +88,8 @@ class OpenAIError(Exception):
 # --------------------------------------------------------------------------- requests
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
+# request bodies keep unknown fields so that options the engine cannot honour are refused
+_REQUEST = ConfigDict(strict=True, extra="allow")
 
 
 class StreamOptions(BaseModel):
@@ -86,58 +97,161 @@ class StreamOptions(BaseModel):
 
     model_config = _STRICT
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+@dataclass(frozen=True)
+class _Unsupported:
+    """An OpenAI/vLLM option this server does not implement.
+
+    Attributes:
+        off: values that leave the output unchanged (besides null), accepted.
+        hint: how to fix the request; default "omit it" (or send the first ``off`` value).
+    """
+
+    off: tuple[Any, ...] = ()
+    hint: str | None = None
+
+    def message(self, name: str) -> str:
+        """The 400 message for a request that sets ``name``."""
+        fix = self.hint or "not supported; omit it" + (
+            f" or send {json.dumps(self.off[0])}" if self.off else ""
+        )
+        return f"{name}: {fix}"
+
+    def allows(self, value: Any) -> bool:
+        """True for null and the ``off`` values (same JSON type: ``true`` is not ``1``)."""
+        return value is None or any(type(value) is type(v) and value == v for v in self.off)
+
+
+_STRUCTURED = "structured output is not supported; omit it"
+# Every option of the OpenAI API and of vLLM's extensions that the engine does not
+# implement: refused with 400 unless absent or "off", never silently ignored. Unknown
+# fields outside this table are ignored (as vLLM does) and logged.
+UNSUPPORTED_OPTIONS: dict[str, _Unsupported] = {
+    "n": _Unsupported((1,), "only n=1 is supported; send one request per sample"),
+    "best_of": _Unsupported((1,), "only best_of=1 is supported"),
+    "use_beam_search": _Unsupported((False,), "beam search is not supported; omit it"),
+    "length_penalty": _Unsupported((1, 1.0), "only used by beam search, which is not supported; omit it"),
+    "logit_bias": _Unsupported(({},)),
+    "allowed_token_ids": _Unsupported(),
+    "bad_words": _Unsupported(([],)),
+    "logprobs": _Unsupported((False,)),
+    "top_logprobs": _Unsupported((0,)),
+    "prompt_logprobs": _Unsupported(),
+    "echo": _Unsupported((False,)),
+    "suffix": _Unsupported(("",)),
+    "tools": _Unsupported(([],), "tool calling is not supported; omit it"),
+    "tool_choice": _Unsupported(("none",), 'tool calling is not supported; omit it or send "none"'),
+    "parallel_tool_calls": _Unsupported((), "tool calling is not supported; omit it"),
+    "functions": _Unsupported(([],), "function calling is not supported; omit it"),
+    "function_call": _Unsupported(("none",), 'function calling is not supported; omit it or send "none"'),
+    "response_format": _Unsupported(({"type": "text"},), _STRUCTURED + ' or send {"type": "text"}'),
+    "structured_outputs": _Unsupported((), _STRUCTURED),
+    "guided_json": _Unsupported((), _STRUCTURED),
+    "guided_regex": _Unsupported((), _STRUCTURED),
+    "guided_choice": _Unsupported((), _STRUCTURED),
+    "guided_grammar": _Unsupported((), _STRUCTURED),
+    "guided_decoding_backend": _Unsupported((), _STRUCTURED),
+    "guided_whitespace_pattern": _Unsupported((), _STRUCTURED),
+    "logits_processors": _Unsupported(),
+    "include_stop_str_in_output": _Unsupported((False,)),
+    "skip_special_tokens": _Unsupported((True,), "special tokens are always skipped; omit it or send true"),
+    "spaces_between_special_tokens": _Unsupported((True,)),
+    "truncate_prompt_tokens": _Unsupported(),
+    "return_tokens_as_token_ids": _Unsupported((False,)),
+    "priority": _Unsupported((0,), "requests are served first come, first served; omit it or send 0"),
+    "continue_final_message": _Unsupported((False,)),
+    "add_generation_prompt": _Unsupported((True,)),
+    "chat_template": _Unsupported((), "the server uses the checkpoint's chat template; omit it"),
+    "chat_template_kwargs": _Unsupported(({},)),
+    "documents": _Unsupported(),
+    "mm_processor_kwargs": _Unsupported(),
+    "audio": _Unsupported(),
+    "modalities": _Unsupported((["text"],)),
+    "prediction": _Unsupported(),
+    "reasoning_effort": _Unsupported(),
+    "web_search_options": _Unsupported(),
+    "store": _Unsupported((False,)),
+    "service_tier": _Unsupported(("auto", "default")),
+    "request_id": _Unsupported((), "the server assigns ids (see the X-Request-Id header); omit it"),
+    "cache_salt": _Unsupported(),
+    "kv_transfer_params": _Unsupported(),
+    "vllm_xargs": _Unsupported(),
+}
+
+# Informational fields that do not change the output: accepted and ignored.
+HARMLESS_OPTIONS = frozenset({"user", "metadata"})
 
 
 class _SamplingFields(BaseModel):
-    """Fields shared by completions and chat completions."""
+    """Fields shared by completions and chat completions.
 
-    model_config = _STRICT
+    Ranges are not declared here: :meth:`SamplingParams.validate` is the one place that
+    knows them, and its errors name the field (answered as 400 with ``param`` set).
+    """
+
+    model_config = _REQUEST
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
-    n: int | None = None
-    best_of: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    min_tokens: int = 0
     user: str | None = None
 
+    # add_special_tokens is "off" at its vLLM default, which differs per endpoint
+    ADD_SPECIAL_TOKENS_DEFAULT: ClassVar[bool]
+
     def _check_unsupported(self) -> None:
-        if self.n is not None and self.n != 1:
-            raise OpenAIError("n: only n=1 is supported; send one request per sample", param="n")
-        if self.best_of is not None and self.best_of != 1:
-            raise OpenAIError("best_of: only best_of=1 is supported", param="best_of")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if value not in (None, 0, 0.0):
-                raise OpenAIError(f"{name}: penalties are not supported; omit it or send 0", param=name)
-        if self.logit_bias:
-            raise OpenAIError("logit_bias: not supported; omit it", param="logit_bias")
+        extra = self.model_extra or {}
+        for name, value in extra.items():
+            opt = UNSUPPORTED_OPTIONS.get(name)
+            if opt is not None and not opt.allows(value):
+                raise OpenAIError(opt.message(name), param=name)
+        special = extra.get("add_special_tokens")
+        if special is not None and special is not self.ADD_SPECIAL_TOKENS_DEFAULT:
+            default = json.dumps(self.ADD_SPECIAL_TOKENS_DEFAULT)
+            raise OpenAIError(
+                f"add_special_tokens: not supported; omit it or send {default}",
+                param="add_special_tokens",
+            )
+        unknown = sorted(set(extra) - set(UNSUPPORTED_OPTIONS) - HARMLESS_OPTIONS - {"add_special_tokens"})
+        if unknown:
+            logger.warning("request fields ignored (unknown to this server): %s", ", ".join(unknown))
         if self.stream_options is not None and not self.stream:
             raise OpenAIError("stream_options: only allowed when stream is true", param="stream_options")
+        if self.stream_options is not None and self.stream_options.continuous_usage_stats:
+            raise OpenAIError(
+                "stream_options.continuous_usage_stats: not supported; omit it or send false",
+                param="stream_options.continuous_usage_stats",
+            )
 
     def include_usage(self) -> bool:
         """Whether a streaming response ends with a usage chunk."""
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def _requested_max_tokens(self) -> int | None:
-        return self.max_tokens
+    def _requested_max_tokens(self) -> tuple[int | None, str]:
+        """The output limit the request gave (None if none) and the field that gave it."""
+        return self.max_tokens, "max_tokens"
 
-    def sampling_params(self, default_max_tokens: int) -> SamplingParams:
+    def sampling_params(self, default_max_tokens: int, vocab_size: int | None = None) -> SamplingParams:
         """Translate to engine :class:`SamplingParams`; raise OpenAIError on bad values.
 
         Args:
             default_max_tokens: used when the request gives no output limit.
+            vocab_size: the model's vocabulary (``stop_token_ids`` must be below it).
         """
         stop: list[str]
         if self.stop is None:
@@ -148,29 +262,33 @@ class _SamplingFields(BaseModel):
             stop = [s for s in self.stop if s]
         if len(stop) > 16:
             raise OpenAIError("stop: at most 16 stop strings", param="stop")
-        max_tokens = self._requested_max_tokens()
+        max_tokens, max_field = self._requested_max_tokens()
+
+        def given(value: float | None, default: float) -> float:
+            return default if value is None else value
+
         params = SamplingParams(
             max_tokens=max_tokens if max_tokens is not None else max(default_max_tokens, 1),
             min_tokens=self.min_tokens,
-            temperature=1.0 if self.temperature is None else float(self.temperature),
-            top_k=0 if self.top_k is None or self.top_k < 0 else self.top_k,
-            top_p=1.0 if self.top_p is None else float(self.top_p),
+            temperature=given(self.temperature, 1.0),  # OpenAI's default
+            top_k=0 if self.top_k is None else self.top_k,
+            top_p=given(self.top_p, 1.0),
+            min_p=given(self.min_p, 0.0),
+            repetition_penalty=given(self.repetition_penalty, 1.0),
+            presence_penalty=given(self.presence_penalty, 0.0),
+            frequency_penalty=given(self.frequency_penalty, 0.0),
             seed=self.seed,
             stop=stop,
             stop_token_ids=list(self.stop_token_ids or []),
             ignore_eos=self.ignore_eos,
         )
-        if params.min_tokens > params.max_tokens:
-            raise OpenAIError(
-                f"min_tokens: {params.min_tokens} exceeds max_tokens {params.max_tokens}; "
-                "lower min_tokens or raise max_tokens",
-                param="min_tokens",
-            )
         try:
-            params.validate()
-        except ValueError as exc:
-            param = str(exc).split(" ", 1)[0]
-            raise OpenAIError(str(exc), param=param) from exc
+            params.validate(vocab_size)
+        except SamplingParamsError as exc:
+            # the engine names the limit max_tokens; the request may have called it otherwise
+            param = max_field if exc.param == "max_tokens" else exc.param
+            message = str(exc) if param == exc.param else f"{param}{str(exc)[len(exc.param):]}"
+            raise OpenAIError(message, param=param) from None
         return params
 
 
@@ -178,19 +296,11 @@ class CompletionRequest(_SamplingFields):
     """``POST /v1/completions`` body."""
 
     prompt: Any = None
-    echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
+    ADD_SPECIAL_TOKENS_DEFAULT: ClassVar[bool] = True
 
     def check(self) -> None:
         """Refuse unsupported options (raises OpenAIError)."""
         self._check_unsupported()
-        if self.echo:
-            raise OpenAIError("echo: not supported; omit it or send false", param="echo")
-        if self.logprobs is not None:
-            raise OpenAIError("logprobs: not supported; omit it", param="logprobs")
-        if self.suffix:
-            raise OpenAIError("suffix: not supported; omit it", param="suffix")
 
     def normalized_prompt(self, vocab_size: int | None) -> str | list[int]:
         """The single prompt as text or token ids.
@@ -258,23 +368,19 @@ class ChatCompletionRequest(_SamplingFields):
     """``POST /v1/chat/completions`` body."""
 
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
+    max_completion_tokens: int | None = None
+    ADD_SPECIAL_TOKENS_DEFAULT: ClassVar[bool] = False
 
     def check(self) -> None:
         """Refuse unsupported options (raises OpenAIError)."""
         self._check_unsupported()
         if not self.messages:
             raise OpenAIError("messages: must hold at least one message", param="messages")
-        if self.logprobs:
-            raise OpenAIError("logprobs: not supported; omit it", param="logprobs")
-        if self.tools:
-            raise OpenAIError("tools: tool calling is not supported", param="tools")
 
-    def _requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def _requested_max_tokens(self) -> tuple[int | None, str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
 
 def parse_request(model: type[BaseModel], body: bytes) -> Any:

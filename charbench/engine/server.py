@@ -290,9 +290,13 @@ def _map_engine_error(state: _ServerState, exc: BaseException) -> OpenAIError:
     if "EngineDeadError" in names:
         state.counters.rejected_unavailable_total += 1
         return OpenAIError(str(exc), status_code=503, type="service_unavailable", code="engine_unavailable")
+    if "RequestFailedError" in names:  # this request alone; the engine logged it with its id
+        return OpenAIError(str(exc), status_code=500, type="internal_error", code="request_failed")
     if isinstance(exc, (ConfigError, ValueError)):  # PromptTooLongError is a ConfigError
         state.counters.rejected_invalid_total += 1
-        return OpenAIError(str(exc), param="prompt" if "prompt" in str(exc).lower() else None)
+        # SamplingParamsError names its field
+        param = getattr(exc, "param", None) or ("prompt" if "prompt" in str(exc).lower() else None)
+        return OpenAIError(str(exc), param=param)
     reason = state.engine_unavailable_reason()
     if reason is not None:
         return OpenAIError(reason, status_code=503, type="service_unavailable", code="engine_unavailable")
@@ -638,7 +642,11 @@ async def _generate(
     t0: float,
 ) -> Response:
     """Shared body of the two generation endpoints."""
-    params = req.sampling_params(default_max_tokens)
+    try:
+        params = req.sampling_params(default_max_tokens, getattr(state.tokenizer, "vocab_size", None))
+    except OpenAIError:
+        state.counters.rejected_invalid_total += 1
+        raise
     max_given = (req.max_completion_tokens if isinstance(req, ChatCompletionRequest) else None) is not None or (
         req.max_tokens is not None
     )

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from pathlib import Path
@@ -60,6 +61,69 @@ def _rope_from_hf(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return theta, scaling
 
 
+def token_ids(value: Any) -> tuple[int, ...]:
+    """Token ids from a Hugging Face ``*_token_id`` field: an int, a list of ints or null.
+
+    Args:
+        value: the field's JSON value.
+
+    Raises:
+        ValueError: the value is neither (e.g. a string).
+    """
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ValueError(f"token id {value!r} is not an int or a list of ints")
+    return tuple(items)
+
+
+def merge_eos_ids(cfg: ModelConfig, extra: tuple[int, ...]) -> ModelConfig:
+    """``cfg`` with ``extra`` end-of-sequence ids appended (order kept, no duplicates).
+
+    The primary ``eos_token_id`` stays config.json's; it becomes the first extra id only
+    when config.json has none (``-1``).
+    """
+    known = [e for e in cfg.eos_token_ids if e != -1]
+    ids = tuple(dict.fromkeys(known + list(extra)))
+    if not ids:
+        return cfg
+    primary = cfg.eos_token_id if cfg.eos_token_id != -1 else ids[0]
+    return dataclasses.replace(cfg, eos_token_id=primary, eos_token_ids=ids)
+
+
+def _read_json_object(path: Path, model: str | Path) -> dict[str, Any]:
+    """A checkpoint JSON file that must hold an object.
+
+    Raises:
+        ConfigError: unreadable, not JSON, or not an object.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--model {model}: cannot read {path.name} ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--model {model}: {path.name} is not a JSON object")
+    return raw
+
+
+def generation_eos_ids(folder: str | Path) -> tuple[int, ...]:
+    """End-of-sequence ids of ``generation_config.json`` (what Hugging Face ``generate``
+    stops on), or ``()`` when the checkpoint has no such file or field.
+
+    Raises:
+        ConfigError: the file exists but is unreadable or its ``eos_token_id`` malformed.
+    """
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    raw = _read_json_object(path, folder)
+    try:
+        return token_ids(raw.get("eos_token_id"))
+    except ValueError as exc:
+        raise ConfigError(f"--model {folder}: generation_config.json has a malformed eos_token_id ({exc})") from None
+
+
 def config_from_hf(raw: dict[str, Any], name: str) -> ModelConfig:
     """Build a :class:`ModelConfig` from a Hugging Face ``config.json`` dict.
 
@@ -83,8 +147,7 @@ def config_from_hf(raw: dict[str, Any], name: str) -> ModelConfig:
     heads = int(raw["num_attention_heads"])
     hidden = int(raw["hidden_size"])
     theta, scaling = _rope_from_hf(raw)
-    eos = raw.get("eos_token_id")
-    eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else ((int(eos),) if eos is not None else ())
+    eos_ids = token_ids(raw.get("eos_token_id"))
     bos = raw.get("bos_token_id")
     if mtype == "qwen2":
         bias, out_bias = True, False
@@ -124,6 +187,10 @@ def config_from_hf(raw: dict[str, Any], name: str) -> ModelConfig:
 def config_from_checkpoint(path: str | Path) -> ModelConfig:
     """Read ``config.json`` of a local checkpoint folder.
 
+    End-of-sequence ids are those of config.json plus those of ``generation_config.json``
+    (transformers 5 checkpoints may list the extra ones, e.g. Llama-3's ``<|eot_id|>``,
+    only there); the tokenizer's own EOS is added by the engine.
+
     Raises:
         ConfigError: missing or unsupported config.
     """
@@ -131,14 +198,9 @@ def config_from_checkpoint(path: str | Path) -> ModelConfig:
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise ConfigError(f"--model {path}: no config.json in that folder")
+    raw = _read_json_object(cfg_file, path)
     try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--model {path}: cannot read config.json ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--model {path}: config.json is not a JSON object")
-    try:
-        return config_from_hf(raw, str(folder))
+        return merge_eos_ids(config_from_hf(raw, str(folder)), generation_eos_ids(folder))
     except KeyError as exc:  # a required field is absent: the checkpoint, not charbench, is incomplete
         raise ConfigError(f"--model {path}: config.json has no {exc.args[0]!r}; is it a Hugging Face Llama-family checkpoint?") from None
     except (TypeError, ValueError) as exc:

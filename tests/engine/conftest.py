@@ -85,6 +85,28 @@ def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], t
     return make
 
 
+@pytest.fixture
+def hf_checkpoint_copy(hf_checkpoint: Callable[[str], tuple[Path, Any]], tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
+    """Factory: ``(chat_template=None, name="ck") -> (folder, HF model)``: a copy of the
+    llama_gqa checkpoint whose tokenizer transformers re-saved (transformers 5 writes a
+    chat template to chat_template.jinja, not into tokenizer_config.json)."""
+    import shutil
+
+    def make(chat_template: str | None = None, name: str = "ck") -> tuple[Path, Any]:
+        transformers = pytest.importorskip("transformers")
+        folder, hf = hf_checkpoint("llama_gqa")
+        dst = tmp_path / name
+        shutil.copytree(folder, dst)
+        tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_file=str(dst / "tokenizer.json"), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        if chat_template is not None:
+            tok.chat_template = chat_template
+        tok.save_pretrained(str(dst))
+        return dst, hf
+
+    return make
+
+
 class ChunkDriver:
     """Drives a runner like a scheduler would: allocates blocks, feeds chunks, tracks lengths.
 

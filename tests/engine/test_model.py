@@ -241,3 +241,148 @@ def test_incomplete_checkpoint_config_is_a_config_error(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="not a JSON object"):
         config_from_checkpoint(tmp_path)
+
+
+# ------------------------------------------------ checkpoint metadata as transformers 5 writes it
+
+TEMPLATE_WITH_BOS = ("{{ bos_token }}{% for m in messages %}w10 {{ m['content'] }} {{ eos_token }} {% endfor %}"
+                     "{% if add_generation_prompt %}w11{% endif %}")
+TEMPLATE_NO_BOS = "{% for m in messages %}w12 {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w13{% endif %}"
+
+
+def _hf_default_template(folder):
+    import transformers
+
+    t = transformers.AutoTokenizer.from_pretrained(str(folder)).chat_template
+    return t.get("default") if isinstance(t, dict) else t
+
+
+def test_chat_template_found_where_transformers_5_looks(hf_checkpoint_copy):
+    from charbench.engine.tokenizer import HFTokenizer
+
+    folder, _ = hf_checkpoint_copy(TEMPLATE_WITH_BOS)
+    assert (folder / "chat_template.jinja").is_file()
+    assert "chat_template" not in json.loads((folder / "tokenizer_config.json").read_text())
+    tc_path = folder / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    extra = folder / "additional_chat_templates"
+
+    def ours():
+        tok = HFTokenizer(folder, resolve_model_config(str(folder)))
+        return tok.chat_template, tok.chat_template_origin
+
+    # 1. chat_template.jinja only (the transformers 5 layout; ignored before)
+    assert ours() == (TEMPLATE_WITH_BOS, "chat_template.jinja") and _hf_default_template(folder) == TEMPLATE_WITH_BOS
+    # 2. chat_template.jinja beats tokenizer_config.json's chat_template, as in transformers
+    tc_path.write_text(json.dumps(tc | {"chat_template": TEMPLATE_NO_BOS}))
+    assert ours() == (TEMPLATE_WITH_BOS, "chat_template.jinja") and _hf_default_template(folder) == TEMPLATE_WITH_BOS
+    # 3. tokenizer_config.json alone
+    (folder / "chat_template.jinja").unlink()
+    assert ours() == (TEMPLATE_NO_BOS, "tokenizer_config.json") and _hf_default_template(folder) == TEMPLATE_NO_BOS
+    # 4. the legacy list of named templates: the 'default' one
+    tc_path.write_text(json.dumps(tc | {"chat_template": [{"name": "tool_use", "template": "T"},
+                                                          {"name": "default", "template": TEMPLATE_NO_BOS}]}))
+    assert ours() == (TEMPLATE_NO_BOS, "tokenizer_config.json (template 'default')")
+    assert _hf_default_template(folder) == TEMPLATE_NO_BOS
+    # 5. additional_chat_templates/ beats tokenizer_config.json; without a default none is usable
+    extra.mkdir()
+    (extra / "tool_use.jinja").write_text("T2")
+    assert ours() == (None, "additional_chat_templates/ has named templates ['tool_use'] but no default one")
+    assert _hf_default_template(folder) is None
+    (extra / "default.jinja").write_text(TEMPLATE_WITH_BOS)
+    assert ours() == (TEMPLATE_WITH_BOS, "additional_chat_templates/default.jinja")
+    assert _hf_default_template(folder) == TEMPLATE_WITH_BOS
+    # 6. nothing anywhere
+    import shutil
+
+    shutil.rmtree(extra)
+    tc_path.write_text(json.dumps(tc))
+    assert ours() == (None, "no chat_template.jinja and no chat_template in tokenizer_config.json")
+
+
+@pytest.mark.parametrize("template", [TEMPLATE_WITH_BOS, TEMPLATE_NO_BOS])
+def test_chat_prompt_ids_equal_apply_chat_template(hf_checkpoint_copy, template):
+    import transformers
+
+    from charbench.engine.openai_protocol import ChatMessage
+    from charbench.engine.server import chat_prompt_ids
+    from charbench.engine.tokenizer import HFTokenizer
+
+    folder, _ = hf_checkpoint_copy(template)
+    conv = [{"role": "system", "content": "w3 w4"}, {"role": "user", "content": "w5 w6 w7"}]
+    hf_ids = transformers.AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
+        conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+    tok = HFTokenizer(folder, resolve_model_config(str(folder)))
+    assert tok.special_tokens == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    ours = chat_prompt_ids(tok, [ChatMessage(**m) for m in conv])
+    assert ours == hf_ids
+    expected = [1, 13, 6, 7, 2, 13, 8, 9, 10, 2, 14] if template == TEMPLATE_WITH_BOS else [15, 6, 7, 15, 8, 9, 10, 16]
+    assert ours == expected
+    # without the template the fallback one (with its own BOS) gives another prompt
+    tok.chat_template = None
+    assert chat_prompt_ids(tok, [ChatMessage(**m) for m in conv]) != hf_ids
+
+
+def test_eos_ids_are_the_union_of_config_generation_config_and_tokenizer(hf_checkpoint_copy):
+    from charbench.engine.engine import LLMEngine
+    from charbench.engine.weights import config_from_checkpoint
+
+    folder, _ = hf_checkpoint_copy()
+    gen = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(gen | {"eos_token_id": [2, 7]}))
+    cfg = config_from_checkpoint(folder)
+    assert (cfg.eos_token_id, cfg.eos_token_ids) == (2, (2, 7))
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc | {"eos_token": "w0"}))  # id 3
+    eng = LLMEngine(EngineConfig(model=str(folder), kv_cache_gb=0.01))
+    try:
+        assert eng.tokenizer.eos_token_id == 3
+        assert eng.eos_token_ids == frozenset({2, 3, 7})
+    finally:
+        eng.shutdown()
+    # config.json without eos: the first generation_config id becomes the primary one
+    raw = json.loads((folder / "config.json").read_text())
+    raw.pop("eos_token_id")
+    (folder / "config.json").write_text(json.dumps(raw))
+    cfg = config_from_checkpoint(folder)
+    assert (cfg.eos_token_id, cfg.eos_token_ids) == (2, (2, 7))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    with pytest.raises(ConfigError, match=r"^--model .*ck: generation_config.json has a malformed eos_token_id "
+                                          r"\(token id '</s>' is not an int or a list of ints\)$"):
+        config_from_checkpoint(folder)
+    (folder / "generation_config.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"cannot read generation_config.json"):
+        config_from_checkpoint(folder)
+
+
+def test_greedy_generation_stops_where_hf_generate_stops(hf_checkpoint_copy):
+    """An extra EOS listed only in generation_config.json ends generation, as in HF generate."""
+    import transformers
+
+    from charbench.engine.api import SamplingParams
+    from charbench.engine.engine import LLMEngine
+
+    folder, hf = hf_checkpoint_copy()
+    prompt = PROMPTS[0]
+
+    def hf_generate(eos):
+        g = transformers.GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        return hf.generate(torch.tensor([prompt]), generation_config=g)[0, len(prompt):].tolist()
+
+    free = hf_generate([2])
+    assert len(free) == 24 and 2 not in free
+    stop_at = next(i for i in range(4, 24) if free[i] not in free[:i])
+    extra = free[stop_at]
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == 2
+    (folder / "generation_config.json").write_text(json.dumps(gen | {"eos_token_id": [2, extra]}))
+    json_cfg = transformers.GenerationConfig.from_pretrained(str(folder))
+    expected = hf_generate(json_cfg.eos_token_id)
+    assert expected == free[: stop_at + 1]
+    eng = LLMEngine(EngineConfig(model=str(folder), kv_cache_gb=0.01))
+    try:
+        (out,) = eng.generate([prompt], SamplingParams(max_tokens=24, temperature=0.0))
+    finally:
+        eng.shutdown()
+    assert out.finish_reason == "stop"
+    assert out.token_ids == expected

@@ -752,3 +752,175 @@ def test_run_server_stops_the_engine_when_the_server_fails(monkeypatch: pytest.M
     with pytest.raises(OSError, match="uvicorn could not start"):
         server_mod.run_server(EngineConfig(model="tiny"), host="127.0.0.1", port=0, log_level="warning")
     assert len(made) == 1 and made[0].shutdowns == 1
+
+
+# --------------------------------------------------------------------------- issue 16: sampling options, isolation
+
+import logging  # noqa: E402
+
+I64_MAX = 2**63 - 1
+
+
+def _post_error(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"top_k": 10**19}, "top_k",
+         f"top_k: must be less than or equal to {I64_MAX} (the 64-bit limit) (got 10000000000000000000)"),
+        ({"seed": 2**70}, "seed", f"seed: must be less than or equal to {I64_MAX} (the 64-bit limit) (got {2**70})"),
+        ({"min_tokens": 2, "stop_token_ids": [10**9]}, "stop_token_ids",
+         "stop_token_ids: token id 1000000000 is outside the vocabulary; ids must be in [0, 259)"),
+        ({"min_p": 1.5}, "min_p", "min_p: must be greater than or equal to 0 and less than or equal to 1 (got 1.5)"),
+        ({"repetition_penalty": 0}, "repetition_penalty", "repetition_penalty: must be greater than 0 (got 0.0)"),
+        ({"presence_penalty": 2.5}, "presence_penalty",
+         "presence_penalty: must be greater than or equal to -2 and less than or equal to 2 (got 2.5)"),
+        ({"frequency_penalty": -3}, "frequency_penalty",
+         "frequency_penalty: must be greater than or equal to -2 and less than or equal to 2 (got -3.0)"),
+        ({"top_k": -5}, "top_k", "top_k: must be greater than or equal to -1 (got -5)"),
+        ({"response_format": {"type": "json_object"}}, "response_format",
+         'response_format: structured output is not supported; omit it or send {"type": "text"}'),
+        ({"tool_choice": "auto"}, "tool_choice", 'tool_choice: tool calling is not supported; omit it or send "none"'),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls", "parallel_tool_calls: tool calling is not supported; omit it"),
+        ({"top_logprobs": 2}, "top_logprobs", "top_logprobs: not supported; omit it or send 0"),
+        ({"logprobs": True}, "logprobs", "logprobs: not supported; omit it or send false"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
+         "tools: tool calling is not supported; omit it"),
+        ({"guided_json": {"type": "object"}}, "guided_json", "guided_json: structured output is not supported; omit it"),
+        ({"n": True}, "n", "n: only n=1 is supported; send one request per sample"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias", "logit_bias: not supported; omit it or send {}"),
+        ({"add_special_tokens": True}, "add_special_tokens", "add_special_tokens: not supported; omit it or send false"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens",
+         "max_completion_tokens: must be greater than or equal to 1 (got 0)"),
+        ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}, "stream": True},
+         "stream_options.continuous_usage_stats",
+         "stream_options.continuous_usage_stats: not supported; omit it or send false"),
+    ],
+)
+def test_chat_options_out_of_range_or_unsupported_400(fake: Served, extra: dict[str, Any], param: str, message: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    err = _post_error(fake.url, "/v1/chat/completions", body)
+    assert (err["param"], err["message"]) == (param, message)
+
+
+def test_completion_only_options_400(fake: Served) -> None:
+    err = _post_error(fake.url, "/v1/completions", {"prompt": "hi", "max_tokens": 4, "echo": True})
+    assert (err["param"], err["message"]) == ("echo", "echo: not supported; omit it or send false")
+    err = _post_error(fake.url, "/v1/completions", {"prompt": "hi", "max_tokens": 4, "add_special_tokens": False})
+    assert (err["param"], err["message"]) == ("add_special_tokens", "add_special_tokens: not supported; omit it or send true")
+
+
+def test_explicitly_default_options_are_accepted(fake: Served, caplog: pytest.LogCaptureFixture) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "response_format": {"type": "text"},
+        "tool_choice": "none", "tools": [], "top_logprobs": 0, "logprobs": False, "n": 1, "user": "u1",
+        "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0, "frequency_penalty": 0.0,
+        "seed": -(2**63), "add_special_tokens": False, "skip_special_tokens": True, "a_field_nobody_knows": 1,
+    }
+    with caplog.at_level(logging.WARNING, logger="charbench.server"):
+        r = httpx.post(fake.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == expected_text(3)
+    assert "request fields ignored (unknown to this server): a_field_nobody_knows" in caplog.messages
+
+
+def test_real_issue_requests_400_and_engine_keeps_serving(real: Served) -> None:
+    url = real.url
+    err = _post_error(url, "/v1/completions", {"prompt": "hi", "max_tokens": 4, "top_k": 10**19})
+    assert err["param"] == "top_k"
+    err = _post_error(url, "/v1/completions", {"prompt": "hi", "max_tokens": 4, "min_tokens": 2,
+                                               "stop_token_ids": [10**9]})
+    assert (err["param"], err["message"]) == (
+        "stop_token_ids", "stop_token_ids: token id 1000000000 is outside the vocabulary; ids must be in [0, 258)")
+    err = _post_error(url, "/v1/completions", {"prompt": "hi", "max_tokens": 4, "seed": 2**70})
+    assert err["param"] == "seed" and "Overflow" not in err["message"]
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+    r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "ignore_eos": True, "top_k": 10**6,
+                                                 "seed": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_real_penalties_and_min_p_are_honoured(real: Served) -> None:
+    def text(**kw: Any) -> str:
+        body = {"prompt": "aaaa aaaa aaaa", "max_tokens": 24, "temperature": 0, "ignore_eos": True, **kw}
+        r = httpx.post(real.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    plain = text()
+    assert text(repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0) == plain
+    for kw in ({"repetition_penalty": 4.0}, {"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        assert text(**kw) != plain, kw
+    # min_p=1 keeps only the most likely token: sampling at any temperature is greedy
+    assert text(temperature=1.5, min_p=1.0, seed=1) == plain
+
+
+FAIL_SEED = 4242
+
+
+def _stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
+    async def run() -> list[str]:
+        async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            return (await r.aread()).decode().split("\n\n")
+
+    return run()
+
+
+def test_real_one_failing_request_does_not_stop_the_others(
+    real: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sampler = real.engine.engine.sampler
+    real_sample = sampler.sample
+
+    def sample(logits: Any, rows: list[Any]) -> list[int]:
+        # fails inside step() for one request only, after it streamed 3 tokens
+        if any(r.params.seed == FAIL_SEED and r.num_output_tokens == 3 for r in rows):
+            raise ValueError("injected failure")
+        return real_sample(logits, rows)
+
+    monkeypatch.setattr(sampler, "sample", sample)
+    good = [{"prompt": f"stream {i} goes on", "max_tokens": 20 + i, "temperature": 0, "ignore_eos": True}
+            for i in range(3)]
+    bad = {"prompt": "this one fails", "max_tokens": 20, "temperature": 0.5, "seed": FAIL_SEED, "ignore_eos": True}
+
+    async def main(with_bad: bool) -> list[list[str]]:
+        async with httpx.AsyncClient(base_url=real.url, timeout=60) as client:
+            bodies = good + ([bad] if with_bad else [])
+            return await asyncio.gather(*(_stream_events(client, b) for b in bodies))
+
+    def texts(streams: list[list[str]]) -> list[str]:
+        return ["".join(json.loads(e[6:])["choices"][0]["text"] for e in s[:-2]) for s in streams]
+
+    reference = asyncio.run(main(with_bad=False))
+    with caplog.at_level(logging.ERROR, logger="charbench.engine"):
+        got = asyncio.run(main(with_bad=True))
+    assert texts(got[:3]) == texts(reference)
+    for i, s in enumerate(got[:3]):
+        assert s[-2:] == ["data: [DONE]", ""] and json.loads(s[-3][6:])["choices"][0]["finish_reason"] == "length"
+        assert len(s) - 2 == 20 + i  # one event per token
+    failed = got[3]
+    assert failed[-2:] == ["data: [DONE]", ""] and len(failed) == 3 + 1 + 2
+    rid = json.loads(failed[0][6:])["id"]
+    err = json.loads(failed[-3][6:])["error"]
+    assert err == {"message": f"request {rid} failed: ValueError while sampling: injected failure",
+                   "type": "internal_error", "param": None, "code": "request_failed"}
+    assert f"request {rid} failed while sampling: ValueError: injected failure" in caplog.messages
+    # the same failure without streaming: a 500 for that request alone
+    r = httpx.post(real.url + "/v1/completions", json=bad, timeout=60)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "request_failed"
+    assert r.json()["error"]["message"].endswith("failed: ValueError while sampling: injected failure")
+    assert httpx.get(real.url + "/health").status_code == 200
+    eng = real.engine
+    assert _wait_until(lambda: eng.stats().kv_blocks_used == 0 and eng.stats().num_running == 0, 10)
+    rec = httpx.get(real.url + "/v1/charbench/records", params={"ids": rid}).json()["data"][0]
+    assert (rec["finish_reason"], rec["output_tokens"]) == ("error", 3)
+    monkeypatch.undo()
+    r = httpx.post(real.url + "/v1/completions", json=good[0], timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == texts(reference)[0]
