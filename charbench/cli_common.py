@@ -11,10 +11,12 @@ A study command declares them in its signature and hands them to :func:`common_o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Generic, Optional, TypeVar
 
 import typer
 
@@ -98,6 +100,135 @@ def preset_config(presets: dict[str, Any], preset: str, common: CommonOptions) -
     if common.config_file is not None:
         cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
     return cfg
+
+
+def given_options(ctx: Any) -> set[str]:
+    """Parameters of a command given on the command line (or environment), not left at their default.
+
+    Args:
+        ctx: the command's ``typer.Context`` (declare ``ctx: typer.Context`` in the command).
+    """
+    # Compared by name: typer's click (vendored) and click have distinct ParameterSource enums.
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class StudyInputs(Generic[T]):
+    """What a study command runs: its config, the common options and whether points are shuffled."""
+
+    cfg: T
+    common: CommonOptions
+    shuffle: bool
+
+
+def study_inputs(
+    presets: dict[str, T],
+    preset: str,
+    common: CommonOptions,
+    changes: dict[str, Any],
+    *,
+    study: str,
+    given: set[str] = frozenset(),  # type: ignore[assignment]
+    shuffle: bool = False,
+    finish: Callable[[T, CommonOptions], T] | None = None,
+    fill_preset: Callable[[T, dict[str, Any]], dict[str, Any]] | None = None,
+    from_saved: Callable[[dict[str, Any]], T] | None = None,
+) -> StudyInputs[T]:
+    """The config of a new run, or with ``--resume`` the run's saved one, checked against the options given.
+
+    A new run: the preset, ``--config`` on top, ``fill_preset`` (defaults that depend on the
+    options), the options in ``changes``, then ``finish`` (device-dependent defaults).
+
+    ``--resume`` continues the saved sweep exactly: config.json must exist, and every option
+    given with it (``changes``, ``--config``, ``--preset``, ``--seed``, ``--device``,
+    ``--shuffle``) must agree with what the run was made with; options not given take the
+    saved values.
+
+    Args:
+        presets: the study's named configs.
+        preset: the ``--preset`` value.
+        common: the shared options (:func:`common_options`).
+        changes: config field -> value, only for options given on the command line.
+        study: the study's command name (the resume folder must be one of its runs).
+        given: the parameter names given on the command line (:func:`given_options`); with
+            ``--resume``, ``preset``, ``seed``, ``device`` and ``shuffle`` are checked only when given.
+        shuffle: the ``--shuffle`` flag (a study whose config has ``shuffle`` may ignore it).
+        finish: applied last to a built config, given the common options (e.g. resolve per device).
+        fill_preset: returns ``changes`` completed with defaults for a config built from a preset.
+        from_saved: rebuilds a config from config.json's ``study_config`` (default: the first
+            preset with the saved values applied).
+
+    Raises:
+        ConfigError: a bad option, or options that differ from the resumed run's (named).
+        RunStoreError: the resume folder has no config.json, a damaged one, or is another study's.
+    """
+    if common.resume is None:
+        cfg = _build(preset_config(presets, preset, common), changes, common, finish, fill_preset)
+        return StudyInputs(cfg, common, bool(getattr(cfg, "shuffle", shuffle)))
+    return _resume_inputs(presets, preset, common, changes, study, given, shuffle, finish, fill_preset, from_saved)
+
+
+def _build(base: T, changes: dict[str, Any], common: CommonOptions, finish: Callable[[T, CommonOptions], T] | None,
+           fill_preset: Callable[[T, dict[str, Any]], dict[str, Any]] | None) -> T:
+    """``base`` with the options applied (and the preset-only defaults when ``fill_preset`` is given), then ``finish``."""
+    from charbench.config import apply_overrides
+
+    more = fill_preset(base, dict(changes)) if fill_preset is not None else changes
+    cfg = apply_overrides(base, more, source=None)  # options get the same type and range checks as --config
+    return finish(cfg, common) if finish is not None else cfg
+
+
+def _resume_inputs(presets: dict[str, T], preset: str, common: CommonOptions, changes: dict[str, Any], study: str, given: set[str], shuffle: bool,
+                   finish: Callable[[T, CommonOptions], T] | None, fill_preset: Callable[[T, dict[str, Any]], dict[str, Any]] | None,
+                   from_saved: Callable[[dict[str, Any]], T] | None) -> StudyInputs[T]:
+    """:func:`study_inputs` for ``--resume``: the saved config, after checking the given options against it."""
+    from charbench.config import apply_overrides, load_toml, select_preset, to_jsonable
+    from charbench.device import resolve_device
+    from charbench.results import RunStore
+    from charbench.study import differing_keys
+
+    assert common.resume is not None
+    store = RunStore.open(common.resume, study=study)
+    saved_all = store.resume_config()
+    saved_dict = saved_all["study_config"]
+    if from_saved is not None:
+        saved = from_saved(saved_dict)
+    else:
+        saved = apply_overrides(select_preset(presets, next(iter(presets))), saved_dict, source=f"--resume {store.path}: config.json")
+    saved_common = saved_all["common"] if isinstance(saved_all.get("common"), dict) else {}
+    saved_settings = saved_all["settings"] if isinstance(saved_all.get("settings"), dict) else {}
+    conflicts: set[str] = set()
+    adopted: dict[str, Any] = {}
+    if "seed" not in given:
+        adopted["seed"] = int(saved_common.get("seed", common.seed))
+    elif common.seed != saved_common.get("seed", common.seed):
+        conflicts.add("seed")
+    if "device" not in given:
+        adopted["device"] = str(saved_common.get("device", common.device))
+    elif store.meta.get("device") not in (None, resolve_device(common.device)):
+        conflicts.add("device")
+    saved_shuffle = bool(saved_settings.get("shuffle", getattr(saved, "shuffle", False)))
+    if "shuffle" in given and shuffle != saved_shuffle:
+        conflicts.add("shuffle")
+    common = dataclasses.replace(common, **adopted)
+    # What the given options would make, built on the saved config (or on the preset when one is given).
+    if "preset" in given:
+        candidate = _build(preset_config(presets, preset, common), changes, common, finish, fill_preset)
+    else:
+        base = saved
+        if common.config_file is not None:
+            base = apply_overrides(base, load_toml(common.config_file), source=f"--config {common.config_file}")
+        candidate = _build(base, changes, common, finish, None)
+    conflicts.update(differing_keys(to_jsonable(saved), to_jsonable(candidate)))
+    if conflicts:
+        raise ConfigError(
+            f"--resume {store.path}: the options given differ from the run's (in: {', '.join(sorted(conflicts))}); "
+            f"drop them to continue with the saved ones (see {store.path / 'config.json'}), or start a new run without --resume"
+        )
+    return StudyInputs(saved, common, saved_shuffle)
 
 
 def run_and_emit(study: Any, cfg: Any, common: CommonOptions, shuffle: bool) -> None:

@@ -21,13 +21,15 @@ is self-contained otherwise (plotly.js embedded).
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charbench.errors import ConfigError
+from charbench.errors import ConfigError, RunStoreError
 from charbench.results import RunStore, list_runs
+from charbench.runlock import run_status
 
 #: most metrics charted per study
 MAX_TREND_METRICS = 4
@@ -53,13 +55,46 @@ def _parse_time(text: Any) -> _dt.datetime | None:
         return None
 
 
+class _WithoutEnv(RunStore):
+    """A run whose env.json (or run.json) is damaged: its facts come from what is readable."""
+
+    def env(self) -> dict[str, Any]:
+        """Nothing: the file is damaged."""
+        return {}
+
+
+def damaged_run(path: Path, error: Exception) -> RunSummary:
+    """The row of a run whose run.json is damaged: listed as damaged, with the reason, and no metrics."""
+    store = _WithoutEnv(path, {"study": path.parent.name, "run_id": path.name})
+    return _mark_damaged(_summary(store, []), store, error)
+
+
+def _mark_damaged(summary: RunSummary, store: RunStore, error: Exception) -> RunSummary:
+    # the folder is in the table already: the reason need not repeat its path
+    reason = str(error).replace(f"{store.path}{os.sep}", "")
+    summary.facts["status"] = f"damaged: {reason}"
+    return summary
+
+
 def summarize_run(store: RunStore) -> RunSummary:
-    """Facts and per-metric medians of one run (a run with unreadable results has none)."""
+    """Facts and per-metric medians of one run (a run with unreadable results has none; one
+    with an unreadable env.json is listed as damaged)."""
+    try:
+        store.env()
+    except RunStoreError as exc:  # one damaged env.json must not break the page of every run
+        store = _WithoutEnv(store.path, store.meta)
+        return _mark_damaged(_summary(store, None), store, exc)
+    return _summary(store, None)
+
+
+def _summary(store: RunStore, rows: list[dict[str, Any]] | None) -> RunSummary:
+    """Facts and medians of ``store`` (``rows`` None: read its records)."""
     from charbench.compare import is_number, metric_columns, knob_names, run_facts
 
     facts = run_facts(store)
+    facts["status"] = run_status(store.meta)  # "stale" for a running run whose process is gone
     try:
-        rows = store.records()
+        rows = store.records() if rows is None else rows
     except Exception as exc:  # a damaged results file must not hide the other runs
         rows = []
         facts["status"] = f"{facts['status']} (results unreadable: {type(exc).__name__})"
@@ -163,7 +198,8 @@ def render_history(history_dir: Path, out: Path | None = None) -> Path:
     if not history_dir.is_dir():
         raise ConfigError(f"--history {history_dir}: not a folder; give a results folder (e.g. ./charbench-runs)")
     out = Path(out) if out is not None else history_dir / "index.html"
-    runs = [summarize_run(s) for s in list_runs(history_dir)]
+    damaged: list[tuple[Path, RunStoreError]] = []
+    runs = [summarize_run(s) for s in list_runs(history_dir, damaged=damaged)] + [damaged_run(p, e) for p, e in damaged]
     sections: list[Section] = []
     if not runs:
         sections.append(Section("Runs", f'<p class="muted">No run folders under {_e(history_dir)} (expected &lt;root&gt;/&lt;study&gt;/&lt;run&gt;/run.json).</p>', anchor="runs"))

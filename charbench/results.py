@@ -8,7 +8,7 @@
     store.finish("completed")
 
 Layout of ``<out>/<study>/<YYYYmmdd-HHMMSS>-<label>/``: ``config.json`` (resolved),
-``env.json``, ``run.json`` (study, status, counts, times), ``results.parquet`` and
+``env.json``, ``run.json`` (study, status, counts, times, pid and host), ``results.parquet`` and
 ``results.csv`` (one flat row per point), ``samples.parquet`` (sampler timeline),
 ``failures/<point>.json``, ``report.html``. Every write is temp-file + rename, so a
 crash never leaves a half-written file and every completed point stays on disk.
@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from charbench.errors import RunStoreError
+from charbench.runlock import owner_fields
 
 RUN_META = "run.json"
+CONFIG_JSON = "config.json"
+ENV_JSON = "env.json"
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 SAMPLES_PARQUET = "samples.parquet"
@@ -171,10 +174,11 @@ class RunStore:
             "points_done": 0,
             "points_failed": 0,
             "report_hook": report_hook,
+            **owner_fields(),  # `charbench runs` shows a running run whose process is gone as stale
         }
         store = cls(path, run_meta)
-        atomic_write_json(path / "config.json", config)
-        atomic_write_json(path / "env.json", env)
+        atomic_write_json(path / CONFIG_JSON, config)
+        atomic_write_json(path / ENV_JSON, env)
         store._write_meta()
         return store
 
@@ -189,11 +193,8 @@ class RunStore:
         meta_file = path / RUN_META
         if not meta_file.is_file():
             raise RunStoreError(f"{path} is not a charbench run folder (no {RUN_META}); pass a folder made by a charbench study")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunStoreError(f"{path}: {RUN_META} is unreadable ({exc}); the run folder is damaged") from exc
-        if not isinstance(meta, dict) or "study" not in meta:
+        meta = read_run_json(meta_file)
+        if "study" not in meta:
             raise RunStoreError(f"{path}: {RUN_META} has no 'study'; the run folder is damaged")
         if study is not None and meta.get("study") != study:
             raise RunStoreError(f"--resume {path}: that run is from '{meta.get('study')}', not '{study}'; continue it with `charbench {meta.get('study')} --resume {path}`")
@@ -206,14 +207,39 @@ class RunStore:
         return str(self.meta["study"])
 
     def config(self) -> dict[str, Any]:
-        """The resolved config of the run ({} when config.json is missing)."""
-        p = self.path / "config.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        """The resolved config of the run ({} when config.json is missing).
+
+        Raises:
+            RunStoreError: config.json is unreadable.
+        """
+        p = self.path / CONFIG_JSON
+        return read_run_json(p) if p.exists() else {}
 
     def env(self) -> dict[str, Any]:
-        """The environment inventory recorded at the start."""
-        p = self.path / "env.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        """The environment inventory recorded at the start ({} when env.json is missing).
+
+        Raises:
+            RunStoreError: env.json is unreadable.
+        """
+        p = self.path / ENV_JSON
+        return read_run_json(p) if p.exists() else {}
+
+    def resume_config(self) -> dict[str, Any]:
+        """The saved config.json of a run that ``--resume`` continues.
+
+        Unlike :meth:`config`, a missing file or one without ``study_config`` is an error:
+        without it a resume cannot tell whether it continues the same sweep.
+
+        Raises:
+            RunStoreError: config.json is missing, unreadable or has no ``study_config``.
+        """
+        p = self.path / CONFIG_JSON
+        if not p.exists():
+            raise RunStoreError(f"--resume {self.path}: {CONFIG_JSON} is missing; this is not a resumable run folder (start a new run without --resume)")
+        saved = read_run_json(p)
+        if not isinstance(saved.get("study_config"), dict):
+            raise RunStoreError(f"--resume {self.path}: {CONFIG_JSON} has no study_config; this is not a resumable run folder (start a new run without --resume)")
+        return saved
 
     def _write_meta(self) -> None:
         atomic_write_json(self.path / RUN_META, self.meta)
@@ -354,7 +380,28 @@ def _read_parquet(path: Path, hint: str):  # -> pandas.DataFrame
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
-        raise RunStoreError(f"{path}: unreadable ({type(exc).__name__}: {exc}); the run folder is damaged ({hint})") from exc
+        raise damaged_file(path, exc, hint) from exc
+
+
+def damaged_file(path: Path, exc: BaseException | str, hint: str = "") -> RunStoreError:
+    """The error for a run-folder file that cannot be read: ``<file>: unreadable (<reason>); the run folder is damaged``."""
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return RunStoreError(f"{path}: unreadable ({reason}); the run folder is damaged" + (f" ({hint})" if hint else ""))
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """Read one JSON file of a run folder (run.json, config.json, env.json, ...); each is an object.
+
+    Raises:
+        RunStoreError: the file cannot be read, is not JSON or not a JSON object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged_file(path, exc) from exc
+    if not isinstance(data, dict):
+        raise damaged_file(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _from_pandas(v: Any) -> Any:
@@ -368,8 +415,14 @@ def _from_pandas(v: Any) -> Any:
     return v
 
 
-def list_runs(out: Path) -> list[RunStore]:
-    """Every run folder under a results root, oldest first."""
+def list_runs(out: Path, damaged: list[tuple[Path, RunStoreError]] | None = None) -> list[RunStore]:
+    """Every run folder under a results root, oldest first.
+
+    Args:
+        out: the results root (``<out>/<study>/<run>/run.json``).
+        damaged: when given, gets ``(folder, error)`` of each folder whose run.json is
+            unreadable (skipped from the result either way).
+    """
     out = Path(out)
     if not out.is_dir():
         return []
@@ -377,7 +430,8 @@ def list_runs(out: Path) -> list[RunStore]:
     for meta in sorted(out.glob(f"*/*/{RUN_META}")):
         try:
             runs.append(RunStore.open(meta.parent))
-        except RunStoreError:
-            continue
+        except RunStoreError as exc:
+            if damaged is not None:
+                damaged.append((meta.parent, exc))
     runs.sort(key=lambda r: (str(r.meta.get("started")), r.path.name))
     return runs

@@ -439,7 +439,7 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
     except Exception as exc:  # a report failure must not lose a completed run
         if os.environ.get("CHARBENCH_DEBUG") == "1":
             raise
-        log(f"report rendering failed: {type(exc).__name__}: {exc}; rerun `charbench report {store.path}`")
+        log.error(f"report rendering failed: {type(exc).__name__}: {exc}; rerun `charbench report {store.path}`")
     return RunResult(store.path, status, store.meta["points_done"], store.meta["points_failed"], summary, report)
 
 
@@ -457,7 +457,7 @@ def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions,
         raise
     except Exception as exc:
         store.record_failure(key, exc, params)
-        log(f"point {key} failed: {type(exc).__name__}: {exc}")
+        log.error(f"point {key} failed: {type(exc).__name__}: {exc}")
         if not common.continue_on_error:
             raise CharbenchError(
                 f"point {key} failed ({type(exc).__name__}: {exc}); completed points are kept in {store.path}. "
@@ -511,17 +511,22 @@ def _start_measurement(ctx: Context, settings: RunSettings, log: Any) -> None:
 
 
 class _Logger:
-    """Plain log lines on stderr (stdout is kept for --json)."""
+    """Plain log lines on stderr (stdout is kept for --json).
+
+    ``quiet`` (``--json``) drops progress and notes; :meth:`error` lines are always printed.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
 
     def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            self._print(msg)
+
+    def error(self, msg: str) -> None:
+        """A failure the user must see even under ``--json`` (a point, the report)."""
+        self._print(msg)
+
+    @staticmethod
+    def _print(msg: str) -> None:
         print(f"[charbench] {msg}", file=sys.stderr, flush=True)
-
-
-def interactive() -> bool:
-    """True when progress bars make sense: stderr is a TTY and not under CI."""
-    from charbench.progress import is_interactive
-
-    return is_interactive(sys.stderr)

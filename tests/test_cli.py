@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -219,12 +220,32 @@ def test_runs_table_json_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture
     rows = json.loads(capsys.readouterr().out)
     assert rows == [{
         "study": "gemm-power", "run_id": store.path.name, "label": "first", "started": store.meta["started"], "status": "completed",
-        "points_done": 1, "points_failed": 0, "points_total": None, "path": str(store.path),
+        "points_done": 1, "points_failed": 0, "points_total": None, "pid": os.getpid(), "host": socket.gethostname(), "path": str(store.path),
     }]
     other = _run(tmp_path / "elsewhere", "second")
     assert main(["runs", "--out", str(tmp_path / "elsewhere")]) == 0
     out = capsys.readouterr().out
     assert other.path.name in out and "completed" in out and store.path.name not in out
+
+
+def test_runs_shows_a_running_run_whose_process_is_gone_as_stale(charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)  # exited: no process has this pid now (pids are not reused this soon)
+    here = RunStore.create(charbench_home, "gemm-power", label="here", config={}, env={})
+    here.update_meta(pid=dead_pid)
+    elsewhere = RunStore.create(charbench_home, "gemm-power", label="elsewhere", config={}, env={})
+    elsewhere.update_meta(pid=dead_pid, host=socket.gethostname() + "-other")
+    alive = RunStore.create(charbench_home, "gemm-power", label="alive", config={}, env={})  # this process
+    assert main(["runs", "--json"]) == 0
+    rows = {r["label"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {k: (r["status"], r["pid"], r["host"]) for k, r in rows.items()} == {
+        "here": ("stale", dead_pid, socket.gethostname()),
+        "elsewhere": ("running", dead_pid, socket.gethostname() + "-other"),  # another host's pid cannot be checked
+        "alive": ("running", os.getpid(), socket.gethostname()),
+    }
+    assert alive.meta["status"] == "running"
+    assert main(["runs"]) == 0
+    assert "stale" in capsys.readouterr().out
 
 
 def test_console_script_subprocess(tmp_path: Path) -> None:

@@ -375,3 +375,13 @@ def test_metric_option_on_an_unmeasured_metric_says_so(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert err.startswith("Error: --metric energy_j: not measured in the baseline and the candidate run (null in every point: no RAPL zones here)")
     assert "gate on a measured metric: time_s" in err
+
+
+@pytest.mark.parametrize("name", ["env.json", "config.json"])
+def test_damaged_env_or_config_is_an_error_naming_the_file(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    b, c = _pair(tmp_path, 1.0)
+    (c / name).write_text('{"gpus": [')  # before: an internal JSONDecodeError
+    assert main(["compare", str(b), str(c), "--out", str(tmp_path / "c.html")]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: {c / name}: unreadable (JSONDecodeError: Expecting value: line 1 column 11 (char 10)); the run folder is damaged\n"
+    )

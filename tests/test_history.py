@@ -133,3 +133,31 @@ def test_headline_fallback_prefers_costs_over_neutral_columns(tmp_path: Path) ->
                                                                    "time_s": 0.1, "tflop_per_s": 3.0}, now=dt.datetime(2026, 1, 1))
     runs = [summarize_run(r) for r in map(RunStore.open, root.glob("gemm-power/*"))]
     assert headline_metrics("gemm-power", runs) == ["time_s", "tflop_per_s", "hamming_frac", "sm_clock_mhz"]
+
+
+def test_damaged_runs_are_listed_as_damaged_and_the_page_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _results_root(tmp_path)
+    runs = sorted(root.glob("gemm-power/*"))
+    (runs[0] / "env.json").write_text("{not json")  # before: JSONDecodeError for the whole page
+    (runs[1] / "run.json").write_text("")  # before: silently left out of the page
+    assert main(["report", "--history", str(root)]) == 0
+    html = (root / "index.html").read_text()
+    p = _Links()
+    p.feed(html)
+    assert p.rows == 1 + 7  # every run still has its row
+    assert "damaged: env.json: unreadable (JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); the run folder is damaged" in html
+    assert "damaged: run.json: unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)); the run folder is damaged" in html
+    # the run with a damaged env.json still has readable results: it keeps its trend marker
+    assert summarize_run(RunStore.open(runs[0])).medians["energy_j"] == pytest.approx(1.5)
+    assert "gemm-power: trends (4 run(s))" in html
+
+
+def test_a_running_run_whose_process_is_gone_is_stale(tmp_path: Path) -> None:
+    import socket
+
+    root = _results_root(tmp_path)
+    run = sorted(root.glob("gemm-power/*"))[0]
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(status="running", pid=2**22 + 1, host=socket.gethostname())  # above Linux's pid_max: never alive
+    (run / "run.json").write_text(json.dumps(meta))
+    assert summarize_run(RunStore.open(run)).facts["status"] == "stale"

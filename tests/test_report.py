@@ -213,3 +213,16 @@ def test_render_many_needs_two_runs(tmp_path: Path) -> None:
     with pytest.raises(CharbenchError) as ei:
         report.render_many([tmp_path], tmp_path / "c.html")
     assert str(ei.value) == "report: give two or more RUN_DIRs to compare, or one to render"
+
+
+@pytest.mark.parametrize("name", ["env.json", "config.json"])
+def test_report_of_a_run_with_a_damaged_env_or_config(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from charbench.cli import main
+    from charbench.results import RunStore
+
+    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {}}, env={})
+    (store.path / name).write_bytes(b"\x00\x01")  # before: an internal JSONDecodeError
+    assert main(["report", str(store.path)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: {store.path / name}: unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)); the run folder is damaged\n"
+    )

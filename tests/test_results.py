@@ -137,8 +137,59 @@ def test_open_errors(tmp_path: Path) -> None:
         RunStore.open(store.path, study="serving")
     assert str(ei.value) == f"--resume {store.path}: that run is from 'gemm-power', not 'serving'; continue it with `charbench gemm-power --resume {store.path}`"
     (store.path / "run.json").write_text("[1, 2")
-    with pytest.raises(RunStoreError, match="run.json is unreadable"):
+    with pytest.raises(RunStoreError) as ei:
         RunStore.open(store.path)
+    assert str(ei.value) == f"{store.path / 'run.json'}: unreadable (JSONDecodeError: Expecting ',' delimiter: line 1 column 6 (char 5)); the run folder is damaged"
+
+
+def test_read_run_json_names_the_file_and_the_reason(tmp_path: Path) -> None:
+    f = tmp_path / "env.json"
+    f.write_text('{"a": 1}')
+    assert results.read_run_json(f) == {"a": 1}
+    f.write_bytes(b"\xff\xfe{")
+    with pytest.raises(RunStoreError) as ei:
+        results.read_run_json(f)
+    assert str(ei.value) == f"{f}: unreadable (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte); the run folder is damaged"
+    f.write_text("[1, 2]")
+    with pytest.raises(RunStoreError) as ei:
+        results.read_run_json(f)
+    assert str(ei.value) == f"{f}: unreadable (a JSON list, not an object); the run folder is damaged"
+    with pytest.raises(RunStoreError, match=r"missing.json: unreadable \(FileNotFoundError: .*\); the run folder is damaged$"):
+        results.read_run_json(tmp_path / "missing.json")
+
+
+def test_damaged_config_and_env_are_run_store_errors(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    (store.path / "config.json").write_text("{")
+    (store.path / "env.json").write_text("")
+    with pytest.raises(RunStoreError) as ei:
+        store.config()
+    assert str(ei.value) == f"{store.path / 'config.json'}: unreadable (JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); the run folder is damaged"
+    with pytest.raises(RunStoreError) as ei:
+        store.env()
+    assert str(ei.value) == f"{store.path / 'env.json'}: unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)); the run folder is damaged"
+    (store.path / "config.json").unlink()
+    assert store.config() == {}  # a report of an old folder without config.json still renders
+
+
+def test_resume_config_refuses_a_missing_or_incomplete_config(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"n": 1}, "common": {"seed": 2}}, env={})
+    assert store.resume_config() == {"study_config": {"n": 1}, "common": {"seed": 2}}
+    (store.path / "config.json").write_text('{"study_config": [1]}')
+    with pytest.raises(RunStoreError) as ei:
+        store.resume_config()
+    assert str(ei.value) == f"--resume {store.path}: config.json has no study_config; this is not a resumable run folder (start a new run without --resume)"
+    (store.path / "config.json").unlink()
+    with pytest.raises(RunStoreError) as ei:
+        store.resume_config()
+    assert str(ei.value) == f"--resume {store.path}: config.json is missing; this is not a resumable run folder (start a new run without --resume)"
+
+
+def test_run_json_records_pid_and_host(tmp_path: Path) -> None:
+    import socket
+
+    meta = json.loads((_store(tmp_path).path / "run.json").read_text())
+    assert meta["pid"] == os.getpid() and meta["host"] == socket.gethostname()
 
 
 def test_atomic_write_crash_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,16 +20,21 @@ app = typer.Typer(add_completion=False)
 
 
 def run_rows(out: Path) -> list[dict[str, object]]:
-    """One dict per run: study, label, date, status, points done/failed, path."""
+    """One dict per run: study, label, date, status, points done/failed, the pid and host that ran it, path.
+
+    The status is ``stale`` for a run left at ``running`` whose process is gone (killed,
+    crashed, the machine rebooted); ``--resume`` continues it.
+    """
     from charbench.results import list_runs
+    from charbench.runlock import run_status
 
     rows = []
     for r in list_runs(out):
         m = r.meta
         rows.append({
             "study": m.get("study"), "run_id": m.get("run_id"), "label": m.get("label"), "started": m.get("started"),
-            "status": m.get("status"), "points_done": m.get("points_done"), "points_failed": m.get("points_failed"),
-            "points_total": m.get("points_total"), "path": str(r.path),
+            "status": run_status(m), "points_done": m.get("points_done"), "points_failed": m.get("points_failed"),
+            "points_total": m.get("points_total"), "pid": m.get("pid"), "host": m.get("host"), "path": str(r.path),
         })
     return rows
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from charbench.cli_common import (
     ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, preset_config, run_and_emit,
+    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
 )
+from charbench.config import CommonOptions
 from charbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from charbench.workloads.gemm_power.config import GemmPowerConfig
 
 app = typer.Typer(add_completion=False)
 
@@ -77,6 +81,7 @@ def parse_seeds(text: str) -> list[int]:
 
 @app.command("gemm-power")
 def gemm_power(
+    ctx: typer.Context,
     experiments: ExperimentsOpt = None,
     dtypes: DtypesOpt = None,
     backends: BackendsOpt = None,
@@ -105,15 +110,14 @@ def gemm_power(
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """
-    from charbench.config import apply_overrides, parse_csv_list
+    from charbench.config import parse_csv_list
     from charbench.device import resolve_device
     from charbench.kernels.gemm import backend_names, dtype_names
-    from charbench.workloads.gemm_power.config import PRESETS, resolve
+    from charbench.workloads.gemm_power.config import PRESETS
     from charbench.workloads.gemm_power.experiments import experiment_names
     from charbench.workloads.gemm_power.run import GemmPowerStudy
 
     common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
-    cfg = preset_config(PRESETS, preset, common)
     changes: dict[str, object] = {}
     if experiments is not None:
         changes["experiments"] = parse_csv_list(experiments, "--experiments", experiment_names())
@@ -135,12 +139,21 @@ def gemm_power(
         changes["idle_baseline_s"] = idle_baseline
     if predict is not None:
         changes["predict"] = str(predict)
-    cfg = apply_overrides(cfg, changes, source=None)  # the same type and range checks as --config
+    # preset + --config + these options (type and range checked), or with --resume the run's saved config
+    inputs = study_inputs(PRESETS, preset, common, changes, study="gemm-power", given=given_options(ctx), shuffle=shuffle, finish=_finish)
+    dev = resolve_device(inputs.common.device)
+    run_and_emit(GemmPowerStudy(inputs.cfg, dev), inputs.cfg, inputs.common, inputs.shuffle)
+
+
+def _finish(cfg: GemmPowerConfig, common: CommonOptions) -> GemmPowerConfig:
+    """The device-dependent defaults (dtypes from a --predict calibration first, when none are given)."""
+    from charbench.device import resolve_device
+    from charbench.workloads.gemm_power.config import resolve
+
     dev = resolve_device(common.device)
     if cfg.predict and cfg.dtypes is None:
         cfg = _dtypes_from_calibration(cfg, dev)
-    cfg = resolve(cfg, dev)
-    run_and_emit(GemmPowerStudy(cfg, dev), cfg, common, shuffle)
+    return resolve(cfg, dev)
 
 
 def _dtypes_from_calibration(cfg, device: str):  # type: ignore[no-untyped-def]

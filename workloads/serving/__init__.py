@@ -22,7 +22,8 @@ server. Examples::
 Modules: :mod:`.config` (options, presets), :mod:`.arrivals`, :mod:`.lengths`,
 :mod:`.traces` (Azure CSV), :mod:`.prompts`, :mod:`.client` (engine / HTTP targets),
 :mod:`.loadgen`, :mod:`.metrics`, :mod:`.modes`, :mod:`.run` (the study),
-:mod:`.figures` (report), :mod:`.cli`.
+:mod:`.profile` (records -> cluster-sim profile entries; the format is
+:mod:`charbench.profiles`), :mod:`.figures` (report), :mod:`.cli`.
 """
 
 from charbench.studies import StudySpec

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from charbench.cli_common import (
     ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, preset_config, run_and_emit,
+    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
 )
 from charbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from charbench.workloads.serving.config import ServeSweepConfig
 
 app = typer.Typer(add_completion=False)
 
@@ -130,6 +133,7 @@ def parse_slo(text: str) -> dict[str, float]:
 
 @app.command("serve-sweep")
 def serve_sweep(
+    ctx: typer.Context,
     preset: PresetOpt = "quick",
     target: TargetOpt = None,
     mode: ModeOpt = None,
@@ -194,7 +198,6 @@ def serve_sweep(
     (three loads x two max_num_seqs) and writes a report. See `charbench serve-sweep --help`
     and the examples in charbench.workloads.serving.
     """
-    from charbench.config import apply_overrides
     from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
@@ -243,25 +246,10 @@ def serve_sweep(
     if export_profile is not None:
         changes["export_profile"] = str(export_profile)
 
-    if common.resume is not None:
-        # --resume continues the saved sweep exactly; its options come from config.json
-        from charbench.results import RunStore
-
-        if changes or preset != "quick":
-            given = ", ".join(sorted(changes)) or "--preset"
-            raise ConfigError(f"--resume continues the run's saved options; drop the other serve-sweep options ({given})")
-        saved = RunStore.open(common.resume, study="serve-sweep").config().get("study_config") or {}
-        cfg = ServeSweepConfig.from_dict(saved)
-    else:
-        cfg = preset_config(PRESETS, preset, common)
-        url = changes.get("target", cfg.target) != "engine"
-        if url:
-            # A server's model, batch limit, tp and dtype are whatever it was started with:
-            # unknown unless given (a preset's engine values would be wrong, and a list would
-            # need restarts).
-            for key in ("model", "max_num_seqs", "tp", "dtype"):
-                changes.setdefault(key, [])
-        cfg = apply_overrides(cfg, changes, source=None)  # the same type and range checks as --config
+    # preset + --config + these options (type and range checked), or with --resume the run's saved config
+    inputs = study_inputs(PRESETS, preset, common, changes, study="serve-sweep", given=given_options(ctx), shuffle=shuffle,
+                          fill_preset=_url_defaults, from_saved=ServeSweepConfig.from_dict)
+    cfg, common = inputs.cfg, inputs.common
     if (cfg.sm_freq_mhz or cfg.power_limit_w or cfg.kv_cache_gb is not None) and common.resume is None:
         from charbench.device import check_fits_memory, resolve_device
 
@@ -270,4 +258,16 @@ def serve_sweep(
             raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
         if cfg.kv_cache_gb is not None and not cfg.is_url:  # before the engine allocates it
             check_fits_memory(cfg.kv_cache_gb, dev, "--kv-cache-gb")
-    run_and_emit(ServeSweepStudy(cfg), cfg, common, cfg.shuffle)
+    run_and_emit(ServeSweepStudy(cfg), cfg, common, inputs.shuffle)
+
+
+def _url_defaults(cfg: ServeSweepConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` plus empty engine knobs for a URL target, when starting from a preset.
+
+    A server's model, batch limit, tp and dtype are whatever it was started with: unknown
+    unless given (a preset's engine values would be wrong, and a list would need restarts).
+    """
+    if changes.get("target", cfg.target) != "engine":
+        for key in ("model", "max_num_seqs", "tp", "dtype"):
+            changes.setdefault(key, [])
+    return changes

@@ -30,7 +30,6 @@ fewer than ``max_num_seqs`` requests remain unfinished, counting those not yet s
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -372,14 +371,3 @@ def energy_metrics(energy_j: float | None, energy_net_j: float | None, completed
     out[f"{p}output_tokens_per_net_j"] = output_tokens / energy_net_j if energy_net_j and energy_net_j > 0 else None
     return out
 
-
-def percentile_or_none(values: list[float], q: float) -> float | None:
-    """``np.percentile`` that returns None for an empty list."""
-    return float(np.percentile(values, q)) if values else None
-
-
-def finite_or_none(x: Any) -> Any:
-    """NaN/inf become None (never a fake number in a record)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x

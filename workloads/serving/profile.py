@@ -1,90 +1,19 @@
-"""The measured serving performance/power profile that ``charbench cluster-sim`` reads.
+"""serve-sweep's side of the cluster-sim profile: records -> entries, and the per-class pick.
 
-``charbench serve-sweep --export-profile FILE`` writes one entry per measured load;
-``FILE.json`` (default) or ``FILE.csv``::
+The format itself (schema, writer, reader) is :mod:`charbench.profiles`::
 
     export_profile(store.records(), Path("h100-profile.json"), run_id="...")
-    prof = load_profile(Path("h100-profile.json"))     # validated; list of entries
-
-Format ``charbench-serving-profile``, version 1.
-
-JSON: an object ``{"format": "charbench-serving-profile", "version": 1, "created": ISO time,
-"source_run": run id, "fields": {name: description}, "entries": [ENTRY, ...]}``.
-CSV: one row per ENTRY with the same field names, plus ``format`` and ``version``
-columns; each ``provenance`` item becomes a column ``<field>_provenance``.
-
-ENTRY fields (units in the names; null = not measured, never 0):
-
-* key: ``model``, ``tp``, ``dtype``, ``max_num_seqs``, ``sm_freq_mhz`` (null = clocks not
-  locked), ``power_limit_w`` (null = default limit), ``workload_class``
-  (e.g. ``in512-out128``, ``azure-conv``, ``trace``), ``input_len``, ``output_len``
-  (central lengths; null for trace/azure classes), ``rate_kind`` (``rate``,
-  ``max-throughput``, ``concurrency`` or ``trace``), ``rate_rps`` (offered request rate;
-  null unless ``rate_kind`` is ``rate``), ``concurrency``.
-* performance: ``request_throughput_rps``, ``output_throughput_tok_s``,
-  ``total_token_throughput_tok_s``, ``{median,p90,p99}_{ttft,tpot,itl,e2el}_ms``,
-  ``slo_attainment``, ``error_rate``.
-* power/energy: ``avg_power_w``, ``energy_per_output_token_j``, ``energy_per_request_j``,
-  ``energy_basis`` (``steady`` when the steady-state window existed, else ``point``, the
-  whole load).
-* ``provenance``: for ``avg_power_w``, ``energy_per_output_token_j`` and
-  ``energy_per_request_j``: ``measured:<meter>`` (e.g. ``measured:nvml-energy-counter``),
-  ``estimated:<how>`` (written by tools that fill gaps, never by serve-sweep) or
-  ``not-measured:<reason>``. Latency and throughput are always measured.
+    best_under_slo(records, attainment=0.9)     # per workload class, the cheapest config meeting the SLOs
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from charbench.errors import ConfigError
-from charbench.results import atomic_write_json, atomic_write_text
-
-FORMAT = "charbench-serving-profile"
-VERSION = 1
-
-KEY_FIELDS: tuple[str, ...] = (
-    "model", "tp", "dtype", "max_num_seqs", "sm_freq_mhz", "power_limit_w", "workload_class",
-    "input_len", "output_len", "rate_kind", "rate_rps", "concurrency",
-)
-PERF_FIELDS: tuple[str, ...] = (
-    "request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
-    *(f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("median", "p90", "p99")),
-    "slo_attainment", "error_rate",
-)
-ENERGY_FIELDS: tuple[str, ...] = ("avg_power_w", "energy_per_output_token_j", "energy_per_request_j", "energy_basis")
-
-FIELD_DOCS: dict[str, str] = {
-    "model": "model name (built-in preset, checkpoint, or served name)",
-    "tp": "tensor-parallel degree",
-    "dtype": "weights/activations dtype",
-    "max_num_seqs": "engine batch limit",
-    "sm_freq_mhz": "locked SM clock in MHz (null: not locked)",
-    "power_limit_w": "GPU power limit in W (null: default)",
-    "workload_class": "request-length class",
-    "input_len": "central input length in tokens",
-    "output_len": "central output length in tokens",
-    "rate_kind": "rate | max-throughput | concurrency | trace",
-    "rate_rps": "offered request rate in requests/s",
-    "concurrency": "closed-loop users",
-    "request_throughput_rps": "completed requests/s",
-    "output_throughput_tok_s": "output tokens/s",
-    "total_token_throughput_tok_s": "input+output tokens/s",
-    "slo_attainment": "fraction of requests meeting every SLO",
-    "error_rate": "fraction of failed requests",
-    "avg_power_w": "average device power over energy_basis window in W",
-    "energy_per_output_token_j": "J per output token over energy_basis window",
-    "energy_per_request_j": "J per completed request (whole load)",
-    "energy_basis": "steady | point",
-}
-for _m in ("ttft", "tpot", "itl", "e2el"):
-    for _s in ("median", "p90", "p99"):
-        FIELD_DOCS[f"{_s}_{_m}_ms"] = f"{_s} {_m.upper()} in ms"
-
+from charbench.profiles import PERF_FIELDS, write_profile
 
 def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -144,70 +73,12 @@ def profile_entry(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_profile(records: list[dict[str, Any]], path: Path, run_id: str | None = None) -> Path:
-    """Write the profile of ``records`` to ``path`` (``.csv`` -> CSV, else JSON).
+    """Write the profile of serve-sweep ``records`` to ``path`` (``.csv`` -> CSV, else JSON).
 
     Raises:
         ConfigError: no record to export.
     """
-    if not records:
-        raise ConfigError("--export-profile: the run has no completed point to export")
-    entries = [profile_entry(r) for r in records]
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        import pandas as pd
-
-        rows = []
-        for e in entries:
-            row = {"format": FORMAT, "version": VERSION}
-            row.update({k: v for k, v in e.items() if k != "provenance"})
-            row.update({f"{k}_provenance": v for k, v in e["provenance"].items()})
-            rows.append(row)
-        atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
-    else:
-        atomic_write_json(path, {
-            "format": FORMAT,
-            "version": VERSION,
-            "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "source_run": run_id,
-            "fields": FIELD_DOCS,
-            "entries": entries,
-        })
-    return path
-
-
-def load_profile(path: Path) -> list[dict[str, Any]]:
-    """Read and validate a profile written by :func:`export_profile`.
-
-    Raises:
-        ConfigError: missing file, another format, or an unsupported version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"profile file not found: {path}; write one with `charbench serve-sweep --export-profile {path}`")
-    if path.suffix.lower() == ".csv":
-        import pandas as pd
-
-        df = pd.read_csv(path)
-        if "format" not in df or set(df["format"]) != {FORMAT}:
-            raise ConfigError(f"{path}: not a {FORMAT} CSV (column 'format' missing or different)")
-        versions = set(int(v) for v in df["version"])
-        if versions != {VERSION}:
-            raise ConfigError(f"{path}: profile version {sorted(versions)} is not supported (this charbench reads version {VERSION})")
-        out = []
-        for row in df.to_dict("records"):
-            e = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if not k.endswith("_provenance") and k not in ("format", "version")}
-            e["provenance"] = {k[: -len("_provenance")]: v for k, v in row.items() if k.endswith("_provenance")}
-            out.append(e)
-        return out
-    try:
-        obj = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    if obj.get("format") != FORMAT:
-        raise ConfigError(f"{path}: format {obj.get('format')!r} is not {FORMAT!r}")
-    if obj.get("version") != VERSION:
-        raise ConfigError(f"{path}: profile version {obj.get('version')} is not supported (this charbench reads version {VERSION})")
-    return list(obj.get("entries") or [])
+    return write_profile([profile_entry(r) for r in records], path, source_run=run_id)
 
 
 def energy_per_token(rec: dict[str, Any]) -> tuple[float | None, str]:

@@ -186,3 +186,28 @@ def test_point_count_matches_points_and_huge_sweeps_are_refused(capsys: pytest.C
     err = capsys.readouterr().err
     assert err.startswith("Error: gemm-power: ") and "is more than 1000000; lower --repeats or --seeds" in err
     assert not (charbench_home / "gemm-power").exists()
+
+
+def test_resume_continues_the_saved_config_and_refuses_other_options(charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = ["--device", "cpu", "--experiments", "sigma", "--dtypes", "fp32", "--size", "16", "--duration", "0.01", "--cooldown", "0"]
+    assert main(["gemm-power", *tiny, "--seeds", "1,2", "--json"]) == 0
+    run = _run_dir(charbench_home)
+    done = json.loads(capsys.readouterr().out)["points_done"]
+    # before: a bare --resume rebuilt the quick preset, whose config differs from the run's
+    assert main(["gemm-power", "--resume", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["run_dir"], out["status"], out["points_done"]) == (str(run), "completed", done)
+    # the options the run was made with are accepted; others are refused by name
+    assert main(["gemm-power", "--resume", str(run), "--dtypes", "fp32", "--size", "16", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["gemm-power", "--resume", str(run), "--dtypes", "bf16", "--seeds", "1-3", "--shuffle"]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --resume {run}: the options given differ from the run's (in: dtypes, seeds, shuffle); "
+        f"drop them to continue with the saved ones (see {run / 'config.json'}), or start a new run without --resume\n"
+    )
+    (run / "config.json").unlink()
+    # before: the quick preset's points were added to this run
+    assert main(["gemm-power", "--resume", str(run)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --resume {run}: config.json is missing; this is not a resumable run folder (start a new run without --resume)\n"
+    )

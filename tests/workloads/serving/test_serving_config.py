@@ -86,12 +86,49 @@ def test_cli_bad_input_messages(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--sm-freq/--power-limit need a GPU" in capsys.readouterr().err
 
 
-def test_resume_refuses_other_options(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    from charbench.results import RunStore
+def _saved_run(tmp_path, **cfg_kw):  # type: ignore[no-untyped-def]
+    """A serve-sweep run folder whose config.json holds the quick preset with ``cfg_kw``."""
+    import dataclasses
 
-    store = RunStore.create(tmp_path, "serve-sweep", config={"study_config": {}}, env={})
-    assert main(["serve-sweep", "--resume", str(store.path), "--request-rate", "3"]) == 1
-    assert "--resume continues the run's saved options" in capsys.readouterr().err
+    from charbench.results import RunStore
+    from charbench.workloads.serving.run import ServeSweepStudy
+
+    cfg = dataclasses.replace(PRESETS["quick"], **cfg_kw)
+    saved = ServeSweepStudy(cfg, target_factory=lambda knobs, device: None).config_dict()
+    return RunStore.create(tmp_path, "serve-sweep", config={"study_config": saved, "common": {"seed": 0, "device": "cpu"}}, env={})
+
+
+def test_resume_refuses_options_that_differ_and_names_them(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    store = _saved_run(tmp_path, num_requests=8)
+    assert main(["serve-sweep", "--resume", str(store.path), "--request-rate", "3", "--num-requests", "8", "--max-num-seqs", "2"]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --resume {store.path}: the options given differ from the run's (in: max_num_seqs, request_rate); "
+        f"drop them to continue with the saved ones (see {store.path / 'config.json'}), or start a new run without --resume\n"
+    )
+    assert main(["serve-sweep", "--resume", str(store.path), "--preset", "greener-llms"]) == 1
+    assert "the options given differ from the run's (in: " in capsys.readouterr().err
+    assert main(["serve-sweep", "--resume", str(store.path), "--seed", "3"]) == 1
+    assert "differ from the run's (in: seed)" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_folder_without_config_json(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    store = _saved_run(tmp_path)
+    (store.path / "config.json").unlink()
+    # before: serve-sweep fell back to the quick preset and merged its points into this run
+    assert main(["serve-sweep", "--resume", str(store.path)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --resume {store.path}: config.json is missing; this is not a resumable run folder (start a new run without --resume)\n"
+    )
+    (store.path / "config.json").write_text('{"study": "serve-sweep"}')
+    assert main(["serve-sweep", "--resume", str(store.path)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --resume {store.path}: config.json has no study_config; this is not a resumable run folder (start a new run without --resume)\n"
+    )
+    (store.path / "config.json").write_text('{"study_config": ')
+    assert main(["serve-sweep", "--resume", str(store.path)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: {store.path / 'config.json'}: unreadable (JSONDecodeError: Expecting value: line 1 column 18 (char 17)); the run folder is damaged\n"
+    )
 
 
 def test_from_dict_restores_inf_rates() -> None:

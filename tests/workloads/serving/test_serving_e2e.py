@@ -36,7 +36,7 @@ def test_cli_quick_on_the_tiny_engine(tmp_path: Path, capsys: pytest.CaptureFixt
                          "--export-profile", str(tmp_path / "profile.json"), "--json"], capsys)
     assert payload["status"] == "completed" and payload["points_done"] == 2
     run = Path(payload["run_dir"])
-    from charbench.workloads.serving.profile import load_profile
+    from charbench.profiles import load_profile
 
     prof = load_profile(tmp_path / "profile.json")
     assert {e["rate_kind"] for e in prof} == {"rate", "max-throughput"} and payload["summary"]["profile"].endswith("profile.json")

@@ -76,3 +76,6 @@ def test_cli_resume_of_a_completed_run(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["serve-sweep", "--resume", str(res.run_dir), "--device", "cpu", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"status": "completed"' in out and '"points_done": 1' in out
+    # options that agree with the saved config are accepted (before: any option was refused)
+    assert main(["serve-sweep", "--resume", str(res.run_dir), "--request-rate", "inf", "--num-requests", "4", "--json"]) == 0
+    assert '"points_done": 1' in capsys.readouterr().out

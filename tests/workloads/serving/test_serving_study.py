@@ -15,7 +15,8 @@ from charbench.errors import CharbenchError
 from charbench.results import RunStore
 from charbench.study import RunSettings, run_study
 from charbench.workloads.serving.config import ServeSweepConfig
-from charbench.workloads.serving.profile import FORMAT, export_profile, load_profile
+from charbench.profiles import FORMAT, load_profile
+from charbench.workloads.serving.profile import export_profile
 from charbench.workloads.serving.run import ServeSweepStudy
 
 from .fakes import FakeTarget, LoopbackSSE

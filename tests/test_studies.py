@@ -1,0 +1,224 @@
+"""The study registry: built-in studies and plugins are discovered; the spine names no study."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import sys
+import types
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import charbench
+from charbench import compare as cm
+from charbench import studies
+from charbench.cli import SPINE_COMMANDS, command_table, main
+from charbench.compare import metric_direction
+from charbench.studies import StudySpec
+
+SPINE = Path(charbench.__file__).resolve().parent
+
+PLUGIN = StudySpec(
+    command="toy-study",
+    help="A plugin study that only exists in this test.",
+    cli_module="cb_toy_study.cli",
+    gates=("latency_ms", ("energy_per_item_j", "energy_j")),
+)
+
+
+class _EntryPoint:
+    """The part of importlib.metadata.EntryPoint that discovery uses."""
+
+    def __init__(self, name: str, value: str, obj: object) -> None:
+        self.name, self.value, self.group, self._obj = name, value, studies.ENTRY_POINT_GROUP, obj
+
+    def load(self) -> object:
+        if isinstance(self._obj, Exception):
+            raise self._obj
+        return self._obj
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from charbench import cli
+
+    monkeypatch.setattr(cli, "_CLASHES_WARNED", set())
+    studies.discover.cache_clear()
+    yield
+    studies.discover.cache_clear()
+
+
+def _plugins(monkeypatch: pytest.MonkeyPatch, *eps: _EntryPoint) -> None:
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kw: str) -> object:
+        if kw.get("group") == studies.ENTRY_POINT_GROUP:
+            return list(eps)
+        return real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def _toy_cli() -> types.ModuleType:
+    import typer
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def toy() -> None:
+        typer.echo("toy ran")
+
+    mod = types.ModuleType("cb_toy_study.cli")
+    mod.app = app  # type: ignore[attr-defined]
+    return mod
+
+
+def test_builtin_studies_declare_themselves(fresh_registry: None) -> None:
+    found = {s.command: s for s in studies.discover()}
+    assert list(found) == ["gemm-power", "serve-sweep"]
+    assert found["gemm-power"].cli_module == "charbench.workloads.gemm_power.cli"
+    assert found["gemm-power"].report_hook == "charbench.workloads.gemm_power.figures:report_sections"
+    assert found["serve-sweep"].gate_alternatives[0] == ("p99_ttft_ms", "ttft_p99_ms", "ttft_ms_p99")
+    # the study classes take their name and report hook from the spec (one source)
+    from charbench.workloads.gemm_power.run import GemmPowerStudy
+
+    assert (GemmPowerStudy.name, GemmPowerStudy.report_hook) == (found["gemm-power"].command, found["gemm-power"].report_hook)
+
+
+def test_owned_metrics_follow_the_naming_rule_and_have_one_owner(fresh_registry: None) -> None:
+    owners: dict[str, str] = {}
+    for spec in studies.discover():
+        for m in spec.metrics:
+            assert metric_direction(m) is not None, f"{spec.command}: metric {m} has no unit suffix"
+            assert owners.setdefault(m, spec.command) == spec.command, f"{m} owned by {owners[m]} and {spec.command}"
+
+
+def test_plugin_study_appears_in_help_runs_and_gates_compare(fresh_registry: None, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _plugins(monkeypatch, _EntryPoint("toy-study", "cb_toy_study:STUDY", PLUGIN))
+    monkeypatch.setitem(sys.modules, "cb_toy_study", types.ModuleType("cb_toy_study"))
+    monkeypatch.setitem(sys.modules, "cb_toy_study.cli", _toy_cli())
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-study    A plugin study that only exists in this test." in out
+    assert list(command_table())[:3] == ["gemm-power", "serve-sweep", "toy-study"]
+    assert main(["toy-study"]) == 0
+    assert capsys.readouterr().out == "toy ran\n"
+    cols = ["latency_ms", "energy_j", "avg_power_w"]
+    assert cm.default_gates("toy-study", cols) == ["latency_ms", "energy_j"]
+    assert cm.default_gates("toy-study", [*cols, "energy_per_item_j"]) == ["latency_ms", "energy_per_item_j"]
+    assert cm.default_gates("unknown-study", cols) == ["energy_j", "avg_power_w"]
+
+
+def test_broken_or_clashing_plugins_are_skipped_with_a_warning(fresh_registry: None, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    clash = StudySpec(command="gemm-power", help="Impostor.", cli_module="cb_other.cli")
+    spine = StudySpec(command="report", help="Impostor.", cli_module="cb_other.cli")
+    _plugins(monkeypatch, _EntryPoint("a-broken", "cb_missing:STUDY", ModuleNotFoundError("No module named 'cb_missing'")),
+             _EntryPoint("b-not-spec", "cb_x:STUDY", "text"), _EntryPoint("c-clash", "cb_other:STUDY", clash),
+             _EntryPoint("d-spine", "cb_other:SPINE", spine))
+    assert [s.command for s in studies.discover()] == ["gemm-power", "serve-sweep", "report"]
+    err = capsys.readouterr().err
+    assert err == (
+        "[charbench] warning: study plugin a-broken (cb_missing:STUDY) failed to load (ModuleNotFoundError: No module named 'cb_missing'); skipped\n"
+        "[charbench] warning: study plugin b-not-spec (cb_x:STUDY) is a str, not a charbench.studies.StudySpec; skipped\n"
+        "[charbench] warning: study command 'gemm-power' from cb_other.cli is already taken; skipped\n"
+    )
+    table = command_table()
+    assert table["report"] == SPINE_COMMANDS["report"] and table["gemm-power"][0] == "charbench.workloads.gemm_power.cli"
+    assert capsys.readouterr().err == "[charbench] warning: study command 'report' from cb_other.cli is a charbench command; skipped\n"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"command": "my study"}, r"StudySpec.command 'my study': give a command name without spaces, e.g. 'my-study'"),
+    ({"cli_module": "pkg.cli:app"}, r"StudySpec.cli_module 'pkg.cli:app': give a dotted module name exposing `app`, e.g. 'my_pkg.cli'"),
+    ({"report_hook": "pkg.figures"}, r"StudySpec.report_hook 'pkg.figures': give 'module:function'"),
+])
+def test_spec_refuses_malformed_fields(kwargs: dict[str, str], message: str) -> None:
+    base = {"command": "ok", "help": "h", "cli_module": "pkg.cli"}
+    with pytest.raises(ValueError, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
+        StudySpec(**(base | kwargs))
+
+
+# -- the spine names no study -------------------------------------------------------------
+def _docstring_nodes(tree: ast.AST) -> set[int]:
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                out.add(id(first.value))
+    return out
+
+
+def _identifiers(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            yield node.lineno, node.id
+        elif isinstance(node, ast.Attribute):
+            yield node.lineno, node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node.lineno, node.name
+        elif isinstance(node, ast.arg):
+            yield node.lineno, node.arg
+        elif isinstance(node, ast.alias):
+            for part in (node.asname or "", *node.name.split(".")):
+                if part:
+                    yield getattr(node, "lineno", 0), part
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for part in node.module.split("."):
+                yield node.lineno, part
+
+
+def study_mentions(source: str, commands: list[str], packages: list[str]) -> list[str]:
+    """Where code (not docstrings or comments) names a study.
+
+    The rule: a string constant that is not a docstring must not contain a study's command
+    (``gemm-power``) or module path (``workloads.gemm_power``, ``workloads/gemm_power``), and no
+    identifier (name, attribute, function, class, argument, imported module) may contain a
+    study's package name as whole ``_``-separated words (``gemm_power``, ``serving``).
+    """
+    tree = ast.parse(source)
+    docs = _docstring_nodes(tree)
+    hits: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            text = node.value.lower()
+            for needle in [*commands, *(f"workloads{sep}{p}" for p in packages for sep in "./")]:
+                if needle in text:
+                    hits.append(f"line {node.lineno}: string {node.value!r} names {needle!r}")
+    for line, ident in _identifiers(tree):
+        words = ident.lower().split("_")
+        for p in packages:
+            pw = p.split("_")
+            if any(words[i:i + len(pw)] == pw for i in range(len(words))):
+                hits.append(f"line {line}: identifier {ident!r} names {p!r}")
+    return hits
+
+
+def test_study_mention_rule() -> None:
+    src = '''"""Docstrings may say charbench gemm-power and charbench.workloads.gemm_power."""
+# comments may too: gemm-power
+def f(serving_rate: int) -> str:
+    """So may function docstrings: serve-sweep."""
+    from charbench.workloads import gemm_power
+    x = "see charbench.workloads.serving.run"
+    return f"run gemm-power first" + "a serving sweep" + observing_rate
+'''
+    assert study_mentions(src, ["gemm-power", "serve-sweep"], ["gemm_power", "serving"]) == [
+        "line 6: string 'see charbench.workloads.serving.run' names 'workloads.serving'",
+        "line 7: string 'run gemm-power first' names 'gemm-power'",
+        "line 3: identifier 'serving_rate' names 'serving'",
+        "line 5: identifier 'gemm_power' names 'gemm_power'",
+    ]
+
+
+def test_no_spine_module_names_a_study(fresh_registry: None) -> None:
+    specs = studies.discover()
+    commands = [s.command for s in specs]
+    packages = sorted({s.cli_module.split(".")[2] for s in specs if s.cli_module.startswith("charbench.workloads.")})
+    assert commands == ["gemm-power", "serve-sweep"] and packages == ["gemm_power", "serving"]
+    hits = {str(p.relative_to(SPINE)): study_mentions(p.read_text(), commands, packages) for p in sorted(SPINE.rglob("*.py"))}
+    assert {k: v for k, v in hits.items() if v} == {}
