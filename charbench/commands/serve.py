@@ -20,6 +20,12 @@ import typer
 from charbench.config import Range, check_value
 from charbench.device import check_fits_memory
 from charbench.engine.api import EngineConfig
+from charbench.engine.http_limits import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BODY_MB,
+    body_limit_bytes,
+    check_header_timeout,
+)
 from charbench.errors import CharbenchError, ConfigError
 
 app = typer.Typer(add_completion=False)
@@ -105,6 +111,15 @@ def serve(
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Longest prompt+output (default: model's context)."),  # noqa: UP007
     seed: int = typer.Option(0, "--seed", help="Seed for preset weights and the default sampler."),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info, debug (access log), trace."),
+    max_body_mb: float = typer.Option(
+        DEFAULT_MAX_BODY_MB, "--max-body-mb",
+        help=f"Answer 413 to request bodies over this many MiB, counted as they arrive (default {DEFAULT_MAX_BODY_MB:g}: "
+        "a 1M-token prompt as token ids is about 8 MiB).",
+    ),
+    header_timeout_s: float = typer.Option(
+        DEFAULT_HEADER_TIMEOUT_S, "--header-timeout-s",
+        help=f"Answer 408 and close a connection whose request line and headers take longer (default {DEFAULT_HEADER_TIMEOUT_S:g} s).",
+    ),
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/completions, /v1/chat/completions)."""
     if not 0 <= port <= 65535:
@@ -114,6 +129,8 @@ def serve(
     level = log_level.lower()
     if level not in _LOG_LEVELS:
         raise ConfigError(f"--log-level: unknown level '{log_level}'; valid: {', '.join(_LOG_LEVELS)}")
+    body_limit_bytes(max_body_mb)  # checked before the model loads
+    check_header_timeout(header_timeout_s)
     cfg = build_config(
         model, dtype, device, max_num_seqs, max_num_batched_tokens, kv_cache_gb, tp,
         attention_backend, max_queue, max_model_len, seed,
@@ -126,7 +143,10 @@ def serve(
             "from other machines.",
             err=True,
         )
-    run_server(cfg, host=host, port=port, log_level=level, warn_exposed=False)
+    run_server(
+        cfg, host=host, port=port, log_level=level, warn_exposed=False,
+        max_body_mb=max_body_mb, header_timeout_s=header_timeout_s,
+    )
 
 
 def main() -> None:

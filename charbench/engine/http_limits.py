@@ -23,16 +23,19 @@ Both answers use the OpenAI error shape and close the connection::
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from charbench.engine.openai_protocol import OpenAIError
 from charbench.errors import ConfigError
+
+if TYPE_CHECKING:  # kept light: ``charbench serve`` reads the defaults before the server loads
+    import asyncio
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from charbench.engine.openai_protocol import OpenAIError
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BODY_MB = 16.0
@@ -72,6 +75,8 @@ def _limit_text(limit: int) -> str:
 
 def too_large_error(limit: int, size: int | None) -> OpenAIError:
     """The 413 error for a body over ``limit`` bytes (``size``: its declared length)."""
+    from charbench.engine.openai_protocol import OpenAIError
+
     got = f"{size} bytes" if size is not None else "more"
     return OpenAIError(
         f"request body: {got} is over this server's limit of {_limit_text(limit)}; send a "
@@ -163,6 +168,8 @@ async def _send_error(send: Send, err: OpenAIError) -> None:
 
 def head_timeout_response(timeout_s: float) -> bytes:
     """The raw 408 response sent when a request head did not arrive in time."""
+    from charbench.engine.openai_protocol import OpenAIError
+
     body = error_bytes(OpenAIError(
         f"request head (request line and headers) not received within {timeout_s:g} s; "
         "send the whole head at once (the server's --header-timeout-s)",

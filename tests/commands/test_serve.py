@@ -130,6 +130,10 @@ def test_serve_subprocess_health_then_sigterm(tmp_path: Path) -> None:
                 time.sleep(0.2)
         log.seek(0)
         assert status == 200, log.read()
+        log.seek(0)
+        from charbench.engine.labels import RANDOM_WEIGHTS_WARNING
+
+        assert f"charbench serve: {RANDOM_WEIGHTS_WARNING}" in log.read()  # the start-up log says so
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/completions",
             json={"prompt": "hi", "max_tokens": 3, "ignore_eos": True},
@@ -143,3 +147,28 @@ def test_serve_subprocess_health_then_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_limit_options_reach_run_server(captured: dict[str, Any]) -> None:
+    result = runner.invoke(serve_cmd.app, ["--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (captured["max_body_mb"], captured["header_timeout_s"]) == (16.0, 10.0)
+    result = runner.invoke(serve_cmd.app, ["--device", "cpu", "--max-body-mb", "2.5", "--header-timeout-s", "3"])
+    assert result.exit_code == 0, result.output
+    assert (captured["max_body_mb"], captured["header_timeout_s"]) == (2.5, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-body-mb", "0"], "--max-body-mb: must be a finite number > 0 (MiB), got 0.0; the default is 16"),
+        (["--max-body-mb", "inf"], "--max-body-mb: must be a finite number > 0 (MiB), got inf; the default is 16"),
+        (["--header-timeout-s", "-1"], "--header-timeout-s: must be a finite number > 0 (seconds), got -1.0; the default is 10"),
+    ],
+)
+def test_bad_limit_options(captured: dict[str, Any], capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    cli = pytest.importorskip("charbench.cli")
+    assert cli.main(["serve", "--device", "cpu", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {message}\n" in err and "Traceback" not in err
+    assert not captured  # refused before the model loads
