@@ -33,6 +33,8 @@ from typing import Any, Iterator
 from charbench.config import MAX_WAIT_S, CommonOptions, check, to_jsonable, validate_fields
 from charbench.errors import CharbenchError, ConfigError
 from charbench.results import RunStore
+from charbench.runlock import RunLock, owner_fields
+from charbench.signals import sigterm_as_interrupt
 from charbench.sweep import point_key
 
 
@@ -360,13 +362,16 @@ def _progress(total: int, enabled: bool) -> Any:
 def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: list[str] | None = None) -> RunResult:
     """Run every point of ``study`` into a run folder and render its report.
 
-    A failure mid-sweep keeps every completed point; Ctrl-C marks the run interrupted
-    (``--resume`` continues it); clocks and power limits are restored on every exit path.
+    A failure mid-sweep keeps every completed point; Ctrl-C or SIGTERM marks the run
+    interrupted (``--resume`` continues it); clocks and power limits are restored on every
+    exit path. The run folder is locked for the whole run, so a second ``--resume`` of it
+    is refused instead of timing the same points at the same time.
 
     Raises:
         CharbenchError: a point failed without ``--continue-on-error``; ``--resume`` of a
-            run made with another config.
-        KeyboardInterrupt: after the run folder was marked ``interrupted``.
+            run made with another config, without a config.json, or in use by another process.
+        KeyboardInterrupt: after the run folder was marked ``interrupted``
+            (:class:`charbench.signals.Terminated` for SIGTERM).
     """
     from charbench.device import resolve_device
     from charbench.sweep import order_points
@@ -379,15 +384,30 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
     dupes = sorted(k for k, c in counts.items() if c > 1)
     if dupes:
         raise ConfigError(f"{study.name}: two sweep points share the key {dupes[0]!r}; make the knob values distinct")
+    # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
+    with sigterm_as_interrupt(), contextlib.ExitStack() as held:
+        store, done, prior_samples = _open_run(study, common, settings, device, argv, held)
+        return _sweep(study, store, done, prior_samples, keyed, common, settings, device)
+
+
+def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device: str, argv: list[str] | None,
+              held: contextlib.ExitStack) -> tuple[RunStore, set[str], list[dict[str, Any]]]:
+    """Create the run folder, or reopen the ``--resume`` one; either way lock it for this process (held until ``held`` closes).
+
+    Raises:
+        RunStoreError: the resume folder is locked by another process, or damaged.
+        ConfigError: the resume folder was made with another config.
+    """
     prior_samples: list[dict[str, Any]] = []
     if common.resume is not None:
         store = RunStore.open(common.resume, study=study.name)
+        held.enter_context(RunLock(store.path))  # before any write: another resume may be running it
         _check_resume_config(store, study)
         done = store.completed_keys()
         prior = store.samples_frame()
         if prior is not None:
             prior_samples = prior.to_dict("records")
-        store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), **owner_fields())
     else:
         from charbench.envinfo import collect_env
 
@@ -402,7 +422,14 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
             meta=common.meta,
             report_hook=study.report_hook,
         )
+        held.enter_context(RunLock(store.path))
         done = set()
+    return store, done, prior_samples
+
+
+def _sweep(study: Study, store: RunStore, done: set[str], prior_samples: list[dict[str, Any]], keyed: list[tuple[str, dict[str, Any]]],
+           common: CommonOptions, settings: RunSettings, device: str) -> RunResult:
+    """Run the points not in ``done``, finalize, mark the run and render its report."""
     todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
     store.update_meta(points_total=len(keyed), device=device)
     log = _Logger(quiet=common.json)
@@ -487,16 +514,25 @@ def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, 
 
 
 def _check_resume_config(store: RunStore, study: Study) -> None:
-    """``--resume`` must continue the same sweep: the study config has to match the run's."""
-    saved = store.config().get("study_config")
-    current = json.loads(json.dumps(study.config_dict(), default=str))
-    if saved is None or saved == current:
-        return
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) if isinstance(saved, dict) and isinstance(current, dict) else ["(whole config)"]
-    raise ConfigError(
-        f"--resume {store.path}: the run was made with another {study.name} config (differs in: {', '.join(keys)}); "
-        f"repeat the original options (see {store.path / 'config.json'}) or start a new run without --resume"
-    )
+    """``--resume`` must continue the same sweep: the study config has to match the run's saved one.
+
+    Raises:
+        RunStoreError: config.json is missing or unreadable (nothing to compare with).
+        ConfigError: the configs differ (the message names the keys).
+    """
+    saved = store.resume_config()["study_config"]
+    keys = differing_keys(saved, study.config_dict())
+    if keys:
+        raise ConfigError(
+            f"--resume {store.path}: the run was made with another {study.name} config (differs in: {', '.join(keys)}); "
+            f"repeat the original options (see {store.path / 'config.json'}) or start a new run without --resume"
+        )
+
+
+def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between a saved config and ``current`` (compared as JSON, as config.json holds them)."""
+    now = json.loads(json.dumps(current, default=str))
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
 def _start_measurement(ctx: Context, settings: RunSettings, log: Any) -> None:
