@@ -390,8 +390,9 @@ class LLMEngine:
 
     def _sample(self, logits: Any, rows: list[SamplingRow]) -> list[int | Exception]:
         """One batched sampling pass; when it raises, each row alone, so that only the
-        rows that fail by themselves fail (sampling a row alone draws what the batch would:
-        every row has its own uniform number, and masks are idempotent)."""
+        rows that fail by themselves fail. A row sampled alone draws what the batch would
+        have drawn (one uniform number per row, taken in row order after every mask, and
+        the masks are idempotent), unless the batch failed after its draws."""
         try:
             return list(self.sampler.sample(logits, rows))
         except Exception as exc:

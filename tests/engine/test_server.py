@@ -864,7 +864,7 @@ def test_real_penalties_and_min_p_are_honoured(real: Served) -> None:
 FAIL_SEED = 4242
 
 
-def _stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
+def _sse_events(client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
     async def run() -> list[str]:
         async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
             assert r.status_code == 200
@@ -893,7 +893,7 @@ def test_real_one_failing_request_does_not_stop_the_others(
     async def main(with_bad: bool) -> list[list[str]]:
         async with httpx.AsyncClient(base_url=real.url, timeout=60) as client:
             bodies = good + ([bad] if with_bad else [])
-            return await asyncio.gather(*(_stream_events(client, b) for b in bodies))
+            return await asyncio.gather(*(_sse_events(client, b) for b in bodies))
 
     def texts(streams: list[list[str]]) -> list[str]:
         return ["".join(json.loads(e[6:])["choices"][0]["text"] for e in s[:-2]) for s in streams]
