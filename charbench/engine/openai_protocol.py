@@ -415,16 +415,21 @@ each message becomes "<|ROLE|>\\nCONTENT\\n" in order, then "<|assistant|>\\n" i
 so the model continues as the assistant. The BOS token is added by the tokenizer."""
 
 
-def render_chat(messages: list[ChatMessage], chat_template: str | None = None) -> str:
+def render_chat(
+    messages: list[ChatMessage], chat_template: str | None = None, special_tokens: dict[str, str] | None = None
+) -> str:
     """Render chat messages to one prompt string.
 
     Uses the checkpoint's Jinja chat template when ``chat_template`` is given (rendered
-    in a sandbox with ``messages`` and ``add_generation_prompt=True``); otherwise the
-    default template described in :data:`DEFAULT_CHAT_TEMPLATE_DOC`.
+    in a sandbox with ``messages``, ``add_generation_prompt=True`` and the special-token
+    strings, as transformers renders it); otherwise the default template described in
+    :data:`DEFAULT_CHAT_TEMPLATE_DOC`.
 
     Args:
         messages: validated chat messages.
         chat_template: a Hugging Face style Jinja template string, or None.
+        special_tokens: ``bos_token``, ``eos_token``, ... strings the template may write;
+            a token not given renders as empty text.
     """
     plain = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(messages)]
     if chat_template:
@@ -435,9 +440,8 @@ def render_chat(messages: list[ChatMessage], chat_template: str | None = None) -
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
-        return env.from_string(chat_template).render(
-            messages=plain, add_generation_prompt=True, bos_token="", eos_token=""
-        )
+        tokens = {"bos_token": "", "eos_token": ""} | dict(special_tokens or {})
+        return env.from_string(chat_template).render(messages=plain, add_generation_prompt=True, **tokens)
     out = [f"<|{m['role']}|>\n{m['content']}\n" for m in plain]
     out.append("<|assistant|>\n")
     return "".join(out)

@@ -21,7 +21,9 @@ Endpoints:
     line up with the server's ``token_times_s``.
 ``GET /v1/models``, ``GET /health``
     Model list; 200 ``{"status": "ok"}`` while the engine runs, 503 once it is shutting
-    down or dead.
+    down or dead. Each model says ``"weights": "random"|"checkpoint"`` (null when the
+    engine does not say), ``"chat_template": "checkpoint"|"fallback"`` and ``"warnings"``
+    (e.g. that random weights produce meaningless text; see :mod:`charbench.engine.labels`).
 ``GET /metrics``
     Prometheus text exposition (version 0.0.4) of the engine counters plus server
     counters (rejections, client aborts).
@@ -34,6 +36,12 @@ Endpoints:
     Times are the server process's ``perf_counter`` seconds: compare durations with
     client measurements, not absolute times. Without ``ids`` the latest ``limit``
     (default 1000) records are returned. Records of the latest 50 000 requests are kept.
+
+Limits (:mod:`charbench.engine.http_limits`): a body over ``max_body_bytes`` (default
+16 MiB) gets 413 without being read whole; a connection whose request head is not
+complete within ``header_timeout_s`` (default 10 s) gets 408 and is closed. Every error,
+including a malformed query parameter (``?limit=abc``: 400, ``param`` ``limit``), has the
+OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
 
 Admission: a request is refused with 429 when the engine already has ``max_queue``
 waiting requests, with 503 when the engine is shutting down or dead, and with 400 when
@@ -57,12 +65,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from charbench.engine.api import EngineConfig, RequestOutput, RequestRecord, SamplingParams
+from charbench.engine.http_limits import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BODY_MB,
+    MIB,
+    BodyLimitMiddleware,
+    body_limit_bytes,
+    check_header_timeout,
+    header_timeout_protocol,
+)
+from charbench.engine.labels import engine_labels
 from charbench.engine.openai_protocol import (
     ChatCompletionRequest,
     ChunkWriter,
@@ -503,6 +522,7 @@ def build_app(
     served_model_name: str | None = None,
     manage_engine: bool = False,
     records_capacity: int = 50_000,
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * MIB),
 ) -> FastAPI:
     """Build the FastAPI app serving ``engine``.
 
@@ -517,6 +537,10 @@ def build_app(
         manage_engine: call ``engine.start()`` on app startup and ``engine.shutdown()`` on
             app shutdown (inside the server's event loop).
         records_capacity: how many request records ``/v1/charbench/records`` keeps.
+        max_body_bytes: larger request bodies get 413 (counted as they arrive).
+
+    Raises:
+        ConfigError: ``max_queue`` or ``max_body_bytes`` below 1.
     """
     cfg = getattr(engine, "cfg", None) or getattr(engine, "config", None)
     if max_queue is None:
@@ -542,6 +566,9 @@ def build_app(
 
     app = FastAPI(title="charbench engine", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.charbench = state
+    if max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes: must be >= 1, got {max_body_bytes} (--max-body-mb sets it in MiB)")
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
@@ -552,6 +579,11 @@ def build_app(
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = OpenAIError(str(exc.detail), status_code=exc.status_code, code=str(exc.status_code))
         return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = validation_error(exc)
+        return JSONResponse(err.body(), status_code=err.status_code)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -572,6 +604,8 @@ def build_app(
                         "created": int(_START_TIME),
                         "owned_by": "charbench",
                         "max_model_len": state.max_model_len,
+                        # what a newcomer needs to read the completions right
+                        **engine_labels(engine),
                         # engine settings a load generator needs (serve-sweep's steady-state window)
                         **{k: getattr(cfg, k) for k in ("max_num_seqs", "tp", "dtype") if cfg is not None and hasattr(cfg, k)},
                     }
@@ -612,9 +646,7 @@ def build_app(
         state.counters.requests_total += 1
         req: ChatCompletionRequest = _parse(state, ChatCompletionRequest, await request.body())
         _check_model(state, req.model)
-        tok = state.tokenizer
-        text = render_chat(req.messages, getattr(tok, "chat_template", None))
-        prompt_ids = tok.encode(text, add_bos=True)
+        prompt_ids = chat_prompt_ids(state.tokenizer, req.messages)
         default = max(state.max_model_len - len(prompt_ids), 1)
         return await _generate(state, request, "chat", req, prompt_ids, default_max_tokens=default, t0=t0)
 
@@ -622,6 +654,32 @@ def build_app(
 
 
 _START_TIME = time.time()
+
+
+def validation_error(exc: RequestValidationError) -> OpenAIError:
+    """FastAPI's validation failure (a malformed query parameter) as a 400 OpenAI error
+    naming the parameter, e.g. ``limit: Input should be a valid integer, ... (got 'abc')``."""
+    parts = []
+    param: str | None = None
+    for e in exc.errors():
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("query", "path", "header", "body", "cookie")]
+        name = ".".join(loc) or "request"
+        param = param or (name if loc else None)
+        got = f" (got {e['input']!r})" if "input" in e and e["input"] is not None else ""
+        parts.append(f"{name}: {e.get('msg', 'invalid value')}{got}")
+    return OpenAIError("; ".join(parts) or "invalid request", param=param)
+
+
+def chat_prompt_ids(tok: Any, messages: list[Any]) -> list[int]:
+    """Token ids of a chat prompt, as transformers' ``apply_chat_template(tokenize=True)``.
+
+    With the checkpoint's template the special-token strings (``bos_token``, ...) are the
+    template's to place and no BOS is added (the template writes it when the model wants
+    it); the fallback template gets the tokenizer's BOS.
+    """
+    template = getattr(tok, "chat_template", None)
+    text = render_chat(messages, template, getattr(tok, "special_tokens", None))
+    return tok.encode(text, add_bos=not template)
 
 
 def _parse(state: _ServerState, model: type, body: bytes) -> Any:
@@ -702,7 +760,9 @@ def _make_uvicorn_server(config: Any) -> Any:
     return _Server(config)
 
 
-def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> Any:
+def _uvicorn_config(
+    app: FastAPI, host: str, port: int, log_level: str, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+) -> Any:
     import uvicorn
 
     return uvicorn.Config(
@@ -711,8 +771,9 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> Any:
         port=port,
         log_level=log_level,
         access_log=log_level in ("debug", "trace"),
-        # "auto": uvloop and httptools when installed (uvicorn[standard]), else asyncio + h11
-        http="auto",
+        # uvicorn's "auto" protocol (httptools when installed, else h11) plus a request-head
+        # timeout uvicorn lacks (a half-sent request line would hold a connection forever)
+        http=header_timeout_protocol(float(header_timeout_s)),
         loop="auto",
         lifespan="on",
         timeout_graceful_shutdown=5,
@@ -749,6 +810,8 @@ def run_server(
     log_level: str = "info",
     served_model_name: str | None = None,
     warn_exposed: bool = True,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
 ) -> None:
     """Build the engine from ``cfg`` and serve it until SIGINT/SIGTERM (then return).
 
@@ -763,10 +826,15 @@ def run_server(
         served_model_name: name reported to clients; default the model's name.
         warn_exposed: log a warning when ``host`` is not loopback (the server has no
             authentication); ``charbench serve`` prints its own.
+        max_body_mb: request bodies over this many MiB get 413.
+        header_timeout_s: connections whose request head takes longer get 408.
 
     Raises:
-        ConfigError: the host/port cannot be bound or the engine config is invalid.
+        ConfigError: the host/port cannot be bound, a limit is not positive, or the engine
+            config is invalid.
     """
+    body_limit = body_limit_bytes(max_body_mb)
+    check_header_timeout(header_timeout_s)
     if warn_exposed and host not in LOOPBACK_HOSTS:
         logger.warning(
             "binding to non-loopback host %s: the server has no authentication and is "
@@ -778,14 +846,23 @@ def run_server(
         from charbench.engine.engine import AsyncLLMEngine  # heavy: torch
 
         engine = AsyncLLMEngine(cfg)
-        app = build_app(engine, max_queue=cfg.max_queue, served_model_name=served_model_name, manage_engine=True)
-        bound = sock.getsockname()
-        config = _uvicorn_config(app, host, int(bound[1]), log_level)
-        logging.getLogger("uvicorn.error").info(
-            "charbench serve: model %s on http://%s:%d (max_model_len=%d, max_queue=%d)",
-            engine.model_config.name, host if ":" not in host else f"[{host}]", bound[1],
-            engine.max_model_len, cfg.max_queue,
+        app = build_app(
+            engine, max_queue=cfg.max_queue, served_model_name=served_model_name, manage_engine=True,
+            max_body_bytes=body_limit,
         )
+        bound = sock.getsockname()
+        config = _uvicorn_config(app, host, int(bound[1]), log_level, header_timeout_s)
+        labels = engine_labels(engine)
+        uv_log = logging.getLogger("uvicorn.error")
+        uv_log.info(
+            "charbench serve: model %s on http://%s:%d (max_model_len=%d, max_queue=%d, "
+            "weights=%s, chat_template=%s, max_body=%g MiB, header_timeout=%g s)",
+            engine.model_config.name, host if ":" not in host else f"[{host}]", bound[1],
+            engine.max_model_len, cfg.max_queue, labels["weights"], labels["chat_template"],
+            max_body_mb, header_timeout_s,
+        )
+        for warning in labels["warnings"]:
+            uv_log.warning("charbench serve: %s", warning)
         _make_uvicorn_server(config).run(sockets=[sock])
     finally:
         with contextlib.suppress(OSError):
@@ -802,17 +879,25 @@ class BackgroundServer:
     Use as a context manager; ``url`` is ``http://127.0.0.1:PORT``.
 
     Args:
-        app: the ASGI app (e.g. from :func:`build_app`).
+        app: the ASGI app (e.g. from :func:`build_app`; its body limit is set there).
         host: interface to bind.
         port: 0 picks a free port.
         log_level: uvicorn log level.
+        header_timeout_s: connections whose request head takes longer get 408.
+
+    Raises:
+        ConfigError: the port cannot be bound or ``header_timeout_s`` is not positive.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    ) -> None:
+        timeout_s = check_header_timeout(header_timeout_s)
         self._sock = bind_socket(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
-        self.server = _make_uvicorn_server(_uvicorn_config(app, host, self.port, log_level))
+        self.server = _make_uvicorn_server(_uvicorn_config(app, host, self.port, log_level, timeout_s))
         self._thread = threading.Thread(target=self._run, name="charbench-server", daemon=True)
         self._error: BaseException | None = None
 

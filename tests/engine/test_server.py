@@ -754,6 +754,280 @@ def test_run_server_stops_the_engine_when_the_server_fails(monkeypatch: pytest.M
     assert len(made) == 1 and made[0].shutdowns == 1
 
 
+# --------------------------------------------------------------------------- labels, validation, limits
+
+from charbench.engine.http_limits import header_timeout_protocol  # noqa: E402
+from charbench.engine.labels import RANDOM_WEIGHTS_WARNING  # noqa: E402
+
+FAKE_FALLBACK_WARNING = (
+    "chat template: the checkpoint has none (no chat template found); /v1/chat/completions uses "
+    "charbench's fallback template, which this model was not trained on (add chat_template.jinja "
+    "to the checkpoint folder)"
+)
+
+
+def test_records_limit_not_an_int_is_an_openai_400(fake: Served) -> None:
+    r = httpx.get(fake.url + "/v1/charbench/records", params={"limit": "abc"})
+    assert r.status_code == 400
+    assert r.json() == {"error": {
+        "message": "limit: Input should be a valid integer, unable to parse string as an integer (got 'abc')",
+        "type": "invalid_request_error", "param": "limit", "code": None,
+    }}
+
+
+def test_models_say_weights_and_chat_template(fake: Served) -> None:
+    entry = httpx.get(fake.url + "/v1/models").json()["data"][0]
+    # a stand-in engine does not say what its weights are: null, never a guess
+    assert (entry["weights"], entry["chat_template"], entry["warnings"]) == (None, "fallback", [FAKE_FALLBACK_WARNING])
+
+
+def test_real_models_say_random_weights(real: Served) -> None:
+    entry = httpx.get(real.url + "/v1/models").json()["data"][0]
+    assert (entry["weights"], entry["chat_template"], entry["warnings"]) == ("random", "fallback", [RANDOM_WEIGHTS_WARNING])
+
+
+def test_checkpoint_server_chat_prompt_matches_apply_chat_template(hf_checkpoint_copy: Any) -> None:
+    """transformers 5 layout (chat_template.jinja): the served chat prompt has exactly the
+    tokens of apply_chat_template; /v1/models says checkpoint weights and template."""
+    transformers = pytest.importorskip("transformers")
+    from charbench.engine.api import EngineConfig
+    from charbench.engine.engine import AsyncLLMEngine
+
+    template = "{{ bos_token }}{% for m in messages %}w10 {{ m['content'] }} {{ eos_token }} {% endfor %}w11"
+    with_template, _ = hf_checkpoint_copy(template, name="with")
+    without, _ = hf_checkpoint_copy(None, name="without")
+    msgs = [{"role": "user", "content": "w5 w6 w7"}]
+    want = transformers.AutoTokenizer.from_pretrained(str(with_template)).apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    for folder, prompt_tokens, labels in (
+        (with_template, len(want), ("checkpoint", "checkpoint", [])),
+        # fallback "<|user|>\nw5 w6 w7\n<|assistant|>\n": BOS + 9 words
+        (without, 10, ("checkpoint", "fallback", [
+            "chat template: the checkpoint has none (no chat_template.jinja and no chat_template in "
+            "tokenizer_config.json); /v1/chat/completions uses charbench's fallback template, which "
+            "this model was not trained on (add chat_template.jinja to the checkpoint folder)"])),
+    ):
+        engine = AsyncLLMEngine(EngineConfig(model=str(folder), kv_cache_gb=0.01))
+        try:
+            with BackgroundServer(build_app(engine, manage_engine=True)) as srv:
+                entry = httpx.get(srv.url + "/v1/models").json()["data"][0]
+                assert (entry["weights"], entry["chat_template"], entry["warnings"]) == labels
+                r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": msgs, "max_tokens": 1})
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["prompt_tokens"] == prompt_tokens
+        finally:
+            engine.shutdown()
+    assert len(want) == 7
+
+
+def _raw_request(url: str, head: bytes, chunks: list[bytes] = (), timeout_s: float = 10.0) -> tuple[bytes, float]:  # type: ignore[assignment]
+    """Send ``head`` and ``chunks`` on a raw socket; read until the server closes.
+    Returns (everything read, seconds from the first byte sent to the close)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as s:
+        t0 = time.monotonic()
+        s.sendall(head)
+        for c in chunks:
+            s.sendall(c)
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not part:
+                break
+            data += part
+        return data, time.monotonic() - t0
+
+
+def _status_and_json(raw: bytes) -> tuple[bytes, dict[bytes, bytes], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = dict(tuple(p.strip().lower() for p in ln.split(b":", 1)) for ln in lines[1:])  # type: ignore[misc]
+    return lines[0], headers, json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def small_body() -> Iterator[Served]:
+    yield from _serve(FakeEngine(), max_body_bytes=64 * 1024)
+
+
+def test_body_over_the_limit_by_content_length_is_413_before_reading(small_body: Served) -> None:
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 50000000\r\n\r\n")
+    raw, _ = _raw_request(small_body.url, head, [b'{"prompt": "'])  # the 48 MB never come
+    status, headers, body = _status_and_json(raw)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and headers[b"connection"] == b"close"
+    assert body == {"error": {
+        "message": "request body: 50000000 bytes is over this server's limit of 0.0625 MiB (65536 bytes); "
+                   "send a smaller request or restart the server with a larger --max-body-mb",
+        "type": "invalid_request_error", "param": None, "code": "request_too_large",
+    }}
+
+
+def test_chunked_body_is_counted_as_it_arrives(small_body: Served) -> None:
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+    chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # 16 KiB
+    # 80 KiB sent and the body never ends (no last chunk): the answer cannot wait for it
+    raw, _ = _raw_request(small_body.url, head, [chunk] * 5)
+    status, _, body = _status_and_json(raw)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    assert body["error"]["message"].startswith("request body: more is over this server's limit of 0.0625 MiB")
+    # the server still serves everyone
+    assert httpx.get(small_body.url + "/health").status_code == 200
+
+
+def test_body_under_the_limit_reaches_the_endpoint(small_body: Served) -> None:
+    r = httpx.post(small_body.url + "/v1/completions", json={"prompt": "x" * 60_000, "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match=r"^max_body_bytes: must be >= 1, got 0 \(--max-body-mb sets it in MiB\)$"):
+        build_app(FakeEngine(), max_body_bytes=0)
+    with pytest.raises(ConfigError, match=r"^--header-timeout-s: must be a finite number > 0 \(seconds\), got 0; the default is 10$"):
+        BackgroundServer(build_app(FakeEngine()), header_timeout_s=0)
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def head_timeout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """A server with a 0.5 s request-head timeout over each uvicorn HTTP implementation."""
+    from charbench.engine import server as server_mod
+
+    if request.param == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    else:
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    monkeypatch.setattr(server_mod, "header_timeout_protocol", lambda t: header_timeout_protocol(t, base))
+    app = build_app(FakeEngine(), manage_engine=True)
+    with BackgroundServer(app, header_timeout_s=0.5) as srv:
+        assert srv.server.config.http_protocol_class.__name__ == f"HeaderTimeout{base.__name__}"
+        yield Served(app.state.charbench.engine, srv)
+
+
+TIMEOUT_408 = {"error": {
+    "message": "request head (request line and headers) not received within 0.5 s; send the whole head "
+               "at once (the server's --header-timeout-s)",
+    "type": "invalid_request_error", "param": None, "code": "request_timeout",
+}}
+
+
+def test_partial_request_line_gets_408_and_is_closed(head_timeout: Served) -> None:
+    raw, took = _raw_request(head_timeout.url, b"GET /heal")
+    status, headers, body = _status_and_json(raw)
+    assert status == b"HTTP/1.1 408 Request Timeout" and headers[b"connection"] == b"close"
+    assert body == TIMEOUT_408
+    assert 0.4 < took < 3.0
+
+
+def test_half_open_connections_do_not_stay(head_timeout: Served) -> None:
+    import socket
+
+    host, port = head_timeout.url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    try:
+        for i, s in enumerate(socks):
+            if i % 2:  # half send a partial request line, half nothing at all
+                s.sendall(b"POST /v1/completions HT")
+        t0 = time.monotonic()
+        for s in socks:
+            assert s.recv(65536).startswith(b"HTTP/1.1 408 Request Timeout")
+        assert time.monotonic() - t0 < 3.0
+        assert _wait_until(lambda: len(head_timeout.server.server.server_state.connections) == 0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_head_timeout_spares_complete_and_kept_alive_requests(head_timeout: Served) -> None:
+    import socket
+
+    host, port = head_timeout.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.3)  # a slow but complete head, within the timeout
+        s.sendall(b"Host: x\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK"), first
+        time.sleep(0.7)  # idle after a response: the head timer is not running
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        s.sendall(b"GET /hea")  # a second request that stalls mid-line
+        t0 = time.monotonic()
+        data = b""
+        while part := s.recv(65536):
+            data += part
+        assert _status_and_json(data)[2] == TIMEOUT_408 and 0.4 < time.monotonic() - t0 < 3.0
+
+
+def test_run_server_logs_random_weights_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    import charbench.engine.engine as engine_mod
+    from charbench.engine import server as server_mod
+    from charbench.engine.api import EngineConfig
+
+    class Engine(FakeEngine):
+        weights_kind = "random"
+
+        def __init__(self, cfg: EngineConfig) -> None:
+            super().__init__()
+            self.cfg = cfg
+
+        def shutdown(self) -> None:  # type: ignore[override]
+            pass
+
+    seen: list[Any] = []
+
+    class Stop:
+        def run(self, sockets: Any = None) -> None:
+            seen.append(self)
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+    def make_server(config: Any) -> Stop:
+        seen.append(config)
+        return Stop()
+
+    handler = Collect()
+    log = logging.getLogger("uvicorn.error")
+    real_config = server_mod._uvicorn_config
+
+    def config_then_listen(*args: Any) -> Any:
+        config = real_config(*args)  # uvicorn's logging setup replaces the handlers: listen after it
+        log.addHandler(handler)
+        return config
+
+    monkeypatch.setattr(engine_mod, "AsyncLLMEngine", Engine)
+    monkeypatch.setattr(server_mod, "_make_uvicorn_server", make_server)
+    monkeypatch.setattr(server_mod, "_uvicorn_config", config_then_listen)
+    try:
+        server_mod.run_server(EngineConfig(model="tiny"), port=0, log_level="info", max_body_mb=2, header_timeout_s=3)
+    finally:
+        log.removeHandler(handler)
+    start = [ln for ln in handler.lines if "charbench serve: model" in ln]
+    assert len(start) == 1 and start[0].endswith(
+        "(max_model_len=128, max_queue=1024, weights=random, chat_template=fallback, max_body=2 MiB, header_timeout=3 s)")
+    assert f"WARNING charbench serve: {RANDOM_WEIGHTS_WARNING}" in handler.lines
+    config = seen[0]
+    assert config.http.header_timeout_s == 3.0
+    mw = [m for m in config.app.user_middleware if m.cls.__name__ == "BodyLimitMiddleware"]
+    assert len(mw) == 1 and mw[0].kwargs == {"max_body_bytes": 2 * 1024 * 1024}
+    with pytest.raises(ConfigError, match=r"^--max-body-mb: must be a finite number > 0 \(MiB\), got -1; the default is 16$"):
+        server_mod.run_server(EngineConfig(model="tiny"), port=0, max_body_mb=-1)
+
+
 # --------------------------------------------------------------------------- issue 16: sampling options, isolation
 
 import logging  # noqa: E402
