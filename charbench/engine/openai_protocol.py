@@ -422,8 +422,9 @@ def render_chat(
 
     Uses the checkpoint's Jinja chat template when ``chat_template`` is given (rendered
     in a sandbox with ``messages``, ``add_generation_prompt=True`` and the special-token
-    strings, as transformers renders it); otherwise the default template described in
-    :data:`DEFAULT_CHAT_TEMPLATE_DOC`.
+    strings, as transformers renders it; a message's ``name`` is passed on); otherwise the
+    default template described in :data:`DEFAULT_CHAT_TEMPLATE_DOC`, which has no place for
+    names, so a named message is refused rather than rendered without its name.
 
     Args:
         messages: validated chat messages.
@@ -431,7 +432,17 @@ def render_chat(
         special_tokens: ``bos_token``, ``eos_token``, ... strings the template may write;
             a token not given renders as empty text.
     """
-    plain = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(messages)]
+    plain: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        msg = {"role": m.role, "content": m.text(i)}
+        if m.name is not None:
+            if not chat_template:
+                raise OpenAIError(
+                    f"messages.{i}.name: the fallback chat template has no place for names; omit it",
+                    param=f"messages.{i}.name",
+                )
+            msg["name"] = m.name
+        plain.append(msg)
     if chat_template:
         from jinja2.sandbox import ImmutableSandboxedEnvironment  # lazy: only for checkpoints
 

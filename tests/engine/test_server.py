@@ -1198,3 +1198,13 @@ def test_real_one_failing_request_does_not_stop_the_others(
     monkeypatch.undo()
     r = httpx.post(real.url + "/v1/completions", json=good[0], timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == texts(reference)[0]
+
+
+def test_chat_message_names_reach_the_template_or_are_refused(fake: Served) -> None:
+    msgs = [ChatMessage(role="user", content="U", name="alice")]
+    tmpl = "{% for m in messages %}[{{ m.role }}:{{ m.name }}]{{ m.content }}{% endfor %}"
+    assert render_chat(msgs, tmpl) == "[user:alice]U"
+    err = _post_error(fake.url, "/v1/chat/completions",
+                      {"messages": [{"role": "user", "content": "hi", "name": "alice"}], "max_tokens": 2})
+    assert (err["param"], err["message"]) == (
+        "messages.0.name", "messages.0.name: the fallback chat template has no place for names; omit it")
