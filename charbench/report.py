@@ -99,6 +99,17 @@ def timeline_section(data: RunData) -> Section | None:
     return Section("Sampler timeline", figure_html(fig, height=260 * len(present)), note="Background sampler, one row per interval; energy figures come from counters, not from these samples.", anchor="timeline")
 
 
+def tables_section(data: RunData) -> Section | None:
+    """The run's named tables (per-request, per-step, ... data): name, rows, columns, file; None when it has none."""
+    import pandas as pd
+
+    tables = data.store.tables()
+    if not tables:
+        return None
+    rows = [{"table": name, "rows": t.get("rows"), "columns": ", ".join(t.get("columns") or []), "file": t.get("file")} for name, t in sorted(tables.items())]
+    return Section("Tables", table_html(pd.DataFrame(rows)), note="Read one with RunStore.open(RUN_DIR).read_table(NAME), or the file with any parquet reader.")
+
+
 def _study_sections(data: RunData) -> list[Section]:
     hook = data.meta.get("report_hook")
     if not hook:
@@ -120,13 +131,12 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
     """Render ``report.html`` (or ``out``) for one run folder and return its path."""
     data = RunData.load(run_dir)
     sections = _study_sections(data)
-    tl = timeline_section(data)
-    if tl is not None:
-        sections.append(tl)
-    # Old or hand-made run folders may lack fields: the template sees every key it uses.
+    sections += [sec for sec in (timeline_section(data), tables_section(data)) if sec is not None]
+    # env.json of old or hand-made run folders may lack fields: the template sees every key it uses
+    # (run.json's fields are filled by charbench.migrations when the folder is opened).
     env = {k: None for k in ("charbench_version", "git_sha", "hostname", "cpu_model", "cpu_cores", "os", "python", "torch", "torch_cuda", "gpus_reason")}
     env |= {"command_line": [], "meters": [], "gpus": []} | data.env
-    meta = {k: None for k in ("run_id", "status", "points_done", "points_failed", "started", "label", "device")} | {"meta": {}} | data.meta
+    meta = data.meta
     html = jinja_env().get_template("run.html.j2").render(
         title=f"charbench {meta['study']}: {meta['run_id']}",
         meta=meta,

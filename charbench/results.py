@@ -8,10 +8,18 @@
     store.finish("completed")
 
 Layout of ``<out>/<study>/<YYYYmmdd-HHMMSS>-<label>/``: ``config.json`` (resolved),
-``env.json``, ``run.json`` (study, status, counts, times, pid and host), ``results.parquet`` and
-``results.csv`` (one flat row per point), ``samples.parquet`` (sampler timeline),
-``failures/<point>.json``, ``report.html``. Every write is temp-file + rename, so a
-crash never leaves a half-written file and every completed point stays on disk.
+``env.json``, ``run.json`` (study, status, counts, times, pid and host, ``format_version``,
+the ``tables`` listing), ``results.parquet`` and ``results.csv`` (one flat row per point),
+``samples.parquet`` (sampler timeline), ``tables/<name>.parquet`` (named tables: per-request,
+per-step, per-event data), ``failures/<point>.json``, ``report.html``. Every write is
+temp-file + rename, so a crash never leaves a half-written file and every completed point
+stays on disk.
+
+Storage is append-only: a point's records, a slice of samples or of a table go to a new
+part (``results.parts/part-00000001.parquet``, see :mod:`charbench.parts`), so appending
+costs O(its own rows); :meth:`RunStore.finish` merges the parts into the files above and
+writes results.csv once. Readers see compacted files plus parts alike. Old folders are
+brought to the current run.json format by :mod:`charbench.migrations` when opened.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from charbench.errors import RunStoreError
+from charbench.migrations import FORMAT_VERSION, migrate
+from charbench.parts import PARTS_SUFFIX, PartLog, frame_table, table_entry
 from charbench.runlock import owner_fields
 
 RUN_META = "run.json"
@@ -36,6 +46,8 @@ RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 SAMPLES_PARQUET = "samples.parquet"
 FAILURES_DIR = "failures"
+TABLES_DIR = "tables"
+_TABLE_SEGMENT = re.compile(r"[A-Za-z0-9_=,+-][A-Za-z0-9_.=,+-]*")
 
 
 def _umask() -> int:
@@ -110,7 +122,11 @@ def _now_iso() -> str:
 def _frame(rows: list[dict[str, Any]]):  # -> pandas.DataFrame
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    return _encode_mixed(pd.DataFrame(rows))
+
+
+def _encode_mixed(df: Any) -> Any:
+    """``df`` with mixed-type and nested object columns as JSON text (in place; returns it)."""
     # Mixed-type object columns (e.g. a knob that is sometimes a list) break parquet: store as JSON text.
     for col in df.columns:
         if df[col].dtype == object:
@@ -127,6 +143,16 @@ class RunStore:
         self.path = Path(path)
         self.meta = meta
         self._records: list[dict[str, Any]] | None = None
+        # Kept up to date by each append, so an append never rereads the folder (that is O(points)).
+        self._done_keys: set[str] | None = None
+        self._failed: int | None = None
+        self._results = self._part_log(RESULTS_PARQUET, "its results.csv may still hold the completed points",
+                                       "delete that part to keep the other points; `--resume` reruns the points it held")
+        self._samples = self._part_log(SAMPLES_PARQUET, "delete samples.parquet to render the rest", "delete that part to render the rest")
+        self._tables: dict[str, PartLog] = {}
+
+    def _part_log(self, rel: str, hint: str, part_hint: str) -> PartLog:
+        return PartLog(self.path / rel, write_bytes=atomic_write_bytes, damaged=damaged_file, hint=hint, part_hint=part_hint)
 
     # -- creation / opening -------------------------------------------------
     @classmethod
@@ -174,9 +200,13 @@ class RunStore:
             "points_done": 0,
             "points_failed": 0,
             "report_hook": report_hook,
+            "device": None,  # set when the sweep starts; present from the start so readers need no default
+            "format_version": FORMAT_VERSION,
+            "tables": {},
             **owner_fields(),  # `charbench runs` shows a running run whose process is gone as stale
         }
         store = cls(path, run_meta)
+        store._done_keys, store._failed = set(), 0
         atomic_write_json(path / CONFIG_JSON, config)
         atomic_write_json(path / ENV_JSON, env)
         store._write_meta()
@@ -198,7 +228,14 @@ class RunStore:
             raise RunStoreError(f"{path}: {RUN_META} has no 'study'; the run folder is damaged")
         if study is not None and meta.get("study") != study:
             raise RunStoreError(f"--resume {path}: that run is from '{meta.get('study')}', not '{study}'; continue it with `charbench {meta.get('study')} --resume {path}`")
-        return cls(path, meta)
+        meta, migrated = migrate(meta, path)
+        store = cls(path, meta)
+        if migrated:
+            try:
+                store._write_meta()
+            except OSError:
+                pass  # a read-only folder (an archive, another user's run) is migrated in memory only
+        return store
 
     # -- metadata -----------------------------------------------------------
     @property
@@ -250,8 +287,24 @@ class RunStore:
         self._write_meta()
 
     def finish(self, status: str) -> None:
-        """Mark the run ``completed``, ``interrupted`` or ``failed``."""
-        self.update_meta(status=status, finished=_now_iso())
+        """Compact the stored parts (:meth:`close`) and mark the run ``completed``, ``interrupted`` or ``failed``."""
+        try:
+            self.close()
+        finally:
+            self.update_meta(status=status, finished=_now_iso())
+
+    def close(self) -> None:
+        """Merge every table's parts into its one file and write results.csv (once, here).
+
+        Safe to call again, and after a crash between the merged file and the removal of
+        the parts: the merged file records the last part it holds, so nothing is read twice.
+        """
+        merged = self._results.compact(_encode_mixed)  # mixed types across parts get today's JSON encoding
+        if merged is not None:
+            atomic_write_text(self.path / RESULTS_CSV, merged.to_csv(index=False))
+        self._samples.compact(_encode_mixed)
+        for name in self.tables():
+            self._table_log(name).compact(_encode_mixed)
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Atomically write an extra JSON artifact (e.g. a calibration) into the run folder."""
@@ -261,74 +314,145 @@ class RunStore:
 
     # -- records ------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
-        """All completed point records, in completion order."""
+        """All completed point records, in completion order (compacted results plus parts).
+
+        Raises:
+            RunStoreError: results.parquet or a part is unreadable (named in the message).
+        """
         if self._records is None:
-            p = self.path / RESULTS_PARQUET
-            if p.exists():
-                df = _read_parquet(p, "its results.csv may still hold the completed points")
-                self._records = [{k: _from_pandas(v) for k, v in row.items()} for row in df.to_dict("records")]
-            else:
-                self._records = []
+            df = self._results.read()
+            self._records = [] if df is None else [{k: _from_pandas(v) for k, v in row.items()} for row in df.to_dict("records")]
         return self._records
 
     def completed_keys(self) -> set[str]:
         """``point_key`` of every completed point (``--resume`` skips them)."""
-        return {str(r["point_key"]) for r in self.records() if "point_key" in r}
+        return set(self._done())
+
+    def _done(self) -> set[str]:
+        if self._done_keys is None:
+            if self._records is not None:
+                self._done_keys = {str(r["point_key"]) for r in self._records if r.get("point_key") is not None}
+            else:  # only the key column: opening a long run for --resume need not load every record
+                df = self._results.read(columns=["point_key"])
+                keys = [] if df is None or "point_key" not in df else df["point_key"].dropna()
+                self._done_keys = {str(k) for k in keys}
+        return self._done_keys
 
     def append_record(self, record: dict[str, Any]) -> None:
-        """Add one completed point and rewrite results.parquet/.csv atomically."""
+        """Add one completed point (one new part file; see :meth:`append_records`)."""
         self.append_records([record])
 
     def append_records(self, records: list[dict[str, Any]]) -> None:
         """Add several records with one write (e.g. one point that yields many rows).
+
+        The records go to one new part, ``results.parts/part-<seq>.parquet``: the cost is
+        O(these records), whatever the run already holds.
 
         Raises:
             ValueError: a record has no ``point_key``.
         """
         if any("point_key" not in r for r in records):
             raise ValueError("a record needs a point_key")
-        recs = self.records()
-        new = recs + [dict(r) for r in records]
-        self._write_results(new)
-        # Only after both files are on disk does the in-memory list change (a failed write keeps it in step).
-        recs[:] = new
-        self.update_meta(points_done=len({r["point_key"] for r in recs}), points_failed=len(self.failures()))
-
-    def _write_results(self, recs: list[dict[str, Any]]) -> None:
-        import io
-
-        df = _frame(recs)
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(self.path / RESULTS_PARQUET, buf.getvalue())
-        atomic_write_text(self.path / RESULTS_CSV, df.to_csv(index=False))
+        if not records:
+            return
+        new = [dict(r) for r in records]
+        done, failed = self._done(), self._failures_count()
+        self._results.append(_frame(new))
+        # Only after the part is on disk does memory change (a failed write keeps it in step).
+        if self._records is not None:
+            self._records.extend(new)
+        done.update(str(r["point_key"]) for r in new)
+        self.update_meta(points_done=len(done), points_failed=failed)
 
     def results_frame(self):  # -> pandas.DataFrame
         """Completed points as a DataFrame (empty frame when none)."""
         return _frame(self.records())
 
     # -- samples ------------------------------------------------------------
-    def write_samples(self, rows: list[dict[str, Any]]) -> None:
-        """Replace samples.parquet with the sampler timeline so far."""
-        if not rows:
-            return
-        import io
-
-        buf = io.BytesIO()
-        _frame(rows).to_parquet(buf, index=False)
-        atomic_write_bytes(self.path / SAMPLES_PARQUET, buf.getvalue())
+    def append_samples(self, rows: list[dict[str, Any]]) -> None:
+        """Add sampler rows not stored yet (one part holding only ``rows``; none when empty)."""
+        if rows:
+            self._samples.append(_frame(rows))
 
     def samples_frame(self):  # -> pandas.DataFrame | None
-        """The sampler timeline, or None when nothing was sampled."""
-        p = self.path / SAMPLES_PARQUET
-        if not p.exists():
-            return None
-        return _read_parquet(p, "delete samples.parquet to render the rest")
+        """The sampler timeline, or None when nothing was sampled.
+
+        Raises:
+            RunStoreError: samples.parquet or a part is unreadable.
+        """
+        return self._samples.read()
+
+    # -- named tables ---------------------------------------------------------
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """Named tables of the run, from run.json: name -> ``{"rows", "columns", "file"}``."""
+        return {k: dict(v) for k, v in (self.meta.get("tables") or {}).items()}
+
+    def write_table(self, name: str, frame: Any) -> Path:
+        """Write a whole named table (pandas DataFrame or Arrow table) as ``tables/<name>.parquet``.
+
+        One columnar write (no per-row Python), so tables of millions of rows are fine.
+        Replaces an earlier table of that name, appended parts included.
+
+        Raises:
+            ValueError: a bad table name (see :func:`check_table_name`).
+        """
+        log = self._table_log(name)
+        table = frame_table(frame)
+        log.replace(table)
+        self._list_table(name, table.num_rows, table.column_names, replace=True)
+        return log.compacted
+
+    def append_table(self, name: str, frame: Any) -> Path:
+        """Append rows to a named table (one new part; merged into ``tables/<name>.parquet`` at close).
+
+        Raises:
+            ValueError: a bad table name (see :func:`check_table_name`).
+        """
+        log = self._table_log(name)
+        table = frame_table(frame)
+        part = log.append(table)
+        self._list_table(name, table.num_rows, table.column_names, replace=False)
+        return part
+
+    def read_table(self, name: str):  # -> pandas.DataFrame
+        """One named table as a DataFrame (its merged file plus any parts).
+
+        Raises:
+            RunStoreError: no such table, its file is missing, or a file is unreadable.
+        """
+        if name not in self.tables():
+            listed = ", ".join(sorted(self.tables())) or "none"
+            raise RunStoreError(f"{self.path}: no table {name!r} in this run (tables: {listed}); `charbench report {self.path}` lists them")
+        df = self._table_log(name).read()
+        if df is None:
+            raise damaged_file(self.path / self.tables()[name]["file"], "listed in run.json but missing")
+        return df
+
+    def _table_log(self, name: str) -> PartLog:
+        log = self._tables.get(name)
+        if log is None:
+            check_table_name(name)
+            listed = self.tables().get(name)  # migrated folders list files where old versions wrote them
+            rel = str(listed["file"]) if listed else f"{TABLES_DIR}/{name}.parquet"
+            log = self._tables[name] = self._part_log(rel, f"delete it to render the rest of the run (table {name!r} is then lost)",
+                                                      f"delete that part to read the rest of table {name!r}")
+        return log
+
+    def _list_table(self, name: str, rows: int, columns: list[str], *, replace: bool) -> None:
+        tables = self.meta.setdefault("tables", {})
+        old = tables.get(name)
+        if old is not None and not replace:
+            rows += int(old.get("rows") or 0)
+            columns = list(dict.fromkeys([*old.get("columns", []), *columns]))
+        log = self._tables[name]
+        tables[name] = table_entry(rows, columns, log.compacted.relative_to(self.path).as_posix())
+        self._write_meta()
 
     # -- failures -----------------------------------------------------------
     def record_failure(self, point_key: str, exc: BaseException, params: dict[str, Any] | None = None) -> Path:
         """Write ``failures/<point>.json`` with the error type, message and traceback."""
         p = self.failure_path(point_key)
+        failed = self._failures_count() + (0 if p.exists() else 1)
         atomic_write_json(
             p,
             {
@@ -340,7 +464,8 @@ class RunStore:
                 "time": _now_iso(),
             },
         )
-        self.update_meta(points_failed=len(self.failures()))
+        self._failed = failed
+        self.update_meta(points_failed=failed)
         return p
 
     def failure_path(self, point_key: str) -> Path:
@@ -356,8 +481,16 @@ class RunStore:
         """Forget an earlier failure of a point that now succeeded (after --resume)."""
         p = self.failure_path(point_key)
         if p.exists():
+            failed = self._failures_count()
             p.unlink()
-            self.update_meta(points_failed=len(self.failures()))
+            self._failed = max(failed - 1, 0)
+            self.update_meta(points_failed=self._failed)
+
+    def _failures_count(self) -> int:
+        """Recorded failures, counted once and then kept by record/clear (never a glob per point)."""
+        if self._failed is None:
+            self._failed = len(self.failures())
+        return self._failed
 
     def failures(self) -> list[dict[str, Any]]:
         """Every recorded failure."""
@@ -373,14 +506,17 @@ class RunStore:
         return out
 
 
-def _read_parquet(path: Path, hint: str):  # -> pandas.DataFrame
-    """Read a run folder's parquet file; a damaged one is a :class:`RunStoreError`, not a crash."""
-    import pandas as pd
+def check_table_name(name: str) -> None:
+    """A named table's name: ``/``-separated segments of letters, digits and ``_ . = , + -``.
 
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
-        raise damaged_file(path, exc, hint) from exc
+    Raises:
+        ValueError: the name is empty, a segment starts with '.' or ends in '.parts', or has other characters.
+    """
+    if not isinstance(name, str) or not name or any(not _TABLE_SEGMENT.fullmatch(s) or s.endswith(PARTS_SUFFIX) for s in name.split("/")):
+        raise ValueError(
+            f"table name {name!r}: use letters, digits and _ . = , + - in '/'-separated segments "
+            f"that neither start with '.' nor end in '{PARTS_SUFFIX}' (e.g. 'requests/rate=4')"
+        )
 
 
 def damaged_file(path: Path, exc: BaseException | str, hint: str = "") -> RunStoreError:

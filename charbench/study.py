@@ -257,6 +257,8 @@ class Context:
         self.baseline: Any = None
         self._control: Any = None
         self.sample_rows: list[dict[str, Any]] = []
+        #: how many of the sampler's rows are in the run folder (each save appends only the rest)
+        self.samples_stored = 0
 
     @property
     def control(self) -> Any:
@@ -386,27 +388,23 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
         raise ConfigError(f"{study.name}: two sweep points share the key {dupes[0]!r}; make the knob values distinct")
     # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
     with sigterm_as_interrupt(), contextlib.ExitStack() as held:
-        store, done, prior_samples = _open_run(study, common, settings, device, argv, held)
-        return _sweep(study, store, done, prior_samples, keyed, common, settings, device)
+        store, done = _open_run(study, common, settings, device, argv, held)
+        return _sweep(study, store, done, keyed, common, settings, device)
 
 
 def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device: str, argv: list[str] | None,
-              held: contextlib.ExitStack) -> tuple[RunStore, set[str], list[dict[str, Any]]]:
+              held: contextlib.ExitStack) -> tuple[RunStore, set[str]]:
     """Create the run folder, or reopen the ``--resume`` one; either way lock it for this process (held until ``held`` closes).
 
     Raises:
         RunStoreError: the resume folder is locked by another process, or damaged.
         ConfigError: the resume folder was made with another config.
     """
-    prior_samples: list[dict[str, Any]] = []
     if common.resume is not None:
         store = RunStore.open(common.resume, study=study.name)
         held.enter_context(RunLock(store.path))  # before any write: another resume may be running it
         _check_resume_config(store, study)
-        done = store.completed_keys()
-        prior = store.samples_frame()
-        if prior is not None:
-            prior_samples = prior.to_dict("records")
+        done = store.completed_keys()  # the earlier samples stay on disk: this run appends its own after them
         store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), **owner_fields())
     else:
         from charbench.envinfo import collect_env
@@ -424,10 +422,10 @@ def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device
         )
         held.enter_context(RunLock(store.path))
         done = set()
-    return store, done, prior_samples
+    return store, done
 
 
-def _sweep(study: Study, store: RunStore, done: set[str], prior_samples: list[dict[str, Any]], keyed: list[tuple[str, dict[str, Any]]],
+def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str, dict[str, Any]]],
            common: CommonOptions, settings: RunSettings, device: str) -> RunResult:
     """Run the points not in ``done``, finalize, mark the run and render its report."""
     todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
@@ -447,7 +445,7 @@ def _sweep(study: Study, store: RunStore, done: set[str], prior_samples: list[di
         with _progress(len(todo), enabled=not common.json) as bar:
             for n, (index, key, params) in enumerate(todo):
                 bar.describe(key)
-                _run_one(study, ctx, store, common, index, key, params, prior_samples, log)
+                _run_one(study, ctx, store, common, index, key, params, log)
                 bar.advance()
                 if n + 1 < len(todo):
                     ctx.cooldown()
@@ -457,7 +455,7 @@ def _sweep(study: Study, store: RunStore, done: set[str], prior_samples: list[di
         status = "interrupted"
         raise
     finally:
-        _close_run(study, ctx, store, status, prior_samples, log)
+        _close_run(study, ctx, store, status, log)
     report = None
     try:
         from charbench.report import render_run
@@ -471,7 +469,7 @@ def _sweep(study: Study, store: RunStore, done: set[str], prior_samples: list[di
 
 
 def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions, index: int, key: str, params: dict[str, Any],
-             prior_samples: list[dict[str, Any]], log: Any) -> None:
+             log: Any) -> None:
     """Run one point and store its record(s) or its failure."""
     try:
         out = study.run_point(dict(params), ctx)
@@ -492,10 +490,18 @@ def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions,
             ) from exc
     finally:
         if ctx.sampler is not None:
-            store.write_samples(prior_samples + ctx.sampler.rows())
+            _save_new_samples(ctx, store, ctx.sampler.rows())
 
 
-def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, prior_samples: list[dict[str, Any]], log: Any) -> None:
+def _save_new_samples(ctx: Context, store: RunStore, rows: list[dict[str, Any]]) -> None:
+    """Append the sampler rows not stored yet (O(new rows) per point, not O(timeline))."""
+    # A sampler that was cleared starts over: all its rows are new.
+    new = rows[ctx.samples_stored:] if len(rows) >= ctx.samples_stored else rows
+    store.append_samples(new)
+    ctx.samples_stored = len(rows)
+
+
+def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, log: Any) -> None:
     """Teardown, restore the device, save samples and baseline, and mark the run; each step runs even if one fails."""
     try:
         if ctx is not None:
@@ -506,7 +512,7 @@ def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, 
     finally:
         try:
             if ctx is not None and ctx.sample_rows:
-                store.write_samples(prior_samples + ctx.sample_rows)
+                _save_new_samples(ctx, store, ctx.sample_rows)
             if ctx is not None and ctx.baseline is not None:
                 store.write_json("baseline.json", to_jsonable(ctx.baseline))
         finally:

@@ -40,6 +40,7 @@ def test_records_roundtrip_parquet_and_csv(tmp_path: Path) -> None:
     store.append_record({"point_key": "n=1", "n": 1, "energy_j": 2.5, "time_s": 0.1, "dtype": "fp16"})
     store.append_records([{"point_key": "n=2", "n": 2, "energy_j": 3.0, "time_s": 0.2, "dtype": "bf16"}, {"point_key": "n=2", "n": 2, "energy_j": 3.5, "time_s": 0.2, "dtype": "bf16"}])
     assert store.meta["points_done"] == 2  # two distinct points, three rows
+    store.close()  # the parts become results.parquet and results.csv
     df = pd.read_parquet(store.path / "results.parquet")
     assert list(df["energy_j"]) == [2.5, 3.0, 3.5]
     csv = pd.read_csv(store.path / "results.csv")
@@ -57,6 +58,7 @@ def test_unmeasured_energy_is_null_not_zero(tmp_path: Path) -> None:
     reasons = json.dumps({"energy_j": "RAPL unreadable: permission denied"})
     store.append_record({"point_key": "a", "energy_j": None, "avg_power_w": None, "time_s": 1.0, "null_reasons": reasons})
     store.append_record({"point_key": "b", "energy_j": None, "avg_power_w": None, "time_s": 2.0, "null_reasons": reasons})
+    store.close()
     df = pd.read_parquet(store.path / "results.parquet")
     assert df["energy_j"].isna().all() and df["avg_power_w"].isna().all()
     assert (df["energy_j"].fillna(-1) != 0).all()
@@ -71,6 +73,7 @@ def test_mixed_and_nested_values_stay_flat(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.append_record({"point_key": "a", "shape": [1, 2], "extra": {"x": 1}, "knob": 1})
     store.append_record({"point_key": "b", "shape": [3, 4], "extra": None, "knob": "auto"})
+    store.close()  # the two points were two parts: the merge applies the JSON encoding across both
     df = pd.read_parquet(store.path / "results.parquet")
     assert list(df["shape"]) == ["[1, 2]", "[3, 4]"]
     assert df["extra"][0] == '{"x": 1}' and pd.isna(df["extra"][1])
@@ -108,9 +111,9 @@ def test_long_point_key_failure_file_name(tmp_path: Path) -> None:
 def test_samples(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert store.samples_frame() is None
-    store.write_samples([])
-    assert not (store.path / "samples.parquet").exists()
-    store.write_samples([{"t_s": 0.0, "gpu0_power_w": 100.0}, {"t_s": 0.1, "gpu0_power_w": None}])
+    store.append_samples([])
+    assert not (store.path / "samples.parquet").exists() and not (store.path / "samples.parts").exists()
+    store.append_samples([{"t_s": 0.0, "gpu0_power_w": 100.0}, {"t_s": 0.1, "gpu0_power_w": None}])
     s = store.samples_frame()
     assert list(s["t_s"]) == [0.0, 0.1] and pd.isna(s["gpu0_power_w"][1])
 
@@ -209,11 +212,12 @@ def test_atomic_write_crash_keeps_old_file_and_no_temp(tmp_path: Path, monkeypat
 def test_crash_mid_results_write_keeps_previous_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
     store.append_record({"point_key": "a", "energy_j": 1.0})
-    before = (store.path / "results.parquet").read_bytes()
+    parts = store.path / "results.parts"
+    before = (parts / "part-00000001.parquet").read_bytes()
     real_replace = os.replace
 
     def crash_on_results(src: str, dst: str) -> None:
-        if str(dst).endswith("results.parquet"):
+        if str(dst).endswith(".parquet"):
             raise KeyboardInterrupt  # Ctrl-C exactly during the rename
         real_replace(src, dst)
 
@@ -221,10 +225,12 @@ def test_crash_mid_results_write_keeps_previous_points(tmp_path: Path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         store.append_record({"point_key": "b", "energy_j": 2.0})
     monkeypatch.setattr(results.os, "replace", real_replace)
-    assert (store.path / "results.parquet").read_bytes() == before
-    assert not [p for p in store.path.iterdir() if p.name.endswith(".tmp")]
-    assert store.completed_keys() == {"a"}  # memory matches disk
+    assert sorted(p.name for p in parts.iterdir()) == ["part-00000001.parquet"]  # no torn part, no temp file
+    assert (parts / "part-00000001.parquet").read_bytes() == before
+    assert store.completed_keys() == {"a"} and store.meta["points_done"] == 1  # memory matches disk
     assert RunStore.open(store.path).completed_keys() == {"a"}
+    store.append_record({"point_key": "b", "energy_j": 2.0})  # the failed write's number is reused
+    assert sorted(p.name for p in parts.iterdir()) == ["part-00000001.parquet", "part-00000002.parquet"]
 
 
 def test_atomic_json_nan_becomes_null(tmp_path: Path) -> None:
@@ -264,7 +270,7 @@ def test_unwritable_out_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFi
 def test_damaged_parquet_is_a_run_store_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore.create(tmp_path, "gemm-power", config={}, env={})
     store.append_record({"point_key": "a", "energy_j": 1.0})
-    store.write_samples([{"t_s": 0.0, "gpu0_power_w": 1.0}])
+    store.append_samples([{"t_s": 0.0, "gpu0_power_w": 1.0}])
     (store.path / "results.parquet").write_bytes(b"garbage")
     (store.path / "samples.parquet").write_bytes(b"garbage")
     fresh = RunStore.open(store.path)

@@ -65,7 +65,7 @@ def make_run(
     for p in failures or []:
         store.record_failure(key(p), RuntimeError(f"fake failure at {key(p)}"), p)
     if samples:
-        store.write_samples([
+        store.append_samples([
             {"t_s": 0.1 * i, "gpu0_power_w": 100.0 + (i % 7), "gpu0_sm_clock_mhz": 1410.0, "gpu0_temp_c": 50.0 + 0.1 * i}
             for i in range(50)
         ])

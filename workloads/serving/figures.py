@@ -5,7 +5,7 @@ renderer calls :func:`report_sections` with the loaded run folder::
 
     charbench report charbench-runs/serve-sweep/20261130-101500
 
-Sections: summary table; latency CDFs (from ``requests/*.parquet``); throughput-latency
+Sections: summary table; latency CDFs (from the ``requests/<load>`` tables); throughput-latency
 curves; energy per output token against every swept knob; the energy-latency Pareto
 frontier with the SLO line; power and clock timelines with the measured windows shaded;
 the best configuration under the SLO per workload class; the mode's own table (sweep or
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from markupsafe import escape
@@ -142,15 +141,16 @@ def cdf_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
     fig = make_subplots(rows=2, cols=2, subplot_titles=[f"{t} CDF" for _, t in LAT])
     shown = 0
     missing = 0
+    # Per-request data are named tables; a record names its table's file (old folders: requests/<load>.parquet).
+    by_file = {t.get("file"): name for name, t in data.store.tables().items()}
     for r in recs:
-        rel = r.get("requests_file")
-        p = Path(data.store.path) / str(rel) if rel else None
-        if p is None or not p.is_file():
+        name = by_file.get(r.get("requests_file"))
+        if name is None or not (data.store.path / data.store.tables()[name]["file"]).is_file():
             missing += 1
             continue
         if shown >= MAX_CDF_TRACES:
             break
-        df = pd.read_parquet(p)
+        df = data.store.read_table(name)
         ok = df[df["error"].isna()] if "error" in df else df
         label = _load_label(r, knobs)
         for i, (m, _) in enumerate(LAT):
@@ -168,7 +168,7 @@ def cdf_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
             fig.add_trace(go.Scattergl(x=vals, y=y, mode="lines", name=label, legendgroup=label, showlegend=(i == 0)), row=i // 2 + 1, col=i % 2 + 1)
         shown += 1
     if shown == 0:
-        return Section("Latency CDFs", _note("No per-request files (requests/*.parquet) in this run folder."), anchor="latency-cdf")
+        return Section("Latency CDFs", _note("No per-request tables (requests/<load>) in this run folder."), anchor="latency-cdf")
     for i, (_, t) in enumerate(LAT):
         fig.update_xaxes(title_text=f"{t} (ms)", type="log", row=i // 2 + 1, col=i % 2 + 1)
         fig.update_yaxes(title_text="fraction of requests" if t != "ITL" else "fraction of gaps", range=[0, 1], row=i // 2 + 1, col=i % 2 + 1)

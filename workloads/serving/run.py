@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import math
 import re
 import time
@@ -532,8 +531,7 @@ class ServeSweepStudy(Study):
         rec["point_t1_s"] = result.end_s
         self._energy_fields(rec, wins, wname, records, tracker, target, metrics)
         self._server_fields(rec, records)
-        self._save_requests(ctx, wname, records, result.origin_s)
-        rec["requests_file"] = f"{REQUESTS_DIR}/{wname}.parquet"
+        rec["requests_file"] = self._save_requests(ctx, wname, records, result.origin_s)
         return rec
 
     def _energy_fields(self, rec: dict[str, Any], wins: _Windows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
@@ -634,13 +632,12 @@ class ServeSweepStudy(Study):
         if not preempt:
             reasons["server_preemptions"] = "the target reports no preemption counts"
 
-    def _save_requests(self, ctx: Any, stem: str, records: list[ClientRecord], origin: float) -> None:
+    def _save_requests(self, ctx: Any, stem: str, records: list[ClientRecord], origin: float) -> str | None:
+        """Store the load's per-request rows as the run's table ``requests/<stem>``; returns its file (None: no run folder)."""
         store = getattr(ctx, "store", None)
         if store is None:
-            return
+            return None
         import pandas as pd
-
-        from charbench.results import atomic_write_bytes
 
         slo = self.cfg.slo
 
@@ -676,17 +673,6 @@ class ServeSweepStudy(Study):
                 "server_queue_ms": s.get("queue_ms"),
                 "server_itl_ms": [float(x) for x in (s.get("itl_ms") or [])],
             })
-        buf = io.BytesIO()
-        pd.DataFrame(rows).to_parquet(buf, index=False)
-        atomic_write_bytes(store.path / REQUESTS_DIR / f"{stem}.parquet", buf.getvalue())
-
-
-def load_requests(run_dir: Any, stem: str) -> Any:
-    """The per-request frame of one load (None when missing)."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    p = Path(run_dir) / REQUESTS_DIR / f"{stem}.parquet"
-    return pd.read_parquet(p) if p.is_file() else None
+        path = store.write_table(f"{REQUESTS_DIR}/{stem}", pd.DataFrame(rows))  # the run store is the folder's only writer
+        return path.relative_to(store.path).as_posix()
 

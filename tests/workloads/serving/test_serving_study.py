@@ -69,7 +69,11 @@ def test_grid_records_files_and_report(tmp_path: Path) -> None:
         assert "not measured" in json.loads(r["null_reasons"])["steady_energy_j"]
     per_req = pd.read_parquet(res.run_dir / burst[0]["requests_file"])
     assert len(per_req) == 16 and set(per_req["good"]) <= {True, False}
+    tables = RunStore.open(res.run_dir).tables()  # per-request data are named tables written by the run store
+    assert {t["file"] for t in tables.values()} == {r["requests_file"] for r in recs}
+    assert all(n.startswith("requests/") and t["rows"] == 16 and t["file"] == f"tables/{n}.parquet" for n, t in tables.items())
     html = (res.run_dir / "report.html").read_text()
+    assert "No per-request tables" not in html  # the latency CDFs found them
     for title in ("Serving summary", "Latency CDFs", "Throughput vs latency", "Energy per output token vs each knob",
                   "Energy-latency Pareto frontier", "Power and clock timelines", "Best configuration under the SLO", "Steady-state windows"):
         assert title in html
