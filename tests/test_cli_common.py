@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from charbench import cli_common as cc
-from charbench.cli import COMMANDS, main
+from charbench.cli import SPINE_COMMANDS, main
 from charbench.cli_common import common_options, emit_result
 from charbench.config import apply_overrides, load_toml, select_preset
 from charbench.errors import ConfigError
@@ -75,7 +75,7 @@ def _module() -> types.ModuleType:
 @pytest.fixture(autouse=True)
 def echo_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cb_test_echo", _module())
-    monkeypatch.setitem(COMMANDS, "echo", ("cb_test_echo", "Toy study."))
+    monkeypatch.setitem(SPINE_COMMANDS, "echo", ("cb_test_echo", "Toy study."))
 
 
 def test_run_with_json_summary_label_and_meta(charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,10 +89,10 @@ def _options_of(command: str) -> set[str] | None:
 
     import typer.main
 
-    from charbench.cli import COMMANDS
+    from charbench.cli import command_table
 
     try:
-        module = importlib.import_module(COMMANDS[command][0])
+        module = importlib.import_module(command_table()[command][0])
     except ImportError:
         return None
     cmd = typer.main.get_command(module.app)
@@ -100,7 +100,9 @@ def _options_of(command: str) -> set[str] | None:
 
 
 def test_charbench_invocations_match_the_cli(wf: dict[str, Any]) -> None:
-    from charbench.cli import COMMANDS
+    from charbench.cli import command_table
+
+    COMMANDS = command_table()
 
     calls = [c for _, _, s in _scripts(wf) for c in _charbench_calls(s)]
     assert len(calls) >= 8  # env, study, compare, report in each job
@@ -121,7 +123,9 @@ def test_charbench_invocations_match_the_cli(wf: dict[str, Any]) -> None:
 
 
 def test_default_study_exists_in_the_cli(wf: dict[str, Any]) -> None:
-    from charbench.cli import COMMANDS
+    from charbench.cli import command_table
+
+    COMMANDS = command_table()
 
     default = re.search(r"inputs\.study \|\| '([^']+)'", wf["env"]["CHARBENCH_STUDY"]).group(1)  # type: ignore[union-attr]
     assert default in COMMANDS
