@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from charbench.engine.labels import CHECKPOINT, RANDOM, RANDOM_WEIGHTS_WARNING, weights_kind
 from charbench.errors import ConfigError, DeviceError
 from charbench.workloads.serving.metrics import ClientRecord
 from charbench.workloads.serving.prompts import TokenizerAdapter, as_tokenizer, load_tokenizer_file
@@ -105,6 +106,23 @@ class Target:
 
     def shutdown(self) -> None:
         """Free heavy resources (the engine's model)."""
+
+
+def weights_fields(weights: str | None, who: str) -> dict[str, Any]:
+    """Record fields saying which weights served a load: ``engine_weights`` (``random``,
+    ``checkpoint`` or null) with the random-weights warning, or the null's reason.
+
+    Args:
+        weights: what the target says it serves.
+        who: the target, for the reason ("the server at URL").
+    """
+    out: dict[str, Any] = {"engine_weights": weights}
+    if weights == RANDOM:
+        # completions of random weights are meaningless text; every record and report says so
+        out["_warnings"] = [RANDOM_WEIGHTS_WARNING]
+    elif weights is None:
+        out["_reasons"] = {"engine_weights": f"{who} does not say whether its weights are random ('weights' in /v1/models)"}
+    return out
 
 
 # --------------------------------------------------------------------------- engine
@@ -215,6 +233,7 @@ class EngineTarget(Target):
             "engine_model": c.model,
             "engine_device": c.device,
             "max_model_len": self.max_model_len,
+            **weights_fields(weights_kind(self.engine), "the engine"),
         }
 
     def shutdown(self) -> None:
@@ -345,6 +364,7 @@ class HttpTarget(Target):
         self._client: Any = None
         self.records_supported: bool | None = None
         self.max_num_seqs: int | None = None
+        self.weights: str | None = None  # "random"/"checkpoint" when /v1/models says (charbench serve does)
 
     def probe(self, timeout_s: float = 10.0) -> None:
         """Ask ``/v1/models`` for the served model and its context; load the tokenizer.
@@ -374,6 +394,8 @@ class HttpTarget(Target):
                     self.max_model_len = int(m["max_model_len"])
                 if isinstance(m.get("max_num_seqs"), int):  # servers that say their batch limit
                     self.max_num_seqs = int(m["max_num_seqs"])
+                if m.get("weights") in (RANDOM, CHECKPOINT):
+                    self.weights = str(m["weights"])
         self.tokenizer = _tokenizer_for(self._tokenizer_spec, self.model)
 
     @contextlib.asynccontextmanager
@@ -536,6 +558,7 @@ class HttpTarget(Target):
             "served_model": self.model,
             "max_model_len": self.max_model_len,
             "tokenizer_source": self.tokenizer.source if self.tokenizer else None,
+            **weights_fields(self.weights, f"the server at {self.base}"),
         }
 
 

@@ -422,13 +422,30 @@ def steady_section(recs: list[dict[str, Any]]) -> Section:
                    anchor="steady")
 
 
+def weights_section(recs: list[dict[str, Any]]) -> Section | None:
+    """A warning first in the report when loads ran on random weights (their completions
+    are meaningless text, which looks like a bug to a newcomer); None when none did."""
+    from charbench.engine.labels import RANDOM, RANDOM_WEIGHTS_WARNING
+
+    hit = [r for r in recs if r.get("engine_weights") == RANDOM]
+    if not hit:
+        return None
+    models = sorted({str(r.get("engine_model") or r.get("served_model") or r.get("model") or "?") for r in hit})
+    text = (f"{len(hit)} of {len(recs)} load(s) ran on random weights (model {', '.join(models)}): "
+            f"{RANDOM_WEIGHTS_WARNING}. Latency, throughput and energy are those of the model's shape.")
+    html = f'<div class="failure"><span class="badge not-measured">random weights</span> {escape(text)}</div>'
+    return Section("Random weights", html, anchor="random-weights")
+
+
 def report_sections(data: RunData) -> list[Section]:
-    """Every serve-sweep section for the run's report."""
+    """Every serve-sweep section for the run's report (a random-weights warning first)."""
     recs = _records(data)
     if not recs:
         return [Section("Serving results", _note("No completed load in this run (see Failures)."), anchor="serving-summary")]
-    out = [summary_section(recs), cdf_section(data, recs), throughput_latency_section(recs), energy_knob_section(recs),
-           pareto_section(data, recs), timeline_section(data, recs), best_config_section(data, recs)]
+    warning = weights_section(recs)
+    out = [] if warning is None else [warning]
+    out += [summary_section(recs), cdf_section(data, recs), throughput_latency_section(recs), energy_knob_section(recs),
+            pareto_section(data, recs), timeline_section(data, recs), best_config_section(data, recs)]
     for extra in (mode_section(recs), server_section(recs)):
         if extra is not None:
             out.append(extra)

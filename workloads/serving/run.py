@@ -139,10 +139,13 @@ class ServeSweepStudy(Study):
         self._control_used = False
         self._meters: dict[tuple[int, ...], Any] = {}
         self.engine_starts = 0
+        #: ``--model`` -> ``random``/``checkpoint`` for the built-in engine (saved in config.json)
+        self.engine_weights: dict[str, str] = {}
         # Checked now, before a run folder exists: a bad --model, --tp or --trace is a
         # usage error, not a failure of the first point after the idle baseline.
         if not cfg.is_url and target_factory is None:
             from charbench.engine.model import check_tp_divisible
+            from charbench.engine.labels import CHECKPOINT, RANDOM
             from charbench.engine.runner import is_checkpoint, resolve_model_config
             from charbench.engine.tokenizer import load_tokenizer
 
@@ -152,6 +155,7 @@ class ServeSweepStudy(Study):
                     check_tp_divisible(model_cfg, int(tp))
                 if is_checkpoint(str(m)):  # a checkpoint without a usable tokenizer.json
                     load_tokenizer(str(m), model_cfg, checkpoint=True)
+                self.engine_weights[str(m)] = CHECKPOINT if is_checkpoint(str(m)) else RANDOM
         self._check_expected_duration()
         if cfg.arrival == "trace":
             from pathlib import Path
@@ -186,6 +190,8 @@ class ServeSweepStudy(Study):
         """The config as saved in config.json (inf rates as null: JSON has no inf)."""
         d = super().config_dict()
         d["request_rate"] = [None if isinstance(r, float) and math.isinf(r) else r for r in d.get("request_rate", [])]
+        if self.engine_weights:
+            d["engine_weights"] = dict(self.engine_weights)
         return d
 
     # -- points ------------------------------------------------------------------------
@@ -306,6 +312,8 @@ class ServeSweepStudy(Study):
             ctx.log(f"engine ready in {time.perf_counter() - t0:.1f} s")
         self.engine_starts += 1
         self._target, self._target_key = target, key
+        for warning in target.describe().get("_warnings", []):
+            ctx.log(f"warning: {warning}")
         return target
 
     # -- GPU control ---------------------------------------------------------------------
@@ -523,7 +531,7 @@ class ServeSweepStudy(Study):
         if c.max_duration_s is None:
             rec["_reasons"]["max_duration_s"] = "no --max-duration: every planned request was sent"
         rec.update(info)
-        rec.update(target.describe())
+        merge_into(rec, target.describe())  # with its warnings and null reasons
         rec["engine_starts"] = self.engine_starts
         merge_into(rec, metrics)
         rec.update(result.lateness)
