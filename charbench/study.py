@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from charbench.config import MAX_WAIT_S, CommonOptions, check, to_jsonable, validate_fields
-from charbench.errors import CharbenchError, ConfigError
+from charbench.errors import CharbenchError, ConfigError, RunStoreError
 from charbench.results import RunStore
 from charbench.runlock import RunLock, owner_fields
 from charbench.signals import sigterm_as_interrupt
@@ -40,6 +40,10 @@ from charbench.sweep import point_key
 
 #: provenance of power statistics from the background sampler (fallbacks and timelines, not energy)
 PROV_SAMPLED = "sampler (mean of periodic power readings)"
+#: provenance the runner stamps on every value of a study that measures nothing (a simulator)
+PROV_SIMULATED = "estimated (simulated; nothing was measured)"
+#: why a non-measuring study's meter reports nothing
+NOT_MEASURING = "this study measures nothing (a simulator): its values are simulated estimates"
 
 
 @dataclass
@@ -64,11 +68,36 @@ class RunSettings:
 
 
 class Study:
-    """Base class of a study. Subclasses set ``name`` and implement ``points``/``run_point``."""
+    """Base class of a study. Subclasses set ``name`` and implement ``points``/``run_point``.
+
+    What a study declares (class attributes) decides what the runner does around it:
+
+    - ``resource_knobs``: knobs whose values need an expensive resource (an engine, a model
+      pair, a pipeline of ranks). Points are grouped by them; the runner calls
+      :meth:`acquire` once per group, hands the result to every point as ``ctx.resource``,
+      and calls :meth:`release` on every exit path. A resumed run acquires only the groups
+      with points left to run.
+    - ``measures``: False for a study that measures nothing (a simulator): no meter, sampler
+      or idle baseline starts, and every value it records is stamped ``estimated``.
+    - ``ordered``: True when points run in the given order and carry state (training
+      epochs): ``--shuffle`` is refused, a failed point stops the run, and
+      ``ctx.checkpoint(state)`` / ``ctx.restore_checkpoint()`` let ``--resume`` continue
+      from the last completed point.
+    - ``prepare_inputs()`` / ``prepare(cache_dir, ctx)``: a phase before any measurement,
+      cached under ``$CHARBENCH_HOME/cache/<study>/<key>`` (see :mod:`charbench.prepare_cache`).
+    """
 
     name: str = ""
     #: ``module:function`` that returns the study's report sections (see charbench.report).
     report_hook: str | None = None
+    #: knobs that select a resource; points sharing their values form one resource group
+    resource_knobs: tuple[str, ...] = ()
+    #: False for simulators: nothing is metered and every value is estimated
+    measures: bool = True
+    #: True for studies whose points run in order and carry state (e.g. training epochs)
+    ordered: bool = False
+    #: bump to invalidate every cached prepare entry of the study (its build changed)
+    prepare_version: str = "1"
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config, as saved in config.json."""
@@ -85,6 +114,24 @@ class Study:
         and ``ctx.meter`` cover every GPU returned here.
         """
         return None
+
+    def prepare_inputs(self) -> Any:
+        """What the prepare phase depends on (JSON-able), or None when the study prepares nothing."""
+        return None
+
+    def prepare(self, cache_dir: Path, log: Any) -> None:
+        """Build what the study needs into ``cache_dir`` (runs once per distinct :meth:`prepare_inputs`).
+
+        Runs before the run folder, meters, sampler and idle baseline exist; ``log(msg)``
+        prints a progress line. Points find the result in ``ctx.cache_dir``.
+        """
+
+    def acquire(self, group: dict[str, Any], ctx: Context) -> Any:
+        """Acquire the resource of one group (``group`` holds the ``resource_knobs`` values)."""
+        return None
+
+    def release(self, resource: Any, ctx: Context) -> None:
+        """Release what :meth:`acquire` returned (called on every exit path)."""
 
     def setup(self, ctx: Context) -> None:
         """Called once before the first point (allocate, compile, check the device)."""
@@ -112,6 +159,8 @@ class Window:
     measurement: Any = None
     sampler_stats: dict[str, Any] = field(default_factory=dict)
     baseline: Any = None
+    #: why the meter could not close the window (its measurement is then None)
+    error: str | None = None
 
     @property
     def time_s(self) -> float:
@@ -238,27 +287,49 @@ def merge_into(dst: dict[str, Any], *records: dict[str, Any]) -> dict[str, Any]:
 
 
 class Context:
-    """What ``run_point`` gets: device, timer, meters, sampler, control, baseline."""
+    """What ``run_point`` gets: device, timer, meters, sampler, control, baseline, the group's resource.
 
-    def __init__(self, device: str, store: RunStore, seed: int, settings: RunSettings, log: Any, gpus: list[int] | None = None) -> None:
+    Windows are measured either as a block (``with ctx.window(name) as w``) or opened and
+    closed at arbitrary moments (``ctx.begin_window(name)`` ... ``ctx.end_window(name)``,
+    or ``ctx.cancel_window(name)`` to drop one), e.g. a steady state that a load generator
+    detects while it runs. ``gpus=`` meters a subset of the run's GPUs; the subset's meter
+    and GPU control are made once and released by the runner.
+    """
+
+    def __init__(self, device: str, store: RunStore, seed: int, settings: RunSettings, log: Any, gpus: list[int] | None = None,
+                 *, measures: bool = True) -> None:
         from charbench.device import gpu_index
         from charbench.measure import Timer, make_meters
+        from charbench.measure.meters import NullMeter
 
         self.device = device
         self.store = store
         self.seed = seed
         self.settings = settings
         self.log = log
+        self.measures = measures
         idx = gpu_index(device)
         self.gpus: list[int] = list(gpus) if gpus and idx is not None else ([idx] if idx is not None else [])
         self.timer = Timer(device)
-        self.meter, self.meter_notes = make_meters(device, gpus=self.gpus or None)
+        if measures:
+            self.meter, self.meter_notes = make_meters(device, gpus=self.gpus or None)
+        else:
+            self.meter, self.meter_notes = NullMeter([], reason=NOT_MEASURING), []
         self.sampler: Any = None
         self.baseline: Any = None
         self._control: Any = None
         self.sample_rows: list[dict[str, Any]] = []
         #: how many of the sampler's rows are in the run folder (each save appends only the rest)
         self.samples_stored = 0
+        #: the current resource group's resource (see :attr:`Study.resource_knobs`)
+        self.resource: Any = None
+        #: the prepared cache folder (see :meth:`Study.prepare`), None when the study prepares nothing
+        self.cache_dir: Path | None = None
+        self._reacquire: Any = None
+        self._open: dict[str, tuple[Window, Any]] = {}
+        self._subset_meters: dict[tuple[int, ...], Any] = {}
+        self._subset_controls: dict[tuple[int, ...], Any] = {}
+        self._checkpoint: Any = None
 
     @property
     def control(self) -> Any:
@@ -272,21 +343,121 @@ class Context:
             self._control.__enter__()
         return self._control
 
-    @contextlib.contextmanager
-    def window(self, name: str) -> Iterator[Window]:
-        """Measure a window; the device is synchronized at both edges."""
+    def control_for(self, gpus: list[int] | None) -> Any:
+        """GPU control over ``gpus`` (the run's own control when they are the run's GPUs)."""
+        if not gpus or list(gpus) == self.gpus:
+            return self.control
+        key = tuple(gpus)
+        if key not in self._subset_controls:
+            from charbench.measure.control import GpuControl
+
+            ctl = GpuControl(list(gpus))
+            ctl.__enter__()
+            self._subset_controls[key] = ctl
+        return self._subset_controls[key]
+
+    def restore_controls(self) -> None:
+        """Put every GPU this run has changed back to its defaults (between points)."""
+        for ctl in [self._control, *self._subset_controls.values()]:
+            if ctl is not None:
+                ctl.restore()
+
+    def meter_for(self, gpus: list[int] | None) -> Any:
+        """The meter over ``gpus`` (the run's meter when they are the run's GPUs)."""
+        if not self.measures or not gpus or list(gpus) == self.gpus:
+            return self.meter
+        key = tuple(gpus)
+        if key not in self._subset_meters:
+            from charbench.measure import make_meters
+
+            self._subset_meters[key], notes = make_meters(self.device, gpus=list(gpus))
+            for n in notes:
+                self.log(f"note: {n}")
+        return self._subset_meters[key]
+
+    def begin_window(self, name: str, t: float | None = None, *, gpus: list[int] | None = None) -> None:
+        """Open a measured window now (or at ``t``, a ``time.perf_counter()`` value already taken).
+
+        Raises:
+            ValueError: a window of that name is already open.
+        """
+        if name in self._open:
+            raise ValueError(f"window {name!r} is already open; end_window or cancel_window it first")
+        meter = self.meter_for(gpus)
         w = Window(name=name, device=self.device, baseline=self.baseline)
-        self.timer.sync()
-        self.meter.begin_window(name)
-        w.t0_s = time.perf_counter()
+        if t is None:
+            self.timer.sync()
+        meter.begin_window(name)
+        w.t0_s = time.perf_counter() if t is None else t
+        self._open[name] = (w, meter)
+
+    def end_window(self, name: str, t: float | None = None, *, raise_errors: bool = True) -> Window:
+        """Close an open window and return what its meter and the sampler saw.
+
+        With ``raise_errors=False`` a meter that fails to close the window leaves
+        ``measurement`` None and its error in ``Window.error`` instead of raising.
+
+        Raises:
+            ValueError: no window of that name is open.
+        """
+        if name not in self._open:
+            raise ValueError(f"window {name!r} is not open (begin_window it first)")
+        w, meter = self._open.pop(name)
+        if t is None:
+            self.timer.sync()
+        w.t1_s = time.perf_counter() if t is None else t
+        try:
+            w.measurement = meter.end_window(name)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            w.error = f"{type(exc).__name__}: {exc}"
+        if self.sampler is not None:
+            w.sampler_stats = self.sampler.summarize(w.t0_s, w.t1_s)
+        return w
+
+    def cancel_window(self, name: str) -> None:
+        """Drop an open window (its values are discarded); a window that is not open is ignored."""
+        entry = self._open.pop(name, None)
+        if entry is None:
+            return
+        cancel = getattr(entry[1], "cancel_window", None)
+        with contextlib.suppress(Exception):  # the point is already failing or abandoning the window
+            (cancel or entry[1].end_window)(name)
+
+    def open_windows(self) -> list[str]:
+        """Names of the windows that are open now."""
+        return list(self._open)
+
+    @contextlib.contextmanager
+    def window(self, name: str, *, gpus: list[int] | None = None) -> Iterator[Window]:
+        """Measure a window as a block; the device is synchronized at both edges."""
+        self.begin_window(name, gpus=gpus)
+        w = self._open[name][0]
         try:
             yield w
-        finally:
-            self.timer.sync()
-            w.t1_s = time.perf_counter()
-            w.measurement = self.meter.end_window(name)
-            if self.sampler is not None:
-                w.sampler_stats = self.sampler.summarize(w.t0_s, w.t1_s)
+        finally:  # closed (and measured) even when the block raised: the meter's window must end
+            self.end_window(name)
+
+    def reacquire(self) -> Any:
+        """Release the current group's resource and acquire it again (e.g. an engine that died)."""
+        if self._reacquire is None:
+            raise RuntimeError("reacquire() is only available while a resource group runs")
+        self.resource = self._reacquire()
+        return self.resource
+
+    def checkpoint(self, state: Any) -> None:
+        """Keep ``state`` (picklable) as the study's state after the current point.
+
+        It is written into the run folder only once the point's record is stored, so a
+        crash in between never leaves a checkpoint ahead of the results (``--resume``
+        reruns that point from the previous checkpoint).
+        """
+        self._checkpoint = state
+
+    def restore_checkpoint(self) -> Any:
+        """The state saved after the last completed point of a resumed run (None on a fresh run)."""
+        return self.store.read_checkpoint()
 
     def cooldown(self) -> None:
         """Sleep ``--cooldown`` seconds between points."""
@@ -295,25 +466,80 @@ class Context:
 
     def close(self) -> None:
         """Restore clocks/power limits, stop the sampler and release the meters (each step runs even if another fails)."""
+        for name in list(self._open):
+            self.cancel_window(name)
+        controls = [c for c in (self._control, *self._subset_controls.values()) if c is not None]
+        meters = [self.meter, *self._subset_meters.values()]
+        self._control = None
+        self._subset_controls.clear()
+        self._subset_meters.clear()
         try:
-            if self._control is not None:
-                control, self._control = self._control, None
-                control.__exit__(None, None, None)
+            _each(lambda ctl: ctl.__exit__(None, None, None), controls)
         finally:
             try:
                 if self.sampler is not None:
                     self.sampler.stop()
                     self.sample_rows = self.sampler.rows()
             finally:
-                close = getattr(self.meter, "close", None)
-                if close is not None:
-                    close()
+                _each(lambda m: getattr(m, "close", lambda: None)(), meters)
 
 
-def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index: int) -> dict[str, Any]:
+class LiveWindows:
+    """Windows that a running workload opens and closes from callbacks, on a :class:`Context`.
+
+    A meter that raises must not kill the workload it measures: its error is kept in
+    ``errors`` (the window's values are then null with that reason) and the load goes on.
+    ``abandon()`` cancels whatever an exception left open::
+
+        wins = LiveWindows(ctx, gpus=[0, 1])
+        tracker = SteadyTracker(..., on_open=lambda t: wins.begin("steady", t), on_close=lambda t: wins.end("steady", t))
+    """
+
+    def __init__(self, ctx: Context, gpus: list[int] | None = None) -> None:
+        self.ctx = ctx
+        self.gpus = gpus
+        self.closed: dict[str, Window] = {}
+        self.errors: dict[str, str] = {}
+
+    def begin(self, name: str, t: float | None = None) -> None:
+        """Open ``name`` now or at ``t`` (a ``time.perf_counter()`` value)."""
+        try:
+            self.ctx.begin_window(name, t, gpus=self.gpus)
+        except Exception as exc:
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+
+    def end(self, name: str, t: float | None = None) -> None:
+        """Close ``name`` (a window that failed to open is ignored)."""
+        if name not in self.ctx.open_windows():
+            return
+        w = self.closed[name] = self.ctx.end_window(name, t, raise_errors=False)
+        if w.error is not None:
+            self.errors[name] = w.error
+
+    def abandon(self) -> None:
+        """Cancel the windows an exception left open (their values are discarded)."""
+        for name in self.ctx.open_windows():
+            self.ctx.cancel_window(name)
+
+
+def _each(fn: Any, items: list[Any]) -> None:
+    """Call ``fn`` on every item even if some raise; the first error is re-raised at the end."""
+    first: BaseException | None = None
+    for item in items:
+        try:
+            fn(item)
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index: int, *, simulated: bool = False) -> dict[str, Any]:
     """Merge knob values and bookkeeping into a flat record; JSON-encode provenance.
 
-    Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``.
+    Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``. With
+    ``simulated`` (a study that measures nothing) every numeric value that is not a knob is
+    stamped :data:`PROV_SIMULATED`, unless it already carries an estimated provenance.
     """
     out: dict[str, Any] = {"point_key": key, "point_index": index}
     out.update(params)
@@ -336,6 +562,12 @@ def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index
             reasons.setdefault(k, f"not a finite number ({v!r})")
         elif v is None and k not in reasons and not k.startswith("_"):
             reasons[k] = "not measured"
+    if simulated:
+        for k, v in out.items():
+            if k in params or k in ("point_key", "point_index") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not str(prov.get(k, "")).startswith("estimated"):
+                prov[k] = PROV_SIMULATED
     out["null_reasons"] = json.dumps(reasons, sort_keys=True)
     out["provenance"] = json.dumps(prov, sort_keys=True)
     out["warnings"] = "; ".join(dict.fromkeys(warns))
@@ -379,21 +611,70 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
     from charbench.sweep import order_points
 
     device = resolve_device(common.device)
+    _check_settings(study, settings)
     all_points = study.points()
     ordered = order_points(all_points, shuffle=settings.shuffle, seed=common.seed)
-    keyed = [(point_key(p), p) for p in ordered]
+    keyed = group_points([(point_key(p), p) for p in ordered], study.resource_knobs)
     counts = collections.Counter(k for k, _ in keyed)
     dupes = sorted(k for k, c in counts.items() if c > 1)
     if dupes:
         raise ConfigError(f"{study.name}: two sweep points share the key {dupes[0]!r}; make the knob values distinct")
     # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
+    log = _Logger(quiet=common.json)
+    # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
     with sigterm_as_interrupt(), contextlib.ExitStack() as held:
-        store, done = _open_run(study, common, settings, device, argv, held)
-        return _sweep(study, store, done, keyed, common, settings, device)
+        prepared = _prepare(study, log)  # before the run folder, meters, sampler and idle baseline
+        store, done = _open_run(study, common, settings, device, argv, held, prepared)
+        return _sweep(study, store, done, keyed, common, settings, device, log, prepared)
+
+
+def _check_settings(study: Study, settings: RunSettings) -> None:
+    """Refuse runner settings that contradict what the study declares."""
+    if study.ordered and settings.shuffle:
+        raise ConfigError(f"--shuffle: {study.name} runs its points in order (each continues the state of the one before); drop --shuffle")
+    if not study.measures and settings.idle_baseline_s > 0:
+        raise ConfigError(f"--idle-baseline: {study.name} measures nothing (its values are simulated); drop --idle-baseline")
+
+
+def group_points(keyed: list[tuple[str, dict[str, Any]]], knobs: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """Reorder points so that each resource group is contiguous (groups in order of first appearance).
+
+    Within a group, and across groups, the given order (sweep or shuffled) is kept.
+    """
+    if not knobs:
+        return list(keyed)
+    groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]] = {}
+    for key, params in keyed:
+        groups.setdefault(_group_id(params, knobs), []).append((key, params))
+    return [item for members in groups.values() for item in members]
+
+
+def _group_id(params: dict[str, Any], knobs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(json.dumps(params.get(k), sort_keys=True, default=str) for k in knobs)
+
+
+def _prepare(study: Study, log: Any) -> dict[str, Any] | None:
+    """Run the study's prepare phase unless its cache already holds the result."""
+    inputs = study.prepare_inputs()
+    if inputs is None:
+        return None
+    from charbench.prepare_cache import PrepareCache
+
+    entry = PrepareCache.for_study(study.name).entry(inputs, version=study.prepare_version)
+    hit = entry.hit
+    if hit:
+        log(f"prepare: cache hit {entry.path}")
+    else:
+        log(f"prepare: building {entry.path}")
+        t0 = time.perf_counter()
+        with entry.building() as tmp:
+            study.prepare(tmp, log)
+        log(f"prepare: done in {time.perf_counter() - t0:.1f} s")
+    return entry.record(hit)
 
 
 def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device: str, argv: list[str] | None,
-              held: contextlib.ExitStack) -> tuple[RunStore, set[str]]:
+              held: contextlib.ExitStack, prepared: dict[str, Any] | None = None) -> tuple[RunStore, set[str]]:
     """Create the run folder, or reopen the ``--resume`` one; either way lock it for this process (held until ``held`` closes).
 
     Raises:
@@ -415,7 +696,8 @@ def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device
             common.out,
             study.name,
             label=common.label,
-            config={"study": study.name, "common": to_jsonable(common), "settings": to_jsonable(settings), "study_config": study.config_dict()},
+            config={"study": study.name, "common": to_jsonable(common), "settings": to_jsonable(settings), "study_config": study.config_dict(),
+                    **({"prepare": prepared} if prepared is not None else {})},
             env=env,
             meta=common.meta,
             report_hook=study.report_hook,
@@ -426,29 +708,40 @@ def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device
 
 
 def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str, dict[str, Any]]],
-           common: CommonOptions, settings: RunSettings, device: str) -> RunResult:
-    """Run the points not in ``done``, finalize, mark the run and render its report."""
+           common: CommonOptions, settings: RunSettings, device: str, log: Any, prepared: dict[str, Any] | None = None) -> RunResult:
+    """Run the points not in ``done`` group by group, finalize, mark the run and render its report."""
     todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
+    if study.ordered and done:
+        _check_ordered_resume(store, keyed, done)
     store.update_meta(points_total=len(keyed), device=device)
-    log = _Logger(quiet=common.json)
     status = "failed"
     summary: dict[str, Any] = {}
     ctx: Context | None = None
     try:
-        ctx = Context(device, store, common.seed, settings, log, gpus=study.gpus(device))
+        ctx = Context(device, store, common.seed, settings, log, gpus=study.gpus(device), measures=study.measures)
+        ctx.cache_dir = Path(prepared["path"]) if prepared else None
         for note in ctx.meter_notes:
             log(f"note: {note}")
         if done:
             log(f"resuming {store.path}: {len(done)} point(s) done, {len(todo)} to run")
-        _start_measurement(ctx, settings, log)
+        if study.measures:
+            _start_measurement(ctx, settings, log)
         study.setup(ctx)
         with _progress(len(todo), enabled=not common.json) as bar:
-            for n, (index, key, params) in enumerate(todo):
-                bar.describe(key)
-                _run_one(study, ctx, store, common, index, key, params, log)
-                bar.advance()
-                if n + 1 < len(todo):
-                    ctx.cooldown()
+            n = 0
+            for group, members in _groups(todo, study.resource_knobs):
+                with _resource_group(study, ctx, store, common, group, members, log) as acquired:
+                    for index, key, params in members if acquired else []:
+                        bar.describe(key)
+                        _run_one(study, ctx, store, common, index, key, params, log)
+                        bar.advance()
+                        n += 1
+                        if n < len(todo):
+                            ctx.cooldown()
+                if not acquired:
+                    for _ in members:
+                        bar.advance()
+                    n += len(members)
         summary = study.finalize(store, ctx) or {}
         status = "completed"
     except KeyboardInterrupt:
@@ -468,21 +761,99 @@ def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str,
     return RunResult(store.path, status, store.meta["points_done"], store.meta["points_failed"], summary, report)
 
 
+Todo = list[tuple[int, str, dict[str, Any]]]
+
+
+def _groups(todo: Todo, knobs: tuple[str, ...]) -> list[tuple[dict[str, Any], Todo]]:
+    """Consecutive runs of points sharing their resource knobs (``todo`` is already grouped)."""
+    out: list[tuple[dict[str, Any], Todo]] = []
+    last: tuple[str, ...] | None = None
+    for item in todo:
+        gid = _group_id(item[2], knobs)
+        if not out or gid != last:
+            out.append(({k: item[2].get(k) for k in knobs}, []))
+            last = gid
+        out[-1][1].append(item)
+    return out
+
+
+@contextlib.contextmanager
+def _resource_group(study: Study, ctx: Context, store: RunStore, common: CommonOptions, group: dict[str, Any], members: Todo,
+                    log: Any) -> Iterator[bool]:
+    """Acquire a group's resource, yield whether it was acquired, release it on every exit path.
+
+    A group whose resource cannot be acquired fails each of its points (``failures/``); the
+    run goes on to the next group only under ``--continue-on-error``.
+    """
+    try:
+        ctx.resource = study.acquire(dict(group), ctx)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        label = ", ".join(f"{k}={v}" for k, v in group.items()) or "the run"
+        for _, key, params in members:
+            store.record_failure(key, exc, params)
+        log.error(f"resource for {label} failed: {type(exc).__name__}: {exc}")
+        if not common.continue_on_error or study.ordered:
+            raise CharbenchError(
+                f"the resource for {label} could not be acquired ({type(exc).__name__}: {exc}); completed points are kept in "
+                f"{store.path}. Rerun with --continue-on-error to go on with the other groups, or --resume {store.path} after fixing it"
+            ) from exc
+        yield False
+        return
+
+    def reacquire() -> Any:
+        old, ctx.resource = ctx.resource, None
+        study.release(old, ctx)
+        return study.acquire(dict(group), ctx)
+
+    ctx._reacquire = reacquire
+    try:
+        yield True
+    finally:
+        resource, ctx.resource, ctx._reacquire = ctx.resource, None, None
+        if resource is not None:
+            study.release(resource, ctx)
+
+
+def _check_ordered_resume(store: RunStore, keyed: list[tuple[str, dict[str, Any]]], done: set[str]) -> None:
+    """An ordered study resumes after its last completed point: the done points must be a prefix, the checkpoint theirs."""
+    order = [k for k, _ in keyed]
+    prefix = order[: len(done)]
+    if set(prefix) != done:
+        raise RunStoreError(f"--resume {store.path}: the completed points are not the first {len(done)} of this ordered sweep; start a new run")
+    saved = store.checkpoint_key()
+    if saved is not None and saved != prefix[-1]:
+        raise RunStoreError(
+            f"--resume {store.path}: the checkpoint was taken after {saved!r}, not after the last completed point {prefix[-1]!r}; "
+            "the run folder is damaged (start a new run)"
+        )
+
+
 def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions, index: int, key: str, params: dict[str, Any],
              log: Any) -> None:
     """Run one point and store its record(s) or its failure."""
     try:
+        ctx._checkpoint = None
         out = study.run_point(dict(params), ctx)
         recs = out if isinstance(out, list) else [out]
         if not recs or not all(isinstance(r, dict) for r in recs):
             raise TypeError(f"{type(study).__name__}.run_point must return a dict or a non-empty list of dicts, got {type(out).__name__}")
-        store.append_records([finalize_record(dict(r), params, key, index) for r in recs])
+        store.append_records([finalize_record(dict(r), params, key, index, simulated=not study.measures) for r in recs])
+        if ctx._checkpoint is not None:  # only now: a checkpoint never runs ahead of the stored results
+            store.write_checkpoint(ctx._checkpoint, key)
+            ctx._checkpoint = None
         store.clear_failure(key)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
         store.record_failure(key, exc, params)
         log.error(f"point {key} failed: {type(exc).__name__}: {exc}")
+        if study.ordered:
+            raise CharbenchError(
+                f"point {key} failed ({type(exc).__name__}: {exc}); {study.name} runs its points in order, so the run stops here "
+                f"(even with --continue-on-error). Completed points are kept in {store.path}; --resume {store.path} after fixing it"
+            ) from exc
         if not common.continue_on_error:
             raise CharbenchError(
                 f"point {key} failed ({type(exc).__name__}: {exc}); completed points are kept in {store.path}. "

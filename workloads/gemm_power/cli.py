@@ -106,7 +106,7 @@ def gemm_power(
 ) -> None:
     """Input-dependent GEMM power: values, bits, placement and sparsity vs power, per dtype and kernel.
 
-    Reproduces Gregersen et al. (SC24) experiments 1-15. With no options on a CPU-only machine: the quick preset (about a minute), timing of every input variation, and power where RAPL is readable.
+    Reproduces Gregersen et al. (SC24) experiments 1-15. With no options on a CPU-only machine: the quick preset (about 30 s on 2 cores), timing of every input variation, and power where RAPL is readable.
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from charbench.errors import ConfigError, PointFailedError
-from charbench.study import Study, Window, merge_into
+from charbench.study import LiveWindows, Study, merge_into
 from charbench.sweep import expand, point_key
 from charbench.workloads.serving import STUDY
 from charbench.workloads.serving.arrivals import arrival_times
@@ -75,56 +75,13 @@ def _seed_of(*parts: Any) -> int:
     return int.from_bytes(h[:4], "little")
 
 
-class _Windows:
-    """Energy windows on a meter, opened at arbitrary moments (the steady state is live)."""
-
-    def __init__(self, meter: Any, device: str, baseline: Any, sampler: Any) -> None:
-        self.meter = meter
-        self.device = device
-        self.baseline = baseline
-        self.sampler = sampler
-        self.open: dict[str, Window] = {}
-        self.closed: dict[str, Window] = {}
-        self.errors: dict[str, str] = {}
-
-    def begin(self, name: str, t: float | None = None) -> None:
-        w = Window(name=name, device=self.device, baseline=self.baseline)
-        try:
-            self.meter.begin_window(name)
-        except Exception as exc:  # a meter failure must not kill the load
-            self.errors[name] = f"{type(exc).__name__}: {exc}"
-            return
-        w.t0_s = time.perf_counter() if t is None else t
-        self.open[name] = w
-
-    def end(self, name: str, t: float | None = None) -> None:
-        w = self.open.pop(name, None)
-        if w is None:
-            return
-        w.t1_s = time.perf_counter() if t is None else t
-        try:
-            w.measurement = self.meter.end_window(name)
-        except Exception as exc:
-            self.errors[name] = f"{type(exc).__name__}: {exc}"
-        if self.sampler is not None:
-            w.sampler_stats = self.sampler.summarize(w.t0_s, w.t1_s)
-        self.closed[name] = w
-
-    def abandon(self) -> None:
-        """Close windows left open by an exception (their values are discarded)."""
-        for name in list(self.open):
-            self.open.pop(name)
-            try:
-                self.meter.end_window(name)
-            except Exception:
-                pass
-
-
 class ServeSweepStudy(Study):
     """LLM serving latency, throughput, power and energy across knobs."""
 
     name = STUDY.command
     report_hook = STUDY.report_hook
+    #: one engine per combination of these knobs: the runner starts it once per group (Study.acquire)
+    resource_knobs = ENGINE_KNOBS
 
     def __init__(self, cfg: ServeSweepConfig, target_factory: TargetFactory | None = None) -> None:
         """Args: cfg: validated here; target_factory: builds a target from engine knobs and
@@ -132,12 +89,9 @@ class ServeSweepStudy(Study):
         cfg.normalize().validate()
         self.cfg = cfg
         self._factory = target_factory
-        self._target: Target | None = None
-        self._target_key: tuple[Any, ...] | None = None
+        self._url_target: Target | None = None  # one probed server for the whole run (its knobs cannot vary)
         self._trace: Any = None
-        self._controls: dict[tuple[int, ...], Any] = {}
         self._control_used = False
-        self._meters: dict[tuple[int, ...], Any] = {}
         self.engine_starts = 0
         #: ``--model`` -> ``random``/``checkpoint`` for the built-in engine (saved in config.json)
         self.engine_weights: dict[str, str] = {}
@@ -231,24 +185,13 @@ class ServeSweepStudy(Study):
             # (every point talks to the same server: its engine knobs cannot vary).
             points = self.points()
             if points:
-                self._ensure_target(points[0], ctx)
+                self._url_target = self._make_target(points[0], ctx)
 
     def teardown(self, ctx: Any) -> None:
-        """Stop the engine and put back clocks/power limits of extra GPUs."""
-        try:
-            if self._target is not None:
-                self._target.shutdown()
-                self._target = None
-                self._target_key = None
-        finally:
-            for ctl in self._controls.values():
-                ctl.__exit__(None, None, None)
-            self._controls.clear()
-            for m in self._meters.values():
-                close = getattr(m, "close", None)
-                if callable(close):
-                    close()
-            self._meters.clear()
+        """Let go of the URL target (engines are released per group by the runner)."""
+        if self._url_target is not None:
+            self._url_target.shutdown()
+            self._url_target = None
 
     def finalize(self, store: Any, ctx: Any) -> dict[str, Any]:
         """Write the cluster-sim profile when asked; return the best configurations."""
@@ -264,22 +207,22 @@ class ServeSweepStudy(Study):
             ctx.log(f"profile written to {path}")
         return summary
 
-    # -- targets -----------------------------------------------------------------------
-    def _engine_key(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(params.get(k) for k in ENGINE_KNOBS)
+    # -- targets: one resource group per engine configuration -----------------------------
+    def acquire(self, group: dict[str, Any], ctx: Any) -> Target:
+        """Start the engine of one group of points (or hand out the probed URL target)."""
+        if self._url_target is not None:
+            return self._url_target
+        return self._make_target(group, ctx)
 
-    def _ensure_target(self, params: dict[str, Any], ctx: Any) -> Target:
-        key = self._engine_key(params)
-        dead = getattr(self._target, "dead", None) if self._target is not None else None
-        if self._target is not None and key == self._target_key and not dead:
-            if isinstance(self._target, HttpTarget) and params.get("model"):
-                self._target.model = params["model"]
-            return self._target
-        if self._target is not None:
-            self._target.shutdown()
-            self._target = None
+    def release(self, resource: Any, ctx: Any) -> None:
+        """Stop a group's engine (the URL target is let go at teardown)."""
+        if resource is not None and resource is not self._url_target:
+            resource.shutdown()
+
+    def _make_target(self, params: dict[str, Any], ctx: Any) -> Target:
+        knobs = {k: params.get(k) for k in ENGINE_KNOBS}
         if self._factory is not None:
-            target = self._factory(dict(zip(ENGINE_KNOBS, key)), ctx.device)
+            target = self._factory(knobs, ctx.device)
         elif self.cfg.is_url:
             target = HttpTarget(
                 self.cfg.target,
@@ -311,9 +254,17 @@ class ServeSweepStudy(Study):
             target.force_output_len = self.cfg.force_output_len
             ctx.log(f"engine ready in {time.perf_counter() - t0:.1f} s")
         self.engine_starts += 1
-        self._target, self._target_key = target, key
         for warning in target.describe().get("_warnings", []):
             ctx.log(f"warning: {warning}")
+        return target
+
+    def _target_for(self, params: dict[str, Any], ctx: Any) -> Target:
+        """The group's target; one that died at an earlier point is started again."""
+        target = ctx.resource
+        if getattr(target, "dead", None) and target is not self._url_target:
+            target = ctx.reacquire()
+        if isinstance(target, HttpTarget) and params.get("model"):
+            target.model = params["model"]
         return target
 
     # -- GPU control ---------------------------------------------------------------------
@@ -334,26 +285,13 @@ class ServeSweepStudy(Study):
             return base
         return list(range(base[0], base[0] + tp))
 
-    def _control_for(self, gpus: list[int], ctx: Any) -> Any:
-        if gpus == list(getattr(ctx, "gpus", []) or []):
-            return ctx.control
-        key = tuple(gpus)
-        if key not in self._controls:
-            from charbench.measure.control import GpuControl
-
-            ctl = GpuControl(gpus)
-            ctl.__enter__()
-            self._controls[key] = ctl
-        return self._controls[key]
-
     def _apply_gpu(self, params: dict[str, Any], ctx: Any, gpus: list[int]) -> dict[str, Any]:
         freq, watts = params.get("sm_freq_mhz"), params.get("power_limit_w")
         if freq is None and watts is None:
             if self._control_used:  # an earlier point changed settings: back to defaults
-                for ctl in [ctx.control, *self._controls.values()]:
-                    ctl.restore()
+                ctx.restore_controls()
             return {}
-        ctl = self._control_for(gpus, ctx)
+        ctl = ctx.control_for(gpus)
         self._control_used = True
         ctl.restore()  # start from the defaults, then apply this point's settings
         out: dict[str, Any] = {}
@@ -364,31 +302,17 @@ class ServeSweepStudy(Study):
             out["power_limit_enforced_w"] = float(ctl.set_power_limit(float(watts)))
         return out
 
-    def _meter_for(self, gpus: list[int], ctx: Any) -> Any:
-        # the run's meter spans every GPU of the sweep (Study.gpus); a smaller tp needs its own
-        if gpus == list(getattr(ctx, "gpus", []) or []):
-            return ctx.meter
-        key = tuple(gpus)
-        if key not in self._meters:
-            from charbench.measure import make_meters
-
-            self._meters[key], notes = make_meters(ctx.device, gpus=gpus)
-            for n in notes:
-                ctx.log(f"note: {n}")
-        return self._meters[key]
-
     # -- one point -----------------------------------------------------------------------
     def run_point(self, params: dict[str, Any], ctx: Any) -> list[dict[str, Any]]:
         """Measure every load of the point's mode; returns one record per load."""
         key = point_key(params)
-        target = self._ensure_target(params, ctx)
+        target = self._target_for(params, ctx)
         gpus = self._gpus_for(params, ctx)
         gpu_fields = self._apply_gpu(params, ctx, gpus)
-        meter = self._meter_for(gpus, ctx)
         warm = {"done": False}
 
         def measure(load: Load) -> dict[str, Any]:
-            rec = self._measure(params, key, load, ctx, target, meter, warmup=not warm["done"])
+            rec = self._measure(params, key, load, ctx, target, gpus, warmup=not warm["done"])
             warm["done"] = True
             rec.update(gpu_fields)
             return rec
@@ -450,12 +374,11 @@ class ServeSweepStudy(Study):
         k = min(self.cfg.warmup_requests, len(items))
         return [WorkItem(i, items[i].prompt, items[i].input_len, items[i].prompt_tokens, min(4, items[i].output_len)) for i in range(k)]
 
-    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, meter: Any, warmup: bool) -> dict[str, Any]:
+    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, gpus: list[int], warmup: bool) -> dict[str, Any]:
         c = self.cfg
         items, info = self._workload(params, load, target, key, ctx)
         mns = params.get("max_num_seqs") or getattr(target, "max_num_seqs", None)
-        device = getattr(ctx, "device", "cpu")
-        wins = _Windows(meter, device, getattr(ctx, "baseline", None), getattr(ctx, "sampler", None))
+        wins = LiveWindows(ctx, gpus or None)
         wname = requests_file_key(key, load.step)
         tracker = SteadyTracker(
             len(items), int(mns) if mns else len(items) + 1,
@@ -495,11 +418,8 @@ class ServeSweepStudy(Study):
                 "raise --max-duration or --request-rate"
             )
         metrics = compute_metrics(records, slo=c.slo)
-        dead = getattr(target, "dead", None)
         if metrics["completed"] == 0:
             first = next((r.error for r in records if r.error), "no request produced a token")
-            if dead:
-                self._target = None  # rebuilt at the next point
             raise PointFailedError(f"the target served no request of this load ({load.step or load.kind}); first error: {first}")
         rec: dict[str, Any] = {"_reasons": {}, "_provenance": {}, "_warnings": []}
         rec["mode_step"] = load.step or "grid"
@@ -542,7 +462,7 @@ class ServeSweepStudy(Study):
         rec["requests_file"] = self._save_requests(ctx, wname, records, result.origin_s)
         return rec
 
-    def _energy_fields(self, rec: dict[str, Any], wins: _Windows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
+    def _energy_fields(self, rec: dict[str, Any], wins: LiveWindows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
                        target: Target, metrics: dict[str, Any]) -> None:
         reasons = rec["_reasons"]
         remote = None if target.local else f"the target {target.label} is not on this machine; its energy cannot be measured here"
