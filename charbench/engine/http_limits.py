@@ -77,9 +77,9 @@ def too_large_error(limit: int, size: int | None) -> OpenAIError:
     """The 413 error for a body over ``limit`` bytes (``size``: its declared length)."""
     from charbench.engine.openai_protocol import OpenAIError
 
-    got = f"{size} bytes" if size is not None else "more"
+    got = f"{size} bytes is over" if size is not None else "over"  # a chunked body's size is not known
     return OpenAIError(
-        f"request body: {got} is over this server's limit of {_limit_text(limit)}; send a "
+        f"request body: {got} this server's limit of {_limit_text(limit)}; send a "
         "smaller request or restart the server with a larger --max-body-mb",
         status_code=413,
         code="request_too_large",
