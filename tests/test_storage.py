@@ -240,3 +240,19 @@ def test_part_log_frames_from_arrow_and_pandas_mix(tmp_path: Path) -> None:
     (tmp_path / "t.parquet").write_bytes(b"xxxxxxxxxxxx")
     with pytest.raises(RuntimeError, match=r"^t.parquet: h$"):
         log.read()
+
+
+def test_one_append_of_mixed_rows_stores_what_one_write_stored(tmp_path: Path) -> None:
+    import numpy as np
+
+    store = _store(tmp_path)
+    store.append_records([
+        {"point_key": "a", "flag": 1, "x": 1, "v": np.float64(0.5)},
+        {"point_key": "a", "flag": True, "x": 2.5, "v": np.float64(1.5)},
+    ])
+    store.append_records([{"point_key": "b", "flag": None, "x": 3, "v": None}])
+    assert [r["flag"] for r in store.records()] == ["1", "true", None]  # that part took the DataFrame path
+    store.close()
+    df = pd.read_parquet(store.path / "results.parquet")
+    assert list(df["flag"])[:2] == ["1", "true"] and df["flag"].isna().tolist() == [False, False, True]  # mixed kinds: JSON text
+    assert df["x"].tolist() == [1.0, 2.5, 3.0] and df["v"].tolist()[:2] == [0.5, 1.5]
