@@ -98,6 +98,8 @@ class Study:
     ordered: bool = False
     #: bump to invalidate every cached prepare entry of the study (its build changed)
     prepare_version: str = "1"
+    #: keys of :meth:`config_dict` that record facts found at start-up, not options (not compared on --resume)
+    derived_config_keys: tuple[str, ...] = ()
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config, as saved in config.json."""
@@ -898,7 +900,7 @@ def _check_resume_config(store: RunStore, study: Study) -> None:
         ConfigError: the configs differ (the message names the keys).
     """
     saved = store.resume_config()["study_config"]
-    keys = differing_keys(saved, study.config_dict())
+    keys = [k for k in differing_keys(saved, study.config_dict()) if k not in study.derived_config_keys]
     if keys:
         raise ConfigError(
             f"--resume {store.path}: the run was made with another {study.name} config (differs in: {', '.join(keys)}); "

@@ -82,6 +82,8 @@ class ServeSweepStudy(Study):
     report_hook = STUDY.report_hook
     #: one engine per combination of these knobs: the runner starts it once per group (Study.acquire)
     resource_knobs = ENGINE_KNOBS
+    #: which weights each --model has is found at start-up (a test's fake target has none)
+    derived_config_keys = ("engine_weights",)
 
     def __init__(self, cfg: ServeSweepConfig, target_factory: TargetFactory | None = None) -> None:
         """Args: cfg: validated here; target_factory: builds a target from engine knobs and
