@@ -315,3 +315,35 @@ def test_failed_prepare_leaves_no_entry(tmp_path: Path) -> None:
     root = PrepareCache.for_study("prepared").root
     assert not root.exists() or list(root.iterdir()) == []
     assert not (tmp_path / "runs" / "prepared").exists()
+
+
+# -- named tables of any size ---------------------------------------------------------------
+class Timeline(Study):
+    """A simulator-like study that writes a 1M-row per-event table and appends per-point steps."""
+
+    name = "timeline"
+    measures = False
+
+    def points(self) -> list[dict[str, Any]]:
+        return expand({"i": [0, 1]})
+
+    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        import numpy as np
+        import pandas as pd
+
+        if params["i"] == 0:
+            n = 1_000_000
+            ctx.store.write_table("events", pd.DataFrame({"t_s": np.arange(n) * 1e-3, "power_w": np.full(n, 250.0)}))
+        ctx.store.append_table("steps", pd.DataFrame({"point": [params["i"]] * 3, "step": [0, 1, 2]}))
+        return {"rows_count": 1}
+
+
+def test_a_million_row_table_and_appended_parts(tmp_path: Path) -> None:
+    res = run_study(Timeline(), _common(tmp_path), QUIET)
+    store = RunStore.open(res.run_dir)
+    assert store.tables()["events"]["rows"] == 1_000_000
+    events = store.read_table("events")
+    assert len(events) == 1_000_000 and events["t_s"].iloc[-1] == pytest.approx(999.999)
+    steps = store.read_table("steps")
+    assert steps["point"].tolist() == [0, 0, 0, 1, 1, 1] and steps["step"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert store.tables()["steps"]["rows"] == 6
