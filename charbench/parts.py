@@ -88,7 +88,7 @@ class PartLog:
         """Write ``frame`` (pandas or Arrow) as the next part; returns its path."""
         if self._next_seq is None:
             self._next_seq = max([self._through(), *self._seqs()], default=0) + 1
-        path = self.dir / f"part-{self._next_seq:08d}.parquet"
+        path = self._part(self._next_seq)
         self._write(path, table_bytes(frame_table(frame)))
         self._next_seq += 1  # only after the part is on disk: a failed write reuses the number
         return path
@@ -140,14 +140,31 @@ class PartLog:
         Raises:
             Exception: ``damaged(path, ...)`` for the first file that cannot be read.
         """
-        paths = self._sources(max_seq)
-        if not paths:
-            return None
-        return _concat(_each(lambda p: self._read_file(p, lambda f: _read_table(f, columns)), paths))
+        try:
+            return self._read_once(columns, max_seq)
+        except _Vanished:  # a compaction (another process closing the run) removed a part under us
+            try:
+                return self._read_once(columns, max_seq)
+            except _Vanished as gone:
+                raise self._damaged(gone.path, FileNotFoundError(f"{gone.path.name} vanished while reading"), self.part_hint) from None
+
+    def _read_once(self, columns: list[str] | None, max_seq: int | None) -> Any:
+        # The compacted file first, and its own stamp decides which parts are new: a merge that
+        # lands meanwhile only deletes parts (-> _Vanished, read again), never doubles rows.
+        tables, through = [], 0
+        if self.compacted.is_file():
+            tables.append(self._read_file(self.compacted, lambda f: _read_table(f, columns)))
+            through = _through_of(tables[0].schema.metadata)
+        seqs = [q for q in self._seqs() if q > through and (max_seq is None or q <= max_seq)]
+        tables += _each(lambda q: self._read_file(self._part(q), lambda f: _read_table(f, columns)), seqs)
+        return _concat(tables) if tables else None
 
     # -- internals ------------------------------------------------------------------------
+    def _part(self, seq: int) -> Path:
+        return self.dir / f"part-{seq:08d}.parquet"
+
     def _drop(self, seqs: list[int]) -> None:
-        _each(lambda seq: (self.dir / f"part-{seq:08d}.parquet").unlink(missing_ok=True), seqs)
+        _each(lambda seq: self._part(seq).unlink(missing_ok=True), seqs)
         try:
             self.dir.rmdir()
         except OSError:
@@ -164,25 +181,34 @@ class PartLog:
 
         if not self.compacted.is_file():
             return 0
-        meta = self._read_file(self.compacted, lambda f: pq.read_schema(f).metadata) or {}
-        try:
-            return int(meta.get(THROUGH_KEY, b"0"))
-        except ValueError:
-            return 0
-
-    def _sources(self, max_seq: int | None = None) -> list[Path]:
-        """The files to read, in order: the compacted file, then the parts it does not hold yet."""
-        through = self._through()
-        paths = [self.compacted] if self.compacted.is_file() else []
-        paths += [self.dir / f"part-{s:08d}.parquet" for s in self._seqs() if s > through and (max_seq is None or s <= max_seq)]
-        return paths
+        return _through_of(self._read_file(self.compacted, lambda f: pq.read_schema(f).metadata))
 
     def _read_file(self, path: Path, fn: Callable[[Path], Any]) -> Any:
         try:
             return fn(path)
+        except FileNotFoundError as exc:
+            if path != self.compacted:
+                raise _Vanished(path) from None
+            raise self._damaged(path, exc, self.hint) from exc
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
             hint = self.hint if path == self.compacted else self.part_hint
             raise self._damaged(path, exc, hint) from exc
+
+
+class _Vanished(Exception):
+    """A part listed a moment ago is gone (merged and deleted by a compaction)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+def _through_of(meta: dict[bytes, bytes] | None) -> int:
+    """The :data:`THROUGH_KEY` stamp of a compacted file's metadata (0 when absent)."""
+    try:
+        return int((meta or {}).get(THROUGH_KEY, b"0"))
+    except ValueError:
+        return 0
 
 
 def _each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

@@ -256,3 +256,22 @@ def test_one_append_of_mixed_rows_stores_what_one_write_stored(tmp_path: Path) -
     df = pd.read_parquet(store.path / "results.parquet")
     assert list(df["flag"])[:2] == ["1", "true"] and df["flag"].isna().tolist() == [False, False, True]  # mixed kinds: JSON text
     assert df["x"].tolist() == [1.0, 2.5, 3.0] and df["v"].tolist()[:2] == [0.5, 1.5]
+
+
+def test_a_reader_racing_a_compaction_reads_every_row_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = _store(tmp_path)
+    for k in "abc":
+        writer.append_record({"point_key": k, "energy_j": 1.0})
+    real_seqs = PartLog._seqs
+    raced: list[bool] = []
+
+    def seqs_then_compaction(self: PartLog) -> list[int]:
+        listed = real_seqs(self)
+        if not raced and listed:
+            raced.append(True)
+            writer.close()  # the run closes between the reader's listing and its reads
+        return listed
+
+    monkeypatch.setattr(PartLog, "_seqs", seqs_then_compaction)
+    assert [r["point_key"] for r in RunStore.open(writer.path).records()] == ["a", "b", "c"]
+    assert raced and not (writer.path / "results.parts").exists()
