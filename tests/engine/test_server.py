@@ -696,11 +696,35 @@ def test_real_models_lists_engine_settings(real: Served) -> None:
 # --------------------------------------------------------------------------- lifecycle on failure
 
 
+def test_server_package_imports_no_engine_or_torch() -> None:
+    """Every module of the server package loads without the engine (torch): only
+    run_server builds one, so build_app over a fake engine and ``serve``'s checks stay light."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        import charbench.engine.server as pkg
+        mods = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+        for m in mods:
+            importlib.import_module(f"charbench.engine.server.{m}")
+        missing = [n for n in pkg.__all__ if not hasattr(pkg, n)]
+        heavy = sorted(m for m in ("torch", "charbench.engine.engine", "charbench.engine.model") if m in sys.modules)
+        print(",".join(mods), "|", ",".join(missing), "|", ",".join(heavy))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "admission,app,generation,metrics_text,serving,state |  |"
+
+
 def test_metrics_labels_are_escaped_on_every_line() -> None:
-    from charbench.engine.server import _metrics_text
+    from charbench.engine.server.metrics_text import metrics_text
 
     app = build_app(FakeEngine(), served_model_name='we"ird\\name')
-    text = _metrics_text(app.state.charbench)
+    text = metrics_text(app.state.charbench)
     samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert samples and all('model_name="we\\"ird\\\\name"' in ln for ln in samples)
     assert parse_prometheus(text)["charbench_server_requests_rejected_total{model_name=\"we\\\"ird\\\\name\",reason=\"invalid\"}"] == 0.0
@@ -728,7 +752,7 @@ def test_background_server_that_fails_to_start_releases_its_port() -> None:
 
 def test_run_server_stops_the_engine_when_the_server_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     import charbench.engine.engine as engine_mod
-    from charbench.engine import server as server_mod
+    from charbench.engine.server import serving as server_mod
     from charbench.engine.api import EngineConfig
 
     made: list[Any] = []
@@ -897,7 +921,7 @@ def test_limits_must_be_positive() -> None:
 @pytest.fixture(params=["httptools", "h11"])
 def head_timeout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     """A server with a 0.5 s request-head timeout over each uvicorn HTTP implementation."""
-    from charbench.engine import server as server_mod
+    from charbench.engine.server import serving as server_mod
 
     if request.param == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
@@ -970,7 +994,7 @@ def test_run_server_logs_random_weights_and_limits(monkeypatch: pytest.MonkeyPat
     import logging
 
     import charbench.engine.engine as engine_mod
-    from charbench.engine import server as server_mod
+    from charbench.engine.server import serving as server_mod
     from charbench.engine.api import EngineConfig
 
     class Engine(FakeEngine):
