@@ -1,0 +1,94 @@
+"""CIFAR pickle loading, missing-data errors, CLI bad options, and resume after a crash mid-training."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from charbench.cli import main
+from charbench.errors import ConfigError
+from charbench.workloads.pruned_training.data import load_cifar, load_dataset
+
+TINY = ["--device", "cpu", "--model", "resnet20", "--image-size", "8", "--epochs", "3", "--batch-size", "32", "--limit-train", "64",
+        "--reconfig-interval", "1", "--threshold", "0.3", "--penalty-ratio", "0.5"]
+
+
+def _write_cifar10(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1, 2, 3]}, f)
+
+
+def test_cifar_loader_reads_pickle_batches(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path / "cifar-10-batches-py")
+    ds = load_cifar("cifar10", tmp_path)
+    assert (len(ds.train), len(ds.test), ds.num_classes, ds.train.image_shape) == (20, 4, 10, (3, 32, 32))
+    assert ds.train.y[:4].tolist() == [0, 1, 2, 3]
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"]
+    x, _ = ds.test.get(np.arange(1))
+    assert float(x[0, 0, 0, 0]) == pytest.approx((raw[0, 0] / 255.0 - 0.4914) / 0.2470, rel=1e-5)
+
+
+def test_missing_cifar_says_where_to_put_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--data-dir: no CIFAR-10 python batches in .* extract the 'python version' from https://www.cs.toronto.edu/~kriz/cifar.html into .* \(charbench never downloads\)$"):
+        load_cifar("cifar10", tmp_path)
+    with pytest.raises(ConfigError, match=r"^--dataset cifar100 needs --data-dir DIR \(a local copy; charbench never downloads\)$"):
+        load_dataset("cifar100", None, None, 32, 0.0)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "resnet21"], "Error: --model: unknown model 'resnet21'; choose one of resnet20, resnet32, resnet56, resnet110, resnet18, resnet50, vgg11, vgg13, vgg16"),
+    (["--dataset", "mnist"], "Error: --dataset: unknown dataset 'mnist'; choose one of digits, cifar10, cifar100, imagenet"),
+    (["--amp"], "Error: --amp needs a GPU (autocast fp16 on CUDA); use --device cuda or drop --amp"),
+    (["--dynamic-batch", "--max-batch-size", "16"], "Error: --max-batch-size 16 is below --batch-size 64; raise it or drop --dynamic-batch"),
+    (["--shuffle"], "Error: --shuffle: prune-train runs its points in order (each continues the state of the one before); drop --shuffle"),
+])
+def test_cli_bad_options(args: list[str], message: str, charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prune-train", "--device", "cpu", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_range_and_missing_data(charbench_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prune-train", "--device", "cpu", "--penalty-ratio", "1.5"]) == 1
+    assert "Error: --penalty-ratio must be a finite number > 0 and < 1 (got 1.5)\n" in capsys.readouterr().err
+    assert main(["prune-train", "--device", "cpu", "--dataset", "cifar10", "--data-dir", str(tmp_path)]) == 1
+    assert f"Error: --data-dir: no CIFAR-10 python batches in {tmp_path}" in capsys.readouterr().err
+
+
+def _records(run: Path) -> pd.DataFrame:
+    from charbench.results import RunStore
+
+    return RunStore.open(run).results_frame().sort_values("point_index").reset_index(drop=True)
+
+
+def test_resume_after_a_crash_continues_with_the_same_result(charbench_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["prune-train", *TINY, "--out", str(tmp_path / "a")]) == 0
+    whole = _records(next((tmp_path / "a" / "prune-train").iterdir()))
+    from charbench.workloads.pruned_training.train import Trainer
+
+    real = Trainer.train_epoch
+
+    def crash(self, epoch, seed):  # type: ignore[no-untyped-def]
+        if self.prune and epoch == 2:
+            raise KeyboardInterrupt  # a kill mid-training
+        return real(self, epoch, seed)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    assert main(["prune-train", *TINY, "--out", str(tmp_path / "b")]) == 130  # the CLI turns Ctrl-C into 130
+    run = next((tmp_path / "b" / "prune-train").iterdir())
+    assert len(_records(run)) == 5
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    assert main(["prune-train", "--resume", str(run)]) == 0
+    resumed = _records(run)
+    cols = ["run", "epoch", "test_accuracy_pct", "mean_train_loss", "train_flop", "total_train_flop", "channel_count", "param_count"]
+    pd.testing.assert_frame_equal(resumed[cols], whole[cols])
+    assert resumed["channel_count"].iloc[-1] < resumed["channel_count"].iloc[0]  # something was pruned
