@@ -92,3 +92,8 @@ def test_resume_after_a_crash_continues_with_the_same_result(charbench_home: Pat
     cols = ["run", "epoch", "test_accuracy_pct", "mean_train_loss", "train_flop", "total_train_flop", "channel_count", "param_count"]
     pd.testing.assert_frame_equal(resumed[cols], whole[cols])
     assert resumed["channel_count"].iloc[-1] < resumed["channel_count"].iloc[0]  # something was pruned
+    html = (run / "report.html").read_text()
+    for title in ("PruneTrain vs dense: summary", "Accuracy", "Training FLOPs and wall time per epoch", "Cumulative savings",
+                  "Channels per layer", "Final architecture", "The paper&#39;s table next to ours", "Not the paper's setting:"):
+        assert title in html, title
+    assert "scikit-learn&#39;s bundled handwritten digits" in html
