@@ -1,0 +1,205 @@
+"""KV-cache parallelism (Mnemosyne/Medha KVP): partial attention with its LSE, and the merge.
+
+The KV cache of a sequence is split by contiguous token ranges across the ranks of a KVP
+group. Every rank receives the same queries (a decode token or a prefill chunk), attends to
+its own shard and returns the partial output with its log-sum-exp. The exact result over all
+keys is the online-softmax merge (``kernels/attention/lse_merge.py``)::
+
+    lse = log(sum_j exp(lse_j));  o = sum_j exp(lse_j - lse) * o_j
+
+Across processes the merge gathers only the LSEs (``[T, heads]`` floats) and sums the
+rescaled outputs with one all-reduce (vLLM's ``cp_lse_ag_out_rs`` without the scatter).
+A rank whose keys all precede the queries attends without a mask; only a rank holding keys
+at or after the first query position (the owner of the newest tokens) applies the causal
+mask. An empty shard has ``lse = -inf`` and contributes nothing. Example::
+
+    out, lse = partial_attention(q, k_shard, v_shard, q_pos, k_start=1024, scale=d ** -0.5)
+    merged = kvp_merge(out, lse, group)          # or merge_attention_states on one process
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from charbench.errors import ConfigError
+
+
+def partial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_start: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries over one contiguous key shard, with its log-sum-exp.
+
+    Args:
+        q: ``[T, heads, head_dim]``.
+        k: ``[L, kv_heads, head_dim]``, keys at absolute positions ``k_start .. k_start+L-1``
+            (``L`` may be 0: an empty shard).
+        v: same shape as ``k``.
+        q_pos: long ``[T]``, absolute position of each query.
+        k_start: absolute position of ``k[0]``.
+        scale: softmax scale.
+
+    Returns:
+        ``(out [T, heads, head_dim]`` in ``q``'s dtype, ``lse [T, heads]`` float32).
+        Queries that see no key of this shard get ``out = 0`` and ``lse = -inf``.
+    """
+    t, heads, d = q.shape
+    length, kv_heads = k.shape[0], k.shape[1]
+    if length == 0:
+        return q.new_zeros(t, heads, d), torch.full((t, heads), float("-inf"), device=q.device)
+    group = heads // kv_heads
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qg = q.to(acc).view(t, kv_heads, group, d).permute(1, 2, 0, 3)  # [KV, G, T, D]
+    kt = k.to(acc).permute(1, 2, 0)  # [KV, D, L]
+    scores = torch.matmul(qg, kt.unsqueeze(1)) * scale  # [KV, G, T, L]
+    # Only the owner of keys at or after the first query needs the causal mask.
+    if k_start + length - 1 > int(q_pos.min()):
+        k_pos = torch.arange(k_start, k_start + length, device=q.device)
+        hidden = k_pos[None, :] > q_pos[:, None]  # [T, L]
+        scores = scores.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [KV, G, T]
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    probs = torch.exp(scores - safe[..., None])  # rows without keys: exp(-inf) = 0
+    out = torch.matmul(probs, v.to(acc).permute(1, 0, 2).unsqueeze(1))  # [KV, G, T, D]
+    out = out.permute(2, 0, 1, 3).reshape(t, heads, d)
+    return out.to(q.dtype), lse.permute(2, 0, 1).reshape(t, heads).float()
+
+
+def merge_weights(all_lse: torch.Tensor, rank: int) -> torch.Tensor:
+    """This part's weight ``exp(lse_rank - lse)`` in the merge, 0 where no part has keys.
+
+    Args:
+        all_lse: ``[parts, ...]`` every part's LSE (``-inf`` = no keys).
+        rank: index of this part.
+
+    Returns:
+        float32 ``[...]``.
+    """
+    lse_max = all_lse.amax(dim=0)
+    finite = torch.where(torch.isinf(lse_max), torch.zeros_like(lse_max), lse_max)
+    w = torch.exp(all_lse - finite)
+    total = w.sum(dim=0)
+    return w[rank] / torch.where(total > 0, total, torch.ones_like(total))
+
+
+@dataclass
+class CommCounter:
+    """Bytes this rank sent through collectives and point-to-point calls.
+
+    Attributes:
+        bytes_by_kind: ``kvp``, ``tp``, ``spp`` -> bytes sent by this rank.
+    """
+
+    bytes_by_kind: dict[str, int]
+
+    @classmethod
+    def new(cls) -> CommCounter:
+        """A zeroed counter."""
+        return cls({"kvp": 0, "tp": 0, "spp": 0})
+
+    def add(self, kind: str, t: torch.Tensor, world: int) -> None:
+        """Count one collective over ``world`` ranks (ring cost: ``2 (n-1)/n`` of ``t``)."""
+        if world > 1:
+            self.bytes_by_kind[kind] += int(2 * (world - 1) * t.numel() * t.element_size() // world)
+
+    def add_p2p(self, t: torch.Tensor) -> None:
+        """Count one pipeline send."""
+        self.bytes_by_kind["spp"] += t.numel() * t.element_size()
+
+    def total(self) -> int:
+        """All bytes sent."""
+        return sum(self.bytes_by_kind.values())
+
+
+def kvp_merge(
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    group: dist.ProcessGroup | None,
+    world: int,
+    rank: int,
+    comm: CommCounter | None = None,
+) -> torch.Tensor:
+    """Merge this rank's partial attention with the other KVP ranks' (exact, in place-free).
+
+    Args:
+        out: ``[T, heads, head_dim]`` this rank's partial output.
+        lse: ``[T, heads]`` float32 its LSE.
+        group: the KVP process group (None when ``world == 1``).
+        world: KVP degree.
+        rank: this rank's index in the KVP group.
+        comm: optional byte counter.
+
+    Returns:
+        The merged ``[T, heads, head_dim]`` (identical on every rank of the group).
+    """
+    if world == 1:
+        return out
+    gathered = [torch.empty_like(lse) for _ in range(world)]
+    dist.all_gather(gathered, lse.contiguous(), group=group)
+    w = merge_weights(torch.stack(gathered), rank)
+    scaled = (out.float() * w[..., None]).contiguous()
+    dist.all_reduce(scaled, group=group)
+    if comm is not None:
+        comm.add("kvp", lse, world)
+        comm.add("kvp", scaled, world)
+    return scaled.to(out.dtype)
+
+
+@dataclass(frozen=True)
+class KVPlacement:
+    """Contiguous token ranges per KVP rank, grown progressively.
+
+    Token ``p`` of a sequence lives on KVP rank ``p // max_tokens_per_rank``: new KV goes to
+    the last shard until it holds ``max_tokens_per_rank`` tokens, then the next rank takes
+    over (Vajra's ``max_num_tokens_per_kvp_group``).
+
+    Attributes:
+        kvp: ranks in the group.
+        max_tokens_per_rank: tokens one rank holds per sequence.
+    """
+
+    kvp: int
+    max_tokens_per_rank: int
+
+    def __post_init__(self) -> None:
+        if self.kvp < 1:
+            raise ConfigError(f"--parallel: kvp must be >= 1, got {self.kvp}")
+        if self.max_tokens_per_rank < 1:
+            raise ConfigError(
+                f"--max-tokens-per-rank: must be >= 1, got {self.max_tokens_per_rank}"
+            )
+
+    @property
+    def capacity(self) -> int:
+        """Longest sequence the group holds."""
+        return self.kvp * self.max_tokens_per_rank
+
+    def check(self, num_tokens: int) -> None:
+        """Refuse a sequence longer than the group holds.
+
+        Raises:
+            ConfigError: naming the limit and the fix.
+        """
+        if num_tokens > self.capacity:
+            raise ConfigError(
+                f"--max-tokens-per-rank: a sequence of {num_tokens} tokens does not fit "
+                f"kvp={self.kvp} x {self.max_tokens_per_rank} tokens per rank; raise "
+                "--max-tokens-per-rank or kvp"
+            )
+
+    def shard(self, rank: int, num_tokens: int) -> tuple[int, int]:
+        """``[start, end)`` of the tokens ``rank`` holds of a ``num_tokens``-token sequence."""
+        start = rank * self.max_tokens_per_rank
+        end = min(num_tokens, start + self.max_tokens_per_rank)
+        return start, max(start, end)
+
+    def active_ranks(self, num_tokens: int) -> int:
+        """Ranks holding at least one token."""
+        return min(self.kvp, -(-num_tokens // self.max_tokens_per_rank))
