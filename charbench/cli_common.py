@@ -32,9 +32,45 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file w
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run folder; completed points are skipped.")]
 ContinueOpt = Annotated[bool, typer.Option("--continue-on-error", help="Record a failed point and go on.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where resource groups run: local, ray, slurm or slurm-local (submitit's local processes).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster: auto or HOST:PORT (default: a private local instance).")]
+SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", help="SLURM partition for the jobs (default: the cluster's).")]
+SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="Time limit of each SLURM job, minutes.")]
+SlurmGpusOpt = Annotated[int, typer.Option("--slurm-gpus", help="GPUs per SLURM job.")]
+MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Send a unit again this often when its worker or node is lost.")]
+DetachOpt = Annotated[bool, typer.Option("--detach", help="SLURM: submit the jobs and return; --resume RUN_DIR collects them.")]
 IdleOpt = Annotated[Optional[float], typer.Option("--idle-baseline", help="Seconds of idle power to measure before the sweep (0 = skip).")]
 CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Seconds to sleep between points.")]
 ShuffleOpt = Annotated[bool, typer.Option("--shuffle", help="Run points in a seeded random order.")]
+
+
+@dataclass
+class DispatchOptions:
+    """The ``--executor`` group of options (see :mod:`charbench.executors`), as a command received them."""
+
+    executor: str = "local"
+    ray_address: str | None = None
+    slurm_partition: str | None = None
+    slurm_time_min: int = 60
+    slurm_gpus: int = 0
+    max_retries: int = 1
+    detach: bool = False
+
+    def checked(self) -> dict[str, Any]:
+        """The options as :class:`CommonOptions` fields.
+
+        Raises:
+            ConfigError: a value out of range, naming its option.
+        """
+        from charbench.executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor: {self.executor!r} is not one of {', '.join(EXECUTORS)}")
+        for option, value, lo, hi in (("--slurm-time", self.slurm_time_min, 1, 60 * 24 * 30), ("--slurm-gpus", self.slurm_gpus, 0, 64),
+                                      ("--max-retries", self.max_retries, 0, 100)):
+            if not lo <= value <= hi:
+                raise ConfigError(f"{option}: {value} is out of range; give {lo} to {hi}")
+        return dataclasses.asdict(self)
 
 
 def common_options(
@@ -47,11 +83,15 @@ def common_options(
     resume: Path | None,
     continue_on_error: bool,
     json_out: bool,
+    dispatch: DispatchOptions | None = None,
 ) -> CommonOptions:
     """Validate the shared options and build :class:`CommonOptions`.
 
+    ``dispatch`` carries ``--executor`` and its options; they say where the sweep runs, not
+    what it is, so ``--resume`` takes them as given (a run started on Ray can finish locally).
+
     Raises:
-        ConfigError: a bad ``--meta``, a missing ``--config`` file or ``--resume`` folder.
+        ConfigError: a bad ``--meta``, a missing ``--config`` file or ``--resume`` folder, a bad executor option.
     """
     if config is not None and not config.is_file():
         raise ConfigError(f"--config: file not found: {config}")
@@ -67,6 +107,7 @@ def common_options(
         resume=resume,
         continue_on_error=continue_on_error,
         json=json_out,
+        **(dispatch or DispatchOptions()).checked(),
     )
 
 
@@ -244,5 +285,7 @@ def run_and_emit(study: Any, cfg: Any, common: CommonOptions, shuffle: bool) -> 
         shuffle=shuffle,
         sample_interval_s=cfg.sample_interval_s,
     )
-    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]])
+    from charbench.executors import make_executor
+
+    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]], executor=make_executor(common))
     emit_result(result, common.json)

@@ -47,6 +47,14 @@ class CommonOptions:
         resume: an existing run folder to continue (completed points are skipped).
         continue_on_error: record a failed point and go on instead of stopping.
         json: print a machine-readable summary on stdout.
+        executor: where resource groups run: ``local``, ``ray``, ``slurm`` or ``slurm-local``
+            (see :mod:`charbench.executors`); not part of the sweep, so ``--resume`` may change it.
+        ray_address: ``auto`` or ``HOST:PORT`` of a Ray cluster (None: a private local instance).
+        slurm_partition: the SLURM partition jobs are submitted to (None: the cluster's default).
+        slurm_time_min: each job's time limit in minutes.
+        slurm_gpus: GPUs per SLURM job.
+        max_retries: how often a unit whose worker or node was lost is sent again.
+        detach: submit the SLURM jobs and return; ``--resume`` collects them.
     """
 
     out: Path = field(default_factory=default_out_dir)
@@ -58,6 +66,13 @@ class CommonOptions:
     resume: Path | None = None
     continue_on_error: bool = False
     json: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
+    slurm_partition: str | None = None
+    slurm_time_min: int = 60
+    slurm_gpus: int = 0
+    max_retries: int = 1
+    detach: bool = False
 
 
 def parse_meta(items: list[str] | None) -> dict[str, str]:

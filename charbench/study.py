@@ -1,7 +1,8 @@
 """Running a study: points -> measured records -> run folder -> report.
 
 Every study command ends in :func:`run_study`. A study supplies its points and a
-``run_point(params, ctx)`` that returns one flat record (or several); the runner owns the
+``run_point(params, ctx)`` that returns one :class:`~charbench.record.Record` (or several; a
+plain dict of values also works); the runner owns the
 run folder, meters, sampler, idle baseline, clock/power control, progress, resume and
 failure handling::
 
@@ -11,7 +12,7 @@ failure handling::
         def run_point(self, params, ctx):
             with ctx.window("gemm") as w:
                 loop = ctx.timer.run_for_at_least(fn, 5.0)
-            return {**w.fields(), "time_per_gemm_s": loop.per_iter_s}
+            return w.fields().set("time_per_gemm_s", loop.per_iter_s)   # a charbench.record.Record
 
     result = run_study(MyStudy(cfg), common, settings)
 """
@@ -28,10 +29,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from charbench.config import MAX_WAIT_S, CommonOptions, check, to_jsonable, validate_fields
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
+from charbench.record import Record, as_record, is_estimated, with_prefix
 from charbench.results import RunStore
 from charbench.runlock import RunLock, owner_fields
 from charbench.signals import sigterm_as_interrupt
@@ -138,8 +140,8 @@ class Study:
     def setup(self, ctx: Context) -> None:
         """Called once before the first point (allocate, compile, check the device)."""
 
-    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any] | list[dict[str, Any]]:
-        """Run one point and return its record(s): flat dicts with unit-suffixed keys."""
+    def run_point(self, params: dict[str, Any], ctx: Context) -> Mapping[str, Any] | list[Mapping[str, Any]]:
+        """Run one point and return its record(s): :class:`~charbench.record.Record` (or flat dicts), keys named by the naming rule."""
         raise NotImplementedError
 
     def finalize(self, store: RunStore, ctx: Context) -> dict[str, Any]:
@@ -183,109 +185,72 @@ class Window:
         mine = [w for w in warnings if domain in w]
         return "; ".join(mine or warnings) or "the meter returned no value"
 
-    def fields(self, prefix: str = "") -> dict[str, Any]:
-        """The window as record fields.
+    def fields(self, prefix: str = "") -> Record:
+        """The window as a :class:`~charbench.record.Record`.
 
         ``energy_j`` is the device's energy (GPU domains on CUDA; RAPL package+DRAM on CPU),
-        ``energy_net_j`` subtracts the idle baseline (gross - P_idle x t), ``avg_power_w`` is
+        ``energy_net_j`` subtracts the idle baseline (gross - P_idle x t), ``mean_power_w`` is
         energy / time. Every domain the meters saw also gets ``<domain>_energy_j``. Missing
-        values are None and their reason goes to ``null_reasons``; measured ones name their
-        meter in ``provenance``.
+        values are null with their reason; measured ones name their meter in the provenance.
+        ``prefix`` names the window inside each metric (:func:`charbench.record.with_prefix`):
+        ``mean_steady_power_w``.
         """
-        p = prefix
-        rec: dict[str, Any] = {f"{p}time_s": self.time_s}
-        reasons: dict[str, str] = {}
-        provenance: dict[str, str] = {}
-        warnings: list[str] = []
+
+        def key(name: str) -> str:
+            return with_prefix(name, prefix)
+
+        rec = Record()
+        rec.set(key("time_s"), self.time_s)
         m = self.measurement
         domains = self._domains()
-        energy: float | None = None
         if m is not None:
-            warnings.extend(m.warnings)
+            for w in m.warnings:
+                rec.warn(w)
             for d, v in m.energy_j.items():
-                rec[f"{p}{d}_energy_j"] = v
-                if v is None:
-                    reasons[f"{p}{d}_energy_j"] = self._domain_reason(d)
-                else:
-                    provenance[f"{p}{d}_energy_j"] = m.provenance.get(d, "unknown")
+                rec.set(key(f"{d}_energy_j"), v, m.provenance.get(d, "unknown"), reason=self._domain_reason(d))
         if m is None or not domains:
             reason = "no energy meter usable for this device (see `charbench env`, meters)"
             if m is not None and m.warnings:
                 reason += "; " + "; ".join(m.warnings)
-            reasons[f"{p}energy_j"] = reason
+            rec.null(key("energy_j"), reason)
         else:
-            values = [m.energy_j.get(d) for d in domains]
-            missing = [d for d, v in zip(domains, values) if v is None]
+            missing = [d for d in domains if m.energy_j.get(d) is None]
             if missing:
-                reasons[f"{p}energy_j"] = f"domain(s) {', '.join(missing)} not measured: " + "; ".join(dict.fromkeys(self._domain_reason(d) for d in missing))
+                rec.null(key("energy_j"), f"domain(s) {', '.join(missing)} not measured: "
+                         + "; ".join(dict.fromkeys(self._domain_reason(d) for d in missing)))
             else:
-                energy = float(sum(values))  # type: ignore[arg-type]
-                provenance[f"{p}energy_j"] = ",".join(sorted({m.provenance.get(d, "unknown") for d in domains}))
-        rec[f"{p}energy_j"] = energy
-        if energy is not None and self.time_s > 0:
-            rec[f"{p}avg_power_w"] = energy / self.time_s
-            provenance[f"{p}avg_power_w"] = provenance[f"{p}energy_j"]
-        else:
-            rec[f"{p}avg_power_w"] = None
-            reasons[f"{p}avg_power_w"] = reasons.get(f"{p}energy_j", "window of zero length")
-        net = None
-        if energy is not None and self.baseline is not None:
-            idle = [self.baseline.power_w.get(d) for d in domains]
-            if all(v is not None for v in idle):
-                net = energy - float(sum(idle)) * self.time_s  # type: ignore[arg-type]
-                provenance[f"{p}energy_net_j"] = provenance[f"{p}energy_j"] + " minus idle baseline"
-            else:
-                reasons[f"{p}energy_net_j"] = "idle baseline not measured for every domain"
-        elif energy is not None:
-            reasons[f"{p}energy_net_j"] = "no idle baseline (set --idle-baseline SECONDS > 0)"
-        else:
-            reasons[f"{p}energy_net_j"] = reasons[f"{p}energy_j"]
-        rec[f"{p}energy_net_j"] = net
+                rec.set(key("energy_j"), float(sum(m.energy_j[d] for d in domains)),
+                        ",".join(sorted({m.provenance.get(d, "unknown") for d in domains})))
+        t = self.time_s
+        rec.derive(key("mean_power_w"), lambda e: e / t if t > 0 else None, key("energy_j"), reason="window of zero length")
+        self._net_energy(rec, key, domains)
         to_record = getattr(self.baseline, "to_record", None)
         if to_record is not None:
             idle_prov = getattr(self.baseline, "provenance", None) or {}
             for k, v in to_record().items():
-                rec[k] = v
-                if v is None:
-                    reasons[k] = "; ".join(self.baseline.warnings) or "idle power not measured"
-                elif k.startswith("idle_") and k.endswith("_power_w") and k[5:-8] in idle_prov:
-                    provenance[k] = f"{idle_prov[k[5:-8]]} (idle baseline)"
+                d = k[5:-8] if k.startswith("idle_") and k.endswith("_power_w") else None
+                rec.set(k, v, f"{idle_prov[d]} (idle baseline)" if d in idle_prov else None,
+                        reason="; ".join(self.baseline.warnings) or "idle power not measured")
         for k, v in self.sampler_stats.items():
-            rec[f"{p}{k}"] = v
-            if k.endswith("_w") and v is not None:  # sampled power: a timeline statistic, not counter energy
-                provenance[f"{p}{k}"] = PROV_SAMPLED
-        # Bookkeeping for finalize_record; combine several windows with merge_fields, not {**a, **b}.
-        rec["_reasons"] = reasons
-        rec["_provenance"] = provenance
-        rec["_warnings"] = warnings
+            # sampled power: a timeline statistic, not counter energy
+            rec.set(key(k), v, PROV_SAMPLED if k.endswith("_w") else None)
         return rec
 
-
-def merge_fields(*records: dict[str, Any]) -> dict[str, Any]:
-    """Combine record fields (e.g. ``w1.fields("prefill_")`` and ``w2.fields("decode_")``).
-
-    Later values win for ordinary keys; the ``_reasons``/``_provenance`` dicts and the
-    ``_warnings`` lists are combined, so no window's null reasons or provenance are lost.
-    """
-    out: dict[str, Any] = {}
-    merge_into(out, *records)
-    return out
-
-
-def merge_into(dst: dict[str, Any], *records: dict[str, Any]) -> dict[str, Any]:
-    """:func:`merge_fields` in place: ``dst`` keeps its own ``_reasons``/``_provenance``/``_warnings`` objects.
-
-    For a record that is filled step by step while code holds ``rec["_reasons"]``.
-    """
-    for rec in records:
-        for k, v in rec.items():
-            if k.startswith(("_reasons", "_provenance")):
-                dst.setdefault("_reasons" if k.startswith("_reasons") else "_provenance", {}).update(v or {})
-            elif k.startswith("_warnings"):
-                dst.setdefault("_warnings", []).extend(v or [])
-            else:
-                dst[k] = v
-    return dst
+    def _net_energy(self, rec: Record, key: Callable[[str], str], domains: list[str]) -> None:
+        """``energy_net_j``: the window's energy minus the idle baseline's power x time."""
+        if rec.get(key("energy_j")) is None:
+            rec.null(key("energy_net_j"), rec.reason(key("energy_j")) or "not measured")
+            return
+        if self.baseline is None:
+            rec.null(key("energy_net_j"), "no idle baseline (set --idle-baseline SECONDS > 0)")
+            return
+        idle = [self.baseline.power_w.get(d) for d in domains]
+        if any(v is None for v in idle):
+            rec.null(key("energy_net_j"), "idle baseline not measured for every domain")
+            return
+        idle_w = float(sum(idle))  # type: ignore[arg-type]
+        t = self.time_s
+        rec.derive(key("energy_net_j"), lambda e: e - idle_w * t, key("energy_j"), formula="minus idle baseline")
 
 
 class Context:
@@ -536,39 +501,42 @@ def _each(fn: Any, items: list[Any]) -> None:
         raise first
 
 
-def finalize_record(rec: dict[str, Any], params: dict[str, Any], key: str, index: int, *, simulated: bool = False) -> dict[str, Any]:
-    """Merge knob values and bookkeeping into a flat record; JSON-encode provenance.
+def finalize_record(rec: Mapping[str, Any], params: dict[str, Any], key: str, index: int, *, simulated: bool = False) -> dict[str, Any]:
+    """Merge knob values and bookkeeping into a flat record; JSON-encode reasons and provenance.
 
-    Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``. With
-    ``simulated`` (a study that measures nothing) every numeric value that is not a knob is
-    stamped :data:`PROV_SIMULATED`, unless it already carries an estimated provenance.
+    Args:
+        rec: a :class:`~charbench.record.Record` or a plain dict of values.
+        params: the point's knobs.
+        key: the point key.
+        index: the point's index in the sweep.
+        simulated: the study measures nothing: every numeric value that is not a knob is
+            stamped :data:`PROV_SIMULATED`, unless it already carries an estimated provenance.
+
+    Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``; a knob's
+    ``+inf`` (serve-sweep's max-throughput ``request_rate_rps``) and a value set with
+    ``allow_inf`` are kept as-is, so the knob keeps one value from CLI to report.
     """
+    built = as_record(rec)
     out: dict[str, Any] = {"point_key": key, "point_index": index}
     out.update(params)
-    reasons: dict[str, str] = {}
-    prov: dict[str, str] = {}
-    warns: list[str] = []
-    for k in [k for k in rec if k.startswith(("_reasons", "_provenance", "_warnings"))]:
-        value = rec.pop(k) or {}
-        if k.startswith("_reasons"):
-            reasons.update(value)
-        elif k.startswith("_provenance"):
-            prov.update(value)
-        else:
-            warns.extend(value)
-    out.update(rec)
+    reasons: dict[str, str] = dict(built.reasons)
+    prov: dict[str, str] = dict(built.provenance)
+    warns: list[str] = list(built.warnings)
+    out.update(built.to_dict())
     out["point_key"], out["point_index"] = key, index  # resume relies on these: a record cannot change them
     for k, v in list(out.items()):
+        if isinstance(v, float) and v == math.inf and (k in params or k in built.infinite_ok):
+            continue
         if isinstance(v, float) and not math.isfinite(v):
-            out[k] = None  # parquet/CSV would hold NaN/inf; a missing value is null with its reason
+            out[k] = None  # a NaN/inf measurement is not a value; a missing value is null with its reason
             reasons.setdefault(k, f"not a finite number ({v!r})")
-        elif v is None and k not in reasons and not k.startswith("_"):
+        elif v is None and k not in reasons:
             reasons[k] = "not measured"
     if simulated:
         for k, v in out.items():
             if k in params or k in ("point_key", "point_index") or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if not str(prov.get(k, "")).startswith("estimated"):
+            if not is_estimated(prov.get(k)):
                 prov[k] = PROV_SIMULATED
     out["null_reasons"] = json.dumps(reasons, sort_keys=True)
     out["provenance"] = json.dumps(prov, sort_keys=True)
@@ -595,13 +563,17 @@ def _progress(total: int, enabled: bool) -> Any:
     return Progress(total, enabled=enabled)
 
 
-def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: list[str] | None = None) -> RunResult:
+def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: list[str] | None = None, executor: Any = None) -> RunResult:
     """Run every point of ``study`` into a run folder and render its report.
 
     A failure mid-sweep keeps every completed point; Ctrl-C or SIGTERM marks the run
     interrupted (``--resume`` continues it); clocks and power limits are restored on every
     exit path. The run folder is locked for the whole run, so a second ``--resume`` of it
     is refused instead of timing the same points at the same time.
+
+    ``executor`` (a :class:`charbench.executors.Executor`, see ``--executor``) runs the resource
+    groups on other processes or nodes; the run folder is still written here only. None runs
+    them in this process.
 
     Raises:
         CharbenchError: a point failed without ``--continue-on-error``; ``--resume`` of a
@@ -623,11 +595,13 @@ def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: 
         raise ConfigError(f"{study.name}: two sweep points share the key {dupes[0]!r}; make the knob values distinct")
     # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
     log = _Logger(quiet=common.json)
+    if executor is not None:
+        executor.check(study)  # refused before a run folder exists: e.g. an ordered study off this machine
     # SIGTERM (a batch scheduler's stop) takes Ctrl-C's path: the run is marked interrupted.
     with sigterm_as_interrupt(), contextlib.ExitStack() as held:
         prepared = _prepare(study, log)  # before the run folder, meters, sampler and idle baseline
         store, done = _open_run(study, common, settings, device, argv, held, prepared)
-        return _sweep(study, store, done, keyed, common, settings, device, log, prepared)
+        return _sweep(study, store, done, keyed, common, settings, device, log, prepared, executor)
 
 
 def _check_settings(study: Study, settings: RunSettings) -> None:
@@ -710,8 +684,12 @@ def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device
 
 
 def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str, dict[str, Any]]],
-           common: CommonOptions, settings: RunSettings, device: str, log: Any, prepared: dict[str, Any] | None = None) -> RunResult:
-    """Run the points not in ``done`` group by group, finalize, mark the run and render its report."""
+           common: CommonOptions, settings: RunSettings, device: str, log: Any, prepared: dict[str, Any] | None = None,
+           executor: Any = None) -> RunResult:
+    """Run the points not in ``done`` group by group, finalize, mark the run and render its report.
+
+    ``executor`` (see :mod:`charbench.executors`) runs the groups elsewhere; None runs them here.
+    """
     todo = [(i, k, p) for i, (k, p) in enumerate(keyed) if k not in done]
     if study.ordered and done:
         _check_ordered_resume(store, keyed, done)
@@ -726,24 +704,17 @@ def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str,
             log(f"note: {note}")
         if done:
             log(f"resuming {store.path}: {len(done)} point(s) done, {len(todo)} to run")
-        if study.measures:
+        remote = executor is not None and not executor.runs_here
+        if study.measures and not remote:  # a remote node measures itself (its own sampler and baseline)
             _start_measurement(ctx, settings, log)
-        study.setup(ctx)
+        if not remote:
+            study.setup(ctx)
         with _progress(len(todo), enabled=not common.json) as bar:
-            n = 0
-            for group, members in _groups(todo, study.resource_knobs):
-                with _resource_group(study, ctx, store, common, group, members, log) as acquired:
-                    for index, key, params in members if acquired else []:
-                        bar.describe(key)
-                        _run_one(study, ctx, store, common, index, key, params, log)
-                        bar.advance()
-                        n += 1
-                        if n < len(todo):
-                            ctx.cooldown()
-                if not acquired:
-                    for _ in members:
-                        bar.advance()
-                    n += len(members)
+            groups = _groups(todo, study.resource_knobs)
+            if executor is None:
+                run_groups_here(study, ctx, store, common, groups, log, bar)
+            else:
+                executor.run(study, ctx, store, common, groups, log, bar)
         summary = study.finalize(store, ctx) or {}
         status = "completed"
     except KeyboardInterrupt:
@@ -764,6 +735,47 @@ def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str,
 
 
 Todo = list[tuple[int, str, dict[str, Any]]]
+
+
+def run_groups_here(study: Study, ctx: Context, store: Any, common: CommonOptions, groups: list[tuple[dict[str, Any], Todo]], log: Any,
+                    bar: Any = None) -> None:
+    """Run resource groups in this process, one after the other, with ``--cooldown`` between points.
+
+    The local executor's loop, and a remote worker's (with a staging store): both run exactly this.
+    """
+    left = sum(len(m) for _, m in groups)
+    for group, members in groups:
+        def after(key: str) -> None:
+            nonlocal left
+            left -= 1
+            if bar is not None:
+                bar.advance()
+            if left > 0:
+                ctx.cooldown()
+
+        acquired = run_group(study, ctx, store, common, group, members, log, after_point=after, describe=getattr(bar, "describe", None))
+        if not acquired:
+            for _ in members:
+                if bar is not None:
+                    bar.advance()
+            left -= len(members)
+
+
+def run_group(study: Study, ctx: Context, store: Any, common: CommonOptions, group: dict[str, Any], members: Todo, log: Any,
+              after_point: Callable[[str], None] | None = None, describe: Callable[[str], None] | None = None) -> bool:
+    """Acquire one resource group, run its points into ``store``, release it; returns whether it was acquired.
+
+    Raises:
+        CharbenchError: a point (or the group's resource) failed without ``--continue-on-error``.
+    """
+    with _resource_group(study, ctx, store, common, group, members, log) as acquired:
+        for index, key, params in members if acquired else []:
+            if describe is not None:
+                describe(key)
+            _run_one(study, ctx, store, common, index, key, params, log)
+            if after_point is not None:
+                after_point(key)
+    return acquired
 
 
 def _groups(todo: Todo, knobs: tuple[str, ...]) -> list[tuple[dict[str, Any], Todo]]:
@@ -839,9 +851,9 @@ def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions,
         ctx._checkpoint = None
         out = study.run_point(dict(params), ctx)
         recs = out if isinstance(out, list) else [out]
-        if not recs or not all(isinstance(r, dict) for r in recs):
-            raise TypeError(f"{type(study).__name__}.run_point must return a dict or a non-empty list of dicts, got {type(out).__name__}")
-        store.append_records([finalize_record(dict(r), params, key, index, simulated=not study.measures) for r in recs])
+        if not recs or not all(isinstance(r, Mapping) for r in recs):
+            raise TypeError(f"{type(study).__name__}.run_point must return a Record/dict or a non-empty list of them, got {type(out).__name__}")
+        store.append_records([finalize_record(r, params, key, index, simulated=not study.measures) for r in recs])
         if ctx._checkpoint is not None:  # only now: a checkpoint never runs ahead of the stored results
             store.write_checkpoint(ctx._checkpoint, key)
             ctx._checkpoint = None

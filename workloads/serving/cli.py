@@ -12,6 +12,9 @@ from charbench.cli_common import (
     ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
     ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
 )
+from charbench.cli_common import (
+    DetachOpt, DispatchOptions, ExecutorOpt, MaxRetriesOpt, RayAddressOpt, SlurmGpusOpt, SlurmPartitionOpt, SlurmTimeOpt,
+)
 from charbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,10 +84,13 @@ def parse_floats(text: str, option: str) -> list[float]:
     Raises:
         ConfigError: a value that is not a number.
     """
+    from charbench.workloads.serving.config import MAX_RATE
+
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         try:
-            out.append(math.inf if part.lower() in ("inf", "infinity", "max") else float(part))
+            # "inf" is the one spelling of max throughput (config.json, point keys and reports say it too)
+            out.append(math.inf if part.lower() == MAX_RATE else float(part))
         except ValueError:
             raise ConfigError(f"{option}: {part!r} is not a number; e.g. {option} 1,4,inf") from None
     if not out:
@@ -140,7 +146,7 @@ def serve_sweep(
     api: ApiOpt = None,
     model: ModelOpt = None,
     arrival: ArrivalOpt = None,
-    request_rate: RateOpt = None,
+    request_rate_rps: RateOpt = None,
     concurrency: ConcOpt = None,
     burstiness: BurstOpt = None,
     max_concurrency: MaxConcOpt = None,
@@ -191,6 +197,13 @@ def serve_sweep(
     resume: ResumeOpt = None,
     continue_on_error: ContinueOpt = False,
     json_out: JsonOpt = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_gpus: SlurmGpusOpt = 0,
+    max_retries: MaxRetriesOpt = 1,
+    detach: DetachOpt = False,
 ) -> None:
     """LLM serving latency, throughput, power and energy across knobs.
 
@@ -201,7 +214,8 @@ def serve_sweep(
     from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
-    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
+    dispatch = DispatchOptions(executor, ray_address, slurm_partition, slurm_time, slurm_gpus, max_retries, detach)
+    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out, dispatch)
     changes: dict[str, Any] = {}
     if target is not None:
         changes["target"] = target.strip()
@@ -211,8 +225,8 @@ def serve_sweep(
             changes[key] = value.strip()
     if model is not None:
         changes["model"] = [m.strip() for m in model.split(",") if m.strip()]
-    if request_rate is not None:
-        changes["request_rate"] = parse_floats(request_rate, "--request-rate")
+    if request_rate_rps is not None:
+        changes["request_rate_rps"] = parse_floats(request_rate_rps, "--request-rate")
     if concurrency is not None:
         changes["concurrency"] = parse_ints(concurrency, "--concurrency")
     for key, text, opt in (("input_len", input_len, "--input-len"), ("output_len", output_len, "--output-len"),
