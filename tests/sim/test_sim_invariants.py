@@ -1,0 +1,163 @@
+"""Invariants of the cluster simulator (issue 12): completion, energy integral, KV, policy equivalences, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charbench.errors import ConfigError
+from charbench.sim import SimSettings, Workload, simulate
+from charbench.sim.metrics import Costs, summarize
+from charbench.sim.policies import PolicyConfig, load_policy_file, policy_class
+from charbench.sim.profiles import ProfileRangeError, analytic_profile, interpolate, measured_profile
+from charbench.sim.timeline import Bins
+
+
+def _workload(n: int = 3000, duration: float = 600.0, seed: int = 0) -> Workload:
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.random(n) * duration)
+    inp = np.clip(rng.lognormal(np.log(800), 1.0, n), 1, 3000).astype(np.int64)
+    out = np.clip(rng.lognormal(np.log(150), 0.9, n), 1, 1000).astype(np.int64)
+    return Workload(t, inp, out, duration, "test")
+
+
+PROF = analytic_profile("h100", "llama-2-70b")
+CFG = PolicyConfig(tp=8, instances=2)
+
+
+def _run(name: str, cfg: PolicyConfig = CFG, wl: Workload | None = None, **settings: object):
+    return simulate(PROF, wl or _workload(), policy_class(name)(PROF, cfg), SimSettings(**settings))
+
+
+@pytest.mark.parametrize("name", ["static", "dynamollm", "polca", "greener"])
+def test_every_request_finishes_exactly_once(name: str) -> None:
+    res = _run(name)
+    assert (res.finish_count == 1).all()
+    assert np.isfinite(res.first_token_s).all() and (res.finish_s >= res.first_token_s).all() and (res.first_token_s > res.arrival_s).all()
+
+
+def test_energy_equals_the_integral_of_power_and_the_bins() -> None:
+    res = _run("dynamollm", record_segments=True, bin_s=7.0)
+    seg = np.array([(t1 - t0) * p for _, t0, t1, p in res.segments])
+    assert res.energy_j == pytest.approx(seg.sum(), rel=1e-12)
+    data = res.bins.frame_data()
+    assert data[-res.rows:].sum() == pytest.approx(res.energy_j, rel=1e-9)
+    # segments of one instance never overlap and only cover its lifetime
+    by_inst: dict[int, list[tuple[float, float]]] = {}
+    for i, t0, t1, _ in res.segments:
+        by_inst.setdefault(i, []).append((t0, t1))
+    for spans in by_inst.values():
+        assert all(a[1] <= b[0] + 1e-12 for a, b in zip(spans, spans[1:]))
+
+
+def test_no_instance_exceeds_its_kv_capacity_under_pressure() -> None:
+    small = dataclasses.replace(PROF.point(8, 1980), kv_capacity_tokens=8000)
+    prof = dataclasses.replace(PROF, _builder=lambda tp, f: small)
+    wl = _workload(1500, 120.0)
+    res = simulate(prof, wl, policy_class("static")(prof, CFG), SimSettings())
+    assert res.counters["preemptions"] > 0  # the test exercises preemption
+    assert 0 < res.max_kv_fraction <= 1.0
+    assert (res.finish_count == 1).all()
+
+
+def test_polca_without_a_reachable_cap_equals_static() -> None:
+    a = _run("static")
+    b = _run("polca", dataclasses.replace(CFG, polca_budget_w=1e12, polca_oversubscription=0.0, polca_lp_fraction=0.0))
+    assert np.array_equal(a.finish_s, b.finish_s) and np.array_equal(a.first_token_s, b.first_token_s)
+    assert a.energy_j == b.energy_j and b.extra["throttle_events"] == 0 and b.counters["freq_changes"] == 0
+
+
+def test_dynamollm_with_one_pool_one_frequency_no_reconfiguration_equals_static() -> None:
+    a = _run("static")
+    cfg = dataclasses.replace(CFG, dyn_pools="single", dyn_tps=(8,), dyn_freqs_mhz=(1980.0,), cluster_period_s=0.0)
+    b = _run("dynamollm", cfg)
+    assert np.array_equal(a.finish_s, b.finish_s) and a.energy_j == b.energy_j
+    assert b.counters == a.counters
+
+
+def test_a_seeded_run_is_bit_identical() -> None:
+    a, b = _run("dynamollm"), _run("dynamollm")
+    assert np.array_equal(a.finish_s, b.finish_s) and a.energy_j == b.energy_j and np.array_equal(a.bins.frame_data(), b.bins.frame_data())
+
+
+def test_dynamollm_lowers_frequency_and_polca_throttles_when_oversubscribed() -> None:
+    d = _run("dynamollm")
+    assert d.counters["freq_changes"] > 0
+    p = _run("polca", dataclasses.replace(CFG, polca_oversubscription=1.0, polca_budget_w=2 * 5600.0))
+    assert p.extra["throttle_events"] > 0 and len(p.arrival_s) > 2900
+
+
+def test_decode_macro_steps_match_single_iterations() -> None:
+    """One request alone: TTFT = prefill chunks, E2E = TTFT + the arithmetic series of decode iterations."""
+    op = PROF.point(8, 1980)
+    wl = Workload(np.array([0.0]), np.array([100]), np.array([11]), 1.0)
+    res = simulate(PROF, wl, policy_class("static")(PROF, dataclasses.replace(CFG, instances=1)), SimSettings())
+    ttft = op.prefill_fixed_s + 100 * op.prefill_per_token_s
+    assert res.ttft_s[0] == pytest.approx(ttft, rel=1e-12)
+    dec = sum(op.decode_fixed_s + op.decode_per_seq_s + (101 + i) * op.decode_per_ctx_token_s for i in range(10))
+    assert res.e2e_s[0] == pytest.approx(ttft + dec, rel=1e-12)
+
+
+def test_profile_frequency_model_and_range_errors() -> None:
+    hi, lo = PROF.point(8, 1980), PROF.point(8, 1000)
+    compute_hi = 2 * 69.0e9 / (8 * 989e12 * 0.5)  # the clock-scaled part of a prefill token (NVLink time is not)
+    assert lo.prefill_per_token_s - hi.prefill_per_token_s == pytest.approx(compute_hi * 0.98, rel=1e-9)  # compute-bound ~ 1/f
+    assert lo.decode_fixed_s < hi.decode_fixed_s * 1.15  # memory-bound nearly flat
+    assert lo.prefill_w < hi.prefill_w
+    with pytest.raises(ProfileRangeError, match=r"profile h100: sm_freq_mhz 2100 is outside the profile's range \[800, 1980\] MHz"):
+        PROF.point(8, 2100)
+    with pytest.raises(ProfileRangeError, match=r"profile h100: tp 1 is not covered \(covered: 2, 4, 8\); choose one of them"):
+        PROF.point(1, 1980)
+    with pytest.raises(ConfigError, match=r"--profile: unknown GPU 'v100'; valid: a100, h100, h200, or a profile file \(.json/.csv\)"):
+        analytic_profile("v100", "llama-2-70b")
+    with pytest.raises(ProfileRangeError, match=r"profile t: f 3 is outside the table's range \[1, 2\]"):
+        interpolate({1.0: {"x": 1.0}, 2.0: {"x": 3.0}}, 3.0, "f", "t")
+    assert interpolate({1.0: {"x": 1.0}, 2.0: {"x": 3.0}}, 1.5, "f", "t") == {"x": 2.0}
+
+
+def test_measured_profile_from_a_serve_sweep_export(tmp_path: Path) -> None:
+    from charbench.profiles import write_profile
+
+    def entry(freq: float, rps: float, e2el: float, tpot: float, power: float) -> dict:
+        return {"model": "tiny", "tp": 1, "sm_freq_mhz": freq, "max_num_seqs": 16, "input_len": 64, "output_len": 32,
+                "request_throughput_rps": rps, "median_e2el_ms": e2el, "median_tpot_ms": tpot, "median_ttft_ms": tpot + 64 * 0.5,
+                "mean_power_w": power, "error_rate": 0.0, "provenance": {}}
+    path = write_profile([entry(1000, 1.0, 1000, 20, 100), entry(1000, 4.0, 1000, 30, 140), entry(2000, 1.0, 1000, 10, 200),
+                          entry(2000, 4.0, 1000, 16, 260)], tmp_path / "p.json")
+    prof = measured_profile(path, kv_capacity_tokens=10_000)
+    op = prof.point(1, 1000)
+    assert op.decode_fixed_s == pytest.approx((20 - 10 / 3) / 1000) and op.decode_per_seq_s == pytest.approx(10 / 3 / 1000)
+    assert op.prefill_per_token_s == pytest.approx(0.5 / 1000) and op.max_batch == 16
+    mid = prof.point(1, 1500)
+    assert mid.decode_base_w == pytest.approx((op.decode_base_w + prof.point(1, 2000).decode_base_w) / 2)
+    with pytest.raises(ProfileRangeError, match=r"profile p.json: sm_freq_mhz 2500 is outside the profile's range \[1000, 2000\] MHz"):
+        prof.point(1, 2500)
+
+
+def test_bins_integrate_spans_exactly() -> None:
+    b = Bins(10.0, 1, 20.0)
+    b.add_span(0, 5.0, 37.0, 2.0)
+    assert b.frame_data()[0].tolist() == [10.0, 20.0, 20.0, 14.0]
+
+
+def test_metrics_carbon_and_cost() -> None:
+    res = _run("static")
+    m = summarize(res, Costs(2.0, 0.1, 10.0, 0.5), lambda t: np.full(len(t), 400.0))
+    assert m["carbon_kgco2e"] == pytest.approx(m["energy_kwh"] * 0.4, rel=1e-9)
+    assert m["gpu_time_h"] == pytest.approx(16 * res.end_s / 3600) and m["cost_usd"] == pytest.approx(m["gpu_time_h"] * 10 + m["energy_kwh"] * 0.5)
+    assert m["peak_power_w"] >= m["p99_power_w"] >= m["p50_power_w"]
+
+
+def test_a_policy_plugin_in_one_file(tmp_path: Path) -> None:
+    f = tmp_path / "mine.py"
+    f.write_text("from charbench.sim.policies import Policy, register_policy\n\n@register_policy\nclass Half(Policy):\n    name = 'half-clock'\n"
+                 "    def setup(self, sim):\n        for _ in range(self.cfg.instances):\n            sim.add_instance(0, self.cfg.tp, 1000.0)\n")
+    assert load_policy_file(f) == ["half-clock"]
+    res = _run("half-clock")
+    assert (res.finish_count == 1).all()
+    with pytest.raises(ConfigError, match=r"--policy-file .*empty.py: registers no policy; decorate a Policy subclass with @register_policy"):
+        (tmp_path / "empty.py").write_text("x = 1\n")
+        load_policy_file(tmp_path / "empty.py")

@@ -1,0 +1,73 @@
+"""cluster-sim end to end (small) and its option errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from charbench.cli import main
+from charbench.results import RunStore
+
+
+class _Res:
+    def __init__(self, rc: int, out: str, err: str) -> None:
+        self.exit_code, self.stdout, self.output = rc, out, out + err
+
+
+def _invoke(args: list[str], capsys: pytest.CaptureFixture[str]) -> _Res:
+    rc = main(["cluster-sim", *args])
+    out = capsys.readouterr()
+    return _Res(rc, out.out, out.err)
+
+
+def test_default_run_small_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _invoke(["--out", str(tmp_path), "--duration", "10m", "--rate", "6", "--json"], capsys)
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout[res.stdout.index("{"):])
+    assert payload["status"] == "completed" and payload["points_done"] == 4
+    store = RunStore.open(Path(payload["run_dir"]))
+    recs = store.records()
+    assert [r["policy"] for r in recs] == ["static", "dynamollm", "polca", "greener"]
+    for r in recs:
+        prov = json.loads(r["provenance"])
+        assert prov["energy_kwh"] == "estimated (simulated; nothing was measured)"
+        assert r["energy_kwh"] > 0 and 0 <= r["slo_attainment"] <= 1 and r["carbon_kgco2e"] > 0 and r["cost_usd"] > 0
+    comp = store.read_table("comparison")
+    assert comp.loc[comp["policy"] == "static", "energy_delta_pct"].iloc[0] == 0.0
+    assert set(store.tables()) >= {"requests", "timeline", "comparison"}
+    n = recs[0]["num_requests"]
+    assert len(store.read_table("requests")) == n * 3 + recs[2]["num_requests"]  # polca serves its extra servers' load
+    html = (Path(payload["run_dir"]) / "report.html").read_text()
+    for title in ("Policy comparison (simulated)", "Papers&#39; claims vs simulated", "Timelines (simulated)", "Simulation inputs and provenance"):
+        assert title in html or title.replace("&#39;", "'") in html
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policies", "static,foo"], "Error: --policies: unknown policy 'foo'; valid: dynamollm, greener, polca, static (add one with --policy-file)"),
+    (["--duration", "soon"], "Error: --duration: 'soon' is not a duration; e.g. --duration 1h, 30m or 600"),
+    (["--rate", "0"], "Error: --rate must be a finite number > 0 and <= 100000 (got 0.0)"),
+    (["--profile", "v100"], "Error: --profile: unknown GPU 'v100'; valid: a100, h100, h200, or a profile file (.json/.csv)"),
+    (["--model", "gpt-9"], "Error: --model: unknown model 'gpt-9'; valid: llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b"),
+    (["--tp", "1"], "Error: --tp 1: profile h100 covers tp 2, 4, 8 for llama-2-70b"),
+    (["--routing", "random"], "Error: --routing: unknown routing 'random'; valid: least-outstanding, round-robin"),
+    (["--profile", "x.json"], "Error: --profile x.json: a measured profile does not record the KV-cache size; give --kv-capacity-tokens"),
+    (["--chunk-tokens", "64"], "Error: --chunk-tokens 64 must exceed --max-num-seqs 128: an iteration carries every running decode plus prompt tokens"),
+    (["--predictor-accuracy", "1.5"], "Error: --predictor-accuracy must be a finite number >= 0 and <= 1 (got 1.5)"),
+    (["--trace", "missing.csv"], "Error: --trace: file not found: missing.csv"),
+])
+def test_bad_options_give_exact_errors(tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _invoke(["--out", str(tmp_path), "--duration", "2m", *args], capsys)
+    assert res.exit_code == 1
+    assert message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_azure_2024_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "AzureLLMInferenceTrace_conv_1week.csv"
+    rows = [f"2024-05-12 00:00:{s:02d}.{'1' * (1 + s % 6)}+00:00,{100 + s},{20 + s}" for s in range(0, 60, 2)]
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    res = _invoke(["--out", str(tmp_path), "--trace", str(f), "--policies", "static,greener", "--instances", "1", "--json"], capsys)
+    assert res.exit_code == 0, res.output
+    recs = RunStore.open(Path(json.loads(res.stdout[res.stdout.index("{"):])["run_dir"])).records()
+    assert [r["num_requests"] for r in recs] == [30, 30] and "AzureLLMInferenceTrace_conv_1week.csv" in recs[0]["trace"]
