@@ -51,6 +51,7 @@ from charbench.engine.api import (
     SamplingParams,
 )
 from charbench.engine.chunking import ChunkPolicy, make_chunk_policy
+from charbench.engine import adaptive_chunking as _adaptive_chunking  # noqa: F401  (registers adaptive, static-decreasing)
 from charbench.engine.sampling import Sampler, SamplingRow, StopChecker, make_generator
 from charbench.engine.runner import SeqChunk
 from charbench.engine.scheduler import Allocator, Scheduler, Sequence

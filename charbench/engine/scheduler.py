@@ -287,6 +287,9 @@ class Scheduler:
         # Phases 1 and 2: running sequences, decodes first, each group oldest first.
         decodes = [s for s in self.running if s.is_decoding]
         prefills = [s for s in self.running if not s.is_decoding]
+        begin_batch = getattr(self.chunk_policy, "begin_batch", None)
+        if begin_batch is not None:  # batch-aware policies (adaptive chunking) see the decodes first
+            begin_batch(decodes)
         for seq in decodes + prefills:
             if seq.status is not SeqStatus.RUNNING:
                 continue  # preempted as a victim earlier in this loop
