@@ -152,31 +152,36 @@ def inject(
     runner: ModelRunner,
     cache: ContextCache,
     block_table: list[int],
-    recompute: tuple[int, int] | None = None,
+    recompute: tuple[int, int] | list[tuple[int, int]] | None = None,
     e_start: torch.Tensor | None = None,
 ) -> None:
     """Fill ``block_table`` with the sender's K/V, recomputing layers ``recompute = (a, b)``.
 
     Every layer outside ``[a, b]`` gets the sender's K/V; layers ``a..b`` run in the
     receiver over the context tokens from ``e_start`` (default: the sender's E-cache at
-    ``a``) and write their own K/V. ``recompute=None`` is full KV reuse.
+    ``a``) and write their own K/V. ``recompute=None`` is full KV reuse. A list of disjoint
+    groups recomputes each from the sender's E-cache at its first layer (``e_start`` feeds
+    the first); each extra group is one more E-cache transfer (DroidSpeak §4.1).
 
     Raises:
-        ConfigError: tp > 1, a cache of another shape, or an invalid group.
+        ConfigError: tp > 1, a cache of another shape, or invalid/overlapping groups.
         ValueError: bad block ids or a too-short block table.
     """
     _check_single_rank(runner)
     _check_shapes(runner, cache)
     meta = _context_meta(runner, cache.token_ids, block_table)
     n = runner.model_config.num_layers
-    if recompute is None:
-        _write_kv(runner, cache, meta.slot_mapping, range(n))
-        return
-    check_group(n, recompute)
-    a, b = recompute
-    _write_kv(runner, cache, meta.slot_mapping, [i for i in range(n) if not a <= i <= b])
-    x = cache.e[a] if e_start is None else e_start
-    _run_layers(runner, x.to(runner.dtype), meta, meta.positions, a, b + 1)
+    groups = [] if recompute is None else [recompute] if isinstance(recompute, tuple) else sorted(recompute)
+    for g in groups:
+        check_group(n, g)
+    for g, h in zip(groups, groups[1:]):
+        if h[0] <= g[1]:
+            raise ConfigError(f"recompute groups {list(g)} and {list(h)} overlap; give disjoint groups")
+    inside = {i for a, b in groups for i in range(a, b + 1)}
+    _write_kv(runner, cache, meta.slot_mapping, [i for i in range(n) if i not in inside])
+    for k, (a, b) in enumerate(groups):
+        x = e_start if k == 0 and e_start is not None else cache.e[a]
+        _run_layers(runner, x.to(runner.dtype), meta, meta.positions, a, b + 1)
 
 
 @dataclass

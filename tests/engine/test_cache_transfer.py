@@ -136,6 +136,21 @@ def test_recomputed_block_is_receiver_layers_on_sender_e(sender, receiver) -> No
         assert torch.equal(got[layer], torch.stack([cache.k[layer], cache.v[layer]]))
 
 
+def test_two_groups_reuse_only_one_layer(sender, twin, receiver) -> None:
+    cache = capture(sender, CTX, CTX_TABLE)
+    ref = _full_prefill(twin, CTX_TABLE)
+    inject(twin, cache, OTHER_TABLE, recompute=[(2, 3), (0, 0)])
+    assert torch.equal(_query_logits(twin, OTHER_TABLE), ref)
+    inject(receiver, cache, OTHER_TABLE, recompute=[(0, 0), (2, 3)])
+    got = _kv(receiver, OTHER_TABLE, len(CTX))
+    assert torch.equal(got[1], torch.stack([cache.k[1], cache.v[1]]))
+    with torch.inference_mode():
+        want = _causal_layers(receiver, cache.e[2], 2, 4)
+    assert torch.allclose(got[3], want[1], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match=r"recompute groups \[0, 2\] and \[2, 3\] overlap; give disjoint groups"):
+        inject(receiver, cache, OTHER_TABLE, recompute=[(0, 2), (2, 3)])
+
+
 def test_blend_recomputes_the_most_deviating_tokens(sender, receiver) -> None:
     cache = capture(sender, CTX, CTX_TABLE)
     chosen = blend(receiver, cache, OTHER_TABLE, 0.25)
