@@ -53,11 +53,9 @@ def _runs_section(cmp: Comparison, out: Path) -> Section:
 
 
 def _verdict_section(cmp: Comparison) -> Section:
-    if cmp.regressions:
-        names = sorted({d.metric for d in cmp.regressions})
-        head = f'<p><span class="badge not-measured">regression</span> {len(cmp.regressions)} point(s) of {_e(", ".join(names))} worse by more than {cmp.threshold_pct:g}% and outside the noise band (exit code {EXIT_REGRESSION}).</p>'
-    else:
-        head = f'<p><span class="badge measured">ok</span> no gated metric regressed beyond {cmp.threshold_pct:g}% (exit code 0).</p>'
+    # the same verdict line the terminal prints
+    badge = '<span class="badge not-measured">regression</span>' if cmp.regressions else '<span class="badge measured">ok</span>'
+    head = f"<p>{badge} {_e(cmp.verdict())}</p>"
     gated = ", ".join(f"{m.name} ({m.direction} is better)" for m in cmp.gated) or "none"
     items = [f"<li>gated metrics: {_e(gated)}</li>", f"<li>{len(cmp.matched)} matched point(s)</li>"] + [f"<li>{_e(n)}</li>" for n in cmp.notes]
     return Section("Verdict", head + "<ul>" + "".join(items) + "</ul>", note=noise_rule_text(cmp.threshold_pct), anchor="verdict")

@@ -31,6 +31,80 @@ PALETTE: dict[str, str] = {
 }
 
 
+#: series colours, in legend order: distinct hues (Tableau 10) that every study's figures share
+SERIES: tuple[str, ...] = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)
+
+#: pixels a figure without an explicit height gets per row of subplots, and for title/legend/axes
+ROW_PX, FRAME_PX, MIN_FIGURE_PX = 260, 120, 320
+
+_COLOURED = frozenset({"scatter", "scattergl", "bar", "histogram", "box", "violin"})
+
+
+def series_colour(i: int) -> str:
+    """The ``i``-th series colour (cycles over :data:`SERIES`)."""
+    return SERIES[i % len(SERIES)]
+
+
+def _scalar_colour(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _explicit_colour(trace: Any) -> str | None:
+    for part in ("line", "marker"):
+        obj = getattr(trace, part, None)
+        c = _scalar_colour(getattr(obj, "color", None)) if obj is not None else None
+        if c:
+            return c
+    return None
+
+
+def assign_colours(fig: Any) -> dict[str, str]:
+    """Give every series of ``fig`` one explicit colour, the same in every panel and in the legend.
+
+    A series is a trace's ``legendgroup`` (else its ``name``): traces of one series drawn in
+    several subplots (with the legend entry shown once) share its colour, so every colour on
+    the page is one the legend names. Colours a figure set itself are kept (and claim their
+    series); the rest come from :data:`SERIES` in order. Plotly's own cycling would instead
+    colour each of 24 traces differently, most of them in no legend entry.
+
+    Returns:
+        series name -> colour.
+    """
+    by_series: dict[str, str] = {}
+    traces = [t for t in fig.data if t.type in _COLOURED]
+    for t in traces:  # colours chosen by the figure first, so the palette does not reuse them
+        c = _explicit_colour(t)
+        key = t.legendgroup or t.name
+        if c and key and key not in by_series:
+            by_series[key] = c
+    used = set(by_series.values())
+    free = (c for c in SERIES * 4 if c not in used)
+    for t in traces:
+        if _explicit_colour(t):
+            continue
+        key = t.legendgroup or t.name or f"trace{id(t)}"
+        if key not in by_series:
+            by_series[key] = next(free, SERIES[len(by_series) % len(SERIES)])
+        colour = by_series[key]
+        if t.type in ("scatter", "scattergl"):
+            t.update(line_color=colour, marker_color=colour)
+        else:
+            t.update(marker_color=colour)
+    return by_series
+
+
+def figure_height(fig: Any) -> int:
+    """A figure's pixel height from its content: its own ``layout.height``, else rows of subplots."""
+    if fig.layout.height:
+        return int(fig.layout.height)
+    starts = {tuple(ax.domain) for name in dir(fig.layout) if name.startswith("yaxis")
+              for ax in (getattr(fig.layout, name),) if ax is not None and getattr(ax, "domain", None) is not None}
+    rows = max(1, len(starts))
+    return max(MIN_FIGURE_PX, FRAME_PX + ROW_PX * rows)
+
+
 @dataclass
 class Section:
     """One block of a report: a title, trusted HTML (figures, tables) and a note."""
@@ -76,17 +150,22 @@ def _safe_json(obj_json: str) -> str:
 def figure_html(fig: Any, height: int | None = None) -> str:
     """HTML for one plotly figure: a div plus a script that draws it (plotly.js comes once per page).
 
+    The div is given the figure's height (``height``, else :func:`figure_height`), so a resize
+    changes only the width: a container shorter than its figure would let the SVG spill over
+    the next section. Series get explicit colours tied to their legend entries
+    (:func:`assign_colours`).
+
     Args:
         fig: a ``plotly.graph_objects.Figure``.
-        height: optional pixel height.
+        height: pixel height (default: from the figure's rows of subplots).
     """
     div_id = _IDS.next()
-    if height is not None:
-        fig.update_layout(height=height)
-    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+    h = int(height) if height is not None else figure_height(fig)
+    assign_colours(fig)
+    fig.update_layout(template="plotly_white", height=h, autosize=True, margin=dict(l=70, r=20, t=50, b=60))
     payload = _safe_json(fig.to_json())
     return (
-        f'<div class="plot" id="{div_id}"></div>\n'
+        f'<div class="plot" id="{div_id}" style="height:{h}px"></div>\n'
         f'<script>(function(){{var f={payload};Plotly.newPlot("{div_id}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>'
     )
 

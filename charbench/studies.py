@@ -9,7 +9,7 @@ A study package declares a :class:`StudySpec` named ``STUDY`` in its ``__init__.
         command="my-study",
         help="What my study measures, in one line.",
         cli_module="charbench.workloads.my_study.cli",       # exposes a Typer ``app``
-        gates=("energy_per_item_j", ("p99_latency_ms", "latency_p99_ms")),
+        gates=("energy_per_item_j", "p99_latency_ms"),
         report_hook="charbench.workloads.my_study.figures:report_sections",
         metrics=("energy_per_item_j", "p99_latency_ms"),
     )
@@ -49,9 +49,11 @@ class StudySpec:
         command: the CLI command and the study name stored in every run folder.
         help: the one line ``charbench --help`` shows.
         cli_module: dotted module exposing ``app``, a one-command ``typer.Typer``.
-        gates: the metrics ``charbench compare`` gates on by default. Each entry is a metric
-            name or a tuple of alternative names (older spellings); the first one present
-            in the runs is used.
+        gates: the metrics ``charbench compare`` gates on by default, one name per gate
+            (old runs' spellings are renamed on read by :mod:`charbench.migrations`).
+        fallback_gates: time/throughput metrics that gate in place of the :attr:`gates`
+            that were not measured (energy and power are null without a meter, e.g. on a
+            CPU without RAPL), so a CI job on any machine can still fail.
         report_hook: ``module:function`` returning the study's report sections, or None.
         metrics: the metric columns the study's records add to the spine's window fields.
     """
@@ -59,7 +61,8 @@ class StudySpec:
     command: str
     help: str
     cli_module: str
-    gates: tuple[str | tuple[str, ...], ...] = ()
+    gates: tuple[str, ...] = ()
+    fallback_gates: tuple[str, ...] = ()
     report_hook: str | None = None
     metrics: tuple[str, ...] = field(default_factory=tuple)
 
@@ -68,13 +71,17 @@ class StudySpec:
             raise ValueError(f"StudySpec.command {self.command!r}: give a command name without spaces, e.g. 'my-study'")
         if not self.cli_module or ":" in self.cli_module:
             raise ValueError(f"StudySpec.cli_module {self.cli_module!r}: give a dotted module name exposing `app`, e.g. 'my_pkg.cli'")
+        spelled = [g for g in self.gates if not isinstance(g, str)]
+        if spelled:
+            raise ValueError(f"StudySpec.gates {spelled[0]!r}: give one metric name per gate (e.g. 'p99_ttft_ms'); "
+                             "older spellings are renamed on read by a migration in charbench.migrations")
         if self.report_hook is not None and self.report_hook.count(":") != 1:
             raise ValueError(f"StudySpec.report_hook {self.report_hook!r}: give 'module:function'")
 
     @property
     def gate_alternatives(self) -> tuple[tuple[str, ...], ...]:
-        """:attr:`gates` with every entry as a tuple of alternative names."""
-        return tuple((g,) if isinstance(g, str) else tuple(g) for g in self.gates)
+        """:attr:`gates`, each as a one-name tuple (the form :mod:`charbench.compare.gates` reads)."""
+        return tuple((g,) for g in self.gates)
 
 
 def _warn(msg: str) -> None:

@@ -16,7 +16,7 @@ from charbench.errors import ConfigError
 from charbench.studies import find_study
 
 #: gates of a study that declares none (only those present are used)
-FALLBACK_GATES: tuple[tuple[str, ...], ...] = (("energy_j",), ("avg_power_w",))
+FALLBACK_GATES: tuple[tuple[str, ...], ...] = (("energy_j",), ("mean_power_w",))
 
 
 @dataclass
@@ -26,6 +26,8 @@ class MetricSpec:
     name: str
     direction: str
     gated: bool = False
+    #: the declared gates, not measured in these runs, that this metric gates in place of
+    fallback_for: tuple[str, ...] = ()
 
 
 
@@ -51,6 +53,19 @@ def study_gates(study: str) -> tuple[tuple[str, ...], ...]:
     """The gates ``study`` declares (each a tuple of alternative names), else :data:`FALLBACK_GATES`."""
     spec = find_study(study)
     return spec.gate_alternatives if spec is not None and spec.gates else FALLBACK_GATES
+
+
+def study_fallback_gates(study: str) -> tuple[str, ...]:
+    """The time/throughput gates ``study`` declares for when its energy gates are not measured."""
+    spec = find_study(study)
+    return tuple(getattr(spec, "fallback_gates", ()) or ()) if spec is not None else ()
+
+
+def unmeasured_gates(base: RunPoints, cand: RunPoints) -> list[str]:
+    """The study's default gates that are null in every point of either run (not measured there)."""
+    measured = set(base.metrics) & set(cand.metrics)
+    null = (set(base.unmeasured) | set(cand.unmeasured)) - measured
+    return default_gates(base.store.study, null)
 
 
 def default_gates(study: str, available: Iterable[str]) -> list[str]:
@@ -79,6 +94,8 @@ def resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | N
             notes.append(f"metric(s) only in the {side}: {', '.join(only)}")
     available = sorted(set(base.metrics) | set(cand.metrics))
     gated: dict[str, str] = {}
+    fallback: list[str] = []
+    null: list[str] = []
     if metric_opts:
         for text in metric_opts:
             name, direction = parse_metric_option(text)
@@ -96,14 +113,27 @@ def resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | N
                 raise ConfigError(f"--metric {name}: its unit does not say which way is better; write {name}:lower or {name}:higher")
             gated[name] = direction
     else:
-        defaults = default_gates(base.store.study, available)
+        study = base.store.study
+        null = unmeasured_gates(base, cand)
+        defaults = [g for g in default_gates(study, available) if g not in null]
         for name in defaults:
             gated[name] = metric_direction(name) or LOWER
-        if not defaults:
-            null = default_gates(base.store.study, set(base.unmeasured) | set(cand.unmeasured))
+        # energy/power gates are null without a meter: gate on the study's time/throughput gates
+        # instead, so that a CPU-only CI job can still fail
+        fallback = [g for g in study_fallback_gates(study) if g in common and g not in gated] if null else []
+        for name in fallback:
+            gated[name] = metric_direction(name) or LOWER
+        if null:
+            why = f"{', '.join(null)} not measured (null in every point: {_null_reason(base if null[0] in base.unmeasured else cand, null[0])})"
+            if fallback:
+                notes.append(f"{why}; gating on {', '.join(fallback)} instead")
+            elif defaults:
+                notes.append(f"{why}; gating on {', '.join(defaults)} only")
+        if not gated:
             why = f"its default gated metric(s) {', '.join(null)} were not measured (null; see null_reasons)" if null else "it has no default gated metric in these runs"
             notes.append(f"nothing gates the exit code: {why}; choose with --metric NAME[:higher|lower]")
-    specs = [MetricSpec(m, gated.get(m, metric_direction(m) or NEUTRAL), m in gated) for m in common]
+    replaced = tuple(null) if fallback else ()
+    specs = [MetricSpec(m, gated.get(m, metric_direction(m) or NEUTRAL), m in gated, replaced if m in fallback else ()) for m in common]
     for name, direction in gated.items():
         if name not in common:  # a gated metric missing from one run: compared as "missing"
             specs.append(MetricSpec(name, direction, True))

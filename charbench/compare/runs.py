@@ -107,6 +107,26 @@ class Comparison:
         return [d for d in self.deltas if d.gated and d.verdict == "regression"]
 
     @property
+    def gate_basis(self) -> str:
+        """Why the gated metrics are these, when they stand in for unmeasured default gates ('' otherwise)."""
+        stand_ins = [m for m in self.gated if m.fallback_for]
+        if not stand_ins:
+            return ""
+        return f"gated on {', '.join(m.name for m in stand_ins)} because {', '.join(stand_ins[0].fallback_for)} were not measured"
+
+    def verdict(self) -> str:
+        """The one verdict line ``charbench compare`` prints (and its page shows)."""
+        basis = f"; {self.gate_basis}" if self.gate_basis else ""
+        if self.regressions:
+            names = sorted({d.metric for d in self.regressions})
+            return (f"REGRESSION: {len(self.regressions)} point(s) of {', '.join(names)} worse by more than "
+                    f"{self.threshold_pct:g}% and outside noise{basis} (exit {EXIT_REGRESSION})")
+        if not self.gated:
+            return "OK: nothing gated the exit code (see the notes; choose with --metric NAME[:higher|lower]) (exit 0)"
+        return (f"OK: no gated metric ({', '.join(m.name for m in self.gated)}) regressed beyond "
+                f"{self.threshold_pct:g}%{basis} (exit 0)")
+
+    @property
     def exit_code(self) -> int:
         """:data:`EXIT_REGRESSION` when a gated metric regressed, else :data:`EXIT_OK`."""
         return EXIT_REGRESSION if self.regressions else EXIT_OK
@@ -126,6 +146,7 @@ class Comparison:
             "aggregates": [s.__dict__ for s in self.summaries],
             "regressions": [d.__dict__ for d in self.regressions],
             "notes": self.notes,
+            "verdict": self.verdict(),
             "exit_code": self.exit_code,
         }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from charbench.compare.runs import EXIT_REGRESSION, Comparison
+from charbench.compare.runs import Comparison
 from charbench.compare.stats import NOISE_K
 
 def fmt_value(v: float | None, pct: bool = False) -> str:
@@ -48,12 +48,5 @@ def summary_text(cmp: Comparison, max_points: int = 40) -> str:
     for note in cmp.notes:
         out.append(f"note: {note}")
     out.append("")
-    if cmp.regressions:
-        names = sorted({d.metric for d in cmp.regressions})
-        out.append(f"REGRESSION: {len(cmp.regressions)} point(s) of {', '.join(names)} worse by more than {cmp.threshold_pct:g}% and outside noise (exit {EXIT_REGRESSION})")
-    elif not cmp.gated:
-        out.append("OK: no gated metric (exit 0)")
-    else:
-        out.append(f"OK: no gated metric ({', '.join(m.name for m in cmp.gated)}) regressed beyond {cmp.threshold_pct:g}% (exit 0)")
+    out.append(cmp.verdict())
     return "\n".join(out)
-

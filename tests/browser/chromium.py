@@ -27,6 +27,8 @@ The browser binary is ``$CHARBENCH_CHROMIUM`` when set, else the first of ``chro
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -38,7 +40,7 @@ import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -221,6 +223,17 @@ class Chromium:
             html_file: the page to open.
             settle_s: longest wait after the load event for every ``div.plot`` to hold an SVG.
         """
+        with self.page(html_file, settle_s=settle_s) as (session, errors):
+            dom = self.evaluate(session, "document.documentElement.outerHTML")
+        return str(dom or ""), errors
+
+    @contextlib.contextmanager
+    def page(self, html_file: Path, settle_s: float = 5.0, width: int = 1280, height: int = 900) -> Iterator[tuple[str, list[str]]]:
+        """Open ``html_file`` in a new tab of ``width`` x ``height`` px and wait for its plots.
+
+        Yields ``(session, console_errors)``; the errors list keeps filling until the tab closes
+        (drained once more on exit), and the tab is closed on exit.
+        """
         url = Path(html_file).resolve().as_uri()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -228,20 +241,46 @@ class Chromium:
         try:
             for domain in ("Runtime", "Log", "Page"):
                 self.call(f"{domain}.enable", {}, session)
+            self.set_viewport(session, width, height, settle_s=0)
             self._drain(session, errors)
             self.call("Page.navigate", {"url": url}, session)
             self._wait_event(session, "Page.loadEventFired", errors)
             deadline = time.monotonic() + settle_s
-            while True:
-                done = self.call("Runtime.evaluate", {"expression": PLOTS_DRAWN_JS, "returnByValue": True}, session)
-                if done.get("result", {}).get("value") is True or time.monotonic() > deadline:
-                    break
+            while self.evaluate(session, PLOTS_DRAWN_JS) is not True and time.monotonic() < deadline:
                 time.sleep(0.05)
-            dom = self.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session)
+            yield session, errors
             self._drain(session, errors)
         finally:
             self.call("Target.closeTarget", {"targetId": target})
-        return str(dom.get("result", {}).get("value", "")), errors
+
+    def evaluate(self, session: str, expression: str) -> Any:
+        """The value of a JavaScript expression in a tab (returned by value).
+
+        Raises:
+            ChromiumError: the expression threw.
+        """
+        res = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        if "exceptionDetails" in res:
+            d = res["exceptionDetails"]
+            raise ChromiumError(f"evaluate: {(d.get('exception') or {}).get('description') or d.get('text')}")
+        return res.get("result", {}).get("value")
+
+    def set_viewport(self, session: str, width: int, height: int = 900, settle_s: float = 0.8) -> None:
+        """Resize a tab's viewport (the page gets a resize event) and give its plots ``settle_s`` to relayout."""
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+        if settle_s:
+            time.sleep(settle_s)  # plotly's responsive relayout runs from a resize handler with its own delay
+
+    def screenshot(self, session: str, path: Path) -> Path:
+        """Write a PNG of the whole page (beyond the viewport) to ``path``."""
+        size = self.evaluate(session, "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        w, h = (int(v) for v in size)
+        res = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                    "clip": {"x": 0, "y": 0, "width": w, "height": min(h, 16000), "scale": 1}}, session)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(res["data"]))
+        return path
 
     def _wait_event(self, session: str, method: str, errors: list[str]) -> None:
         deadline = time.monotonic() + self.timeout_s

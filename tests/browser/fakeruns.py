@@ -3,7 +3,7 @@
 ::
 
     run = make_run(tmp_path, "gemm-power", points=expand({"dtype": ["fp16", "fp32"], "seed": [0, 1, 2]}),
-                   measure=lambda p: {"energy_j": 10.0, "avg_power_w": 100.0, "time_s": 0.1})
+                   measure=lambda p: {"energy_j": 10.0, "mean_power_w": 100.0, "time_s": 0.1})
 
 Rows go through :func:`charbench.study.finalize_record`, the runner's own record
 builder, and into a :class:`charbench.results.RunStore`, so the folder has exactly the
@@ -16,6 +16,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Callable
 
+from charbench.record import Record
 from charbench.results import RunStore
 from charbench.study import finalize_record
 from charbench.sweep import point_key
@@ -42,7 +43,7 @@ def make_run(
         root: results root (the run lands in ``root/<study>/<stamp>-<label>``).
         study: study name.
         points: knob dicts, in run order (their key order is kept in the columns).
-        measure: params -> metric fields (unit-suffixed), ``_reasons`` allowed.
+        measure: params -> metric fields (unit-suffixed): a dict, or a :class:`Record` for nulls with reasons.
         label: run label.
         now: start time (also the folder stamp).
         status: final status in run.json.
@@ -59,7 +60,8 @@ def make_run(
     store.update_meta(points_total=len(points) + len(failures or []), device="cuda:0")
     if now is not None:
         store.update_meta(started=now.astimezone().isoformat(timespec="seconds"))
-    rows = [finalize_record(dict(measure(p)), p, key(p), i) for i, p in enumerate(points)]
+    # a Record keeps its null reasons; a plain dict is copied (finalize_record adds columns)
+    rows = [finalize_record(_own(measure(p)), p, key(p), i) for i, p in enumerate(points)]
     if rows:
         store.append_records(rows)
     for p in failures or []:
@@ -71,3 +73,8 @@ def make_run(
         ])
     store.finish(status)
     return store.path
+
+
+def _own(rec: dict[str, Any] | Record) -> dict[str, Any] | Record:
+    """A fresh record: a :class:`Record` as is (its reasons kept), a dict copied."""
+    return rec if isinstance(rec, Record) else dict(rec)

@@ -21,6 +21,7 @@ from charbench.sweep import expand
 
 from .chromium import Chromium, find_chromium, plot_status
 from .fakeruns import make_run
+from .layout import WIDTHS, look
 
 pytestmark = [
     pytest.mark.browser,
@@ -45,14 +46,15 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     def measure(scale: float):
         def m(p: dict[str, Any]) -> dict[str, Any]:
             e = scale * SPREAD[p["seed"]] * p["size"] / 256
-            return {"energy_j": e, "avg_power_w": 100.0 * scale, "time_s": e / 100.0, "tflops_per_s": 40.0 / scale}
+            return {"energy_j": e, "mean_power_w": 100.0 * scale, "time_s": e / 100.0, "tflops_per_s": 40.0 / scale}
         return m
 
     base = make_run(root, "gemm-power", pts, measure(1.0), label=XSS, meta={"pr": XSS}, now=dt.datetime(2026, 1, 1, 9))
     cand = make_run(root, "gemm-power", pts, measure(1.3), label="cand", now=dt.datetime(2026, 1, 2, 9))
     make_run(root, "serve-sweep", expand({"rate_per_s": [1.0, 2.0]}), lambda p: {"ttft_p99_ms": 10 * p["rate_per_s"], "energy_per_token_j": 0.2},
              label="serve", status="failed", failures=[{"rate_per_s": 8.0}], now=dt.datetime(2026, 1, 3, 9))
-    out = {"report": render_run(base), "report_cand": render_run(cand)}
+    serve = next((root / "serve-sweep").iterdir())
+    out = {"report": render_run(base), "report_cand": render_run(cand), "report_serve": render_run(serve)}
     cmp = compare_runs(base, cand)
     assert cmp.regressions  # the page shows a regression, with its figures
     out["compare"] = render_comparison([base, cand], root / "compare.html", comparisons=[cmp])
@@ -79,6 +81,39 @@ def test_page_renders_without_errors(browser: Chromium, pages: dict[str, Path], 
         assert XSS not in dom
 
 
+@pytest.mark.parametrize("name", ["report", "report_serve", "compare", "history"])
+def test_page_holds_its_layout_at_1280_and_1920(browser: Chromium, pages: dict[str, Path], name: str) -> None:
+    """No overflow, no figure over another or over a heading (before and after a resize), legend colours, no console errors."""
+    page = pages[name]
+    problems = look(browser, page, shots=page.parent / "screenshots", widths=WIDTHS)
+    assert problems == [], "\n".join(problems)
+    assert sorted(p.name for p in (page.parent / "screenshots").glob(f"{page.stem}-*.png")) == [f"{page.stem}-1280.png", f"{page.stem}-1920.png"]
+
+
+def test_layout_check_fails_on_the_old_layout(browser: Chromium, tmp_path: Path) -> None:
+    """The old layout: a 770 px figure in a div squeezed to 360 px, a table wider than its card, plotly's colour cycling."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from charbench.pages import plotly_js
+
+    fig = make_subplots(rows=1, cols=2)
+    for i in range(3):
+        for col in (1, 2):  # one legend entry per series, drawn in both panels without a colour
+            fig.add_trace(go.Scatter(x=[0, 1], y=[i, i + 1], name=f"s{i}", legendgroup=f"s{i}", showlegend=col == 1), row=1, col=col)
+    fig.update_layout(height=770)
+    wide = "<table><tr>" + "".join(f"<td style='white-space:nowrap'>column number {i} of a wide table</td>" for i in range(40)) + "</tr></table>"
+    bad = tmp_path / "old.html"
+    bad.write_text(f"<html><head><script>{plotly_js()}</script></head><body><section><h2>one</h2>"
+                   f"<div class='plot' id='p' style='height:360px'></div></section><section><h2>two</h2>{wide}</section>"
+                   f"<script>var f={fig.to_json()};Plotly.newPlot('p',f.data,f.layout);</script></body></html>")
+    problems = "\n".join(look(browser, bad, widths=(1280,)))
+    assert "old.html: 1280 px: page is " in problems
+    assert "old.html: 1280 px: overflow: table right edge at " in problems
+    assert 'old.html: 1280 px: div#p.plot.js-plotly-plot covers heading "two"' in problems
+    assert 'old.html: 1280 px: div#p.plot.js-plotly-plot: trace "s0" drawn in ' in problems and "a colour in no legend entry" in problems
+
+
 def test_helper_reports_errors_and_undrawn_plots(browser: Chromium, tmp_path: Path) -> None:
     # the checks above can fail: a broken page is caught
     bad = tmp_path / "bad.html"
@@ -103,4 +138,6 @@ def test_ci_reports_render_without_errors(browser: Chromium) -> None:
             _check(browser, page, min_plots=0)
         except AssertionError as exc:
             failures.append(str(exc))
+        # screenshots stay in the run folder (CI keeps the reports folder as an artifact)
+        failures += look(browser, page, shots=page.parent / "screenshots")
     assert not failures, "\n".join(failures)

@@ -24,11 +24,13 @@ STUDY = StudySpec(
     command="gemm-power",
     help="Input-dependent GEMM power: values, bits, placement, sparsity, across dtypes and kernels.",
     cli_module="charbench.workloads.gemm_power.cli",
-    # energy per GEMM is normalized by the iteration count; energy_j covers a timed window
-    gates=(("energy_per_gemm_j", "energy_j"), "avg_power_w"),
+    # energy per GEMM is normalized by the iteration count (energy_j covers a window of any length)
+    gates=("energy_per_gemm_j", "mean_power_w"),
+    # without a power meter both gates are null: time per GEMM is measured everywhere
+    fallback_gates=("time_per_gemm_ms",),
     report_hook="charbench.workloads.gemm_power.figures:report_sections",
     metrics=(
-        "time_per_gemm_ms", "tflop_per_s", "energy_per_gemm_j", "energy_per_gemm_net_j",
-        "energy_per_flop_pj", "energy_per_flop_net_pj", "power_estimated_w",
+        "time_per_gemm_ms", "throughput_tflop_s", "energy_per_gemm_j", "energy_net_per_gemm_j",
+        "energy_per_flop_pj", "energy_net_per_flop_pj", "power_estimated_w",
     ),
 )
