@@ -59,10 +59,10 @@ class TrainSpec:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 128
-    pairs: int = 16
+    pairs: int = 12
     batch_size: int = 64
-    base_steps: int = 3000
-    finetune_steps: int = 1500
+    base_steps: int = 2000
+    finetune_steps: int = 1000
     base_lr: float = 3e-3
     finetune_lr: float = 1e-3
     middle_layers: tuple[int, ...] = (2, 3)
