@@ -30,18 +30,22 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for everything random.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file whose keys override the preset.")]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run folder; completed points are skipped.")]
-ContinueOpt = Annotated[bool, typer.Option("--continue-on-error", help="Record a failed point and go on.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+#: metavar of an on/off flag: typer's help would show ``<bool>``, which reads as if ``--shuffle true``
+#: were accepted (it is a usage error: the flag takes no value)
+FLAG = ""
+
+ContinueOpt = Annotated[bool, typer.Option("--continue-on-error", metavar=FLAG, help="Record a failed point and go on.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar=FLAG, help="Print a machine-readable summary on stdout.")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where resource groups run: local, ray, slurm or slurm-local (submitit's local processes).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster: auto or HOST:PORT (default: a private local instance).")]
 SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", help="SLURM partition for the jobs (default: the cluster's).")]
 SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="Time limit of each SLURM job, minutes.")]
 SlurmGpusOpt = Annotated[int, typer.Option("--slurm-gpus", help="GPUs per SLURM job.")]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Send a unit again this often when its worker or node is lost.")]
-DetachOpt = Annotated[bool, typer.Option("--detach", help="SLURM: submit the jobs and return; --resume RUN_DIR collects them.")]
+DetachOpt = Annotated[bool, typer.Option("--detach", metavar=FLAG, help="SLURM: submit the jobs and return; --resume RUN_DIR collects them.")]
 IdleOpt = Annotated[Optional[float], typer.Option("--idle-baseline", help="Seconds of idle power to measure before the sweep (0 = skip).")]
 CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Seconds to sleep between points.")]
-ShuffleOpt = Annotated[bool, typer.Option("--shuffle", help="Run points in a seeded random order.")]
+ShuffleOpt = Annotated[bool, typer.Option("--shuffle", metavar=FLAG, help="Run points in a seeded random order.")]
 
 
 @dataclass
@@ -112,7 +116,7 @@ def common_options(
 
 
 def emit_result(result: Any, json_out: bool) -> None:
-    """Print the run summary: JSON on stdout with ``--json``, else a short human line on stderr."""
+    """Print the run summary: JSON on stdout with ``--json`` (unchanged), else a per-point table and a short line on stderr."""
     payload = {
         "run_dir": str(result.run_dir),
         "status": result.status,
@@ -124,6 +128,10 @@ def emit_result(result: Any, json_out: bool) -> None:
     if json_out:
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
     else:
+        if result.points_done and (Path(result.run_dir) / "run.json").is_file():
+            from charbench.run_summary import print_summary
+
+            print_summary(Path(result.run_dir), sys.stderr)
         typer.echo(f"{result.status}: {result.points_done} point(s), {result.points_failed} failed -> {result.run_dir}", err=True)
         if result.report:
             typer.echo(f"report: {result.report}", err=True)
