@@ -12,7 +12,7 @@ status, points done/failed, link to the run's report) and, per study, trend char
 its headline metrics over time: each marker is one run, its value the median over the
 run's points of that metric (runs that did not complete are drawn as open markers).
 Headline metrics are the study's gated metrics (declared in its ``StudySpec``, see :mod:`charbench.compare.gates`),
-else ``energy_j``/``avg_power_w``, else the first few unit-suffixed metrics (those with a
+else ``energy_j``/``mean_power_w``, else the first few unit-suffixed metrics (those with a
 better direction, such as times and throughputs, before clocks and fractions). Links are
 relative, so the folder can be published as it is (CI artifact, static site); the page
 is self-contained otherwise (plotly.js embedded).

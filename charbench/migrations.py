@@ -11,6 +11,8 @@ themselves. The pattern is simonw/llm's ``migrations.py``: append a new numbered
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,12 +55,110 @@ def _m001_version_owner_tables(meta: Meta, run_dir: Path) -> Meta:
     return out
 
 
+#: Column renames of migration 2 (one naming rule, :mod:`charbench.record`): old -> new.
+METRIC_NAMES_002: dict[str, str] = {
+    "avg_power_w": "mean_power_w",
+    "steady_avg_power_w": "mean_steady_power_w",
+    "energy_per_gemm_net_j": "energy_net_per_gemm_j",
+    "energy_per_flop_net_pj": "energy_net_per_flop_pj",
+    "tflop_per_s": "throughput_tflop_s",
+    "flops_per_gemm": "work_per_gemm_flop",
+    "iterations": "iteration_count",
+    "correctness_rel_error": "correctness_rel_error_frac",
+    "num_requests": "request_count",
+    "completed": "completed_count",
+    "error_rate": "error_frac",
+    "peak_concurrency": "max_in_flight_count",
+    "good_requests": "good_request_count",
+    "slo_attainment": "slo_attainment_frac",
+    "output_tokens_per_j": "output_per_energy_tok_j",
+    "output_tokens_per_net_j": "output_per_energy_net_tok_j",
+    "steady_output_tokens_per_j": "steady_output_per_energy_tok_j",
+    "steady_output_tokens_per_net_j": "steady_output_per_energy_net_tok_j",
+    "warmup_errors": "warmup_error_count",
+    "unsent_requests": "unsent_request_count",
+    "length_clipped_requests": "length_clipped_request_count",
+    "engine_starts": "engine_start_count",
+    "server_median_ttft_ms": "median_server_ttft_ms",
+    "server_median_itl_ms": "median_server_itl_ms",
+    "server_median_queue_ms": "median_server_queue_ms",
+    "ttft_client_minus_server_median_ms": "median_ttft_client_minus_server_ms",
+    "itl_client_minus_server_median_ms": "median_itl_client_minus_server_ms",
+    "client_median_ttft_ms_joined": "median_client_joined_ttft_ms",
+    "server_preemptions": "total_server_preemption_count",
+}
+
+#: Sampler statistics of migration 2: ``gpu0_power_mean_w`` -> ``mean_gpu0_power_w`` (any window prefix).
+_SAMPLER_002 = re.compile(r"^(steady_)?((?:gpu\d+|cpu)_[a-z_]+?)_(mean|p50|p95|max)_(w|mhz|pct|c)$")
+_SAMPLER_QUANTITIES = re.compile(r"^(gpu\d+_(power|sm_clock|mem_clock|util|temp)|cpu_(package|dram)_power)$")
+
+
+def rename_002(name: str) -> str:
+    """A column's name after migration 2 (unchanged when it was already right)."""
+    if name in METRIC_NAMES_002:
+        return METRIC_NAMES_002[name]
+    m = _SAMPLER_002.match(name)
+    if m and _SAMPLER_QUANTITIES.match(m.group(2)):
+        return f"{m.group(3)}_{m.group(1) or ''}{m.group(2)}_{m.group(4)}"
+    return name
+
+
+#: column rename functions by the name a migration lists them under in run.json ``column_renames``
+COLUMN_RENAMES: dict[str, Callable[[str], str]] = {"002-metric-names": rename_002}
+
+
+def _m002_metric_names(meta: Meta, run_dir: Path) -> Meta:
+    """Results written before the naming rule: their columns are renamed when read.
+
+    Parquet parts are not rewritten (a run folder is append-only); ``column_renames`` in
+    run.json tells :meth:`charbench.results.RunStore.records` which renames apply.
+    """
+    meta["column_renames"] = [*meta.get("column_renames", []), "002-metric-names"]
+    return meta
+
+
 MIGRATIONS: list[Migration] = [
     (1, "add format_version, pid/host placeholders, tables", _m001_version_owner_tables),
+    (2, "metric names follow one naming rule (renamed on read)", _m002_metric_names),
 ]
 
 #: the run.json format this charbench writes
 FORMAT_VERSION: int = MIGRATIONS[-1][0]
+
+
+def rename_columns(rows: list[dict[str, Any]], renames: list[str]) -> list[dict[str, Any]]:
+    """Apply the run's ``column_renames`` to records as read, keys of ``null_reasons``/``provenance`` included.
+
+    Args:
+        rows: records as stored.
+        renames: run.json ``column_renames`` (names in :data:`COLUMN_RENAMES`).
+
+    Raises:
+        RunStoreError: a rename this charbench does not know.
+    """
+    unknown = [r for r in renames if r not in COLUMN_RENAMES]
+    if unknown:
+        raise RunStoreError(f"run.json column_renames {', '.join(unknown)} unknown to this charbench; upgrade charbench")
+    fns = [COLUMN_RENAMES[r] for r in renames]
+    if not fns:
+        return rows
+
+    def new(name: str) -> str:
+        for fn in fns:
+            name = fn(name)
+        return name
+
+    out = []
+    for row in rows:
+        r = {new(k): v for k, v in row.items()}
+        for col in ("null_reasons", "provenance"):
+            if isinstance(r.get(col), str) and r[col]:
+                try:
+                    r[col] = json.dumps({new(k): v for k, v in json.loads(r[col]).items()}, sort_keys=True)
+                except (ValueError, AttributeError):
+                    pass  # not a JSON object: kept as written
+        out.append(r)
+    return out
 
 
 def folder_version(meta: Meta, run_dir: Path) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from charbench.errors import RunStoreError
-from charbench.migrations import FORMAT_VERSION, migrate
+from charbench.migrations import FORMAT_VERSION, migrate, rename_columns
 from charbench.parts import PARTS_SUFFIX, PartLog, frame_table, table_entry
 from charbench.runlock import owner_fields
 
@@ -379,7 +379,9 @@ class RunStore:
         """
         if self._records is None:
             df = self._results.read()
-            self._records = [] if df is None else [{k: _from_pandas(v) for k, v in row.items()} for row in df.to_dict("records")]
+            rows = [] if df is None else [{k: _from_pandas(v) for k, v in row.items()} for row in df.to_dict("records")]
+            # an old folder's columns under today's names (migration 2): compare against an old baseline works
+            self._records = rename_columns(rows, list(self.meta.get("column_renames") or []))
         return self._records
 
     def completed_keys(self) -> set[str]:

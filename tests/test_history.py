@@ -46,14 +46,14 @@ def _results_root(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     gemm = expand({"dtype": ["fp16", "fp32"], "size": [256, 512]})
     for day, scale in ((1, 1.0), (2, 1.1), (3, 0.9)):
-        make_run(root, "gemm-power", gemm, lambda p, s=scale: {"energy_j": s * p["size"] / 256, "avg_power_w": 100.0 * s, "time_s": 0.01},
+        make_run(root, "gemm-power", gemm, lambda p, s=scale: {"energy_per_gemm_j": s * p["size"] / 256, "mean_power_w": 100.0 * s, "time_s": 0.01},
                  label=f"g{day}", now=dt.datetime(2026, 1, day, 9))
     serve = expand({"rate_per_s": [1.0, 4.0]})
     for day in (4, 5):
-        make_run(root, "serve-sweep", serve, lambda p: {"ttft_p99_ms": 20.0 * p["rate_per_s"], "tpot_p99_ms": 5.0, "energy_per_token_j": 0.3,
+        make_run(root, "serve-sweep", serve, lambda p: {"p99_ttft_ms": 20.0 * p["rate_per_s"], "p99_tpot_ms": 5.0, "energy_per_output_token_j": 0.3,
                                                        "tokens_per_s": 100.0}, label=f"s{day}", now=dt.datetime(2026, 1, day, 9))
     # a run with failed points that did not complete, and an escaped label/meta/host
-    make_run(root, "gemm-power", gemm[:2], lambda p: {"energy_j": 2.0, "avg_power_w": 90.0}, label=XSS, meta={"pr": XSS},
+    make_run(root, "gemm-power", gemm[:2], lambda p: {"energy_per_gemm_j": 2.0, "mean_power_w": 90.0}, label=XSS, meta={"pr": XSS},
              env={"hostname": XSS, "git_sha": "feedface" * 5, "gpus": [{"name": XSS}]}, status="failed", failures=gemm[2:], now=dt.datetime(2026, 1, 6, 9))
     # a run that crashed before its first point
     make_run(root, "cluster-sim", [], lambda p: {}, label="empty", status="failed", failures=[{"n": 1}], samples=False, now=dt.datetime(2026, 1, 7, 9))
@@ -77,8 +77,8 @@ def test_history_index_of_several_studies(tmp_path: Path) -> None:
     # one trend section per study, headline metrics from the study's gates
     for study in ("gemm-power", "serve-sweep", "cluster-sim"):
         assert f"{study}: trends" in html
-    assert "Metrics: energy_j, avg_power_w" in html
-    assert "Metrics: ttft_p99_ms, tpot_p99_ms, energy_per_token_j" in html
+    assert "Metrics: energy_per_gemm_j, mean_power_w" in html
+    assert "Metrics: p99_ttft_ms, p99_tpot_ms, energy_per_output_token_j" in html
     assert "No run of this study has a unit-suffixed metric" in html
     assert html.count('class="plot"') == 2
     # status and failures shown
@@ -97,15 +97,15 @@ def test_history_escapes_labels_and_metadata(tmp_path: Path) -> None:
 def test_trend_values_are_medians_per_run(tmp_path: Path) -> None:
     root = _results_root(tmp_path)
     runs = {r.meta["label"]: summarize_run(r) for r in map(RunStore.open, root.glob("gemm-power/*"))}
-    assert runs["g2"].medians["energy_j"] == pytest.approx(1.1 * 1.5)  # sizes 256, 256, 512, 512 -> 1, 1, 2, 2
-    assert runs["g2"].medians["avg_power_w"] == pytest.approx(110.0)
-    assert headline_metrics("gemm-power", list(runs.values())) == ["energy_j", "avg_power_w"]
+    assert runs["g2"].medians["energy_per_gemm_j"] == pytest.approx(1.1 * 1.5)  # sizes 256, 256, 512, 512 -> 1, 1, 2, 2
+    assert runs["g2"].medians["mean_power_w"] == pytest.approx(110.0)
+    assert headline_metrics("gemm-power", list(runs.values())) == ["energy_per_gemm_j", "mean_power_w"]
     # the figure carries one marker per run that has values: 4 gemm-power runs
     html = render_history(root).read_text()
     figs = re.findall(r"var f=(\{.*?\});Plotly", html)
     traces = [t for f in figs for t in json.loads(f)["data"]]
-    assert sorted(t["name"] for t in traces) == ["avg_power_w", "energy_j", "energy_per_token_j", "tpot_p99_ms", "ttft_p99_ms"]
-    energy = next(t for t in traces if t["name"] == "energy_j")
+    assert sorted(t["name"] for t in traces) == ["energy_per_gemm_j", "energy_per_output_token_j", "mean_power_w", "p99_tpot_ms", "p99_ttft_ms"]
+    energy = next(t for t in traces if t["name"] == "energy_per_gemm_j")
     assert len(energy["y"]) == 4
     assert energy["marker"]["symbol"] == ["circle", "circle", "circle", "circle-open"]
 
@@ -130,9 +130,9 @@ def test_cli_history_errors_and_empty(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_headline_fallback_prefers_costs_over_neutral_columns(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     make_run(root, "gemm-power", expand({"n": [1, 2]}), lambda p: {"energy_j": None, "hamming_frac": 0.5, "sm_clock_mhz": 1400.0,
-                                                                   "time_s": 0.1, "tflop_per_s": 3.0}, now=dt.datetime(2026, 1, 1))
+                                                                   "time_s": 0.1, "throughput_tflop_s": 3.0}, now=dt.datetime(2026, 1, 1))
     runs = [summarize_run(r) for r in map(RunStore.open, root.glob("gemm-power/*"))]
-    assert headline_metrics("gemm-power", runs) == ["time_s", "tflop_per_s", "hamming_frac", "sm_clock_mhz"]
+    assert headline_metrics("gemm-power", runs) == ["time_s", "throughput_tflop_s", "hamming_frac", "sm_clock_mhz"]
 
 
 def test_damaged_runs_are_listed_as_damaged_and_the_page_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +148,7 @@ def test_damaged_runs_are_listed_as_damaged_and_the_page_renders(tmp_path: Path,
     assert "damaged: env.json: unreadable (JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); the run folder is damaged" in html
     assert "damaged: run.json: unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)); the run folder is damaged" in html
     # the run with a damaged env.json still has readable results: it keeps its trend marker
-    assert summarize_run(RunStore.open(runs[0])).medians["energy_j"] == pytest.approx(1.5)
+    assert summarize_run(RunStore.open(runs[0])).medians["energy_per_gemm_j"] == pytest.approx(1.5)
     assert "gemm-power: trends (4 run(s))" in html
 
 

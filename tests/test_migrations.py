@@ -47,7 +47,8 @@ def _old_folder(root: Path, **meta: Any) -> Path:
 def test_old_folder_opens_migrates_renders_and_resumes(tmp_path: Path) -> None:
     run = _old_folder(tmp_path)
     store = RunStore.open(run)
-    assert store.meta["format_version"] == FORMAT_VERSION == 1
+    assert store.meta["format_version"] == FORMAT_VERSION == 2
+    assert store.meta["column_renames"] == ["002-metric-names"]
     assert store.meta["tables"] == {} and store.meta["pid"] is None and store.meta["host"] is None
     assert json.loads((run / "run.json").read_text()) == store.meta  # written back: the folder is writable
     assert store.completed_keys() == {"i=0"}
@@ -72,7 +73,7 @@ def test_hand_made_folder_gets_every_field_readers_use(tmp_path: Path) -> None:
     meta = RunStore.open(run).meta
     assert meta == {"study": "counter", "label": "", "run_id": "bare", "meta": {}, "status": None, "started": None, "finished": None,
                     "points_total": None, "points_done": None, "points_failed": None, "report_hook": None, "device": None,
-                    "pid": None, "host": None, "tables": {}, "format_version": 1}
+                    "pid": None, "host": None, "tables": {}, "column_renames": ["002-metric-names"], "format_version": 2}
     from charbench.report import render_run
 
     assert render_run(run).read_text().startswith("<!DOCTYPE html>")  # no field missing in the template
@@ -87,7 +88,7 @@ def test_read_only_folder_is_migrated_in_memory_only(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(results, "atomic_write_json", read_only)
     store = RunStore.open(run)
-    assert store.meta["format_version"] == 1 and (run / "run.json").read_text() == before
+    assert store.meta["format_version"] == 2 and (run / "run.json").read_text() == before
 
 
 def test_current_folders_are_created_at_the_current_version_and_not_rewritten(tmp_path: Path) -> None:
@@ -141,3 +142,39 @@ def test_migrations_are_numbered_one_by_one_and_applied_in_order(tmp_path: Path,
     meta, applied = migrate({"study": "s", "format_version": 1}, tmp_path)
     assert applied and seen == [2, 3] and meta == {"study": "s", "format_version": 3, "m2": 1, "m3": 2}
     assert migrate(meta, tmp_path) == (meta, False)
+
+
+def test_old_columns_are_renamed_on_read_and_compare_against_an_old_baseline(tmp_path: Path) -> None:
+    """Migration 2: a folder from before the naming rule reads under today's names (reasons and provenance too)."""
+    run = _old_folder(tmp_path, format_version=1)
+    df = pd.DataFrame([{
+        "point_key": "i=0", "point_index": 0, "i": 0, "avg_power_w": 120.0, "gpu0_power_mean_w": 118.0, "gpu0_temp_max_c": 61.0,
+        "energy_per_gemm_net_j": None, "num_requests": 16, "gpu0_throttle_reasons": "",
+        "null_reasons": json.dumps({"energy_per_gemm_net_j": "no idle baseline"}), "provenance": json.dumps({"avg_power_w": "nvml"}),
+    }])
+    df.to_parquet(run / "results.parquet", index=False)
+    (rec,) = RunStore.open(run).records()
+    assert sorted(rec) == ["energy_net_per_gemm_j", "gpu0_throttle_reasons", "i", "max_gpu0_temp_c", "mean_gpu0_power_w", "mean_power_w",
+                           "null_reasons", "point_index", "point_key", "provenance", "request_count"]
+    assert (rec["mean_power_w"], rec["mean_gpu0_power_w"], rec["request_count"]) == (120.0, 118.0, 16)
+    assert json.loads(rec["null_reasons"]) == {"energy_net_per_gemm_j": "no idle baseline"}
+    assert json.loads(rec["provenance"]) == {"mean_power_w": "nvml"}
+    # a folder written today is read as written
+    new = RunStore.create(tmp_path, "counter", config={}, env={})
+    new.append_records([{"point_key": "a", "avg_power_w": 1.0}])
+    assert "column_renames" not in new.meta and list(RunStore.open(new.path).records()[0]) == ["point_key", "avg_power_w"]
+
+
+def test_rename_002_maps_every_old_spelling_once() -> None:
+    from charbench.migrations import rename_002
+
+    assert [rename_002(n) for n in ("gpu0_power_mean_w", "gpu3_power_p95_w", "steady_gpu0_sm_clock_mean_mhz", "cpu_dram_power_mean_w",
+                                     "steady_avg_power_w", "output_tokens_per_net_j", "p99_ttft_ms", "mean_gpu0_power_w")] == [
+        "mean_gpu0_power_w", "p95_gpu3_power_w", "mean_steady_gpu0_sm_clock_mhz", "mean_cpu_dram_power_w",
+        "mean_steady_power_w", "output_per_energy_net_tok_j", "p99_ttft_ms", "mean_gpu0_power_w"]
+
+
+def test_unknown_column_renames_are_refused(tmp_path: Path) -> None:
+    run = _old_folder(tmp_path, format_version=2, column_renames=["999-future"])
+    with pytest.raises(RunStoreError, match=r"run.json column_renames 999-future unknown to this charbench; upgrade charbench"):
+        RunStore.open(run).records()

@@ -88,12 +88,12 @@ def make_run(out: Path, hook: str | None = None) -> RunStore:
     }
     store = RunStore.create(out, "gemm-power", label=EVIL, config={"note": EVIL}, env=env, meta={"owner": EVIL, EVIL: "x"}, report_hook=hook)
     store.append_record({
-        "point_key": "dtype=fp16", "dtype": EVIL, "time_s": 0.5, "energy_j": 12.5, "avg_power_w": 25.0,
+        "point_key": "dtype=fp16", "dtype": EVIL, "time_s": 0.5, "energy_j": 12.5, "mean_power_w": 25.0,
         "null_reasons": json.dumps({}), "provenance": json.dumps({"energy_j": "nvml-counter", "idle_energy_j": "estimated (linear model)"}),
     })
     store.append_record({
-        "point_key": "dtype=bf16", "dtype": "bf16", "time_s": 0.25, "energy_j": None, "avg_power_w": None,
-        "null_reasons": json.dumps({"energy_j": f"RAPL unreadable {EVIL}", "avg_power_w": "RAPL unreadable"}), "provenance": json.dumps({}),
+        "point_key": "dtype=bf16", "dtype": "bf16", "time_s": 0.25, "energy_j": None, "mean_power_w": None,
+        "null_reasons": json.dumps({"energy_j": f"RAPL unreadable {EVIL}", "mean_power_w": "RAPL unreadable"}), "provenance": json.dumps({}),
         "flops_estimated": 1e9,
     })
     try:

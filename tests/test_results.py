@@ -56,14 +56,14 @@ def test_records_roundtrip_parquet_and_csv(tmp_path: Path) -> None:
 def test_unmeasured_energy_is_null_not_zero(tmp_path: Path) -> None:
     store = _store(tmp_path)
     reasons = json.dumps({"energy_j": "RAPL unreadable: permission denied"})
-    store.append_record({"point_key": "a", "energy_j": None, "avg_power_w": None, "time_s": 1.0, "null_reasons": reasons})
-    store.append_record({"point_key": "b", "energy_j": None, "avg_power_w": None, "time_s": 2.0, "null_reasons": reasons})
+    store.append_record({"point_key": "a", "energy_j": None, "mean_power_w": None, "time_s": 1.0, "null_reasons": reasons})
+    store.append_record({"point_key": "b", "energy_j": None, "mean_power_w": None, "time_s": 2.0, "null_reasons": reasons})
     store.close()
     df = pd.read_parquet(store.path / "results.parquet")
-    assert df["energy_j"].isna().all() and df["avg_power_w"].isna().all()
+    assert df["energy_j"].isna().all() and df["mean_power_w"].isna().all()
     assert (df["energy_j"].fillna(-1) != 0).all()
     lines = (store.path / "results.csv").read_text().splitlines()
-    assert lines[0].split(",")[:4] == ["point_key", "energy_j", "avg_power_w", "time_s"]
+    assert lines[0].split(",")[:4] == ["point_key", "energy_j", "mean_power_w", "time_s"]
     assert lines[1].startswith("a,,,1.0,")  # empty cells, never 0
     assert json.loads(df["null_reasons"][0])["energy_j"].startswith("RAPL unreadable")
     assert RunStore.open(store.path).records()[0]["energy_j"] is None

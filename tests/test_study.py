@@ -21,7 +21,8 @@ from charbench.config import CommonOptions
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
 from charbench.measure.meters import Measurement
 from charbench.results import RunStore
-from charbench.study import Context, RunSettings, Study, Window, finalize_record, merge_fields, merge_into, run_study
+from charbench.record import Record
+from charbench.study import Context, RunSettings, Study, Window, finalize_record, run_study
 from charbench.sweep import expand
 
 FAST = RunSettings(sample_interval_s=0.01)
@@ -57,7 +58,7 @@ class Toy(Study):
             raise ValueError("NaN in output")
         with ctx.window("sum") as w:
             total = sum(range(10_000 * (i + 1)))
-        return {**w.fields(), "total_count": total, "flops_estimated": float(i)}
+        return w.fields().update({"total_count": total, "flops_estimated": float(i)})
 
     def finalize(self, store: RunStore, ctx: Context) -> dict[str, Any]:
         return {"points": len(store.records())}
@@ -99,9 +100,9 @@ def test_full_run_folder_and_null_energy(charbench_home: Path, capsys: pytest.Ca
     # RAPL is not readable in the test environment (or faked unreadable below): energy is null, never 0
     rapl_readable = df["energy_j"].notna().all()
     if not rapl_readable:
-        assert df["energy_j"].isna().all() and df["avg_power_w"].isna().all()
+        assert df["energy_j"].isna().all() and df["mean_power_w"].isna().all()
         reasons = json.loads(df["null_reasons"][0])
-        assert "energy_j" in reasons and "avg_power_w" in reasons and "energy_net_j" in reasons
+        assert "energy_j" in reasons and "mean_power_w" in reasons and "energy_net_j" in reasons
         csv = pd.read_csv(run / "results.csv", keep_default_na=False)
         assert set(csv["energy_j"]) == {""}
     samples = pd.read_parquet(run / "samples.parquet")
@@ -151,7 +152,7 @@ def test_readable_rapl_is_measured(charbench_home: Path, monkeypatch: pytest.Mon
     recs = RunStore.open(res.run_dir).records()
     assert [r["cpu_package0_energy_j"] for r in recs] == pytest.approx([3.0, 6.0])
     assert [r["energy_j"] for r in recs] == pytest.approx([3.0, 6.0])  # package + dram (dram unchanged: 0 J)
-    assert recs[0]["avg_power_w"] == pytest.approx(3.0 / recs[0]["time_s"])
+    assert recs[0]["mean_power_w"] == pytest.approx(3.0 / recs[0]["time_s"])
     prov = json.loads(recs[0]["provenance"])
     assert prov["energy_j"] == "rapl" and prov["cpu_dram0_energy_j"] == "rapl"
     assert json.loads(recs[0]["null_reasons"])["energy_net_j"] == "no idle baseline (set --idle-baseline SECONDS > 0)"
@@ -287,7 +288,7 @@ def test_device_control_restored_on_ctrl_c_and_bad_return(charbench_home: Path) 
         def run_point(self, params: dict[str, Any], ctx: Context) -> Any:
             return 42
 
-    with pytest.raises(CharbenchError, match=r"TypeError: BadReturn.run_point must return a dict or a non-empty list of dicts, got int"):
+    with pytest.raises(CharbenchError, match=r"TypeError: BadReturn.run_point must return a Record/dict or a non-empty list of them, got int"):
         run_study(BadReturn(), _common(charbench_home), FAST)
 
 
@@ -329,49 +330,56 @@ class _Baseline:
 
 
 def test_window_fields_gpu_sum_provenance_and_net() -> None:
-    w = Window("w", "cuda:0", 10.0, 12.0, _m({"gpu0": 500.0, "cpu_package0": 60.0}, {"gpu0": "nvml-energy-counter", "cpu_package0": "rapl"}), {"gpu0_power_mean_w": 249.0}, _Baseline({"gpu0": 50.0}))
+    w = Window("w", "cuda:0", 10.0, 12.0, _m({"gpu0": 500.0, "cpu_package0": 60.0}, {"gpu0": "nvml-energy-counter", "cpu_package0": "rapl"}), {"mean_gpu0_power_w": 249.0}, _Baseline({"gpu0": 50.0}))
     rec = w.fields()
-    assert rec["energy_j"] == 500.0 and rec["avg_power_w"] == 250.0 and rec["energy_net_j"] == 400.0
+    assert isinstance(rec, Record)
+    assert rec["energy_j"] == 500.0 and rec["mean_power_w"] == 250.0 and rec["energy_net_j"] == 400.0
     assert rec["gpu0_energy_j"] == 500.0 and rec["cpu_package0_energy_j"] == 60.0
-    assert rec["gpu0_power_mean_w"] == 249.0 and rec["idle_gpu0_power_w"] == 50.0
-    assert rec["_provenance"]["energy_j"] == "nvml-energy-counter"
-    assert rec["_provenance"]["energy_net_j"] == "nvml-energy-counter minus idle baseline"
+    assert rec["mean_gpu0_power_w"] == 249.0 and rec["idle_gpu0_power_w"] == 50.0
+    assert rec.provenance["energy_j"] == "nvml-energy-counter"
+    assert rec.provenance["mean_power_w"] == "nvml-energy-counter"
+    assert rec.provenance["energy_net_j"] == "nvml-energy-counter (minus idle baseline)"
     # sampled power is labeled as the sampler's, idle power as the baseline's (never unlabeled)
-    assert rec["_provenance"]["gpu0_power_mean_w"] == "sampler (mean of periodic power readings)"
-    assert rec["_provenance"]["idle_gpu0_power_w"] == "nvml-energy-counter (idle baseline)"
-    assert rec["_reasons"] == {}
+    assert rec.provenance["mean_gpu0_power_w"] == "sampler (mean of periodic power readings)"
+    assert rec.provenance["idle_gpu0_power_w"] == "nvml-energy-counter (idle baseline)"
+    assert rec.reasons == {}
 
 
-def test_window_fields_missing_domain_reason_and_merge_fields() -> None:
+def test_window_fields_prefix_goes_after_the_statistic() -> None:
+    w = Window("w", "cpu", 0.0, 2.0, _m({"cpu_package0": 10.0}, {"cpu_package0": "rapl"}), {"mean_cpu_package_power_w": 4.5, "sample_count": 3})
+    rec = w.fields("steady_")
+    assert sorted(rec) == ["mean_steady_cpu_package_power_w", "mean_steady_power_w", "steady_cpu_package0_energy_j",
+                           "steady_energy_j", "steady_energy_net_j", "steady_sample_count", "steady_time_s"]
+    assert rec["mean_steady_power_w"] == 5.0 and rec["mean_steady_cpu_package_power_w"] == 4.5
+    assert rec.reasons == {"steady_energy_net_j": "no idle baseline (set --idle-baseline SECONDS > 0)"}
+
+
+def test_window_fields_missing_domain_reason_and_merge() -> None:
     bad = Window("a", "cuda:0", 0.0, 1.0, _m({"gpu0": None}, {"gpu0": "not-measured"}, ["gpu0: window 0.05 s shorter than the counter's 0.1 s update"]))
     good = Window("b", "cpu", 0.0, 2.0, _m({"cpu_package0": 10.0}, {"cpu_package0": "rapl"}))
-    a, b = bad.fields("prefill_"), good.fields("decode_")
-    assert set(a) >= {"_reasons", "_provenance", "_warnings"}  # the keys studies read and extend
-    rec = merge_fields(a, b)
+    rec = Record().merge(bad.fields("prefill_")).merge(good.fields("decode_"))
     out = finalize_record(rec, {"batch": 4}, "batch=4", 7)
     reasons = json.loads(out["null_reasons"])
     prov = json.loads(out["provenance"])
-    assert out["prefill_energy_j"] is None and out["decode_energy_j"] == 10.0 and out["decode_avg_power_w"] == 5.0
+    assert out["prefill_energy_j"] is None and out["decode_energy_j"] == 10.0 and out["mean_decode_power_w"] == 5.0
     assert reasons["prefill_energy_j"] == "domain(s) gpu0 not measured: gpu0: window 0.05 s shorter than the counter's 0.1 s update"
+    assert reasons["mean_prefill_power_w"] == reasons["prefill_energy_j"]  # derived: the source's reason
     assert reasons["prefill_gpu0_energy_j"].startswith("gpu0: window")
-    assert prov == {"decode_avg_power_w": "rapl", "decode_cpu_package0_energy_j": "rapl", "decode_energy_j": "rapl"}
-    assert "shorter than the counter" in out["warnings"]
+    assert prov == {"mean_decode_power_w": "rapl", "decode_cpu_package0_energy_j": "rapl", "decode_energy_j": "rapl"}
+    assert out["warnings"] == "gpu0: window 0.05 s shorter than the counter's 0.1 s update"
     assert not any(k.startswith("_") for k in out)
 
 
-def test_merge_into_keeps_the_records_own_bookkeeping_objects() -> None:
-    rec: dict = {"_reasons": {"x": "why x"}, "_warnings": ["w0"], "n": 1}
-    reasons, warnings = rec["_reasons"], rec["_warnings"]
-    merge_into(rec, {"n": 2, "_reasons": {"y": "why y"}, "_provenance": {"e": "rapl"}, "_warnings": ["w1"]})
-    assert rec["_reasons"] is reasons and rec["_warnings"] is warnings  # holders of rec["_reasons"] see the merge
-    assert reasons == {"x": "why x", "y": "why y"} and warnings == ["w0", "w1"]
-    assert rec["n"] == 2 and rec["_provenance"] == {"e": "rapl"}
+def test_finalize_record_refuses_magic_keys() -> None:
+    with pytest.raises(TypeError, match=r"record keys _reasons: build the record with charbench.record.Record"):
+        finalize_record({"x_ms": None, "_reasons": {"x_ms": "why"}}, {}, "k", 0)
 
 
 def test_window_without_meter() -> None:
     rec = Window("w", "cpu", 0.0, 1.0).fields()
-    assert rec["energy_j"] is None and rec["avg_power_w"] is None
-    assert rec["_reasons"]["energy_j"] == "no energy meter usable for this device (see `charbench env`, meters)"
+    assert rec["energy_j"] is None and rec["mean_power_w"] is None
+    assert rec.reasons["energy_j"] == "no energy meter usable for this device (see `charbench env`, meters)"
+    assert rec.reasons["mean_power_w"] == rec.reasons["energy_j"]
 
 
 def test_finalize_record_nan_and_protected_keys() -> None:
@@ -417,7 +425,7 @@ class Matmul(Study):
         a @ a  # warm-up, discarded
         with ctx.window("mm") as w:
             loop = ctx.timer.run_for_at_least(lambda: a @ a, 0.5)
-        return {**w.fields(), "iters_count": loop.iterations}
+        return w.fields().set("iteration_count", loop.iterations)
 
 
 @pytest.mark.gpu
@@ -430,10 +438,10 @@ def test_cuda_run_measures_gpu_energy(charbench_home: Path) -> None:
         prov = json.loads(r["provenance"])
         assert r["energy_j"] is not None and r["energy_j"] > 0, r["null_reasons"]
         assert prov["energy_j"] in ("nvml-energy-counter", "nvml-power-integrated")
-        assert 50 < r["avg_power_w"] < 1500
+        assert 50 < r["mean_power_w"] < 1500
         assert r["energy_net_j"] is not None and r["energy_net_j"] < r["energy_j"]
         assert r["gpu0_energy_j"] == r["energy_j"] and r["idle_gpu0_power_w"] > 0
-        assert r.get("gpu0_power_mean_w") is not None and r.get("gpu0_sm_clock_mean_mhz") is not None
+        assert r.get("mean_gpu0_power_w") is not None and r.get("mean_gpu0_sm_clock_mhz") is not None
     samples = pd.read_parquet(res.run_dir / "samples.parquet")
     assert samples["gpu0_power_w"].notna().sum() > 5
     env = json.loads((res.run_dir / "env.json").read_text())
@@ -455,7 +463,7 @@ def test_cuda_clock_lock_restored_after_ctrl_c(charbench_home: Path) -> None:
         torch.cuda.synchronize()
         t1 = time.perf_counter()
     stats = sampler.summarize(t0 + 0.3, t1)
-    assert stats["gpu0_sm_clock_mean_mhz"] > 900, stats  # a lock left at 600 MHz would cap it
+    assert stats["mean_gpu0_sm_clock_mhz"] > 900, stats  # a lock left at 600 MHz would cap it
 
 
 def test_study_gpus_hook_spans_meters_over_every_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

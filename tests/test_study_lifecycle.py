@@ -14,6 +14,7 @@ import pytest
 from charbench.config import CommonOptions
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
 from charbench.measure.testing import FakeGpu, fake_nvml
+from charbench.record import Record
 from charbench.prepare_cache import PrepareCache, cache_key
 from charbench.results import RunStore
 from charbench.study import PROV_SIMULATED, Context, RunSettings, Study, group_points, run_study
@@ -242,10 +243,10 @@ class Simulator(Study):
     def points(self) -> list[dict[str, Any]]:
         return expand({"rate_rps": [1.0, 2.0]})
 
-    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    def run_point(self, params: dict[str, Any], ctx: Context) -> Record:
         assert ctx.sampler is None and ctx.baseline is None
-        return {"p99_ttft_ms": 10.0 * params["rate_rps"], "energy_j": 5.0, "served_count": 3, "policy": "static",
-                "cost_usd": None, "_provenance": {"energy_j": "estimated (power model)"}}
+        rec = Record({"p99_ttft_ms": 10.0 * params["rate_rps"], "served_count": 3, "policy": "static", "cost_usd": None})
+        return rec.set("energy_j", 5.0, "estimated (power model)")
 
 
 def test_non_measuring_study_stamps_every_value_estimated(tmp_path: Path) -> None:

@@ -174,8 +174,8 @@ def test_compare_step_records_the_exit_code(wf: dict[str, Any], tmp_path: Path, 
     make_run = _fakeruns().make_run
     pts = expand({"size": [1, 2]})
     base_root = tmp_path / "repo" / ".charbench" / "baselines" / "cpu"
-    make_run(base_root, "gemm-power", pts, lambda p: {"energy_j": 1.0 * p["size"], "avg_power_w": 10.0}, now=dt.datetime(2026, 1, 1))
-    cand = make_run(tmp_path / "runs", "gemm-power", pts, lambda p: {"energy_j": 1.5 * p["size"], "avg_power_w": 10.0}, now=dt.datetime(2026, 1, 2))
+    make_run(base_root, "gemm-power", pts, lambda p: {"energy_per_gemm_j": 1.0 * p["size"], "mean_power_w": 10.0}, now=dt.datetime(2026, 1, 1))
+    cand = make_run(tmp_path / "runs", "gemm-power", pts, lambda p: {"energy_per_gemm_j": 1.5 * p["size"], "mean_power_w": 10.0}, now=dt.datetime(2026, 1, 2))
     out, summary = tmp_path / "github_output", tmp_path / "summary.md"
     out.touch()
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", CHARBENCH_STUDY="gemm-power", CHARBENCH_THRESHOLD="5",

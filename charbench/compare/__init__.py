@@ -50,7 +50,7 @@ regression (beyond the threshold and outside the noise band); 1, an error (runs 
 different studies, no matching points, an unknown ``--metric`` (the message lists the
 available ones), an unreadable run); 2, command-line usage. Gated metrics are the
 ``--metric`` names, else the gates the study declares in its
-:class:`charbench.studies.StudySpec`, else ``energy_j`` and ``avg_power_w`` when present
+:class:`charbench.studies.StudySpec`, else ``energy_j`` and ``mean_power_w`` when present
 (:data:`FALLBACK_GATES`).
 """
 

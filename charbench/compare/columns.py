@@ -21,6 +21,7 @@ HIGHER = "higher"
 NEUTRAL = "neutral"
 
 #: unit suffix -> default direction ("which way is better"). The longest matching suffix wins.
+#: Every unit of the naming rule (:data:`charbench.record.UNITS`) is here (tests/test_record.py checks).
 UNIT_SUFFIXES: dict[str, str] = {
     "_j": LOWER, "_kj": LOWER, "_mj": LOWER, "_uj": LOWER, "_nj": LOWER, "_pj": LOWER, "_wh": LOWER,
     "_w": LOWER, "_mw": LOWER, "_kw": LOWER,
@@ -28,6 +29,7 @@ UNIT_SUFFIXES: dict[str, str] = {
     "_c": LOWER,
     "_per_token": LOWER, "_per_request": LOWER, "_per_iter": LOWER,
     "_tflops": HIGHER, "_gflops": HIGHER, "_flops": HIGHER,
+    "_flop_s": HIGHER, "_tflop_s": HIGHER, "_tok_j": HIGHER, "_flop": NEUTRAL, "_count": NEUTRAL,
     "_per_s": HIGHER, "_tok_s": HIGHER, "_per_j": HIGHER, "_per_net_j": HIGHER, "_per_w": HIGHER, "_per_joule": HIGHER, "_rps": HIGHER, "_qps": HIGHER,
     "_mhz": NEUTRAL, "_ghz": NEUTRAL, "_hz": NEUTRAL,
     "_pct": NEUTRAL, "_frac": NEUTRAL, "_ratio": NEUTRAL, "_x": NEUTRAL,

@@ -20,7 +20,7 @@ Use::
 
     with Sampler(interval_s=0.1) as sampler:
         t0 = time.perf_counter(); work(); t1 = time.perf_counter()
-    stats = sampler.summarize(t0, t1)   # gpu0_power_mean_w, gpu0_temp_max_c, ...
+    stats = sampler.summarize(t0, t1)   # mean_gpu0_power_w, max_gpu0_temp_c, ...
     rows = sampler.rows()               # list of dicts, for samples.parquet
 """
 
@@ -386,38 +386,40 @@ class Sampler:
     def summarize(self, t0_s: float, t1_s: float) -> dict[str, Any]:
         """Statistics over the samples in ``[t0_s, t1_s]``; absent data -> key missing.
 
-        Keys: ``sample_count``; per GPU ``gpu{i}_power_mean_w``, ``_p50_w``, ``_p95_w``,
-        ``gpu{i}_power_kind``, ``gpu{i}_sm_clock_mean_mhz``, ``gpu{i}_mem_clock_mean_mhz``,
-        ``gpu{i}_temp_max_c``, ``gpu{i}_util_mean_pct``, ``gpu{i}_throttle_reasons``
+        Keys follow the naming rule (:mod:`charbench.record`, statistic first): ``sample_count``;
+        per GPU ``mean_gpu{i}_power_w``, ``p50_gpu{i}_power_w``, ``p95_gpu{i}_power_w``,
+        ``gpu{i}_power_kind``, ``mean_gpu{i}_sm_clock_mhz``, ``mean_gpu{i}_mem_clock_mhz``,
+        ``max_gpu{i}_temp_c``, ``mean_gpu{i}_util_pct``, ``gpu{i}_throttle_reasons``
         (union, ";"-joined, "" when sampled and never throttled); CPU
-        ``cpu_package_power_mean_w``, ``cpu_dram_power_mean_w``.
+        ``mean_cpu_package_power_w``, ``mean_cpu_dram_power_w``.
         """
         rows = self.window(t0_s, t1_s)
         out: dict[str, Any] = {}
         if not rows:
             return out
         out["sample_count"] = len(rows)
-        for p in [f"gpu{i}_" for i in self.gpu_indices]:
+        for i in self.gpu_indices:
+            p, g = f"gpu{i}_", f"gpu{i}"
             power = _values(rows, p + "power_w")
             if power:
                 power.sort()
-                out[p + "power_mean_w"] = sum(power) / len(power)
-                out[p + "power_p50_w"] = _percentile(power, 0.50)
-                out[p + "power_p95_w"] = _percentile(power, 0.95)
+                out[f"mean_{g}_power_w"] = sum(power) / len(power)
+                out[f"p50_{g}_power_w"] = _percentile(power, 0.50)
+                out[f"p95_{g}_power_w"] = _percentile(power, 0.95)
                 out[p + "power_kind"] = ";".join(sorted({r[p + "power_kind"] for r in rows
                                                          if r.get(p + "power_kind")}))
-            _put_mean(out, p + "sm_clock_mean_mhz", _values(rows, p + "sm_clock_mhz"))
-            _put_mean(out, p + "mem_clock_mean_mhz", _values(rows, p + "mem_clock_mhz"))
-            _put_mean(out, p + "util_mean_pct", _values(rows, p + "util_pct"))
+            _put_mean(out, f"mean_{g}_sm_clock_mhz", _values(rows, p + "sm_clock_mhz"))
+            _put_mean(out, f"mean_{g}_mem_clock_mhz", _values(rows, p + "mem_clock_mhz"))
+            _put_mean(out, f"mean_{g}_util_pct", _values(rows, p + "util_pct"))
             temps = _values(rows, p + "temp_c")
             if temps:
-                out[p + "temp_max_c"] = max(temps)
+                out[f"max_{g}_temp_c"] = max(temps)
             reasons = [r[p + "throttle_reasons"] for r in rows if r.get(p + "throttle_reasons") is not None]
             if reasons:
                 names = {n for text in reasons for n in text.split(";") if n}
                 out[p + "throttle_reasons"] = ";".join(sorted(names, key=lambda n: (_THROTTLE_ORDER.get(n, 99), n)))
-        _put_mean(out, "cpu_package_power_mean_w", _values(rows, "cpu_package_power_w"))
-        _put_mean(out, "cpu_dram_power_mean_w", _values(rows, "cpu_dram_power_w"))
+        _put_mean(out, "mean_cpu_package_power_w", _values(rows, "cpu_package_power_w"))
+        _put_mean(out, "mean_cpu_dram_power_w", _values(rows, "cpu_dram_power_w"))
         return out
 
 

@@ -77,4 +77,4 @@ def test_sampler_rows_on_real_gpu(torch_cuda):
     assert row["gpu0_sm_clock_mhz"] > 0 and row["gpu0_temp_c"] > 0
     assert isinstance(row["gpu0_throttle_mask"], int)
     stats = sampler.summarize(rows[0]["t_s"], rows[-1]["t_s"])
-    assert stats["sample_count"] == len(rows) and "gpu0_power_mean_w" in stats
+    assert stats["sample_count"] == len(rows) and "mean_gpu0_power_w" in stats

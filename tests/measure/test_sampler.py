@@ -99,14 +99,14 @@ def test_summarize_window(nvml_fake, tmp_path):
     s = sampler.summarize(0.1, 0.4)
     assert s == {
         "sample_count": 4,
-        "gpu0_power_mean_w": 250.0,
-        "gpu0_power_p50_w": 250.0,
-        "gpu0_power_p95_w": pytest.approx(385.0),
+        "mean_gpu0_power_w": 250.0,
+        "p50_gpu0_power_w": 250.0,
+        "p95_gpu0_power_w": pytest.approx(385.0),
         "gpu0_power_kind": "instant",
-        "gpu0_sm_clock_mean_mhz": 1250.0,
-        "gpu0_mem_clock_mean_mhz": 2619.0,
-        "gpu0_util_mean_pct": 100.0,
-        "gpu0_temp_max_c": 47,
+        "mean_gpu0_sm_clock_mhz": 1250.0,
+        "mean_gpu0_mem_clock_mhz": 2619.0,
+        "mean_gpu0_util_pct": 100.0,
+        "max_gpu0_temp_c": 47,
         "gpu0_throttle_reasons": "GpuIdle;SwPowerCap;HwThermalSlowdown",
     }
     assert sampler.summarize(5.0, 6.0) == {}

@@ -107,11 +107,11 @@ def measure(url: str, n: int, rate: float, input_len: int, output_len: int, seed
         "input_len": input_len,
         "output_len": output_len,
         "client_median_ttft_ms": float(np.median(c_ttft)),
-        "server_median_ttft_ms": float(np.median(s_ttft)),
+        "median_server_ttft_ms": float(np.median(s_ttft)),
         "ttft_median_diff_ms": float(np.median(c_ttft) - np.median(s_ttft)),
         "ttft_per_request_median_diff_ms": float(np.median(c_ttft - s_ttft)),
         "client_median_itl_ms": float(np.median(c_itl_a)),
-        "server_median_itl_ms": float(np.median(s_itl_a)),
+        "median_server_itl_ms": float(np.median(s_itl_a)),
         "itl_median_diff_ms": float(np.median(c_itl_a) - np.median(s_itl_a)),
         "itl_per_gap_median_diff_ms": float(np.median(c_itl_a - s_itl_a)),
         "itl_gaps_compared": int(len(c_itl_a)),
@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()[0]
     ok_ttft = abs(r["ttft_median_diff_ms"]) <= TARGET_MS
     ok_itl = abs(r["itl_median_diff_ms"]) <= TARGET_MS
-    print(f"TTFT median: client {r['client_median_ttft_ms']:.2f} ms, server {r['server_median_ttft_ms']:.2f} ms, "
+    print(f"TTFT median: client {r['client_median_ttft_ms']:.2f} ms, server {r['median_server_ttft_ms']:.2f} ms, "
           f"difference {r['ttft_median_diff_ms']:.2f} ms (per request {r['ttft_per_request_median_diff_ms']:.2f} ms); "
           f"target |diff| <= {TARGET_MS} ms, ratio {abs(r['ttft_median_diff_ms']) / TARGET_MS:.2f} {'PASS' if ok_ttft else 'FAIL'}")
-    print(f"ITL median:  client {r['client_median_itl_ms']:.2f} ms, server {r['server_median_itl_ms']:.2f} ms, "
+    print(f"ITL median:  client {r['client_median_itl_ms']:.2f} ms, server {r['median_server_itl_ms']:.2f} ms, "
           f"difference {r['itl_median_diff_ms']:.3f} ms (per gap {r['itl_per_gap_median_diff_ms']:.3f} ms, {r['itl_gaps_compared']} gaps); "
           f"ratio {abs(r['itl_median_diff_ms']) / TARGET_MS:.2f} {'PASS' if ok_itl else 'FAIL'}")
     print(f"{r['joined']}/{r['requests']} requests joined; load average (1 min) before/after {load0:.2f}/{load1:.2f} on {os.cpu_count()} CPUs")

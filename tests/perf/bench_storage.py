@@ -39,7 +39,7 @@ def _record(i: int) -> dict[str, Any]:
     """A record shaped like a study's: knobs, metrics, bookkeeping text."""
     return {
         "point_key": f"i={i},dtype=fp16", "point_index": i, "i": i, "dtype": "fp16",
-        "time_s": 0.001 * i, "energy_j": None, "avg_power_w": None, "flops_count": 2 * i,
+        "time_s": 0.001 * i, "energy_j": None, "mean_power_w": None, "flops_count": 2 * i,
         "null_reasons": '{"energy_j": "not measured"}', "provenance": "{}", "warnings": "",
         "completed_at": "2026-01-01T00:00:00+00:00",
     }

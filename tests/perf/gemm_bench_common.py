@@ -47,7 +47,7 @@ def harness_vs_bare(device: str, size: int, dtype: str, duration_s: float, pairs
     try:
         for _ in range(pairs):
             rec = study.run_point(dict(params), ctx)
-            harness.append(float(rec["tflop_per_s"]))
+            harness.append(float(rec["throughput_tflop_s"]))
             for _ in range(3):
                 torch.matmul(a, b)
             timer.sync()

@@ -32,7 +32,7 @@ from charbench.kernels.switching import MODEL_FEATURES
 CALIBRATION_FORMAT = "charbench.gemm_power.calibration/1"
 COEF_NAMES = ("intercept_w", "toggle_w", "hamming_w", "zero_w")
 #: power columns tried in order: counter-based average first, sampler mean as a fallback
-POWER_COLUMNS = ("avg_power_w", "gpu0_power_mean_w", "cpu_package_power_mean_w")
+POWER_COLUMNS = ("mean_power_w", "mean_gpu0_power_w", "mean_cpu_package_power_w")
 MIN_POINTS = 5
 
 
@@ -45,7 +45,7 @@ class PowerModel:
     backend: str
     coef: list[float]
     features: list[str] = field(default_factory=lambda: list(MODEL_FEATURES))
-    power_metric: str = "avg_power_w"
+    power_metric: str = "mean_power_w"
     r2: float | None = None
     loo_mae_w: float | None = None
     loo_mape: float | None = None

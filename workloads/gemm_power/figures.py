@@ -53,7 +53,7 @@ def power_provenance(df: Any) -> tuple[str, str]:
     from charbench.workloads.gemm_power.analysis import power_column
 
     sampled = power_column(df)
-    if sampled is not None and sampled != "avg_power_w":
+    if sampled is not None and sampled != "mean_power_w":
         return "sampled", (f"no energy counter reading; power is the background sampler's mean ({sampled}), "
                            "a fallback that can miss short peaks")
     if "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
@@ -73,7 +73,7 @@ def _power_metric(df: Any) -> tuple[str | None, str]:
     from charbench.workloads.gemm_power.analysis import power_column
 
     col = power_column(df)
-    if col == "avg_power_w":
+    if col == "mean_power_w":
         return col, "power (W)"
     if col is not None:  # the counter-based average is missing: the sampler's mean, labeled as such
         return col, "power, sampled mean (W)"
@@ -86,7 +86,7 @@ def _power_kind(column: str | None) -> str:
     """How a power column was obtained, for legends: measured, sampled or estimated."""
     if column == "power_estimated_w":
         return "estimated"
-    return "measured" if column == "avg_power_w" else "sampled"
+    return "measured" if column == "mean_power_w" else "sampled"
 
 
 def _series_key(row: Any) -> str:
@@ -187,21 +187,21 @@ def _experiment_section(data: RunData, name: str) -> Section | None:
     if len(d) == 0:
         return None
     exp = EXPERIMENTS.get(name)
-    gpu = "tflop_per_s" in d.columns and str(data.meta.get("device", "")).startswith("cuda")
+    gpu = "throughput_tflop_s" in d.columns and str(data.meta.get("device", "")).startswith("cuda")
     pmetric, plabel = _power_metric(d)
     rows: list[tuple[str, str, float]] = []  # (column, title, scale)
     if pmetric:
         rows.append((pmetric, plabel, 1.0))
     if "energy_per_gemm_j" in d.columns and d["energy_per_gemm_j"].notna().any():
         rows.append(("energy_per_gemm_j", "energy per GEMM (mJ)", 1e3))
-    clock = next((c for c in d.columns if c.endswith("_sm_clock_mean_mhz") and d[c].notna().any()), None)
+    clock = next((c for c in d.columns if c.startswith("mean_gpu") and c.endswith("_sm_clock_mhz") and d[c].notna().any()), None)
     if clock:
         rows.append((clock, "SM clock (MHz)", 1.0))
     if gpu:
-        rows.append(("tflop_per_s", "TFLOP/s", 1.0))
+        rows.append(("throughput_tflop_s", "TFLOP/s", 1.0))
     else:
         rows.append(("time_per_gemm_ms", "time per GEMM (ms)", 1.0))
-        rows.append(("tflop_per_s", "GFLOP/s", 1e3))
+        rows.append(("throughput_tflop_s", "GFLOP/s", 1e3))
     rows.append(("toggle_k_frac", "toggle rate along K (per bit)", 1.0))
     fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, subplot_titles=[r[1] for r in rows], vertical_spacing=0.06)
     series = sorted({_series_key(r) for _, r in d[["dtype", "backend"]].iterrows()})

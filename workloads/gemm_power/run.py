@@ -18,6 +18,7 @@ from typing import Any
 from charbench.errors import ConfigError, DeviceError, OutOfDeviceMemoryError, PointFailedError
 from charbench.kernels.gemm import backends_for, get_backend, get_dtype, output_scale
 from charbench.kernels.gemm.dtypes import DTypeSpec
+from charbench.record import Record
 from charbench.study import Context, Study
 from charbench.workloads.gemm_power import STUDY
 from charbench.workloads.gemm_power.config import GemmPowerConfig
@@ -189,7 +190,7 @@ class GemmPowerStudy(Study):
             for (dt, be), r in self.checks.items()
         })
 
-    def run_point(self, params: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    def run_point(self, params: dict[str, Any], ctx: Context) -> Record:
         """Generate, analyse, warm up, measure one point; raises PointFailedError on a bad output."""
         from charbench.kernels.switching import switching_stats
         from charbench.workloads.gemm_power.generators import generate_pair
@@ -218,53 +219,38 @@ class GemmPowerStudy(Study):
         nonfinite_frac, overflow_note = self._check_output(out, a, b, params, alpha)
         rec = w.fields()
         if overflow_note:
-            rec["_warnings"].append(overflow_note)
-        reasons: dict[str, str] = rec["_reasons"]
-        prov: dict[str, str] = rec["_provenance"]
+            rec.warn(overflow_note)
         flops = gemm.flops
+        iters = loop.iterations
         rec.update({
             "device_name": self._device_name,
             "m": m, "n": n, "k": k,
-            "flops_per_gemm": flops,
+            "work_per_gemm_flop": flops,
             "alpha": alpha,
             "b_layout": info["b_layout"],
             "kernel_layout": gemm.layout,
             "nonfinite_fixed_frac": info["nonfinite_fixed_frac"],
             "output_nonfinite_frac": nonfinite_frac,
-            "iterations": loop.iterations,
+            "iteration_count": iters,
             "loop_s": loop.elapsed_s,
             "time_per_gemm_ms": loop.per_iter_s * 1e3,
-            "tflop_per_s": flops * loop.iterations / loop.elapsed_s / 1e12 if loop.elapsed_s > 0 else None,
         })
+        rec.derive("throughput_tflop_s", lambda t: flops * iters / t / 1e12 if t > 0 else None, "loop_s", reason="timed loop of zero length")
         rec.update(feats)
-        energy, net = rec.get("energy_j"), rec.get("energy_net_j")
-        per = energy / loop.iterations if energy is not None else None
-        per_net = net / loop.iterations if net is not None else None
-        rec["energy_per_gemm_j"] = per
-        rec["energy_per_gemm_net_j"] = per_net
-        rec["energy_per_flop_pj"] = per / flops * 1e12 if per is not None else None
-        rec["energy_per_flop_net_pj"] = per_net / flops * 1e12 if per_net is not None else None
-        for key, src in (("energy_per_gemm_j", "energy_j"), ("energy_per_flop_pj", "energy_j"),
-                         ("energy_per_gemm_net_j", "energy_net_j"), ("energy_per_flop_net_pj", "energy_net_j")):
-            if rec[key] is None:
-                reasons[key] = reasons.get(src, "not measured")
-            elif src in prov:
-                prov[key] = prov[src]
-        if rec.get("avg_power_w") is not None and "energy_j" in prov:
-            prov["avg_power_w"] = prov["energy_j"]
+        for stem, energy in (("energy", "energy_j"), ("energy_net", "energy_net_j")):
+            # null with the energy's reason, provenance inherited from it
+            rec.derive(f"{stem}_per_gemm_j", lambda e: e / iters, energy, formula="per GEMM")
+            rec.derive(f"{stem}_per_flop_pj", lambda e: e / iters / flops * 1e12, energy, formula="per FLOP")
         check_res = self.checks.get((dt, be_name))
-        rec["correctness_rel_error"] = check_res.rel_error if check_res is not None else None
         if check_res is None:
-            reasons["correctness_rel_error"] = "correctness check disabled (check_correctness = false)"
+            rec.null("correctness_rel_error_frac", "correctness check disabled (check_correctness = false)")
+        else:
+            rec.set("correctness_rel_error_frac", check_res.rel_error)
         if self.calibration is not None:
             from charbench.workloads.gemm_power.analysis import predict_power
 
             watts, note = predict_power(self.calibration, dt, be_name, feats)
-            rec["power_estimated_w"] = watts
-            if watts is None:
-                reasons["power_estimated_w"] = note
-            else:
-                prov["power_estimated_w"] = note
+            rec.set("power_estimated_w", watts, note, reason=note)
         return rec
 
     def _check_output(self, out: Any, a: Any, b: Any, params: dict[str, Any], alpha: float) -> tuple[float, str | None]:

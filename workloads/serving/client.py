@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 from charbench.engine.labels import CHECKPOINT, RANDOM, RANDOM_WEIGHTS_WARNING, weights_kind
 from charbench.errors import ConfigError, DeviceError
+from charbench.record import Record
 from charbench.workloads.serving.metrics import ClientRecord
 from charbench.workloads.serving.prompts import TokenizerAdapter, as_tokenizer, load_tokenizer_file
 
@@ -100,15 +101,15 @@ class Target:
     async def server_records(self, records: list[ClientRecord]) -> None:
         """Attach the target's own timing of each request (``rec.server``) when it has any."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Record:
         """Facts about the target, stored in each point's record."""
-        return {"target": self.label, "target_kind": self.kind}
+        return Record({"target": self.label, "target_kind": self.kind})
 
     def shutdown(self) -> None:
         """Free heavy resources (the engine's model)."""
 
 
-def weights_fields(weights: str | None, who: str) -> dict[str, Any]:
+def weights_fields(weights: str | None, who: str) -> Record:
     """Record fields saying which weights served a load: ``engine_weights`` (``random``,
     ``checkpoint`` or null) with the random-weights warning, or the null's reason.
 
@@ -116,12 +117,11 @@ def weights_fields(weights: str | None, who: str) -> dict[str, Any]:
         weights: what the target says it serves.
         who: the target, for the reason ("the server at URL").
     """
-    out: dict[str, Any] = {"engine_weights": weights}
+    out = Record().set("engine_weights", weights,
+                       reason=f"{who} does not say whether its weights are random ('weights' in /v1/models)")
     if weights == RANDOM:
         # completions of random weights are meaningless text; every record and report says so
-        out["_warnings"] = [RANDOM_WEIGHTS_WARNING]
-    elif weights is None:
-        out["_reasons"] = {"engine_weights": f"{who} does not say whether its weights are random ('weights' in /v1/models)"}
+        out.warn(RANDOM_WEIGHTS_WARNING)
     return out
 
 
@@ -224,17 +224,16 @@ class EngineTarget(Target):
             if last.finish_reason == "abort" and rec.error is None:
                 rec.error = "aborted by the engine"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Record:
         """Engine facts: the config knobs that need a restart."""
         c = self.cfg
-        return {
+        return Record({
             "target": "engine",
             "target_kind": "engine",
             "engine_model": c.model,
             "engine_device": c.device,
             "max_model_len": self.max_model_len,
-            **weights_fields(weights_kind(self.engine), "the engine"),
-        }
+        }).merge(weights_fields(weights_kind(self.engine), "the engine"))
 
     def shutdown(self) -> None:
         """Stop the engine loop and free the model."""
@@ -549,17 +548,17 @@ class HttpTarget(Target):
                 sa = d.get("server_arrival_time_s")
                 r.server["server_ttft_from_http_ms"] = (ft - sa) * 1e3 if ft is not None and sa is not None else None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Record:
         """URL, API and served model."""
-        return {
+        out = Record({
             "target": self.base,
             "target_kind": "url",
             "target_api": self.api,
             "served_model": self.model,
             "max_model_len": self.max_model_len,
-            "tokenizer_source": self.tokenizer.source if self.tokenizer else None,
-            **weights_fields(self.weights, f"the server at {self.base}"),
-        }
+        })
+        out.set("tokenizer_source", self.tokenizer.source if self.tokenizer else None, reason="no tokenizer (pass --tokenizer)")
+        return out.merge(weights_fields(self.weights, f"the server at {self.base}"))
 
 
 _JSON_HEADERS = {"content-type": "application/json"}

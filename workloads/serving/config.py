@@ -3,13 +3,13 @@
 ::
 
     cfg = select_preset(PRESETS, "quick")
-    cfg = apply_overrides(cfg, {"request_rate": [2.0, 8.0]}, source="--config x.toml")
+    cfg = apply_overrides(cfg, {"request_rate_rps": [2.0, 8.0]}, source="--config x.toml")
     cfg.validate()
 
 List-valued knobs make sweep points (cartesian product): ``model``, ``tp``, ``dtype``,
 ``max_num_seqs`` (these restart the built-in engine), ``sm_freq_mhz``, ``power_limit_w``
 (set through the GPU control layer, always restored), ``input_len``, ``output_len`` and
-the load: ``request_rate`` (open loop) or ``concurrency`` (closed loop).
+the load: ``request_rate_rps`` (open loop) or ``concurrency`` (closed loop).
 
 Presets:
 
@@ -39,6 +39,8 @@ DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PARETO_LATENCIES: tuple[str, ...] = ("ttft", "tpot", "e2el")
 #: most requests per load (prompts, arrival times and per-request records are all in memory)
 MAX_REQUESTS = 1_000_000
+#: the max-throughput rate (all at once) as config.json and the CLI spell it; the value is float inf
+MAX_RATE = "inf"
 #: knobs whose change needs a new engine (and therefore cannot be swept against a URL)
 RESTART_KNOBS: tuple[str, ...] = ("tp", "max_num_seqs", "dtype")
 
@@ -54,9 +56,9 @@ class ServeSweepConfig:
         api: ``completions`` or ``chat`` (URL targets).
         model: built-in engine model(s) (preset name or checkpoint folder), or the served
             model name for a URL target (empty list: ask the server).
-        arrival: ``poisson``, ``gamma``, ``constant`` (open loop at ``request_rate``),
+        arrival: ``poisson``, ``gamma``, ``constant`` (open loop at ``request_rate_rps``),
             ``closed`` (``concurrency`` users) or ``trace`` (Azure CSV replay).
-        request_rate: requests/s per point (inf = all at once).
+        request_rate_rps: requests/s per point (inf = all at once).
         concurrency: users per point for ``closed``.
         burstiness: gamma shape (1 = Poisson).
         max_concurrency: cap on requests in flight (open loop), None = no cap.
@@ -85,7 +87,7 @@ class ServeSweepConfig:
         search_lo_frac: the lowest rate tried, as a fraction of max throughput.
         request_timeout_s: per-request timeout (counted, not fatal).
         max_duration_s: stop sending a load's requests after this many seconds (None = send
-            them all; the point records ``truncated`` and ``unsent_requests``).
+            them all; the point records ``truncated`` and ``unsent_num_requests``).
         prompt_format: ``auto`` (ids for completions with a tokenizer, else text), ``ids``, ``text``.
         tokenizer: tokenizer for URL targets (tokenizer.json, checkpoint folder or preset).
         force_output_len: send ``ignore_eos``/``min_tokens`` to force output lengths.
@@ -100,7 +102,7 @@ class ServeSweepConfig:
     model: list[str] = field(default_factory=lambda: ["tiny"])
     arrival: str = "poisson"
     # inf is the documented "all at once" (max-throughput) load
-    request_rate: list[float] = field(default_factory=lambda: [math.inf], metadata=check("--request-rate", gt=0, allow_inf=True))
+    request_rate_rps: list[float] = field(default_factory=lambda: [math.inf], metadata=check("--request-rate", gt=0, allow_inf=True))
     concurrency: list[int] = field(default_factory=list, metadata=check("--concurrency", ge=1))
     burstiness: float = field(default=1.0, metadata=check("--burstiness", gt=0))
     max_concurrency: int | None = field(default=None, metadata=check("--max-concurrency", ge=1))
@@ -165,8 +167,12 @@ class ServeSweepConfig:
         return LengthSpec(self.length_dist, int(input_len), int(output_len), self.range_ratio, self.std_ratio, self.zipf_alpha, self.length_scale)
 
     def normalize(self) -> ServeSweepConfig:
-        """Undo JSON's loss of ``inf`` (saved as null) after a ``--resume``."""
-        self.request_rate = [math.inf if r is None else float(r) for r in self.request_rate]
+        """Read config.json's ``"inf"`` rate back as the float after a ``--resume``.
+
+        Folders written before the naming rule saved the rate as ``request_rate`` with inf as
+        null; :meth:`from_dict` renames the key and null reads as inf here.
+        """
+        self.request_rate_rps = [math.inf if r is None or r == MAX_RATE else float(r) for r in self.request_rate_rps]
         return self
 
     @classmethod
@@ -179,6 +185,8 @@ class ServeSweepConfig:
         import dataclasses
 
         names = {f.name for f in dataclasses.fields(cls)}
+        if "request_rate" in d and "request_rate_rps" not in d:  # config.json from before the naming rule
+            d = {("request_rate_rps" if k == "request_rate" else k): v for k, v in d.items()}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"--resume: the saved serve-sweep config has unknown keys {', '.join(unknown)} (made by another charbench version?)")
@@ -208,7 +216,7 @@ class ServeSweepConfig:
             raise ConfigError(f"--pareto-latency: unknown {self.pareto_latency!r}; valid: {', '.join(PARETO_LATENCIES)}")
         if not self.is_url and not self.model:
             raise ConfigError("--model: give at least one built-in model (preset name or checkpoint folder)")
-        required = ("request_rate", "input_len", "output_len") + (() if self.is_url else RESTART_KNOBS)
+        required = ("request_rate_rps", "input_len", "output_len") + (() if self.is_url else RESTART_KNOBS)
         for name in required:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')}: empty list of values")
@@ -241,7 +249,7 @@ class ServeSweepConfig:
         if self.mode in ("sweep", "slo-search"):
             if self.arrival == "closed":
                 raise ConfigError(f"--mode {self.mode} varies the request rate; use --arrival poisson, gamma or constant")
-            if len(self.request_rate) > 1 or not math.isinf(self.request_rate[0]):
+            if len(self.request_rate_rps) > 1 or not math.isinf(self.request_rate_rps[0]):
                 raise ConfigError(f"--request-rate: --mode {self.mode} chooses the rates itself; drop --request-rate or use --mode grid")
         if self.is_url:
             from charbench.workloads.serving.client import normalize_base_url
@@ -262,7 +270,7 @@ class ServeSweepConfig:
 PRESETS: dict[str, ServeSweepConfig] = {
     "quick": ServeSweepConfig(
         model=["tiny"],
-        request_rate=[4.0, 16.0, math.inf],
+        request_rate_rps=[4.0, 16.0, math.inf],
         max_num_seqs=[4, 16],
         input_len=[64],
         output_len=[32],
@@ -281,7 +289,7 @@ PRESETS: dict[str, ServeSweepConfig] = {
         sm_freq_mhz=[990, 1320, 1650, 1980],
         input_len=[512, 4096],
         output_len=[128, 1024],
-        request_rate=[0.5, 2.0, 8.0],
+        request_rate_rps=[0.5, 2.0, 8.0],
         num_requests=200,
         warmup_requests=4,
         slo_ttft_ms=2000.0,

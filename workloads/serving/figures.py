@@ -21,7 +21,7 @@ from typing import Any
 
 from markupsafe import escape
 
-from charbench.pages import Section, figure_html, table_html
+from charbench.pages import SERIES, Section, figure_html, table_html
 from charbench.report import RunData
 
 KNOB_COLUMNS: tuple[str, ...] = (
@@ -30,7 +30,7 @@ KNOB_COLUMNS: tuple[str, ...] = (
 )
 LAT = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
 MAX_CDF_TRACES = 16
-PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE: tuple[str, ...] = SERIES  # the palette every study shares (charbench.pages)
 
 
 def _note(text: str) -> str:
@@ -120,12 +120,12 @@ def summary_section(recs: list[dict[str, Any]]) -> Section:
             "p99 TPOT ms": r.get("p99_tpot_ms"),
             "median ITL ms": r.get("median_itl_ms"),
             "median E2EL ms": r.get("median_e2el_ms"),
-            "SLO attainment": r.get("slo_attainment"),
+            "SLO attainment": r.get("slo_attainment_frac"),
             "goodput req/s": r.get("request_goodput_rps"),
             "errors": r.get("error_count"),
             "J/out tok": e,
             "J basis": basis or "not measured",
-            "avg power W": r.get("steady_avg_power_w") if basis == "steady" else r.get("avg_power_w"),
+            "avg power W": r.get("mean_steady_power_w") if basis == "steady" else r.get("mean_power_w"),
         })
     return Section("Serving summary", table_html(pd.DataFrame(rows)), note="One row per measured load. J/out tok uses the steady-state window when it formed, else the whole load.", anchor="serving-summary")
 
@@ -206,13 +206,19 @@ def throughput_latency_section(recs: list[dict[str, Any]]) -> Section:
     return Section("Throughput vs latency", figure_html(fig, height=460), note="Solid: median; dotted: p99. Each marker is one load (hover for the offered load).", anchor="throughput-latency")
 
 
+def _is_max_rate(rate: Any) -> bool:
+    """The max-throughput (all at once) rate: inf, as the knob holds it."""
+    return isinstance(rate, (int, float)) and math.isinf(rate)
+
+
 def energy_knob_section(recs: list[dict[str, Any]]) -> Section:
     """J/output token against every knob that takes more than one value."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     knobs = [k for k in _varying(recs)]
-    if any(r.get("load_kind") == "burst" for r in recs) or any(r.get("mode_step") not in (None, "grid") for r in recs):
+    # an all-at-once rate (inf) has no place on a rate axis: plot against the throughput reached
+    if any(_is_max_rate(r.get("request_rate_rps")) for r in recs) or any(r.get("mode_step") not in (None, "grid") for r in recs):
         knobs = [k for k in knobs if k != "request_rate_rps"] + ["output_throughput_tok_s"]
     if not knobs:
         knobs = ["output_throughput_tok_s"]
@@ -368,7 +374,7 @@ def mode_section(recs: list[dict[str, Any]]) -> Section | None:
         "step": r.get("mode_step"),
         "offered load": r.get("offered_load"),
         "req/s": r.get("request_throughput_rps"),
-        "SLO attainment": r.get("slo_attainment"),
+        "SLO attainment": r.get("slo_attainment_frac"),
         **({"best": bool(r.get("slo_search_best")), "max rate meeting SLO": r.get("slo_max_rate_rps"), "note": r.get("slo_search_note")} if search else {}),
     } for r in steps]
     title = "SLO search" if search else "Sweep (synchronous -> throughput)"
@@ -381,19 +387,19 @@ def server_section(recs: list[dict[str, Any]]) -> Section | None:
     """Client-side vs server-side TTFT/ITL medians."""
     import pandas as pd
 
-    have = [r for r in recs if _isnum(r.get("server_median_ttft_ms"))]
+    have = [r for r in recs if _isnum(r.get("median_server_ttft_ms"))]
     if not have:
         return None
     knobs = _varying(recs)
     rows = [{
         "load": _load_label(r, knobs),
-        "client median TTFT ms": r.get("client_median_ttft_ms_joined"),
-        "server median TTFT ms": r.get("server_median_ttft_ms"),
-        "median client-server TTFT ms": r.get("ttft_client_minus_server_median_ms"),
-        "server median ITL ms": r.get("server_median_itl_ms"),
-        "median client-server ITL ms": r.get("itl_client_minus_server_median_ms"),
-        "server median queue ms": r.get("server_median_queue_ms"),
-        "preemptions": r.get("server_preemptions"),
+        "client median TTFT ms": r.get("median_client_joined_ttft_ms"),
+        "server median TTFT ms": r.get("median_server_ttft_ms"),
+        "median client-server TTFT ms": r.get("median_ttft_client_minus_server_ms"),
+        "server median ITL ms": r.get("median_server_itl_ms"),
+        "median client-server ITL ms": r.get("median_itl_client_minus_server_ms"),
+        "server median queue ms": r.get("median_server_queue_ms"),
+        "preemptions": r.get("total_server_preemption_count"),
     } for r in have]
     return Section("Client vs server timing", table_html(pd.DataFrame(rows)),
                    note="Server-side timestamps from the built-in engine's own request records; differences are network + HTTP + scheduling of the client.", anchor="client-server")
@@ -410,7 +416,7 @@ def steady_section(recs: list[dict[str, Any]]) -> Section:
         rows.append({
             "load": _load_label(r, knobs),
             "max_num_seqs": r.get("max_num_seqs"),
-            "peak concurrency": r.get("peak_concurrency"),
+            "peak concurrency": r.get("max_in_flight_count"),
             "steady s": r.get("steady_time_s"),
             "steady out tok": r.get("steady_output_tokens"),
             "steady tok/s": r.get("steady_output_throughput_tok_s"),

@@ -3,7 +3,7 @@
 ::
 
     m = compute_metrics(records, duration_s=12.3, slo=Slo(ttft_ms=500, tpot_ms=50))
-    m["median_ttft_ms"], m["p99_tpot_ms"], m["request_goodput_rps"], m["slo_attainment"]
+    m["median_ttft_ms"], m["p99_tpot_ms"], m["request_goodput_rps"], m["slo_attainment_frac"]
 
 Definitions (as in vLLM ``bench serve``; times are client-side ``perf_counter`` seconds):
 
@@ -18,7 +18,7 @@ Definitions (as in vLLM ``bench serve``; times are client-side ``perf_counter`` 
   ``total_token_throughput``, renamed to carry their units).
 * A request is *good* when it succeeded and meets every SLO given (a request with one
   output token has no TPOT and passes that check, as in vLLM);
-  ``request_goodput_rps`` = good / duration, ``slo_attainment`` = good / all requests
+  ``request_goodput_rps`` = good / duration, ``slo_attainment_frac`` = good / all requests
   (failed requests count as not good).
 
 Steady state (ML.ENERGY benchmark style, generalized to any arrival pattern): the window
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from charbench.record import Record
 
 LATENCIES: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
 STATS: tuple[str, ...] = ("mean", "median", "std", "p90", "p99")
@@ -159,7 +161,7 @@ def duration_of(records: list[ClientRecord]) -> float | None:
     return max(ends) - min(r.send_s for r in records)
 
 
-def compute_metrics(records: list[ClientRecord], duration_s: float | None = None, slo: Slo | None = None) -> dict[str, Any]:
+def compute_metrics(records: list[ClientRecord], duration_s: float | None = None, slo: Slo | None = None) -> Record:
     """Latency, throughput, goodput and error metrics of one point.
 
     Args:
@@ -168,8 +170,8 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
         slo: objectives for goodput/attainment (None or empty = not computed).
 
     Returns:
-        A flat dict with unit-suffixed keys; values that cannot be computed are None and
-        their reason is under ``_reasons``.
+        A :class:`~charbench.record.Record`; values that cannot be computed are null
+        with their reason.
     """
     slo = slo or Slo()
     ok = [r for r in records if r.ok]
@@ -181,16 +183,16 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
     uncounted = sum(1 for r in ok if r.prompt_tokens is None)
     total_in = None if uncounted else int(sum(r.prompt_tokens or 0 for r in ok))
     out: dict[str, Any] = {
-        "num_requests": n,
-        "completed": len(ok),
+        "request_count": n,
+        "completed_count": len(ok),
         "error_count": n - len(ok),
-        "error_rate": (n - len(ok)) / n if n else None,
+        "error_frac": (n - len(ok)) / n if n else None,
         "timeout_count": sum(1 for r in records if r.timed_out),
         "duration_s": dur,
         "total_input_tokens": total_in,
         "total_output_tokens": int(sum(r.output_tokens for r in ok)),
         "output_len_mismatch_count": sum(1 for r in ok if r.output_tokens != r.expected_output_tokens),
-        "peak_concurrency": peak_concurrency(records),
+        "max_in_flight_count": max_in_flight_count(records),
     }
     if dur is not None and dur > 0:
         out["request_throughput_rps"] = len(ok) / dur
@@ -216,20 +218,22 @@ def compute_metrics(records: list[ClientRecord], duration_s: float | None = None
                 reasons[f"{s}_{name}_ms"] = why
     if slo.given:
         good = sum(1 for r in records if r.meets(slo))
-        out["good_requests"] = good
-        out["slo_attainment"] = good / n if n else None
+        out["good_request_count"] = good
+        out["slo_attainment_frac"] = good / n if n else None
         out["request_goodput_rps"] = good / dur if dur else None
         if not dur:
             reasons["request_goodput_rps"] = "no request finished (duration unknown)"
     else:
-        for k in ("good_requests", "slo_attainment", "request_goodput_rps"):
+        for k in ("good_request_count", "slo_attainment_frac", "request_goodput_rps"):
             out[k] = None
             reasons[k] = "no SLO given (--slo ttft_ms=...,tpot_ms=...,e2el_ms=...)"
-    out["_reasons"] = reasons
-    return out
+    rec = Record()
+    for k, v in out.items():
+        rec.set(k, v, reason=reasons.get(k))
+    return rec
 
 
-def peak_concurrency(records: list[ClientRecord]) -> int:
+def max_in_flight_count(records: list[ClientRecord]) -> int:
     """Most requests in flight at once (sent, not yet ended)."""
     events: list[tuple[float, int]] = []
     for r in records:
@@ -351,23 +355,27 @@ def tokens_in_window(records: list[ClientRecord], t0: float, t1: float) -> int:
     return n
 
 
-def energy_metrics(energy_j: float | None, energy_net_j: float | None, completed: int, output_tokens: int, prefix: str = "") -> dict[str, Any]:
-    """J/request, J/output token and output tokens/J, gross and net of idle.
+def energy_metrics(rec: Record, tokens_key: str, requests_key: str | None = None, prefix: str = "") -> Record:
+    """J/request, J/output token and output tokens/J, gross and net of idle, derived in ``rec``.
 
-    A missing energy gives None values (their reason is the energy's reason, filled in by
-    the caller); zero tokens or requests give None too, never a division by zero.
+    Each value derives from ``<prefix>energy_j`` (or ``<prefix>energy_net_j``) and the count
+    it divides by: a missing energy makes it null with the energy's reason and a measured one
+    passes on its provenance; zero tokens or requests give null too, never a division by zero.
+
+    Args:
+        rec: the record holding the energies and counts.
+        tokens_key: the output-token count (``total_output_tokens``, ``steady_output_tokens``).
+        requests_key: the completed-request count (None: no per-request values).
+        prefix: the window (``steady_``).
     """
     p = prefix
-    out: dict[str, Any] = {}
-
-    def div(a: float | None, b: float) -> float | None:
-        return a / b if a is not None and b else None
-
-    out[f"{p}energy_per_request_j"] = div(energy_j, completed)
-    out[f"{p}energy_per_output_token_j"] = div(energy_j, output_tokens)
-    out[f"{p}output_tokens_per_j"] = output_tokens / energy_j if energy_j and energy_j > 0 else None
-    out[f"{p}energy_net_per_request_j"] = div(energy_net_j, completed)
-    out[f"{p}energy_net_per_output_token_j"] = div(energy_net_j, output_tokens)
-    out[f"{p}output_tokens_per_net_j"] = output_tokens / energy_net_j if energy_net_j and energy_net_j > 0 else None
-    return out
-
+    for energy in ("energy", "energy_net"):
+        src = f"{p}{energy}_j"
+        if requests_key is not None:
+            rec.derive(f"{p}{energy}_per_request_j", lambda e, n: e / n if n else None, src, requests_key,
+                       formula="per completed request", reason="no request completed")
+        rec.derive(f"{p}{energy}_per_output_token_j", lambda e, n: e / n if n else None, src, tokens_key,
+                   formula="per output token", reason="no output tokens")
+        rec.derive(f"{p}output_per_{energy}_tok_j", lambda e, n: n / e if e > 0 else None, src, tokens_key,
+                   formula="output tokens / energy", reason=f"{src} is not positive")
+    return rec

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from charbench.record import Record
+
 
 @dataclass(frozen=True)
 class Load:
@@ -42,12 +44,12 @@ class Load:
     step: str
 
 
-Measure = Callable[[Load], dict[str, Any]]
+Measure = Callable[[Load], Record]
 
 
 def meets_slo(rec: dict[str, Any], attainment: float) -> bool:
     """The record's SLO attainment is measured and at least ``attainment``."""
-    a = rec.get("slo_attainment")
+    a = rec.get("slo_attainment_frac")
     return a is not None and a >= attainment - 1e-12
 
 
@@ -81,7 +83,7 @@ def slo_search(measure: Measure, attainment: float, iters: int = 5, rel_tol: flo
 
     Returns:
         Every measured record; each carries ``slo_max_rate_rps`` (None when no rate met the
-        SLOs, with ``slo_search_note`` and the record's ``_reasons`` saying why) and
+        SLOs, with ``slo_search_note`` and the null's reason saying why) and
         ``slo_search_best``.
     """
     recs: list[dict[str, Any]] = []
@@ -121,9 +123,7 @@ def slo_search(measure: Measure, attainment: float, iters: int = 5, rel_tol: flo
     if best is not None:
         best_rate = best.get("request_rate_rps")
     for r in recs:
-        r["slo_max_rate_rps"] = best_rate
-        r["slo_search_best"] = r is best
-        r["slo_search_note"] = note
-        if best_rate is None:  # null with its reason in the record's null_reasons
-            r.setdefault("_reasons", {})["slo_max_rate_rps"] = f"no rate meets the SLOs: {note}"
+        r.set("slo_max_rate_rps", best_rate, reason=f"no rate meets the SLOs: {note}")
+        r.set("slo_search_best", r is best)
+        r.set("slo_search_note", note)
     return recs

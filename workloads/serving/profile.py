@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from charbench.profiles import PERF_FIELDS, write_profile
+from charbench.workloads.serving.config import MAX_RATE
 
 def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -32,16 +33,18 @@ def _prov(rec: dict[str, Any], field: str, value: Any) -> str:
 
 def profile_entry(rec: dict[str, Any]) -> dict[str, Any]:
     """One profile entry from a serve-sweep record."""
-    kind = rec.get("load_kind")
+    kind = rec.get("load_kind") or "rate"
     rate = rec.get("request_rate_rps")
-    if kind == "burst" or (kind == "rate" and rate is not None and math.isinf(float(rate))):
-        rate_kind = "max-throughput"
+    if kind != "rate" or rate is None:
+        rate = None
+    elif math.isinf(float(rate)):
+        rate = MAX_RATE  # the knob's own spelling; JSON has no inf (load_profile reads it back as the float)
     else:
-        rate_kind = kind or "rate"
+        rate = _num(rate)
     steady = rec.get("steady_energy_per_output_token_j") is not None
     basis = "steady" if steady else "point"
     e_tok = rec.get("steady_energy_per_output_token_j") if steady else rec.get("energy_per_output_token_j")
-    p_avg = rec.get("steady_avg_power_w") if steady else rec.get("avg_power_w")
+    p_avg = rec.get("mean_steady_power_w") if steady else rec.get("mean_power_w")
     out: dict[str, Any] = {
         "model": rec.get("model") or rec.get("served_model"),
         "tp": rec.get("tp"),
@@ -52,20 +55,20 @@ def profile_entry(rec: dict[str, Any]) -> dict[str, Any]:
         "workload_class": rec.get("workload_class"),
         "input_len": rec.get("input_len"),
         "output_len": rec.get("output_len"),
-        "rate_kind": rate_kind,
-        "rate_rps": _num(rate) if rate_kind == "rate" else None,
+        "load_kind": kind,
+        "request_rate_rps": rate,
         "concurrency": rec.get("concurrency"),
     }
     for f in PERF_FIELDS:
         out[f] = _num(rec.get(f))
-    out["avg_power_w"] = _num(p_avg)
+    out["mean_power_w"] = _num(p_avg)
     out["energy_per_output_token_j"] = _num(e_tok)
     out["energy_per_request_j"] = _num(rec.get("energy_per_request_j"))
     out["energy_basis"] = basis
-    src_p = "steady_avg_power_w" if steady else "avg_power_w"
+    src_p = "mean_steady_power_w" if steady else "mean_power_w"
     src_e = "steady_energy_per_output_token_j" if steady else "energy_per_output_token_j"
     out["provenance"] = {
-        "avg_power_w": _prov(rec, src_p, out["avg_power_w"]),
+        "mean_power_w": _prov(rec, src_p, out["mean_power_w"]),
         "energy_per_output_token_j": _prov(rec, src_e, out["energy_per_output_token_j"]),
         "energy_per_request_j": _prov(rec, "energy_per_request_j", out["energy_per_request_j"]),
     }
@@ -103,7 +106,7 @@ def best_under_slo(records: list[dict[str, Any]], attainment: float) -> list[dic
     out = []
     knobs = ("model", "tp", "dtype", "max_num_seqs", "sm_freq_mhz", "power_limit_w", "request_rate_rps", "concurrency", "mode_step")
     for cls, recs in sorted(classes.items()):
-        ok = [r for r in recs if r.get("slo_attainment") is not None and r["slo_attainment"] >= attainment - 1e-12]
+        ok = [r for r in recs if r.get("slo_attainment_frac") is not None and r["slo_attainment_frac"] >= attainment - 1e-12]
         row: dict[str, Any] = {"workload_class": cls, "candidates": len(recs), "meeting_slo": len(ok)}
         if not ok:
             row.update(config=None, criterion=None, energy_per_output_token_j=None, request_goodput_rps=None, point_key=None)

@@ -37,12 +37,13 @@ from typing import Any, Callable
 import numpy as np
 
 from charbench.errors import ConfigError, PointFailedError
-from charbench.study import LiveWindows, Study, merge_into
+from charbench.record import Record
+from charbench.study import LiveWindows, Study
 from charbench.sweep import expand, point_key
 from charbench.workloads.serving import STUDY
 from charbench.workloads.serving.arrivals import arrival_times
 from charbench.workloads.serving.client import EngineTarget, HttpTarget, Target
-from charbench.workloads.serving.config import ServeSweepConfig
+from charbench.workloads.serving.config import MAX_RATE, ServeSweepConfig
 from charbench.workloads.serving.lengths import fit_to_context, length_class, sample_lengths
 from charbench.workloads.serving.loadgen import LoadPlan, LoadResult, WorkItem, run_load, warm_up
 from charbench.workloads.serving.metrics import (
@@ -94,7 +95,7 @@ class ServeSweepStudy(Study):
         self._url_target: Target | None = None  # one probed server for the whole run (its knobs cannot vary)
         self._trace: Any = None
         self._control_used = False
-        self.engine_starts = 0
+        self.engine_start_count = 0
         #: ``--model`` -> ``random``/``checkpoint`` for the built-in engine (saved in config.json)
         self.engine_weights: dict[str, str] = {}
         # Checked now, before a run folder exists: a bad --model, --tp or --trace is a
@@ -143,9 +144,14 @@ class ServeSweepStudy(Study):
             )
 
     def config_dict(self) -> dict[str, Any]:
-        """The config as saved in config.json (inf rates as null: JSON has no inf)."""
+        """The config as saved in config.json: the max-throughput rate is ``"inf"``, as on the CLI and in point keys.
+
+        JSON has no infinity; the text ``inf`` is the knob's one spelling everywhere
+        (``--request-rate 4,inf``, TOML ``inf``, ``request_rate_rps=inf``, CSV ``inf``),
+        and :meth:`ServeSweepConfig.normalize` reads it back as the float.
+        """
         d = super().config_dict()
-        d["request_rate"] = [None if isinstance(r, float) and math.isinf(r) else r for r in d.get("request_rate", [])]
+        d["request_rate_rps"] = [MAX_RATE if isinstance(r, float) and math.isinf(r) else r for r in d.get("request_rate_rps", [])]
         if self.engine_weights:
             d["engine_weights"] = dict(self.engine_weights)
         return d
@@ -171,7 +177,7 @@ class ServeSweepStudy(Study):
             if c.arrival == "closed":
                 knobs["concurrency"] = list(c.concurrency)
             elif c.arrival != "trace":
-                knobs["request_rate_rps"] = list(c.request_rate)
+                knobs["request_rate_rps"] = list(c.request_rate_rps)
         return expand(knobs)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -255,8 +261,8 @@ class ServeSweepStudy(Study):
             target = EngineTarget(ecfg)
             target.force_output_len = self.cfg.force_output_len
             ctx.log(f"engine ready in {time.perf_counter() - t0:.1f} s")
-        self.engine_starts += 1
-        for warning in target.describe().get("_warnings", []):
+        self.engine_start_count += 1
+        for warning in target.describe().warnings:
             ctx.log(f"warning: {warning}")
         return target
 
@@ -305,7 +311,7 @@ class ServeSweepStudy(Study):
         return out
 
     # -- one point -----------------------------------------------------------------------
-    def run_point(self, params: dict[str, Any], ctx: Any) -> list[dict[str, Any]]:
+    def run_point(self, params: dict[str, Any], ctx: Any) -> list[Record]:
         """Measure every load of the point's mode; returns one record per load."""
         key = point_key(params)
         target = self._target_for(params, ctx)
@@ -313,7 +319,7 @@ class ServeSweepStudy(Study):
         gpu_fields = self._apply_gpu(params, ctx, gpus)
         warm = {"done": False}
 
-        def measure(load: Load) -> dict[str, Any]:
+        def measure(load: Load) -> Record:
             rec = self._measure(params, key, load, ctx, target, gpus, warmup=not warm["done"])
             warm["done"] = True
             rec.update(gpu_fields)
@@ -358,7 +364,7 @@ class ServeSweepStudy(Study):
                     rescale=c.rescale_arrivals, ramp_up_s=c.ramp_up_s, ramp_start_rps=c.ramp_start_rps,
                 )
         inp, out, clipped = fit_to_context(inp, out, target.max_model_len)
-        info["length_clipped_requests"] = clipped
+        info["length_clipped_request_count"] = clipped
         form = c.prompt_format
         if form == "auto":
             form = "ids" if (c.api == "completions" and target.tokenizer is not None) else "text"
@@ -376,7 +382,7 @@ class ServeSweepStudy(Study):
         k = min(self.cfg.warmup_requests, len(items))
         return [WorkItem(i, items[i].prompt, items[i].input_len, items[i].prompt_tokens, min(4, items[i].output_len)) for i in range(k)]
 
-    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, gpus: list[int], warmup: bool) -> dict[str, Any]:
+    def _measure(self, params: dict[str, Any], key: str, load: Load, ctx: Any, target: Target, gpus: list[int], warmup: bool) -> Record:
         c = self.cfg
         items, info = self._workload(params, load, target, key, ctx)
         mns = params.get("max_num_seqs") or getattr(target, "max_num_seqs", None)
@@ -420,112 +426,79 @@ class ServeSweepStudy(Study):
                 "raise --max-duration or --request-rate"
             )
         metrics = compute_metrics(records, slo=c.slo)
-        if metrics["completed"] == 0:
+        if metrics["completed_count"] == 0:
             first = next((r.error for r in records if r.error), "no request produced a token")
             raise PointFailedError(f"the target served no request of this load ({load.step or load.kind}); first error: {first}")
-        rec: dict[str, Any] = {"_reasons": {}, "_provenance": {}, "_warnings": []}
-        rec["mode_step"] = load.step or "grid"
-        rec["load_kind"] = load.kind
+        rec = Record()
+        rec.set("mode_step", load.step or "grid")
+        rec.set("load_kind", load.kind)
         if load.kind == "rate":
             rate = float(load.value)  # type: ignore[arg-type]
-            if math.isinf(rate):
-                # records hold no inf: the all-at-once load is its own kind
-                rec["load_kind"] = "burst"
-                rec["request_rate_rps"] = None
-                rec["_reasons"]["request_rate_rps"] = "rate inf: every request sent at t = 0 (max-throughput load)"
-                rec["offered_load"] = "all at once"
-            else:
-                rec["request_rate_rps"] = rate
-                rec["offered_load"] = f"{rate:.4g} req/s"
+            # inf is the knob's own value for max throughput (all at once), kept as-is in the record
+            rec.set("request_rate_rps", rate, allow_inf=True)
+            rec.set("offered_load", "all at once" if math.isinf(rate) else f"{rate:.4g} req/s")
         elif load.kind == "concurrency":
-            rec["concurrency"] = int(load.value)  # type: ignore[arg-type]
-            rec["offered_load"] = f"{int(load.value)} users"  # type: ignore[arg-type]
+            rec.set("concurrency", int(load.value))  # type: ignore[arg-type]
+            rec.set("offered_load", f"{int(load.value)} users")  # type: ignore[arg-type]
         else:
-            rec["offered_load"] = "trace"
-        rec["arrival"] = c.arrival if load.kind != "concurrency" else "closed"
-        rec["burstiness"] = c.burstiness if rec["arrival"] == "gamma" else None
-        rec["max_concurrency"] = c.max_concurrency
-        rec["length_dist"] = c.length_dist if load.kind != "trace" else "trace"
-        rec["warmup_errors"] = warm_errors
-        rec["max_duration_s"] = c.max_duration_s
-        rec["truncated"] = result.unsent > 0
-        rec["unsent_requests"] = result.unsent
-        if c.max_duration_s is None:
-            rec["_reasons"]["max_duration_s"] = "no --max-duration: every planned request was sent"
+            rec.set("offered_load", "trace")
+        rec.set("arrival", c.arrival if load.kind != "concurrency" else "closed")
+        rec.set("burstiness", c.burstiness if rec["arrival"] == "gamma" else None, reason=f"arrival {rec['arrival']} has no burstiness (gamma only)")
+        rec.update({"max_concurrency": c.max_concurrency, "length_dist": c.length_dist if load.kind != "trace" else "trace",
+                    "warmup_error_count": warm_errors, "truncated": result.unsent > 0, "unsent_request_count": result.unsent})
+        rec.set("max_duration_s", c.max_duration_s, reason="no --max-duration: every planned request was sent")
         rec.update(info)
-        merge_into(rec, target.describe())  # with its warnings and null reasons
-        rec["engine_starts"] = self.engine_starts
-        merge_into(rec, metrics)
+        rec.merge(target.describe())  # with its warnings and null reasons
+        rec.set("engine_start_count", self.engine_start_count)
+        rec.merge(metrics)
         rec.update(result.lateness)
-        rec["point_t0_s"] = result.origin_s
-        rec["point_t1_s"] = result.end_s
-        self._energy_fields(rec, wins, wname, records, tracker, target, metrics)
+        rec.set("point_t0_s", result.origin_s)
+        rec.set("point_t1_s", result.end_s)
+        self._energy_fields(rec, wins, wname, records, tracker, target)
         self._server_fields(rec, records)
-        rec["requests_file"] = self._save_requests(ctx, wname, records, result.origin_s)
+        rec.set("requests_file", self._save_requests(ctx, wname, records, result.origin_s), reason="no run folder")
         return rec
 
-    def _energy_fields(self, rec: dict[str, Any], wins: LiveWindows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
-                       target: Target, metrics: dict[str, Any]) -> None:
-        reasons = rec["_reasons"]
+    def _energy_fields(self, rec: Record, wins: LiveWindows, wname: str, records: list[ClientRecord], tracker: SteadyTracker,
+                       target: Target) -> None:
+        """Energy of the whole load and of its steady state, and what derives from them."""
         remote = None if target.local else f"the target {target.label} is not on this machine; its energy cannot be measured here"
         # whole point
         w = wins.closed.get(f"{wname}:point")
         failed = wins.errors.get(f"{wname}:point")  # the meter raised: the window holds no measurement
         if w is not None and remote is None and failed is None:
-            merge_into(rec, w.fields())
+            rec.merge(w.fields())
         else:
             why = remote or (f"the energy meter failed: {failed}" if failed else "the point window was not measured")
-            for k in ("energy_j", "avg_power_w", "energy_net_j"):
-                rec[k] = None
-                reasons[k] = why
-        rec.update(energy_metrics(rec.get("energy_j"), rec.get("energy_net_j"), metrics["completed"], metrics["total_output_tokens"]))
-        for k in ("energy_per_request_j", "energy_per_output_token_j", "output_tokens_per_j"):
-            if rec[k] is None:
-                reasons[k] = reasons.get("energy_j", "no output tokens")
-        for k in ("energy_net_per_request_j", "energy_net_per_output_token_j", "output_tokens_per_net_j"):
-            if rec[k] is None:
-                reasons[k] = reasons.get("energy_net_j", "no output tokens")
+            for k in ("energy_j", "mean_power_w", "energy_net_j"):
+                rec.null(k, why)
+        energy_metrics(rec, "total_output_tokens", "completed_count")
         # steady state
-        rec["steady_t0_s"] = tracker.t_open
-        rec["steady_t1_s"] = tracker.t_close
-        steady_keys = ("steady_time_s", "steady_energy_j", "steady_avg_power_w", "steady_energy_net_j", "steady_output_tokens",
-                       "steady_output_throughput_tok_s", "steady_energy_per_output_token_j", "steady_output_tokens_per_j",
-                       "steady_energy_net_per_output_token_j", "steady_output_tokens_per_net_j")
+        rec.set("steady_t0_s", tracker.t_open, reason=tracker.reason_if_none() or "the steady window did not open")
+        rec.set("steady_t1_s", tracker.t_close, reason=tracker.reason_if_none() or "the steady window did not close")
+        window_keys = ("steady_time_s", "steady_energy_j", "mean_steady_power_w", "steady_energy_net_j")
         no_window = tracker.reason_if_none()
         sw = wins.closed.get(f"{wname}:steady")
         if no_window is not None or sw is None:
             why = no_window or wins.errors.get(f"{wname}:steady", "the steady window was not measured")
-            for k in steady_keys:
-                rec[k] = None
-                reasons[k] = f"no steady state: {why}"
-            return
-        toks = tokens_in_window(records, sw.t0_s, sw.t1_s)
-        rec["steady_output_tokens"] = toks
-        rec["steady_output_throughput_tok_s"] = toks / sw.time_s if sw.time_s > 0 else None
-        if remote is not None:
-            for k in ("steady_time_s", "steady_energy_j", "steady_avg_power_w", "steady_energy_net_j"):
-                rec[k] = None
-                reasons[k] = remote
-            rec["steady_time_s"] = sw.time_s
-        elif f"{wname}:steady" in wins.errors:
-            for k in ("steady_energy_j", "steady_avg_power_w", "steady_energy_net_j"):
-                rec[k] = None
-                reasons[k] = f"the energy meter failed: {wins.errors[f'{wname}:steady']}"
-            rec["steady_time_s"] = sw.time_s
+            for k in (*window_keys, "steady_output_tokens", "steady_output_throughput_tok_s"):
+                rec.null(k, f"no steady state: {why}")
         else:
-            # the idle baseline covers every GPU of the sweep (Study.gpus), so subsets get net energy too
-            merge_into(rec, sw.fields(prefix="steady_"))
-        e, en = rec.get("steady_energy_j"), rec.get("steady_energy_net_j")
-        rec["steady_energy_per_output_token_j"] = e / toks if e is not None and toks else None
-        rec["steady_output_tokens_per_j"] = toks / e if e else None
-        rec["steady_energy_net_per_output_token_j"] = en / toks if en is not None and toks else None
-        rec["steady_output_tokens_per_net_j"] = toks / en if en and en > 0 else None
-        for k, src in (("steady_energy_per_output_token_j", "steady_energy_j"), ("steady_output_tokens_per_j", "steady_energy_j"),
-                       ("steady_energy_net_per_output_token_j", "steady_energy_net_j"), ("steady_output_tokens_per_net_j", "steady_energy_net_j")):
-            if rec[k] is None:
-                reasons[k] = reasons.get(src, "no tokens in the steady window")
+            toks = tokens_in_window(records, sw.t0_s, sw.t1_s)
+            rec.set("steady_output_tokens", toks)
+            rec.set("steady_time_s", sw.time_s)
+            rec.derive("steady_output_throughput_tok_s", lambda n, t: n / t if t > 0 else None, "steady_output_tokens", "steady_time_s",
+                       reason="steady window of zero length")
+            meter_failed = wins.errors.get(f"{wname}:steady")
+            if remote is not None or meter_failed is not None:
+                for k in window_keys[1:]:
+                    rec.null(k, remote or f"the energy meter failed: {meter_failed}")
+            else:
+                # the idle baseline covers every GPU of the sweep (Study.gpus), so subsets get net energy too
+                rec.merge(sw.fields(prefix="steady_"))
+        energy_metrics(rec, "steady_output_tokens", prefix="steady_")
 
-    def _server_fields(self, rec: dict[str, Any], records: list[ClientRecord]) -> None:
+    def _server_fields(self, rec: Record, records: list[ClientRecord]) -> None:
         """Client vs server timing (median differences), when the target reports its own."""
         pairs_ttft = [(r.ttft_ms, r.server.get("ttft_ms")) for r in records if r.ok and r.server and r.server.get("ttft_ms") is not None]
         pairs_itl: list[tuple[float, float]] = []
@@ -534,33 +507,23 @@ class ServeSweepStudy(Study):
                 c_itl, s_itl = r.itl_ms, list(r.server["itl_ms"])
                 if len(c_itl) == len(s_itl):
                     pairs_itl.extend(zip(c_itl, s_itl))
-        reasons = rec["_reasons"]
-        if pairs_ttft:
-            c_t = [p[0] for p in pairs_ttft if p[0] is not None]
-            s_t = [p[1] for p in pairs_ttft]
-            rec["server_median_ttft_ms"] = float(np.median(s_t))
-            rec["ttft_client_minus_server_median_ms"] = float(np.median([a - b for a, b in pairs_ttft if a is not None]))
-            rec["client_median_ttft_ms_joined"] = float(np.median(c_t)) if c_t else None
-        else:
-            for k in ("server_median_ttft_ms", "ttft_client_minus_server_median_ms", "client_median_ttft_ms_joined"):
-                rec[k] = None
-                reasons[k] = "the target reports no server-side request timing"
-        if pairs_itl:
-            rec["server_median_itl_ms"] = float(np.median([p[1] for p in pairs_itl]))
-            rec["itl_client_minus_server_median_ms"] = float(np.median([a - b for a, b in pairs_itl]))
-        else:
-            for k in ("server_median_itl_ms", "itl_client_minus_server_median_ms"):
-                rec[k] = None
-                reasons[k] = "no server-side token times matched the client's"
+
+        def median(values: list[float]) -> float | None:
+            return float(np.median(values)) if values else None
+
+        why = "the target reports no server-side request timing"
+        c_t = [p[0] for p in pairs_ttft if p[0] is not None]
+        rec.set("median_server_ttft_ms", median([p[1] for p in pairs_ttft]), reason=why)
+        rec.set("median_ttft_client_minus_server_ms", median([a - b for a, b in pairs_ttft if a is not None]), reason=why)
+        rec.set("median_client_joined_ttft_ms", median(c_t), reason=why)
+        why = "no server-side token times matched the client's"
+        rec.set("median_server_itl_ms", median([p[1] for p in pairs_itl]), reason=why)
+        rec.set("median_itl_client_minus_server_ms", median([a - b for a, b in pairs_itl]), reason=why)
         queues = [r.server.get("queue_ms") for r in records if r.server and r.server.get("queue_ms") is not None]
-        rec["server_median_queue_ms"] = float(np.median(queues)) if queues else None
-        if not queues:
-            reasons["server_median_queue_ms"] = "the target reports no server-side queueing time"
+        rec.set("median_server_queue_ms", median(queues), reason="the target reports no server-side queueing time")
         # a request whose server record lacks the count is unknown, not 0 preemptions
         preempt = [p for r in records if r.server and (p := r.server.get("preemptions")) is not None]
-        rec["server_preemptions"] = int(sum(preempt)) if preempt else None
-        if not preempt:
-            reasons["server_preemptions"] = "the target reports no preemption counts"
+        rec.set("total_server_preemption_count", int(sum(preempt)) if preempt else None, reason="the target reports no preemption counts")
 
     def _save_requests(self, ctx: Any, stem: str, records: list[ClientRecord], origin: float) -> str | None:
         """Store the load's per-request rows as the run's table ``requests/<stem>``; returns its file (None: no run folder)."""

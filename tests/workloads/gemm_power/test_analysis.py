@@ -23,7 +23,7 @@ def _synthetic(noise_w: float = 0.0, seed: int = 0, dtype: str = "fp16") -> pd.D
         t, h, z = rng.uniform(0, 0.5), rng.uniform(0.2, 0.6), rng.uniform(0, 1)
         p = TRUE["intercept_w"] + TRUE["toggle_w"] * t + TRUE["hamming_w"] * h + TRUE["zero_w"] * z + rng.normal(0, noise_w)
         rows.append({"device_name": "GPU X", "dtype": dtype, "backend": "torch", "experiment": EXPS[i % 5], "value": float(i),
-                     "toggle_k_frac": t, "hamming_frac": h, "zero_operand_frac": z, "avg_power_w": p, "m": 64, "n": 64, "k": 64})
+                     "toggle_k_frac": t, "hamming_frac": h, "zero_operand_frac": z, "mean_power_w": p, "m": 64, "n": 64, "k": 64})
     return pd.DataFrame(rows)
 
 
@@ -53,7 +53,7 @@ def test_loo_needs_two_experiments() -> None:
 
 
 def test_no_power_means_no_fit() -> None:
-    df = _synthetic().assign(avg_power_w=None)
+    df = _synthetic().assign(mean_power_w=None)
     models, notes = A.fit_power_models(df)
     assert models == [] and notes == ["no power data to fit: power was not measured on this machine"]
 
@@ -92,10 +92,10 @@ def test_load_calibration_errors(tmp_path: Path) -> None:
 
 def test_largest_swings() -> None:
     df = _synthetic()
-    sw = A.largest_swings(df, "avg_power_w")
+    sw = A.largest_swings(df, "mean_power_w")
     assert len(sw) == 1
     row = sw.iloc[0]
-    assert row["max"] == pytest.approx(df["avg_power_w"].max()) and row["min"] == pytest.approx(df["avg_power_w"].min())
+    assert row["max"] == pytest.approx(df["mean_power_w"].max()) and row["min"] == pytest.approx(df["mean_power_w"].min())
     assert row["swing_pct"] == pytest.approx(100 * (row["max"] - row["min"]) / row["max"])
     assert A.largest_swings(df, "no_such_column").empty
 

@@ -26,9 +26,9 @@ def _records() -> list[dict]:
                     recs.append({
                         "point_key": f"p{i}", "point_index": i, "dtype": dtype, "backend": "torch", "experiment": name,
                         "param": exp.param, "value": float(v), "seed": seed, "repeat": 0, "device_name": "NVIDIA H200",
-                        "m": 2048, "n": 2048, "k": 2048, "avg_power_w": p, "energy_j": p * 5, "energy_net_j": (p - 80) * 5,
-                        "energy_per_gemm_j": p * 5 / 1000, "tflop_per_s": 600 - 0.5 * p, "time_per_gemm_ms": 0.03,
-                        "gpu0_sm_clock_mean_mhz": 1980 - p, "gpu0_power_mean_w": p + 1, "toggle_k_frac": t, "hamming_frac": h,
+                        "m": 2048, "n": 2048, "k": 2048, "mean_power_w": p, "energy_j": p * 5, "energy_net_j": (p - 80) * 5,
+                        "energy_per_gemm_j": p * 5 / 1000, "throughput_tflop_s": 600 - 0.5 * p, "time_per_gemm_ms": 0.03,
+                        "mean_gpu0_sm_clock_mhz": 1980 - p, "mean_gpu0_power_w": p + 1, "toggle_k_frac": t, "hamming_frac": h,
                         "zero_operand_frac": z, "toggle_mn_frac": t, "bit_alignment_frac": 0.5, "zero_product_frac": z,
                         "provenance": json.dumps({"energy_j": "nvml-energy-counter"}), "null_reasons": "{}",
                     })
@@ -56,7 +56,7 @@ def test_sampled_power_fallback_is_labeled_sampled(tmp_path: Path) -> None:
     """Without counter energy the figures fall back to the sampler's mean power: labeled, not shown as measured."""
     recs = _records()
     for r in recs:
-        r["avg_power_w"] = r["energy_j"] = r["energy_net_j"] = r["energy_per_gemm_j"] = None
+        r["mean_power_w"] = r["energy_j"] = r["energy_net_j"] = r["energy_per_gemm_j"] = None
         r["provenance"] = "{}"
         r["null_reasons"] = json.dumps({"energy_j": "gpu0: energy counter unreadable"})
     store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"size": [2048] * 3}},
@@ -65,7 +65,81 @@ def test_sampled_power_fallback_is_labeled_sampled(tmp_path: Path) -> None:
     store.append_records(recs)
     store.finish("completed")
     html = render_run(store.path).read_text()
-    assert '<span class="badge estimated">sampled</span>' in html and "gpu0_power_mean_w" in html
+    assert '<span class="badge estimated">sampled</span>' in html and "mean_gpu0_power_w" in html
     assert "power, sampled mean (W)" in html and "fp16\\u002ftorch sampled" in html  # "/" is JSON-escaped in figures
     assert "torch measured" not in html
     assert ">NVML</span>" not in html
+
+
+# -- the figures' data (not their titles), measured and not measured --------------------------
+
+def _figures(html: str) -> list[dict]:
+    """The plotly figures a section's HTML draws (figure_html embeds each as JSON)."""
+    import re
+
+    return [json.loads(m) for m in re.findall(r"var f=(\{.*?\});Plotly", html)]
+
+
+def _array(v: object) -> list:
+    """A plotly JSON array as a list (plotly 6 writes numeric arrays as ``{"dtype", "bdata"}``)."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)  # type: ignore[call-overload]
+
+
+def _traces(fig: dict, axis: str) -> dict[str, tuple[list, list]]:
+    """name -> (x, y) of the traces on y axis ``axis`` ('y' is the first subplot)."""
+    return {t["name"]: (_array(t["x"]), _array(t["y"])) for t in fig["data"] if t.get("yaxis", "y") == axis}
+
+
+def _store(tmp_path: Path, recs: list[dict]) -> Path:
+    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"size": [2048] * 3}},
+                            env={}, report_hook="charbench.workloads.gemm_power.figures:report_sections")
+    store.update_meta(device="cuda:0")
+    store.append_records(recs)
+    store.finish("completed")
+    return store.path
+
+
+def test_measured_experiment_figure_plots_the_mean_power_per_value(tmp_path: Path) -> None:
+    from charbench.report import RunData
+    from charbench.workloads.gemm_power.figures import _experiment_section
+
+    recs = _records()
+    data = RunData.load(_store(tmp_path, recs))
+    (fig,) = _figures(_experiment_section(data, "sparsity").html)
+    power = _traces(fig, "y")
+    sparsity = [r for r in recs if r["experiment"] == "sparsity" and r["dtype"] == "fp16"]
+    values = sorted({r["value"] for r in sparsity})
+    expect = [np.mean([r["mean_power_w"] for r in sparsity if r["value"] == v]) for v in values]
+    x, y = power["fp16 / torch"]
+    assert x == values and np.allclose(y, expect)
+    # the second row is energy per GEMM in mJ: the same points, scaled
+    x2, y2 = _traces(fig, "y2")["fp16 / torch"]
+    assert x2 == values and np.allclose(y2, [np.mean([r["energy_per_gemm_j"] * 1e3 for r in sparsity if r["value"] == v]) for v in values])
+
+
+def test_not_measured_experiment_figure_has_no_power_row(tmp_path: Path) -> None:
+    """On a CPU without RAPL (this machine, or any): no power trace, time per GEMM from the records."""
+    from charbench.report import RunData
+    from charbench.workloads.gemm_power.figures import _experiment_section
+
+    recs = _records()
+    for r in recs:
+        for k in ("mean_power_w", "energy_j", "energy_net_j", "energy_per_gemm_j", "mean_gpu0_power_w", "mean_gpu0_sm_clock_mhz"):
+            r[k] = None
+        r["null_reasons"] = json.dumps({"energy_j": "no RAPL package zones", "mean_power_w": "no RAPL package zones"})
+        r["time_per_gemm_ms"] = 0.01 * (1 + r["value"])
+    path = _store(tmp_path, recs)
+    RunStore.open(path).update_meta(device="cpu")
+    data = RunData.load(path)
+    sec = _experiment_section(data, "unique")
+    (fig,) = _figures(sec.html)
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert titles == ["time per GEMM (ms)", "GFLOP/s", "toggle rate along K (per bit)"]
+    unique = sorted({r["value"] for r in recs if r["experiment"] == "unique"})
+    x, y = _traces(fig, "y")["bf16 / torch"]
+    assert x == unique and np.allclose(y, [0.01 * (1 + v) for v in unique])
+    assert sec.note.endswith("Power was not measured on this machine; time per GEMM and GFLOP/s are measured.")

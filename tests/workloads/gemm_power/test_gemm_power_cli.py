@@ -29,7 +29,7 @@ def test_quick_run_on_cpu_writes_a_full_report(charbench_home: Path, capsys: pyt
     assert set(df["dtype"]) == {"fp32", "bf16"} and set(df["backend"]) == {"torch"}
     assert len(df) == 2 * (3 + 4 + 3 + 3 + 3)
     # timing is always measured; a missing meter never stops the run
-    assert df["time_per_gemm_ms"].notna().all() and (df["tflop_per_s"] > 0).all()
+    assert df["time_per_gemm_ms"].notna().all() and (df["throughput_tflop_s"] > 0).all()
     assert df["toggle_k_frac"].notna().all() and df["zero_operand_frac"].between(0, 1).all()
     sparse = df[(df["experiment"] == "sparsity") & (df["value"] == 1.0)]
     assert (sparse["zero_operand_frac"] == 1.0).all() and (sparse["toggle_k_frac"] == 0).all()

@@ -24,10 +24,10 @@ def test_two_point_run_records_nvml_energy(charbench_home: Path) -> None:
     df = pd.read_parquet(run / "results.parquet")
     assert len(df) == 2
     assert df["energy_j"].notna().all() and (df["energy_j"] > 0).all()
-    assert (df["avg_power_w"] > 20).all()
+    assert (df["mean_power_w"] > 20).all()
     assert df["energy_net_j"].notna().all()
-    assert (df["tflop_per_s"] > 1).all()
-    assert df["gpu0_sm_clock_mean_mhz"].notna().all()
+    assert (df["throughput_tflop_s"] > 1).all()
+    assert df["mean_gpu0_sm_clock_mhz"].notna().all()
     prov = json.loads(df["provenance"].iloc[0])
     assert "nvml" in prov["energy_j"]
     assert (run / "report.html").is_file()

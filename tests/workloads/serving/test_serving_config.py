@@ -45,8 +45,8 @@ def test_presets_validate() -> None:
         ({"concurrency": [4]}, "add --arrival closed"),
         ({"arrival": "trace"}, "--arrival trace needs --trace"),
         ({"mode": "slo-search"}, "needs --slo"),
-        ({"mode": "sweep", "request_rate": [4.0]}, "chooses the rates itself"),
-        ({"request_rate": [0.0]}, "--request-rate"),
+        ({"mode": "sweep", "request_rate_rps": [4.0]}, "chooses the rates itself"),
+        ({"request_rate_rps": [0.0]}, "--request-rate"),
         ({"dtype": ["fp64"]}, "--dtype: unknown dtype"),
         ({"api": "chat", "prompt_format": "ids"}, "chat messages are text"),
         ({"slo_attainment": 1.5}, "--slo-attainment"),
@@ -102,7 +102,7 @@ def test_resume_refuses_options_that_differ_and_names_them(tmp_path, capsys: pyt
     store = _saved_run(tmp_path, num_requests=8)
     assert main(["serve-sweep", "--resume", str(store.path), "--request-rate", "3", "--num-requests", "8", "--max-num-seqs", "2"]) == 1
     assert capsys.readouterr().err == (
-        f"Error: --resume {store.path}: the options given differ from the run's (in: max_num_seqs, request_rate); "
+        f"Error: --resume {store.path}: the options given differ from the run's (in: max_num_seqs, request_rate_rps); "
         f"drop them to continue with the saved ones (see {store.path / 'config.json'}), or start a new run without --resume\n"
     )
     assert main(["serve-sweep", "--resume", str(store.path), "--preset", "greener-llms"]) == 1
@@ -132,8 +132,8 @@ def test_resume_refuses_a_folder_without_config_json(tmp_path, capsys: pytest.Ca
 
 
 def test_from_dict_restores_inf_rates() -> None:
-    cfg = ServeSweepConfig.from_dict({"request_rate": [None, 2.0]})
-    assert cfg.request_rate == [math.inf, 2.0]
+    cfg = ServeSweepConfig.from_dict({"request_rate_rps": [None, 2.0]})
+    assert cfg.request_rate_rps == [math.inf, 2.0]
     with pytest.raises(ConfigError, match="unknown keys"):
         ServeSweepConfig.from_dict({"bogus": 1})
 

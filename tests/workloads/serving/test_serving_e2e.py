@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -39,12 +40,12 @@ def test_cli_quick_on_the_tiny_engine(tmp_path: Path, capsys: pytest.CaptureFixt
     from charbench.profiles import load_profile
 
     prof = load_profile(tmp_path / "profile.json")
-    assert {e["rate_kind"] for e in prof} == {"rate", "max-throughput"} and payload["summary"]["profile"].endswith("profile.json")
+    assert sorted(e["request_rate_rps"] for e in prof) == [40.0, math.inf] and payload["summary"]["profile"].endswith("profile.json")
     recs = RunStore.open(run).records()
     for r in recs:
-        assert r["completed"] == 8 and r["output_len_mismatch_count"] == 0 and r["prompt_tokens_exact"]
+        assert r["completed_count"] == 8 and r["output_len_mismatch_count"] == 0 and r["prompt_tokens_exact"]
         assert r["total_output_tokens"] == 64 and r["total_input_tokens"] == 128  # forced lengths, exact prompts
-        assert r["engine_model"] == "tiny" and r["server_median_ttft_ms"] is not None  # engine-side records joined
+        assert r["engine_model"] == "tiny" and r["median_server_ttft_ms"] is not None  # engine-side records joined
     html = (run / "report.html").read_text()
     for s in SECTIONS:
         assert s in html
@@ -94,11 +95,11 @@ def test_against_charbench_serve_in_another_process(tmp_path: Path, serve_proces
     assert payload["status"] == "completed" and payload["points_done"] == 2
     recs = RunStore.open(Path(payload["run_dir"])).records()
     for r in recs:
-        assert r["target_kind"] == "url" and r["served_model"] == "tiny" and r["completed"] == 8
+        assert r["target_kind"] == "url" and r["served_model"] == "tiny" and r["completed_count"] == 8
         assert r["total_output_tokens"] == 64 and r["output_len_mismatch_count"] == 0
         assert r["total_input_tokens"] == 128 and r["prompt_format"] == "ids"  # exact prompts with the preset's tokenizer
         # the server's own records were joined; the client's TTFT includes HTTP, so it is not smaller
-        assert r["server_median_ttft_ms"] is not None and r["ttft_client_minus_server_median_ms"] > -1.0
-        assert r["itl_client_minus_server_median_ms"] is not None
-    burst = next(r for r in recs if r["load_kind"] == "burst")
+        assert r["median_server_ttft_ms"] is not None and r["median_ttft_client_minus_server_ms"] > -1.0
+        assert r["median_itl_client_minus_server_ms"] is not None
+    burst = next(r for r in recs if r["request_rate_rps"] == math.inf)
     assert burst["steady_time_s"] is not None  # --max-num-seqs 4 describes the server: steady window found

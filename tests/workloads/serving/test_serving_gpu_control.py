@@ -50,7 +50,7 @@ def gpu_env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
 
 
 def _cfg(**kw: Any) -> ServeSweepConfig:
-    base = dict(request_rate=[math.inf], max_num_seqs=[4], input_len=[8], output_len=[40], num_requests=12,
+    base = dict(request_rate_rps=[math.inf], max_num_seqs=[4], input_len=[8], output_len=[40], num_requests=12,
                 warmup_requests=0, sm_freq_mhz=[1200, 1500], power_limit_w=[300.0])
     base.update(kw)
     return ServeSweepConfig(**base)
@@ -81,11 +81,11 @@ def test_set_measured_and_restored_on_success(tmp_path: Path, gpu_env: FakeGpu) 
     recs = RunStore.open(res.run_dir).records()
     for r in recs:
         assert r["sm_clock_locked_mhz"] == r["sm_freq_mhz"] and r["power_limit_enforced_w"] == 300.0
-        assert r["gpu0_sm_clock_mean_mhz"] is not None  # the sampler's measured clock is in the record
+        assert r["mean_gpu0_sm_clock_mhz"] is not None  # the sampler's measured clock is in the record
         # energy from the (fake) counter: ~300 W over the load and over its steady window
-        assert r["avg_power_w"] == pytest.approx(300.0, rel=0.1)
-        assert r["steady_energy_j"] > 0 and r["steady_avg_power_w"] == pytest.approx(300.0, rel=0.15)
-        assert r["energy_per_output_token_j"] > 0 and r["steady_output_tokens_per_j"] > 0
+        assert r["mean_power_w"] == pytest.approx(300.0, rel=0.1)
+        assert r["steady_energy_j"] > 0 and r["mean_steady_power_w"] == pytest.approx(300.0, rel=0.15)
+        assert r["energy_per_output_token_j"] > 0 and r["steady_output_per_energy_tok_j"] > 0
         assert "nvml" in json.loads(r["provenance"])["energy_j"]
     html = (res.run_dir / "report.html").read_text()
     assert "Pareto frontier" in html and "Energy was not measured" not in html
@@ -155,5 +155,5 @@ def test_tp_sweep_baseline_spans_every_gpu_so_each_point_has_net_energy(tmp_path
     for tp, rec in recs.items():
         assert rec["energy_j"] is not None and rec["energy_net_j"] is not None, (tp, rec["null_reasons"])
     # tp=2 sums both GPUs: about twice tp=1's power (both fake GPUs draw 300 W)
-    assert recs[2]["avg_power_w"] == pytest.approx(600.0, rel=0.1)
-    assert recs[1]["avg_power_w"] == pytest.approx(300.0, rel=0.1)
+    assert recs[2]["mean_power_w"] == pytest.approx(600.0, rel=0.1)
+    assert recs[1]["mean_power_w"] == pytest.approx(300.0, rel=0.1)

@@ -31,20 +31,20 @@ def test_open_loop_follows_the_schedule() -> None:
 
 
 def test_max_concurrency_caps_requests_in_flight() -> None:
-    from charbench.workloads.serving.metrics import peak_concurrency
+    from charbench.workloads.serving.metrics import max_in_flight_count
 
     t = FakeTarget(max_num_seqs=64, prefill_s=0.01, step_s=0.005)
     res = asyncio.run(run_load(t, LoadPlan(_items(12, [0.0] * 12), max_concurrency=3)))
-    assert peak_concurrency(res.records) <= 3
+    assert max_in_flight_count(res.records) <= 3
     assert res.lateness == {}  # capped sends are late by design: no lateness stats
 
 
 def test_closed_loop_keeps_n_users_busy() -> None:
-    from charbench.workloads.serving.metrics import peak_concurrency
+    from charbench.workloads.serving.metrics import max_in_flight_count
 
     t = FakeTarget(max_num_seqs=64, prefill_s=0.005, step_s=0.002)
     res = asyncio.run(run_load(t, LoadPlan(_items(10), closed_concurrency=2)))
-    assert peak_concurrency(res.records) == 2
+    assert max_in_flight_count(res.records) == 2
     assert all(r.scheduled_s is None and r.ok for r in res.records)
     one = asyncio.run(run_load(t, LoadPlan(_items(4), closed_concurrency=1)))
     sends = [r.send_s for r in one.records]
@@ -70,7 +70,7 @@ def test_cli_resume_of_a_completed_run(tmp_path: Path, capsys: pytest.CaptureFix
     from charbench.workloads.serving.config import ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
-    cfg = ServeSweepConfig(request_rate=[math.inf], max_num_seqs=[2], input_len=[4], output_len=[3], num_requests=4, warmup_requests=0)
+    cfg = ServeSweepConfig(request_rate_rps=[math.inf], max_num_seqs=[2], input_len=[4], output_len=[3], num_requests=4, warmup_requests=0)
     res = run_study(ServeSweepStudy(cfg, target_factory=lambda k, d: FakeTarget(max_num_seqs=2)),
                     CommonOptions(out=tmp_path, device="cpu"), RunSettings(sample_interval_s=0))
     assert main(["serve-sweep", "--resume", str(res.run_dir), "--device", "cpu", "--json"]) == 0

@@ -35,15 +35,15 @@ def test_sweep_point_records_truncation(tmp_path: Path) -> None:
     from charbench.workloads.serving.run import ServeSweepStudy
 
     # constant arrivals at 10 req/s are due at 0.1, 0.2, ... 0.6 s; at 1e-9 req/s the first is due after 1e9 s
-    cfg = ServeSweepConfig(request_rate=[10.0, 1e-9, math.inf], max_num_seqs=[2], input_len=[8], output_len=[4], num_requests=6,
+    cfg = ServeSweepConfig(request_rate_rps=[10.0, 1e-9, math.inf], max_num_seqs=[2], input_len=[8], output_len=[4], num_requests=6,
                            warmup_requests=0, arrival="constant", max_duration_s=0.25)
     study = ServeSweepStudy(cfg, target_factory=lambda knobs, dev: FakeTarget(max_num_seqs=2))
     res = run_study(study, CommonOptions(out=tmp_path, device="cpu", continue_on_error=True), RunSettings(sample_interval_s=0))
     store = RunStore.open(res.run_dir)
     recs = {r["offered_load"]: r for r in store.records()}
     assert sorted(recs) == ["10 req/s", "all at once"]
-    assert (recs["10 req/s"]["truncated"], recs["10 req/s"]["unsent_requests"], recs["10 req/s"]["max_duration_s"]) == (True, 4, 0.25)
-    assert recs["10 req/s"]["completed"] == 2
-    assert (recs["all at once"]["truncated"], recs["all at once"]["unsent_requests"]) == (False, 0)
+    assert (recs["10 req/s"]["truncated"], recs["10 req/s"]["unsent_request_count"], recs["10 req/s"]["max_duration_s"]) == (True, 4, 0.25)
+    assert recs["10 req/s"]["completed_count"] == 2
+    assert (recs["all at once"]["truncated"], recs["all at once"]["unsent_request_count"]) == (False, 0)
     [fail] = store.failures()
     assert "--max-duration 0.25: no request of this load (rate) was due within it; raise --max-duration or --request-rate" in fail["message"]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from charbench.record import Record
+
 from charbench.workloads.serving.metrics import (
     ClientRecord,
     Slo,
     SteadyTracker,
     compute_metrics,
     energy_metrics,
-    peak_concurrency,
+    max_in_flight_count,
     steady_window_from_records,
     tokens_in_window,
 )
@@ -34,7 +36,7 @@ def test_vllm_definitions() -> None:
     b = rec(1, 1.0, [1.3])             # one token: no tpot, no itl
     c = rec(2, 2.0, [], error="HTTP 500: boom")
     m = compute_metrics([a, b, c], duration_s=2.0, slo=Slo(ttft_ms=200))
-    assert m["completed"] == 2 and m["error_count"] == 1 and m["error_rate"] == pytest.approx(1 / 3)
+    assert m["completed_count"] == 2 and m["error_count"] == 1 and m["error_frac"] == pytest.approx(1 / 3)
     assert m["mean_ttft_ms"] == pytest.approx(200.0)  # (100 + 300) / 2
     assert m["median_ttft_ms"] == pytest.approx(200.0)
     assert m["std_ttft_ms"] == pytest.approx(100.0)  # population std, as numpy/vLLM
@@ -47,7 +49,7 @@ def test_vllm_definitions() -> None:
     assert m["output_throughput_tok_s"] == pytest.approx(2.0)
     assert m["total_token_throughput_tok_s"] == pytest.approx(12.0)
     # goodput: a meets ttft<=200 (100), b does not (300), c failed
-    assert m["good_requests"] == 1 and m["slo_attainment"] == pytest.approx(1 / 3)
+    assert m["good_request_count"] == 1 and m["slo_attainment_frac"] == pytest.approx(1 / 3)
     assert m["request_goodput_rps"] == pytest.approx(0.5)
 
 
@@ -55,23 +57,23 @@ def test_goodput_requires_every_slo_and_single_token_passes_tpot() -> None:
     a = rec(0, 0.0, [0.1, 0.2, 0.4])
     b = rec(1, 0.0, [0.05])
     m = compute_metrics([a, b], duration_s=1.0, slo=Slo(ttft_ms=150, tpot_ms=100))
-    assert m["good_requests"] == 1  # a misses tpot (150 > 100); b has no tpot
+    assert m["good_request_count"] == 1  # a misses tpot (150 > 100); b has no tpot
     m = compute_metrics([a, b], duration_s=1.0, slo=Slo(ttft_ms=150, tpot_ms=100, e2el_ms=40))
-    assert m["good_requests"] == 0
+    assert m["good_request_count"] == 0
 
 
 def test_no_slo_and_no_success_are_null_with_reasons() -> None:
     m = compute_metrics([rec(0, 0.0, [], error="x")], slo=None)
-    assert m["slo_attainment"] is None and "--slo" in m["_reasons"]["slo_attainment"]
-    assert m["mean_ttft_ms"] is None and m["_reasons"]["mean_ttft_ms"] == "no successful request"
-    assert m["completed"] == 0
+    assert m["slo_attainment_frac"] is None and "--slo" in m.reasons["slo_attainment_frac"]
+    assert m["mean_ttft_ms"] is None and m.reasons["mean_ttft_ms"] == "no successful request"
+    assert m["completed_count"] == 0
 
 
 def test_default_duration_and_peak_concurrency() -> None:
     rs = [rec(0, 0.0, [0.5, 1.0]), rec(1, 0.2, [0.6, 0.7]), rec(2, 2.0, [2.5])]
     m = compute_metrics(rs)
     assert m["duration_s"] == pytest.approx(2.5)
-    assert peak_concurrency(rs) == 2
+    assert max_in_flight_count(rs) == 2
 
 
 def test_steady_window_full_batch_then_drain() -> None:
@@ -105,13 +107,32 @@ def test_live_tracker_callbacks() -> None:
     assert seen == [("open", 2.0), ("close", 4.0)]
 
 
+def _energy(energy: float | None, net: float | None, completed: int, tokens: int) -> Record:
+    rec = Record().update({"completed_count": completed, "total_output_tokens": tokens})
+    rec.set("energy_j", energy, "nvml-energy-counter", reason="no meter")
+    rec.set("energy_net_j", net, "nvml-energy-counter (minus idle baseline)", reason="no idle baseline")
+    return energy_metrics(rec, "total_output_tokens", "completed_count")
+
+
 def test_energy_metrics_never_divide_by_zero() -> None:
-    e = energy_metrics(100.0, 60.0, completed=4, output_tokens=50)
-    assert e["energy_per_request_j"] == 25.0 and e["energy_per_output_token_j"] == 2.0 and e["output_tokens_per_j"] == 0.5
-    assert e["energy_net_per_output_token_j"] == pytest.approx(1.2)
-    z = energy_metrics(None, None, completed=0, output_tokens=0)
-    assert all(v is None for v in z.values())
-    assert energy_metrics(10.0, None, completed=0, output_tokens=0)["energy_per_request_j"] is None
+    e = _energy(100.0, 60.0, completed=4, tokens=50)
+    assert e["energy_per_request_j"] == 25.0 and e["energy_per_output_token_j"] == 2.0 and e["output_per_energy_tok_j"] == 0.5
+    assert (e["energy_net_per_request_j"], e["energy_net_per_output_token_j"], e["output_per_energy_net_tok_j"]) == (15.0, 1.2, 50 / 60)
+    # derived values name their source's meter and how they were derived
+    assert e.provenance["energy_per_output_token_j"] == "nvml-energy-counter (per output token)"
+    assert e.provenance["energy_net_per_request_j"] == "nvml-energy-counter (minus idle baseline) (per completed request)"
+    z = _energy(None, None, completed=0, tokens=0)
+    derived = [k for k in z if k not in ("completed_count", "total_output_tokens")]
+    assert all(z[k] is None for k in derived)
+    # a missing energy: the energy's reason, not a generic one
+    assert {k: z.reasons[k] for k in derived} == {
+        "energy_j": "no meter", "energy_net_j": "no idle baseline",
+        "energy_per_request_j": "no meter", "energy_per_output_token_j": "no meter", "output_per_energy_tok_j": "no meter",
+        "energy_net_per_request_j": "no idle baseline", "energy_net_per_output_token_j": "no idle baseline",
+        "output_per_energy_net_tok_j": "no idle baseline"}
+    nothing = _energy(10.0, None, completed=0, tokens=0)
+    assert nothing["energy_per_request_j"] is None and nothing.reasons["energy_per_request_j"] == "no request completed"
+    assert nothing.reasons["energy_per_output_token_j"] == "no output tokens"
 
 
 def test_unknown_prompt_tokens_are_null_not_zero() -> None:
@@ -121,6 +142,6 @@ def test_unknown_prompt_tokens_are_null_not_zero() -> None:
     b.prompt_tokens = None
     m = compute_metrics([a, b], duration_s=1.0)
     assert m["total_input_tokens"] is None and m["total_token_throughput_tok_s"] is None
-    assert "prompt tokens unknown for 1 of 2" in m["_reasons"]["total_input_tokens"]
-    assert "prompt tokens unknown" in m["_reasons"]["total_token_throughput_tok_s"]
+    assert "prompt tokens unknown for 1 of 2" in m.reasons["total_input_tokens"]
+    assert "prompt tokens unknown" in m.reasons["total_token_throughput_tok_s"]
     assert m["output_throughput_tok_s"] == pytest.approx(4.0)  # output counts stay measured

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from charbench.record import Record
+
 from charbench.workloads.serving.modes import Load, meets_slo, run_sweep, slo_search
 
 
@@ -28,7 +30,8 @@ class FakeServer:
             thr = min(float(load.value), self.cap)  # type: ignore[arg-type]
             att = 1.0 if float(load.value) <= self.knee else 0.5  # type: ignore[arg-type]
         rate = None if load.kind != "rate" or math.isinf(float(load.value)) else float(load.value)  # type: ignore[arg-type]
-        return {"request_throughput_rps": thr, "slo_attainment": att, "request_rate_rps": rate, "mode_step": load.step}
+        return Record({"request_throughput_rps": thr, "slo_attainment_frac": att, "mode_step": load.step}).set(
+            "request_rate_rps", rate, reason="not an open-loop load")
 
 
 def test_sweep_sync_then_throughput_then_rates_between() -> None:
@@ -66,9 +69,9 @@ def test_slo_search_answer_at_max_and_no_answer() -> None:
     assert not any(r["slo_search_best"] for r in recs)
     assert recs[0]["slo_max_rate_rps"] is None and "missed even at" in recs[0]["slo_search_note"]
     # the null carries its reason into null_reasons (not the generic "not measured")
-    assert all("no rate meets the SLOs: the SLOs are missed even at" in r["_reasons"]["slo_max_rate_rps"] for r in recs)
+    assert all("no rate meets the SLOs: the SLOs are missed even at" in r.reasons["slo_max_rate_rps"] for r in recs)
 
 
 def test_meets_slo() -> None:
-    assert meets_slo({"slo_attainment": 0.9}, 0.9)
-    assert not meets_slo({"slo_attainment": None}, 0.1)
+    assert meets_slo({"slo_attainment_frac": 0.9}, 0.9)
+    assert not meets_slo({"slo_attainment_frac": None}, 0.1)

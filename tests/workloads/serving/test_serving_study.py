@@ -25,7 +25,7 @@ SETTINGS = RunSettings(sample_interval_s=0.05)
 
 
 def _cfg(**kw: Any) -> ServeSweepConfig:
-    base = dict(request_rate=[math.inf, 40.0], max_num_seqs=[2, 4], input_len=[8], output_len=[6], num_requests=16,
+    base = dict(request_rate_rps=[math.inf, 40.0], max_num_seqs=[2, 4], input_len=[8], output_len=[6], num_requests=16,
                 warmup_requests=1, slo_ttft_ms=200.0, slo_tpot_ms=50.0)
     base.update(kw)
     return ServeSweepConfig(**base)
@@ -55,11 +55,13 @@ def test_grid_records_files_and_report(tmp_path: Path) -> None:
     assert [k["max_num_seqs"] for k, _ in f.made] == [2, 4]  # restart knobs vary slowest: one start each
     assert all(t.shutdowns == 1 for _, t in f.made)
     recs = RunStore.open(res.run_dir).records()
-    burst = [r for r in recs if r["load_kind"] == "burst"]
-    assert len(burst) == 2 and all(r["request_rate_rps"] is None for r in burst)
-    assert "rate inf" in json.loads(burst[0]["null_reasons"])["request_rate_rps"]
+    # max throughput is the knob's own value inf, from the CLI to the stored record (no null, no second kind)
+    burst = [r for r in recs if r["request_rate_rps"] == math.inf]
+    assert len(burst) == 2 and all(r["load_kind"] == "rate" and r["point_key"].endswith("request_rate_rps=inf,tp=1") for r in burst)
+    assert "request_rate_rps" not in json.loads(burst[0]["null_reasons"])
+    assert json.loads((res.run_dir / "config.json").read_text())["study_config"]["request_rate_rps"] == ["inf", 40.0]
     for r in recs:
-        assert r["completed"] == 16 and r["output_len_mismatch_count"] == 0
+        assert r["completed_count"] == 16 and r["output_len_mismatch_count"] == 0
         assert r["median_ttft_ms"] > 0 and r["p99_tpot_ms"] >= r["median_tpot_ms"]
         assert (res.run_dir / r["requests_file"]).is_file()
         assert r["prompt_tokens_exact"] and r["workload_class"] == "in8-out6"
@@ -101,10 +103,10 @@ def test_dead_target_stops_and_keeps_completed_points(tmp_path: Path) -> None:
 
 def test_request_errors_are_counted_not_fatal(tmp_path: Path) -> None:
     f = Factory(fail_every=4)
-    res = run_study(ServeSweepStudy(_cfg(request_rate=[math.inf], max_num_seqs=[4]), target_factory=f), _common(tmp_path), SETTINGS)
+    res = run_study(ServeSweepStudy(_cfg(request_rate_rps=[math.inf], max_num_seqs=[4]), target_factory=f), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
-    assert r["error_count"] > 0 and r["completed"] + r["error_count"] == 16
-    assert r["error_rate"] == pytest.approx(r["error_count"] / 16)
+    assert r["error_count"] > 0 and r["completed_count"] + r["error_count"] == 16
+    assert r["error_frac"] == pytest.approx(r["error_count"] / 16)
 
 
 def test_interrupt_keeps_points_then_resume_finishes(tmp_path: Path) -> None:
@@ -123,11 +125,11 @@ def test_interrupt_keeps_points_then_resume_finishes(tmp_path: Path) -> None:
 
 
 def test_sweep_mode(tmp_path: Path) -> None:
-    cfg = _cfg(mode="sweep", request_rate=[math.inf], max_num_seqs=[4], sweep_rates=2, num_requests=12)
+    cfg = _cfg(mode="sweep", request_rate_rps=[math.inf], max_num_seqs=[4], sweep_rates=2, num_requests=12)
     res = run_study(ServeSweepStudy(cfg, target_factory=Factory(per_seq_s=0.002)), _common(tmp_path), SETTINGS)
     recs = RunStore.open(res.run_dir).records()
     assert [r["mode_step"] for r in recs] == ["synchronous", "throughput", "sweep-1", "sweep-2"]
-    assert recs[0]["concurrency"] == 1 and recs[0]["peak_concurrency"] == 1
+    assert recs[0]["concurrency"] == 1 and recs[0]["max_in_flight_count"] == 1
     lo, hi = recs[0]["request_throughput_rps"], recs[1]["request_throughput_rps"]
     assert lo < recs[2]["request_rate_rps"] < recs[3]["request_rate_rps"] < hi
     assert len({r["requests_file"] for r in recs}) == 4
@@ -135,7 +137,7 @@ def test_sweep_mode(tmp_path: Path) -> None:
 
 
 def test_slo_search_mode(tmp_path: Path) -> None:
-    cfg = _cfg(mode="slo-search", request_rate=[math.inf], max_num_seqs=[2], num_requests=12, search_iters=2,
+    cfg = _cfg(mode="slo-search", request_rate_rps=[math.inf], max_num_seqs=[2], num_requests=12, search_iters=2,
                slo_ttft_ms=60.0, slo_tpot_ms=None)
     res = run_study(ServeSweepStudy(cfg, target_factory=Factory(prefill_s=0.01, step_s=0.004)), _common(tmp_path), SETTINGS)
     recs = RunStore.open(res.run_dir).records()
@@ -146,12 +148,12 @@ def test_slo_search_mode(tmp_path: Path) -> None:
 
 def test_url_target_through_the_study(tmp_path: Path) -> None:
     with LoopbackSSE(tokens=5) as srv:
-        cfg = ServeSweepConfig(target=srv.url, model=[], tp=[], dtype=[], max_num_seqs=[], request_rate=[200.0],
+        cfg = ServeSweepConfig(target=srv.url, model=[], tp=[], dtype=[], max_num_seqs=[], request_rate_rps=[200.0],
                                input_len=[4], output_len=[5], num_requests=20, warmup_requests=1, prompt_format="text")
         res = run_study(ServeSweepStudy(cfg), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
-    assert r["completed"] == 20 and r["target_kind"] == "url" and r["served_model"] == "fake-model"
-    assert r["server_median_ttft_ms"] == 1.0 and r["ttft_client_minus_server_median_ms"] is not None
+    assert r["completed_count"] == 20 and r["target_kind"] == "url" and r["served_model"] == "fake-model"
+    assert r["median_server_ttft_ms"] == 1.0 and r["median_ttft_client_minus_server_ms"] is not None
     assert "max_num_seqs is unknown" in json.loads(r["null_reasons"])["steady_time_s"]
     assert r["prompt_format"] == "text"
 
@@ -163,11 +165,10 @@ def test_profile_roundtrip(tmp_path: Path) -> None:
         path = export_profile(recs, tmp_path / name, run_id="x")
         prof = load_profile(path)
         assert len(prof) == 2
-        kinds = {e["rate_kind"] for e in prof}
-        assert kinds == {"max-throughput", "rate"}
-        e = next(e for e in prof if e["rate_kind"] == "rate")
-        assert e["rate_rps"] == 40.0 and e["max_num_seqs"] == 4 and e["median_ttft_ms"] > 0
-        assert e["avg_power_w"] is None and e["provenance"]["avg_power_w"].startswith("not-measured:")
+        assert sorted((e["load_kind"], e["request_rate_rps"]) for e in prof) == [("rate", 40.0), ("rate", math.inf)]
+        e = next(e for e in prof if e["request_rate_rps"] == 40.0)
+        assert e["max_num_seqs"] == 4 and e["median_ttft_ms"] > 0
+        assert e["mean_power_w"] is None and e["provenance"]["mean_power_w"].startswith("not-measured:")
     assert json.loads((tmp_path / "p.json").read_text())["format"] == FORMAT
     (tmp_path / "bad.json").write_text(json.dumps({"format": FORMAT, "version": 99}))
     from charbench.errors import ConfigError
@@ -185,7 +186,7 @@ def test_trace_replay_and_azure_lengths(tmp_path: Path) -> None:
                            max_num_seqs=[4], warmup_requests=0)
     res = run_study(ServeSweepStudy(cfg, target_factory=f), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
-    assert r["load_kind"] == "trace" and r["workload_class"] == "trace" and r["num_requests"] == 12
+    assert r["load_kind"] == "trace" and r["workload_class"] == "trace" and r["request_count"] == 12
     assert r["total_input_tokens"] == sum(20 + i for i in range(10, 22))  # rows 10..21 (t >= 1 s)
     assert r["total_output_tokens"] == sum(3 + i % 4 for i in range(10, 22))
     per = pd.read_parquet(res.run_dir / r["requests_file"])
@@ -195,7 +196,7 @@ def test_trace_replay_and_azure_lengths(tmp_path: Path) -> None:
     cfg = ServeSweepConfig(length_dist="azure-code", length_scale=0.02, num_requests=10, max_num_seqs=[4], warmup_requests=0)
     res = run_study(ServeSweepStudy(cfg, target_factory=Factory()), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
-    assert r["workload_class"] == "azure-code" and r["completed"] == 10
+    assert r["workload_class"] == "azure-code" and r["completed_count"] == 10
 
 
 def test_gpus_cover_the_largest_tensor_parallel_point() -> None:
@@ -238,11 +239,11 @@ def test_meter_failure_is_the_null_reason(tmp_path: Path, monkeypatch: pytest.Mo
         return _FailingPointMeter(meter), notes
 
     monkeypatch.setattr(measure, "make_meters", failing)
-    cfg = _cfg(request_rate=[math.inf], max_num_seqs=[2])
+    cfg = _cfg(request_rate_rps=[math.inf], max_num_seqs=[2])
     res = run_study(ServeSweepStudy(cfg, target_factory=Factory()), _common(tmp_path), SETTINGS)
     r = RunStore.open(res.run_dir).records()[0]
     reasons = json.loads(r["null_reasons"])
-    assert r["energy_j"] is None and r["avg_power_w"] is None
+    assert r["energy_j"] is None and r["mean_power_w"] is None
     assert reasons["energy_j"] == "the energy meter failed: RuntimeError: counter read failed"
     assert reasons["energy_per_output_token_j"] == reasons["energy_j"]
     assert r["steady_time_s"] > 0 and r["steady_energy_j"] is None
@@ -250,6 +251,7 @@ def test_meter_failure_is_the_null_reason(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_unknown_preemption_counts_are_not_zero() -> None:
+    from charbench.record import Record
     from charbench.workloads.serving.metrics import ClientRecord
 
     def rec(i: int, server: dict[str, Any] | None) -> ClientRecord:
@@ -258,10 +260,10 @@ def test_unknown_preemption_counts_are_not_zero() -> None:
         return r
 
     study = ServeSweepStudy(_cfg())
-    out: dict[str, Any] = {"_reasons": {}}
+    out = Record()
     study._server_fields(out, [rec(0, {"ttft_ms": 90.0}), rec(1, {"ttft_ms": 95.0, "preemptions": None})])
-    assert out["server_preemptions"] is None
-    assert out["_reasons"]["server_preemptions"] == "the target reports no preemption counts"
-    out = {"_reasons": {}}
+    assert out["total_server_preemption_count"] is None
+    assert out.reasons["total_server_preemption_count"] == "the target reports no preemption counts"
+    out = Record()
     study._server_fields(out, [rec(0, {"preemptions": 2}), rec(1, {"ttft_ms": 95.0}), rec(2, {"preemptions": 1})])
-    assert out["server_preemptions"] == 3
+    assert out["total_server_preemption_count"] == 3

@@ -15,12 +15,13 @@ from .fakes import LoopbackSSE
 
 
 def test_weights_fields() -> None:
-    assert weights_fields("random", "the engine") == {"engine_weights": "random", "_warnings": [RANDOM_WEIGHTS_WARNING]}
-    assert weights_fields("checkpoint", "the engine") == {"engine_weights": "checkpoint"}
-    assert weights_fields(None, "the server at http://x") == {
-        "engine_weights": None,
-        "_reasons": {"engine_weights": "the server at http://x does not say whether its weights are random ('weights' in /v1/models)"},
-    }
+    rand = weights_fields("random", "the engine")
+    assert (dict(rand), rand.warnings, rand.reasons) == ({"engine_weights": "random"}, [RANDOM_WEIGHTS_WARNING], {})
+    ckpt = weights_fields("checkpoint", "the engine")
+    assert (dict(ckpt), ckpt.warnings, ckpt.reasons) == ({"engine_weights": "checkpoint"}, [], {})
+    unknown = weights_fields(None, "the server at http://x")
+    assert dict(unknown) == {"engine_weights": None} and unknown.warnings == []
+    assert unknown.reasons == {"engine_weights": "the server at http://x does not say whether its weights are random ('weights' in /v1/models)"}
 
 
 def test_targets_say_their_weights() -> None:
@@ -30,21 +31,21 @@ def test_targets_say_their_weights() -> None:
     target = EngineTarget(EngineConfig(model="tiny", kv_cache_gb=0.01))
     try:
         d = target.describe()
-        assert (d["engine_weights"], d["_warnings"]) == ("random", [RANDOM_WEIGHTS_WARNING])
+        assert (d["engine_weights"], d.warnings) == ("random", [RANDOM_WEIGHTS_WARNING])
         # the same engine behind `charbench serve`'s app: the URL target learns it from /v1/models
         with BackgroundServer(build_app(target.engine)) as srv:
             http = HttpTarget(srv.url)
             http.probe()
             d = http.describe()
-            assert (d["engine_weights"], d["_warnings"]) == ("random", [RANDOM_WEIGHTS_WARNING])
+            assert (d["engine_weights"], d.warnings) == ("random", [RANDOM_WEIGHTS_WARNING])
     finally:
         target.shutdown()
     with LoopbackSSE() as other:  # a server that does not say: null with its reason
         http = HttpTarget(other.url)
         http.probe()
         d = http.describe()
-        assert d["engine_weights"] is None and "_warnings" not in d
-        assert d["_reasons"]["engine_weights"].startswith(f"the server at {http.base} does not say")
+        assert d["engine_weights"] is None and d.warnings == []
+        assert d.reasons["engine_weights"].startswith(f"the server at {http.base} does not say")
 
 
 def test_weights_section() -> None:
