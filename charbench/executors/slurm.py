@@ -33,6 +33,23 @@ def import_submitit() -> Any:
     return submitit
 
 
+def _pid_running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (submitit cannot tell for a re-attached local job); a zombie has ended."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that ended: reaped now
+            return False
+    except ChildProcessError:
+        pass  # another process's child (an earlier driver's job)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): the signal check is all there is
+
+
 class SlurmExecutor(RemoteExecutor):
     """Units as SLURM jobs (``local=True``: submitit's local executor, jobs as processes here)."""
 
@@ -132,11 +149,7 @@ class SlurmExecutor(RemoteExecutor):
         if job.paths.result_pickle.exists():
             return True
         if getattr(job, "_charbench_reattached", False) and isinstance(job, self._local_job_type()):
-            try:  # a re-attached local job's id is its controller's pid (submitit cannot tell a running one)
-                os.kill(int(job.job_id), 0)
-                return False
-            except (OSError, ValueError):
-                return True
+            return not _pid_running(int(job.job_id))  # a re-attached local job's id is its controller's pid
         return bool(job.done())
 
     @staticmethod
@@ -159,7 +172,7 @@ class SlurmExecutor(RemoteExecutor):
         where = node_name() if self.local else None
         if not job.paths.result_pickle.exists():
             code = getattr(getattr(job, "_process", None), "returncode", None)
-            return Lost(f"job {job.job_id} ended without a result" + (f" (exit status {code})" if code is not None else ""), where)
+            return Lost(f"job {job.job_id} ended without a result" + (f" (controller exit status {code})" if code is not None else ""), where)
         try:
             result = job.result()
         except Exception as exc:  # FailedJobError (the worker raised, or hit --slurm-time), UncompletedJobError
