@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -184,3 +186,20 @@ def test_checkpoint_without_tokenizer_fails_before_the_run(tmp_path, charbench_h
     assert main(["serve-sweep", "--device", "cpu", "--model", str(ck)]) == 1
     assert capsys.readouterr().err.startswith(f"Error: --model {ck}: no tokenizer.json")
     assert not (charbench_home / "serve-sweep").exists()
+
+
+def test_max_throughput_has_one_spelling_from_cli_to_config_json() -> None:
+    """``inf`` on the CLI, float inf in the config and knob, ``"inf"`` in config.json (not null), and back."""
+    from charbench.workloads.serving.run import ServeSweepStudy
+
+    assert parse_floats("4, inf", "--request-rate") == [4.0, math.inf]
+    with pytest.raises(ConfigError, match=r"^--request-rate: 'max' is not a number; e.g. --request-rate 1,4,inf$"):
+        parse_floats("max", "--request-rate")
+    cfg = ServeSweepConfig(request_rate_rps=[4.0, math.inf])
+    saved = json.loads(json.dumps(ServeSweepStudy(cfg).config_dict(), allow_nan=False))  # strict JSON, as config.json
+    assert saved["request_rate_rps"] == [4.0, "inf"]
+    back = ServeSweepConfig.from_dict({k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(ServeSweepConfig)}})
+    assert back.request_rate_rps == [4.0, math.inf]
+    # a config.json from before the naming rule: request_rate, with inf saved as null
+    old = ServeSweepConfig.from_dict({"request_rate": [None, 2.0]})
+    assert old.request_rate_rps == [math.inf, 2.0]
