@@ -226,3 +226,26 @@ def test_report_of_a_run_with_a_damaged_env_or_config(tmp_path: Path, name: str,
     assert capsys.readouterr().err == (
         f"Error: {store.path / name}: unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)); the run folder is damaged\n"
     )
+
+
+def test_provenance_table_lists_derived_values_with_their_sources(tmp_path: Path) -> None:
+    """Values a Record derived carry their sources' meter (or reason) into the report's provenance table."""
+    from charbench.record import Record
+    from charbench.study import finalize_record
+
+    def rec(energy: float | None) -> Record:
+        r = Record().set("iteration_count", 10)
+        r.set("energy_j", energy, "rapl", reason="no RAPL package zones")
+        r.set("power_estimated_w", 40.0, "estimated: power model (calibration.json)")
+        return r.derive("energy_per_gemm_j", lambda e, n: e / n, "energy_j", "iteration_count", formula="per GEMM")
+
+    store = RunStore.create(tmp_path, "gemm-power", config={}, env={})
+    store.append_records([finalize_record(rec(5.0), {"i": 0}, "i=0", 0), finalize_record(rec(None), {"i": 1}, "i=1", 1)])
+    store.finish("completed")
+    assert provenance_rows(RunData.load(store.path)) == [
+        {"metric": "energy_j", "status": "measured", "source": "rapl", "points": "1"},
+        {"metric": "energy_j", "status": "not measured", "source": "no RAPL package zones", "points": "1"},
+        {"metric": "energy_per_gemm_j", "status": "measured", "source": "rapl (per GEMM)", "points": "1"},
+        {"metric": "energy_per_gemm_j", "status": "not measured", "source": "no RAPL package zones", "points": "1"},
+        {"metric": "power_estimated_w", "status": "estimated", "source": "estimated: power model (calibration.json)", "points": "2"},
+    ]
