@@ -9,6 +9,7 @@ finished point. The driver, the run folder's only writer, replays the batches in
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
+@functools.lru_cache(maxsize=8)
 def describe_node(device: str, name: str | None = None) -> NodeInfo:
-    """This node's :class:`NodeInfo` for ``device`` (``cpu`` or ``cuda:i``), with its environment."""
+    """This node's :class:`NodeInfo` for ``device`` (``cpu`` or ``cuda:i``), with its environment (collected once per worker process)."""
     from charbench.device import gpu_index
     from charbench.envinfo import collect_env
 
