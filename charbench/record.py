@@ -28,7 +28,7 @@ STATISTICS: frozenset[str] = frozenset({"mean", "median", "p50", "p90", "p95", "
 #: Units a metric name ends with (multi-part units are matched before their tails).
 UNITS: frozenset[str] = frozenset({
     "s", "ms", "us", "j", "pj", "w", "mhz", "c", "pct", "frac", "rps", "tok_s", "tok_j", "count", "tokens", "bits",
-    "flop", "flop_s", "tflop_s", "bytes", "mib",
+    "flop", "flop_s", "tflop_s", "bytes", "mib", "h", "wh", "kwh", "kgco2e", "usd",
 })
 
 _UNITS_BY_LENGTH = sorted(UNITS, key=lambda u: -u.count("_"))

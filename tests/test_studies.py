@@ -111,13 +111,17 @@ def test_a_gate_has_one_name() -> None:
         StudySpec(command="x", help="x", cli_module="x.cli", gates=(("p99_ttft_ms", "ttft_p99_ms"),))  # type: ignore[arg-type]
 
 
-def test_owned_metrics_follow_the_naming_rule_and_have_one_owner(fresh_registry: None) -> None:
-    owners: dict[str, str] = {}
+def test_owned_metrics_follow_the_naming_rule(fresh_registry: None) -> None:
+    """Every declared metric parses under the naming rule; one concept keeps one name across studies
+
+    (serve-sweep measures ``p99_ttft_ms`` and cluster-sim simulates it under the same name), so a
+    name may be declared by several studies, but not twice by one.
+    """
     for spec in studies.discover():
+        assert len(set(spec.metrics)) == len(spec.metrics), f"{spec.command} declares a metric twice"
         for m in (*spec.metrics, *spec.gates):
             assert metric_direction(m) is not None, f"{spec.command}: metric {m} has no unit suffix"
             parse_metric(m)  # raises on a name off the naming rule
-            assert owners.setdefault(m, spec.command) == spec.command, f"{m} owned by {owners[m]} and {spec.command}"
 
 
 def test_plugin_study_appears_in_help_runs_and_gates_compare(fresh_registry: None, monkeypatch: pytest.MonkeyPatch,

@@ -35,6 +35,7 @@ UNIT_SUFFIXES: dict[str, str] = {
     "_pct": NEUTRAL, "_frac": NEUTRAL, "_ratio": NEUTRAL, "_x": NEUTRAL,
     "_bytes": NEUTRAL, "_kib": NEUTRAL, "_mib": NEUTRAL, "_gib": NEUTRAL, "_kb": NEUTRAL, "_mb": NEUTRAL, "_gb": NEUTRAL,
     "_tokens": NEUTRAL, "_bits": NEUTRAL, "_v": NEUTRAL, "_a": NEUTRAL,
+    "_h": LOWER, "_kwh": LOWER, "_kgco2e": LOWER, "_usd": LOWER,
 }
 #: timestamps (``t_s``, ``point_t0_s``, ``trace_start_s``): unit-suffixed but not a cost to compare
 _TIMESTAMP = re.compile(r"(^|_)(t\d*|start|end)_s$")

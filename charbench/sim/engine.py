@@ -207,7 +207,7 @@ class Simulator:
         self.reconfig_energy_j = 0.0
         self.gpu_seconds = 0.0
         self.max_kv_fraction = 0.0
-        self.counters: dict[str, int] = {"instances_added": 0, "instances_removed": 0, "reshards": 0, "freq_changes": 0, "preemptions": 0}
+        self.counters: dict[str, int] = {"instances_added": 0, "instances_removed": 0, "reshards": 0, "freq_change_count": 0, "preemption_count": 0}
         # channels: arrivals, then per pool energy, instance-s, freq*instance-s; then per row energy
         self.ch_pool_e, self.ch_pool_i, self.ch_pool_f = 1, 1 + self.npools, 1 + 2 * self.npools
         self.ch_row = 1 + 3 * self.npools
@@ -253,7 +253,7 @@ class Simulator:
         self._close_cfg(inst, self.t)
         inst.freq, inst.op = freq, self.op(inst.tp, freq)
         inst.stall_s += self.s.freq_change_s
-        self.counters["freq_changes"] += 1
+        self.counters["freq_change_count"] += 1
         if inst.busy:
             self._cut(inst, self.t)
         elif inst.kind == 0:
@@ -488,7 +488,7 @@ class Simulator:
         inst.kv_run -= self.inp[rid] + gen
         self.gen_done[rid] = gen
         self.preempt[rid] += 1
-        self.counters["preemptions"] += 1
+        self.counters["preemption_count"] += 1
         inst.waiting.appendleft(rid)
 
     def _ready(self, inst: Instance, t: float) -> None:

@@ -64,7 +64,7 @@ def summarize(result: SimResult, costs: Costs, intensity_g_per_kwh: Callable[[np
         return float(np.percentile(x, q)) * 1000.0 if n else float("nan")
 
     out: dict[str, float | int] = {
-        "num_requests": n,
+        "request_count": n,
         "energy_kwh": energy_kwh,
         "energy_per_request_wh": energy_kwh * 1000.0 / n if n else float("nan"),
         "carbon_kgco2e": carbon_kg,
@@ -75,18 +75,18 @@ def summarize(result: SimResult, costs: Costs, intensity_g_per_kwh: Callable[[np
         "p50_ttft_ms": pct(ttft, 50), "p99_ttft_ms": pct(ttft, 99),
         "p50_tbt_ms": pct(tbt, 50), "p99_tbt_ms": pct(tbt, 99),
         "p50_e2el_ms": pct(result.e2e_s, 50), "p99_e2el_ms": pct(result.e2e_s, 99),
-        "ttft_slo_attainment": float(ok_ttft.mean()) if n else float("nan"),
-        "tbt_slo_attainment": float(ok_tbt.mean()) if n else float("nan"),
-        "slo_attainment": float((ok_ttft & ok_tbt).mean()) if n else float("nan"),
+        "ttft_slo_attainment_frac": float(ok_ttft.mean()) if n else float("nan"),
+        "tbt_slo_attainment_frac": float(ok_tbt.mean()) if n else float("nan"),
+        "slo_attainment_frac": float((ok_ttft & ok_tbt).mean()) if n else float("nan"),
         "mean_power_w": result.energy_j / result.end_s if result.end_s > 0 else float("nan"),
         "p50_power_w": float(np.percentile(power, 50)) if len(power) else float("nan"),
         "p99_power_w": float(np.percentile(power, 99)) if len(power) else float("nan"),
-        "peak_power_w": result.peak_power_w,
+        "max_power_w": result.peak_power_w,
         "reconfiguration_energy_kwh": result.reconfig_energy_j / J_PER_KWH,
-        "reconfigurations": int(result.counters["instances_added"] + result.counters["reshards"]),
-        "freq_changes": int(result.counters["freq_changes"]),
-        "preemptions": int(result.counters["preemptions"]),
-        "max_kv_fraction": result.max_kv_fraction,
-        "simulated_s": result.end_s,
+        "reconfiguration_count": int(result.counters["instances_added"] + result.counters["reshards"]),
+        "freq_change_count": int(result.counters["freq_change_count"]),
+        "preemption_count": int(result.counters["preemption_count"]),
+        "max_kv_frac": result.max_kv_fraction,
+        "simulated_time_s": result.end_s,
     }
     return out

@@ -200,7 +200,7 @@ def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def _entry_float(e: dict[str, Any], key: str, path: Path) -> float:
     v = e.get(key)
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        raise ConfigError(f"--profile {path}: an entry (tp {e.get('tp')}, sm_freq_mhz {e.get('sm_freq_mhz')}) has no {key}; re-export it from a serve-sweep run whose loads completed")
+        raise ConfigError(f"--profile {path}: an entry (tp {e.get('tp')}, sm_freq_mhz {e.get('sm_freq_mhz')}) has no {key}; re-export it from a serving sweep whose loads completed")
     return float(v)
 
 
@@ -291,7 +291,7 @@ def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = No
         return OperatingPoint(tp=tp, freq_mhz=f, kv_capacity_tokens=int(kv_capacity_tokens), max_batch=max_batch, **c)
 
     prov = {
-        "measured": f"serve-sweep profile {name} ({len(entries)} entries)",
+        "measured": f"measured serving profile {name} ({len(entries)} entries)",
         "decode_time": "median TPOT fitted linear in requests in flight (Little's law)",
         "prefill_time": "(median TTFT - TPOT) / input_len at the lightest load",
         "power": "mean_power_w fitted linear in requests in flight; idle = intercept (estimated)",

@@ -27,5 +27,5 @@ STUDY = StudySpec(
     gates=("energy_kwh", "p99_ttft_ms", "p99_tbt_ms"),
     report_hook="charbench.workloads.cluster.figures:report_sections",
     metrics=("energy_kwh", "carbon_kgco2e", "cost_usd", "p50_ttft_ms", "p99_ttft_ms", "p50_tbt_ms", "p99_tbt_ms",
-             "slo_attainment", "p50_power_w", "p99_power_w", "peak_power_w", "reconfigurations", "reconfiguration_energy_kwh"),
+             "slo_attainment_frac", "p50_power_w", "p99_power_w", "max_power_w", "reconfiguration_count", "reconfiguration_energy_kwh"),
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 #: metrics of the comparison table, and whether lower is better
 COMPARED: tuple[str, ...] = ("energy_kwh", "carbon_kgco2e", "cost_usd", "gpu_time_h", "p50_ttft_ms", "p99_ttft_ms", "p50_tbt_ms",
-                             "p99_tbt_ms", "slo_attainment", "p50_power_w", "p99_power_w", "peak_power_w", "reconfigurations",
+                             "p99_tbt_ms", "slo_attainment_frac", "p50_power_w", "p99_power_w", "max_power_w", "reconfiguration_count",
                              "reconfiguration_energy_kwh", "energy_per_request_wh")
 #: delta columns (percent change against static)
 DELTAS: tuple[str, ...] = ("energy_kwh", "carbon_kgco2e", "cost_usd", "p50_power_w", "p99_power_w", "p99_ttft_ms", "p99_tbt_ms", "energy_per_request_wh")

@@ -111,13 +111,13 @@ class ClusterSimStudy(Study):
             "static_instances": self.instances, "peak_instances": int(res.bins.frame_data()[1 + res.pools: 1 + 2 * res.pools].sum(axis=0).max() / bin_s + 0.5) if res.bins.used else 0,
             "clipped_requests": self.clipped, "trace": self._wl.source, "carbon_source": self.carbon_source,
             "gpu_usd_per_h": price, "profile_provenance": json.dumps(self.profile.provenance, sort_keys=True),
-            "sim_wall_s": wall, "sim_requests_per_wall_s": rec["num_requests"] / wall if wall > 0 else None,
+            "sim_wall_s": wall, "sim_speed_rps": rec["request_count"] / wall if wall > 0 else None,
         })
         # per-request and timeline data are tables, not records
         ctx.store.append_table("requests", pd.DataFrame({
             "policy": name if name != "polca" else f"polca+{params['polca_oversubscription']:g}",
             "arrival_s": res.arrival_s, "input_len": res.input_len, "output_len": res.output_len, "pool": res.pool,
-            "ttft_ms": res.ttft_s * 1000, "tbt_ms": res.tpot_s * 1000, "e2el_ms": res.e2e_s * 1000, "preemptions": res.preemptions,
+            "ttft_ms": res.ttft_s * 1000, "tbt_ms": res.tpot_s * 1000, "e2el_ms": res.e2e_s * 1000, "preemption_count": res.preemptions,
         }))
         data, starts = res.bins.frame_data(), res.bins.starts()
         label = name if name != "polca" else f"polca+{params['polca_oversubscription']:g}"

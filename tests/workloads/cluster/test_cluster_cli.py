@@ -32,12 +32,12 @@ def test_default_run_small_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     for r in recs:
         prov = json.loads(r["provenance"])
         assert prov["energy_kwh"] == "estimated (simulated; nothing was measured)"
-        assert r["energy_kwh"] > 0 and 0 <= r["slo_attainment"] <= 1 and r["carbon_kgco2e"] > 0 and r["cost_usd"] > 0
+        assert r["energy_kwh"] > 0 and 0 <= r["slo_attainment_frac"] <= 1 and r["carbon_kgco2e"] > 0 and r["cost_usd"] > 0
     comp = store.read_table("comparison")
     assert comp.loc[comp["policy"] == "static", "energy_delta_pct"].iloc[0] == 0.0
     assert set(store.tables()) >= {"requests", "timeline", "comparison"}
-    n = recs[0]["num_requests"]
-    assert len(store.read_table("requests")) == n * 3 + recs[2]["num_requests"]  # polca serves its extra servers' load
+    n = recs[0]["request_count"]
+    assert len(store.read_table("requests")) == n * 3 + recs[2]["request_count"]  # polca serves its extra servers' load
     html = (Path(payload["run_dir"]) / "report.html").read_text()
     for title in ("Policy comparison (simulated)", "Papers&#39; claims vs simulated", "Timelines (simulated)", "Simulation inputs and provenance"):
         assert title in html or title.replace("&#39;", "'") in html
@@ -70,4 +70,4 @@ def test_azure_2024_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     res = _invoke(["--out", str(tmp_path), "--trace", str(f), "--policies", "static,greener", "--instances", "1", "--json"], capsys)
     assert res.exit_code == 0, res.output
     recs = RunStore.open(Path(json.loads(res.stdout[res.stdout.index("{"):])["run_dir"])).records()
-    assert [r["num_requests"] for r in recs] == [30, 30] and "AzureLLMInferenceTrace_conv_1week.csv" in recs[0]["trace"]
+    assert [r["request_count"] for r in recs] == [30, 30] and "AzureLLMInferenceTrace_conv_1week.csv" in recs[0]["trace"]
