@@ -22,7 +22,7 @@ STUDY = StudySpec(
     fallback_gates=("mean_prefill_ms",),
     report_hook="charbench.workloads.cache_reuse.figures:report_sections",
     metrics=(
-        "quality_pct", "heldout_quality_pct", "mean_prefill_ms", "recomputed_layer_count", "recomputed_token_count",
+        "quality_pct", "heldout_quality_pct", "mean_prefill_ms", "median_prefill_ms", "recomputed_layer_count", "recomputed_token_count",
         "e_cache_bytes", "reused_kv_bytes", "moved_bytes", "mean_context_tokens",
     ),
 )

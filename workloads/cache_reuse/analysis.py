@@ -43,7 +43,7 @@ def pair_summary(df: pd.DataFrame, tolerance: float, link_gbps: float) -> dict[s
     if base is None:
         return {"error": "no full-recompute point: the baseline failed"}
     n = int(base["num_layers"])
-    receiver_q, base_ms = float(base["quality_pct"]), float(base["mean_prefill_ms"])
+    receiver_q, base_ms = float(base["quality_pct"]), float(base["median_prefill_ms"])
     ds = df[df["mode"] == "droidspeak"]
     points = [ProfilePoint(_group(s), float(q)) for s, q in zip(ds["setting"], ds["quality_pct"])]
     frontier = pareto_frontier(points)
@@ -53,7 +53,7 @@ def pair_summary(df: pd.DataFrame, tolerance: float, link_gbps: float) -> dict[s
     if reuse is not None:
         out["full_reuse_quality_pct"] = float(reuse["quality_pct"])
         out["full_reuse_drop_pts"] = receiver_q - float(reuse["quality_pct"])
-    speed = {str(s): base_ms / float(ms) for s, ms in zip(ds["setting"], ds["mean_prefill_ms"]) if ms}
+    speed = {str(s): base_ms / float(ms) for s, ms in zip(ds["setting"], ds["median_prefill_ms"]) if ms}
     singles = ds[ds["setting"].map(lambda s: _group(s)[0] == _group(s)[1])]
     if not singles.empty and reuse is not None:
         best = singles.loc[singles["quality_pct"].idxmax()]
@@ -76,7 +76,7 @@ def pair_summary(df: pd.DataFrame, tolerance: float, link_gbps: float) -> dict[s
         kv_layer_s = link_seconds(float(sel["reused_kv_bytes"]) / (n - m), link_gbps) if n > m else 0.0
         out["timeline_ms"] = {k: 1000 * v for k, v in timeline(TimelineInputs(
             n, m, kv_layer_s, link_seconds(float(sel["e_cache_bytes"]), link_gbps),
-            float(sel["mean_prefill_ms"]) / 1000)).items()}
+            float(sel["median_prefill_ms"]) / 1000)).items()}
     else:
         out["chosen"] = None
     ratio = [speed[s] / (n / (_group(s)[1] - _group(s)[0] + 1)) for s in speed]
@@ -84,7 +84,7 @@ def pair_summary(df: pd.DataFrame, tolerance: float, link_gbps: float) -> dict[s
     blend = df[df["mode"] == "cacheblend"]
     out["cacheblend_vs_droidspeak"] = [
         {"budget_layers": int(b["setting"]), "cacheblend_quality_pct": float(b["quality_pct"]),
-         "cacheblend_speedup": base_ms / float(b["mean_prefill_ms"]),
+         "cacheblend_speedup": base_ms / float(b["median_prefill_ms"]),
          "droidspeak_best_quality_pct": max((p.quality for p in points if p.layers == int(b["setting"])), default=None)}
         for _, b in blend.iterrows()]
     crit = df[df["mode"] == "reuse_only"]

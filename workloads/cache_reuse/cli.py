@@ -21,6 +21,7 @@ ReceiverOpt = Annotated[Optional[Path], typer.Option("--receiver", help="Receive
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="LongBench-style JSONL (context, input, answers) for --sender/--receiver.")]
 HeldoutOpt = Annotated[Optional[Path], typer.Option("--heldout-data", help="JSONL for the held-out transfer check (default: rest of --data).")]
 MetricOpt = Annotated[Optional[str], typer.Option("--metric", help="f1, rouge_l or edit_sim (default: from each record's dataset).")]
+PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="Query suffix with {input} (default: LongBench's QA form).")]
 PairsOpt = Annotated[Optional[str], typer.Option("--pairs", help="Default pairs: all_blocks,middle (both by default).")]
 RetrainOpt = Annotated[bool, typer.Option("--retrain", help="Rebuild the default pairs into the prepare cache (seeded).")]
 ProfileOpt = Annotated[Optional[int], typer.Option("--profile-count", help="Profiling examples.")]
@@ -43,6 +44,7 @@ def cache_reuse(
     data: DataOpt = None,
     heldout_data: HeldoutOpt = None,
     metric: MetricOpt = None,
+    prompt: PromptOpt = None,
     pairs: PairsOpt = None,
     retrain: RetrainOpt = False,
     profile_count: ProfileOpt = None,
@@ -82,7 +84,7 @@ def cache_reuse(
     common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
     options = {"sender": str(sender) if sender is not None else None, "receiver": str(receiver) if receiver is not None else None,
                "data": str(data) if data is not None else None, "heldout_data": str(heldout_data) if heldout_data is not None else None,
-               "metric": metric, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,
+               "metric": metric, "prompt": prompt, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,
                "tolerance": tolerance, "timing_repeats": timing_repeats, "timing_count": timing_count,
                "max_new_tokens": max_new_tokens, "max_context_tokens": max_context_tokens, "link_gbps": link_gbps,
                "dtype": dtype, "cooldown_s": cooldown, "idle_baseline_s": idle_baseline}

@@ -32,6 +32,8 @@ class CacheReuseConfig:
         heldout_data: a second JSONL file for the transfer check (default: the second half of ``data``).
         metric: ``f1``, ``rouge_l`` or ``edit_sim``; None picks it from each record's ``dataset``
             (LongBench's mapping; f1 otherwise).
+        prompt: the query suffix for ``--data`` records, with ``{input}``; None is LongBench's QA
+            form ``"\\n\\nQuestion: {input}\\nAnswer:"``.
         retrain: rebuild the default pairs into the prepare cache instead of using the shipped ones.
         profile_count: profiling examples (the paper: 50 HotpotQA contexts).
         heldout_count: held-out examples for the transfer check.
@@ -54,6 +56,7 @@ class CacheReuseConfig:
     data: str | None = None
     heldout_data: str | None = None
     metric: str | None = None
+    prompt: str | None = None
     retrain: bool = False
     profile_count: int = field(default=200, metadata=check("--profile-count", ge=1, le=100_000))
     heldout_count: int = field(default=200, metadata=check("--heldout-count", ge=1, le=100_000))
@@ -106,6 +109,8 @@ def validate(cfg: CacheReuseConfig) -> CacheReuseConfig:
                           f"got {','.join(cfg.pairs)!r}")
     if cfg.metric is not None and cfg.metric not in SCORERS:
         raise ConfigError(f"--metric: unknown metric '{cfg.metric}'; valid: {', '.join(SCORERS)}")
+    if cfg.prompt is not None and "{input}" not in cfg.prompt:
+        raise ConfigError(f"--prompt {cfg.prompt!r}: must contain {{input}} (where the question goes)")
     if cfg.retrain and cfg.sender is not None:
         raise ConfigError("--retrain rebuilds the default pairs; it does not apply with --sender/--receiver")
     return cfg

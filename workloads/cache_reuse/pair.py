@@ -137,12 +137,16 @@ def truncate_middle(ids: list[int], limit: int) -> list[int]:
     return ids[:half] + ids[len(ids) - (limit - half):]
 
 
+LONGBENCH_PROMPT = "\n\nQuestion: {input}\nAnswer:"
+"""The query suffix of LongBench's QA prompts (after the context)."""
+
+
 def make_items(records: Iterable[dict[str, Any]], tokenizer: Any, max_context_tokens: int,
-               metric: str | None, longbench_prompt: bool) -> list[Item]:
-    """Tokenize records: the context with BOS, the query without (LongBench QA prompt for real data)."""
+               metric: str | None, prompt: str = "{input}") -> list[Item]:
+    """Tokenize records: the context with BOS, the query (``prompt`` around ``input``) without."""
     items = []
     for rec in records:
-        query = f"\n\nQuestion: {rec['input']}\nAnswer:" if longbench_prompt else str(rec["input"])
+        query = prompt.replace("{input}", str(rec["input"]))
         ctx_ids = truncate_middle(tokenizer.encode(str(rec["context"])), max_context_tokens)
         items.append(Item(ctx_ids, tokenizer.encode(query, add_bos=False), [str(a) for a in rec["answers"]],
                           metric or DATASET_METRIC.get(str(rec.get("dataset", "")), "f1")))
@@ -244,6 +248,10 @@ class PairRuntime:
 
     def answer(self, mode: Mode, key: tuple[str, int], item: Item) -> float:
         """Score (0..1) of the receiver's greedy answer under ``mode``."""
+        return score(self.generate(mode, key, item), item.answers, item.metric)
+
+    def generate(self, mode: Mode, key: tuple[str, int], item: Item) -> str:
+        """The receiver's greedy answer (text) over the context cache ``mode`` gives."""
         cache = self.sender_cache(key, item)
         n = len(item.context_ids)
         table = self._blocks(self.receiver, n + len(item.query_ids) + self.max_new_tokens)
@@ -253,14 +261,14 @@ class PairRuntime:
             ids = greedy_after(self.receiver, item.query_ids, n, table, self.max_new_tokens, stop)
         finally:
             self._free(self.receiver, table)
-        return score(self.tokenizer.decode(ids), item.answers, item.metric)
+        return self.tokenizer.decode(ids)
 
     def quality_pct(self, mode: Mode, name: str, items: list[Item]) -> float:
         """Mean score x 100 over ``items`` (LongBench's dataset score)."""
         return 100.0 * sum(self.answer(mode, (name, i), it) for i, it in enumerate(items)) / len(items)
 
-    def mean_prefill_ms(self, mode: Mode, name: str, items: list[Item], repeats: int) -> tuple[float, int]:
-        """Mean wall time of :meth:`prepare` (synchronized) and the recomputed tokens of the last call.
+    def prefill_times_ms(self, mode: Mode, name: str, items: list[Item], repeats: int) -> tuple[list[float], int]:
+        """Wall times (ms) of :meth:`prepare` (synchronized) and the recomputed tokens of the last call.
 
         One untimed call per item first warms it up.
         """
@@ -279,7 +287,7 @@ class PairRuntime:
                     times.append(time.perf_counter() - t0)
             finally:
                 self._free(self.receiver, table)
-        return 1000.0 * sum(times) / len(times), recomputed
+        return [1000.0 * t for t in times], recomputed
 
     def bytes_moved(self, mode: Mode, context_tokens: float) -> tuple[float, float]:
         """(E-cache bytes, reused K/V bytes) sent for a context of ``context_tokens``.

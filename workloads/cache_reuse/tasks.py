@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-NUM_KEYS = 32
-NUM_VALUES = 32
+NUM_KEYS = 16
+NUM_VALUES = 16
 SPECIALS = ("<s>", "</s>", "get", "next", "key", "?")
 TASKS = ("get", "next", "key")
 

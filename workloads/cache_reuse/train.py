@@ -59,10 +59,10 @@ class TrainSpec:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 128
-    pairs: int = 12
-    batch_size: int = 64
-    base_steps: int = 2000
-    finetune_steps: int = 1000
+    pairs: int = 6
+    batch_size: int = 32
+    base_steps: int = 1500
+    finetune_steps: int = 600
     base_lr: float = 3e-3
     finetune_lr: float = 1e-3
     middle_layers: tuple[int, ...] = (2, 3)
@@ -189,6 +189,7 @@ def write_tokenizer(folder: Path) -> None:
 
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(vocabulary())}, unk_token="</s>"))
     tok.pre_tokenizer = WhitespaceSplit()
+    tok.add_special_tokens(["<s>", "</s>"])  # known ids; skipped when decoding
     from tokenizers.decoders import WordPiece
 
     tok.decoder = WordPiece(prefix="##")  # joins words with spaces

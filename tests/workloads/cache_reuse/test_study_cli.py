@@ -1,0 +1,133 @@
+"""charbench cache-reuse end to end on tiny random checkpoints, option errors, export and training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from charbench.cli import main
+from charbench.engine.model import LlamaModel
+from charbench.engine.weights import RandomSource, load_weights
+from charbench.workloads.cache_reuse.pair import Mode, PairRuntime, make_items
+from charbench.workloads.cache_reuse.tasks import examples
+from charbench.workloads.cache_reuse.train import TrainSpec, _reload, build_pairs, export_checkpoint
+
+SPEC = TrainSpec(num_layers=3, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+FAST = ["--profile-count", "4", "--heldout-count", "4", "--timing-count", "1", "--timing-repeats", "1",
+        "--max-new-tokens", "2", "--device", "cpu", "--prompt", "{input} ?", "--metric", "rouge_l"]
+
+
+def _random_checkpoint(folder: Path, seed: int) -> Path:
+    model = LlamaModel(SPEC.model_config(), torch.float32, "cpu")
+    load_weights(model, RandomSource(seed, "cpu"))
+    export_checkpoint(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random siblings and a JSONL whose answers are the receiver's own greedy output."""
+    root = tmp_path_factory.mktemp("pair")
+    a, b = _random_checkpoint(root / "a", 1), _random_checkpoint(root / "b", 2)
+    records = [e.to_record("hotpotqa") for e in examples("get", 8, 6, 0)]
+    rt = PairRuntime("t", str(a), str(b), "cpu", "fp32", 2)
+    try:
+        items = make_items(records, rt.tokenizer, 8192, "f1", "{input} ?")
+        for i, (rec, item) in enumerate(zip(records, items)):
+            rec["answers"] = [rt.generate(Mode("full_recompute"), ("x", i), item)]
+    finally:
+        rt.close()
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"a": a, "b": b, "data": data}
+
+
+def _results(out: Path) -> pd.DataFrame:
+    from charbench.results import RunStore
+
+    run = next((out / "cache-reuse").iterdir())
+    return RunStore.open(run).results_frame().sort_values("point_index").reset_index(drop=True)
+
+
+def test_real_pair_runs_every_mode_and_reports(pair_dirs: dict[str, Path], charbench_home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    args = ["cache-reuse", "--sender", str(pair_dirs["a"]), "--receiver", str(pair_dirs["b"]), "--data", str(pair_dirs["data"]),
+            *FAST, "--out", str(out)]
+    assert main(args) == 0
+    df = _results(out)
+    assert list(df["mode"].value_counts().sort_index().items()) == [
+        ("cacheblend", 2), ("droidspeak", 6), ("full_recompute", 1), ("full_reuse", 1), ("reuse_only", 3)]
+    base = df[df["mode"] == "full_recompute"].iloc[0]
+    assert base["quality_pct"] == 100.0  # the answers are the receiver's own output
+    assert base["moved_bytes"] == 0.0 and base["recomputed_layer_count"] == 3.0
+    reuse = df[df["mode"] == "full_reuse"].iloc[0]
+    tokens = base["mean_context_tokens"]
+    assert reuse["reused_kv_bytes"] == pytest.approx(3 * 2 * 1 * 16 * 4 * tokens)  # 3 layers, K+V, 1 kv head x 16, fp32
+    g = df[(df["mode"] == "droidspeak") & (df["setting"] == "1-1")].iloc[0]
+    assert g["e_cache_bytes"] == pytest.approx(32 * 4 * tokens) and g["reused_kv_bytes"] == pytest.approx(2 * 2 * 16 * 4 * tokens)
+    assert df["recomputed_token_count"].notna().tolist() == (df["mode"] == "cacheblend").tolist()
+    html = (next((out / "cache-reuse").iterdir()) / "report.html").read_text()
+    for title in ("Pair custom", "quality vs recomputed layers", "Next to the paper", "47 -&gt; 30 -&gt; 17", "Targets"):
+        assert title in html, title
+
+
+def test_identical_sender_and_receiver_every_mode_scores_the_same(pair_dirs: dict[str, Path], charbench_home: Path,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "same"
+    assert main(["cache-reuse", "--sender", str(pair_dirs["b"]), "--receiver", str(pair_dirs["b"]), "--data",
+                 str(pair_dirs["data"]), *FAST, "--out", str(out)]) == 0
+    df = _results(out)
+    assert df["quality_pct"].tolist() == [100.0] * len(df)
+    assert df["heldout_quality_pct"].tolist() == [100.0] * len(df)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sender", "x"], "Error: --sender, --receiver and --data go together"),
+    (["--sender", "nowhere", "--receiver", "nowhere", "--data", "d.jsonl"],
+     "Error: --sender nowhere: not a checkpoint folder (no config.json); give a local Hugging Face checkpoint folder"),
+    (["--pairs", "all_blocks,fancy"], "Error: --pairs"),
+    (["--tolerance", "1.5"], "Error: --tolerance must be a finite number >= 0 and < 1 (got 1.5)"),
+    (["--prompt", "Q:"], "Error: --prompt 'Q:': must contain {input} (where the question goes)"),
+    (["--metric", "bleu"], "Error: --metric: unknown metric 'bleu'; valid: f1, rouge_l, edit_sim"),
+])
+def test_cli_bad_options(args: list[str], message: str, charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache-reuse", "--device", "cpu", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_jsonl_is_named(pair_dirs: dict[str, Path], charbench_home: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "k1 v1", "input": "get k1"}\n')
+    assert main(["cache-reuse", "--sender", str(pair_dirs["a"]), "--receiver", str(pair_dirs["b"]), "--data", str(bad),
+                 *FAST, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: --data {bad}: line 1 needs 'context', 'input' and a list 'answers'" in err
+
+
+def test_export_round_trips_through_the_engine_loader(tmp_path: Path) -> None:
+    model = LlamaModel(SPEC.model_config(), torch.float32, "cpu")
+    load_weights(model, RandomSource(5, "cpu"))
+    export_checkpoint(model, tmp_path / "m")
+    back = _reload(tmp_path / "m")
+    for (name, p), (_, q) in zip(model.named_parameters(), back.named_parameters()):
+        assert torch.equal(p.half().float(), q), name
+
+
+def test_training_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+    spec = TrainSpec(num_layers=2, hidden_size=16, num_heads=2, num_kv_heads=1, intermediate_size=32, pairs=4,
+                     batch_size=4, base_steps=20, finetune_steps=20, eval_count=20, middle_layers=(1,))
+    first = build_pairs(tmp_path / "one", spec, log=lambda _m: None)
+    second = build_pairs(tmp_path / "two", spec, log=lambda _m: None)
+    assert first["accuracy_pct"] == second["accuracy_pct"]
+    for role in ("base", "all_blocks", "middle"):
+        assert (tmp_path / "one" / role / "model.safetensors").read_bytes() == (tmp_path / "two" / role / "model.safetensors").read_bytes()
+    one, base = _reload(tmp_path / "one" / "middle"), _reload(tmp_path / "one" / "base")
+    assert torch.equal(one.layers[0].qkv_weight, base.layers[0].qkv_weight)  # frozen outside middle_layers
+    assert not torch.equal(one.layers[1].qkv_weight, base.layers[1].qkv_weight)
+    assert torch.equal(one.embed, base.embed)
