@@ -32,6 +32,7 @@ RepeatsOpt = Annotated[Optional[int], typer.Option("--timing-repeats", help="Tim
 TimingOpt = Annotated[Optional[int], typer.Option("--timing-count", help="Contexts timed per mode.")]
 NewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Greedy answer tokens.")]
 CtxOpt = Annotated[Optional[int], typer.Option("--max-context-tokens", help="Cut longer contexts in the middle.")]
+TimingTokensOpt = Annotated[Optional[int], typer.Option("--timing-tokens", help="Tile timed contexts to this many tokens.")]
 LinkOpt = Annotated[Optional[float], typer.Option("--link-gbps", help="Link bandwidth of the transfer timeline (Gb/s).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="fp32, bf16 or fp16.")]
 
@@ -54,6 +55,7 @@ def cache_reuse(
     timing_repeats: RepeatsOpt = None,
     timing_count: TimingOpt = None,
     max_new_tokens: NewOpt = None,
+    timing_tokens: TimingTokensOpt = None,
     max_context_tokens: CtxOpt = None,
     link_gbps: LinkOpt = None,
     dtype: DtypeOpt = None,
@@ -85,7 +87,7 @@ def cache_reuse(
     options = {"sender": str(sender) if sender is not None else None, "receiver": str(receiver) if receiver is not None else None,
                "data": str(data) if data is not None else None, "heldout_data": str(heldout_data) if heldout_data is not None else None,
                "metric": metric, "prompt": prompt, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,
-               "tolerance": tolerance, "timing_repeats": timing_repeats, "timing_count": timing_count,
+               "tolerance": tolerance, "timing_repeats": timing_repeats, "timing_count": timing_count, "timing_tokens": timing_tokens,
                "max_new_tokens": max_new_tokens, "max_context_tokens": max_context_tokens, "link_gbps": link_gbps,
                "dtype": dtype, "cooldown_s": cooldown, "idle_baseline_s": idle_baseline}
     changes: dict[str, object] = {k: v for k, v in options.items() if v is not None}

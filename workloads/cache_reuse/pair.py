@@ -129,6 +129,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def tile_context(item: Item, tokens: int) -> Item:
+    """``item`` with its context (after BOS) repeated to ``tokens`` tokens (for timing only)."""
+    body = item.context_ids[1:] or item.context_ids
+    reps = -(-tokens // len(body))
+    return Item(item.context_ids[:1] + (body * reps)[: tokens - 1], item.query_ids, item.answers, item.metric)
+
+
 def truncate_middle(ids: list[int], limit: int) -> list[int]:
     """LongBench's truncation: keep the first and last ``limit / 2`` tokens."""
     if len(ids) <= limit:

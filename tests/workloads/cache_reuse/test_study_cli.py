@@ -18,7 +18,7 @@ from charbench.workloads.cache_reuse.train import TrainSpec, _reload, build_pair
 
 SPEC = TrainSpec(num_layers=3, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
 FAST = ["--profile-count", "4", "--heldout-count", "4", "--timing-count", "1", "--timing-repeats", "1",
-        "--max-new-tokens", "2", "--device", "cpu", "--prompt", "{input} ?", "--metric", "rouge_l"]
+        "--max-new-tokens", "2", "--device", "cpu", "--prompt", "{input} ?", "--metric", "rouge_l", "--timing-tokens", "40"]
 
 
 def _random_checkpoint(folder: Path, seed: int) -> Path:
