@@ -18,7 +18,7 @@ import json
 import random
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from charbench.engine.model import LlamaModel, ModelConfig
 from charbench.engine.weights import RandomSource, load_weights
-from charbench.workloads.cache_reuse.tasks import examples, vocabulary
+from charbench.workloads.cache_reuse.tasks import examples, make_example, vocabulary
 
 ROLES = ("base", "all_blocks", "middle")
 """Checkpoint folders of a pair set: the sender and the two receivers."""
@@ -136,8 +136,6 @@ def _train(model: LlamaModel, task: str, params: list[torch.nn.Parameter], steps
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(f"train:{task}:{seed}")
-    from charbench.workloads.cache_reuse.tasks import make_example
-
     for step in range(steps):
         ids, ans = encode_batch((make_example(task, spec.pairs, rng) for _ in range(spec.batch_size)), word_id)
         loss = F.cross_entropy(answer_logits(model, ids), ans)
@@ -223,12 +221,6 @@ def _fresh(spec: TrainSpec) -> LlamaModel:
     return model
 
 
-def _copy(src: LlamaModel, spec: TrainSpec) -> LlamaModel:
-    model = LlamaModel(spec.model_config(), torch.float32, "cpu")
-    model.load_state_dict(src.state_dict())
-    return model
-
-
 def _reload(folder: Path) -> LlamaModel:
     """The exported checkpoint as the engine loads it (accuracy is measured on these fp16 weights)."""
     from charbench.engine.weights import SafetensorsSource, config_from_checkpoint
@@ -243,24 +235,33 @@ def _reload(folder: Path) -> LlamaModel:
 ROLE_TASKS = {"base": "get", "all_blocks": "next", "middle": "key"}
 
 
-def build_pairs(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] = print) -> dict[str, Any]:
+def build_pairs(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], None] = print,
+                roles: tuple[str, ...] = ROLES) -> dict[str, Any]:
     """Train the base and both fine-tunes into ``out/<role>/`` and write ``out/manifest.json``.
+
+    Each fine-tune starts from the exported base as the engine loads it (fp16 weights), so
+    the roles can also be built one per process (``roles``) with the same result.
 
     Returns:
         The manifest: the spec and each exported model's accuracy (%) on every task
-        (held-out seed ``spec.seed + 1``).
+        (held-out seed ``spec.seed + 1``); empty while a role is still missing.
     """
     torch.manual_seed(spec.seed)
     out.mkdir(parents=True, exist_ok=True)
-    base = _fresh(spec)
-    _train(base, "get", list(base.parameters()), spec.base_steps, spec.base_lr, spec, spec.seed, log)
-    export_checkpoint(base, out / "base")
+    if "base" in roles:
+        base = _fresh(spec)
+        _train(base, "get", list(base.parameters()), spec.base_steps, spec.base_lr, spec, spec.seed, log)
+        export_checkpoint(base, out / "base")
     tunes = {"all_blocks": range(spec.num_layers), "middle": spec.middle_layers}
     for role, layers in tunes.items():
-        model = _copy(base, spec)
+        if role not in roles:
+            continue
+        model = _reload(out / "base")
         _train(model, ROLE_TASKS[role], _block_params(model, layers), spec.finetune_steps, spec.finetune_lr,
                spec, spec.seed + 10, log)
         export_checkpoint(model, out / role)
+    if not all((out / role / "model.safetensors").is_file() for role in ROLES):
+        return {}
     accuracy = {role: {task: accuracy_pct(_reload(out / role), task, spec, spec.seed + 1)
                        for task in sorted(set(ROLE_TASKS.values()))} for role in ROLES}
     manifest = {"spec": asdict(spec), "role_tasks": ROLE_TASKS, "accuracy_pct": accuracy}
@@ -270,17 +271,22 @@ def build_pairs(out: Path, spec: TrainSpec = TrainSpec(), log: Callable[[str], N
 
 
 def main(argv: list[str]) -> int:
-    """``python -m charbench.workloads.cache_reuse.train OUT_DIR [key=value ...]`` (TrainSpec fields)."""
+    """``python -m charbench.workloads.cache_reuse.train OUT_DIR [roles=base,middle] [field=value ...]``
+    (TrainSpec fields; ``roles=`` with nothing after it only evaluates and writes the manifest)."""
     if not argv:
-        print("usage: python -m charbench.workloads.cache_reuse.train OUT_DIR [field=value ...]", file=sys.stderr)
+        print("usage: python -m charbench.workloads.cache_reuse.train OUT_DIR [roles=...] [field=value ...]", file=sys.stderr)
         return 2
     overrides: dict[str, Any] = {}
+    roles: tuple[str, ...] = ROLES
     for item in argv[1:]:
         name, _, value = item.partition("=")
+        if name == "roles":
+            roles = tuple(r for r in value.split(",") if r)
+            continue
         overrides[name] = tuple(int(x) for x in value.split(",")) if name == "middle_layers" else (
             float(value) if "lr" in name else int(value))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    build_pairs(Path(argv[0]), TrainSpec(**overrides))
+    build_pairs(Path(argv[0]), TrainSpec(**overrides), roles=roles)
     return 0
 
 
