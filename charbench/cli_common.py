@@ -115,6 +115,53 @@ def common_options(
     )
 
 
+#: (parameter, annotation, default) of the options every study command takes, in --help order
+COMMON_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
+    ("out", OutOpt, None), ("label", LabelOpt, ""), ("meta", MetaOpt, None), ("device", DeviceOpt, "auto"),
+    ("seed", SeedOpt, 0), ("config", ConfigOpt, None), ("resume", ResumeOpt, None),
+    ("continue_on_error", ContinueOpt, False), ("json_out", JsonOpt, False),
+    ("executor", ExecutorOpt, "local"), ("ray_address", RayAddressOpt, None), ("slurm_partition", SlurmPartitionOpt, None),
+    ("slurm_time", SlurmTimeOpt, 60), ("slurm_gpus", SlurmGpusOpt, 0), ("max_retries", MaxRetriesOpt, 1), ("detach", DetachOpt, False),
+)
+_DISPATCH = ("executor", "ray_address", "slurm_partition", "slurm_time", "slurm_gpus", "max_retries", "detach")
+
+
+def with_common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a study command every common option; it receives them as ``common: CommonOptions``.
+
+    The study declares only its own options (and ``common: CommonOptions`` last)::
+
+        @app.command("my-study")
+        @with_common_options
+        def my_study(ctx: typer.Context, size: SizeOpt = None, *, common: CommonOptions) -> None: ...
+
+    Typer reads the combined signature, so ``--help`` lists the study's options, then the
+    common ones; the values are validated by :func:`common_options`.
+    """
+    import functools
+    import inspect
+    import typing
+
+    sig = inspect.signature(command)
+    # resolved now, in the study module's namespace (its annotations may be strings)
+    hints = typing.get_type_hints(command, localns={"CommonOptions": CommonOptions}, include_extras=True)
+    own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in sig.parameters.items() if name != "common"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+             for name, ann, default in COMMON_PARAMETERS]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name, _, _ in COMMON_PARAMETERS}
+        dispatch = DispatchOptions(*(given[n] for n in _DISPATCH))
+        kwargs["common"] = common_options(given["out"], given["label"], given["meta"], given["device"], given["seed"], given["config"],
+                                          given["resume"], given["continue_on_error"], given["json_out"], dispatch)
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra, return_annotation=hints.get("return", sig.return_annotation))  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{k: v for k, v in hints.items() if k != "common"}, **{name: ann for name, ann, _ in COMMON_PARAMETERS}}
+    return wrapper
+
+
 def emit_result(result: Any, json_out: bool) -> None:
     """Print the run summary: JSON on stdout with ``--json`` (unchanged), else a per-point table and a short line on stderr."""
     payload = {

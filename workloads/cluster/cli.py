@@ -8,9 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from charbench.cli_common import (
-    ConfigOpt, DeviceOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt, common_options, given_options, run_and_emit, study_inputs,
-)
+from charbench.config import CommonOptions
+from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
 from charbench.errors import ConfigError
 
 app = typer.Typer(add_completion=False)
@@ -49,6 +48,7 @@ def _o(name: str, help_text: str) -> Any:
 
 
 @app.command("cluster-sim")
+@with_common_options
 def cluster_sim(
     ctx: typer.Context,
     preset: Annotated[str, _o("--preset", "quick (default: 1 h synthetic trace, all four policies), dynamollm or polca.")] = "quick",
@@ -83,14 +83,8 @@ def cluster_sim(
     gpu_price: Annotated[Flt, _o("--gpu-price", "USD per GPU-hour (default: built-in table).")] = None,
     electricity_price: Annotated[Flt, _o("--electricity-price", "USD per kWh.")] = None,
     policy_file: Annotated[Optional[Path], _o("--policy-file", "Python file that registers extra policies.")] = None,
-    out: OutOpt = None,
-    label: LabelOpt = "",
-    meta: MetaOpt = None,
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
-    config: ConfigOpt = None,
-    resume: ResumeOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    common: CommonOptions,
 ) -> None:
     """Simulate an LLM cluster's energy, carbon, cost and SLOs under several policies.
 
@@ -100,7 +94,6 @@ def cluster_sim(
     from charbench.workloads.cluster.config import PRESETS, ClusterSimConfig
     from charbench.workloads.cluster.run import ClusterSimStudy
 
-    common = common_options(out, label, meta, device, seed, config, resume, False, json_out)
     changes: dict[str, Any] = {}
     for key, value in (("trace", trace), ("length_dist", length_dist), ("profile", profile), ("model", model), ("routing", routing), ("dyn_pools", dyn_pools)):
         if value is not None:

@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from charbench.cli_common import (
-    ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
-)
-from charbench.cli_common import (
-    DetachOpt, DispatchOptions, ExecutorOpt, MaxRetriesOpt, RayAddressOpt, SlurmGpusOpt, SlurmPartitionOpt, SlurmTimeOpt,
-)
+from charbench.cli_common import CooldownOpt, IdleOpt, ShuffleOpt, given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 from charbench.errors import ConfigError
 
@@ -83,6 +77,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 @app.command("gemm-power")
+@with_common_options
 def gemm_power(
     ctx: typer.Context,
     experiments: ExperimentsOpt = None,
@@ -97,22 +92,8 @@ def gemm_power(
     shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
     predict: PredictOpt = None,
-    out: OutOpt = None,
-    label: LabelOpt = "",
-    meta: MetaOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    config: ConfigOpt = None,
-    resume: ResumeOpt = None,
-    continue_on_error: ContinueOpt = False,
-    json_out: JsonOpt = False,
-    executor: ExecutorOpt = "local",
-    ray_address: RayAddressOpt = None,
-    slurm_partition: SlurmPartitionOpt = None,
-    slurm_time: SlurmTimeOpt = 60,
-    slurm_gpus: SlurmGpusOpt = 0,
-    max_retries: MaxRetriesOpt = 1,
-    detach: DetachOpt = False,
+    *,
+    common: CommonOptions,
 ) -> None:
     """Input-dependent GEMM power: values, bits, placement and sparsity vs power, per dtype and kernel.
 
@@ -127,8 +108,6 @@ def gemm_power(
     from charbench.workloads.gemm_power.experiments import experiment_names
     from charbench.workloads.gemm_power.run import GemmPowerStudy
 
-    dispatch = DispatchOptions(executor, ray_address, slurm_partition, slurm_time, slurm_gpus, max_retries, detach)
-    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out, dispatch)
     changes: dict[str, object] = {}
     if experiments is not None:
         changes["experiments"] = parse_csv_list(experiments, "--experiments", experiment_names())

@@ -7,10 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import (
-    ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
-)
+from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -36,6 +33,7 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit-train", help="Train on
 
 
 @app.command("prune-train")
+@with_common_options
 def prune_train(
     ctx: typer.Context,
     model: ModelOpt = None,
@@ -59,15 +57,8 @@ def prune_train(
     idle_baseline: IdleOpt = None,
     shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
-    out: OutOpt = None,
-    label: LabelOpt = "",
-    meta: MetaOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    config: ConfigOpt = None,
-    resume: ResumeOpt = None,
-    continue_on_error: ContinueOpt = False,
-    json_out: JsonOpt = False,
+    *,
+    common: CommonOptions,
 ) -> None:
     """PruneTrain vs dense training: group lasso, channel removal every few epochs, FLOPs/time/energy/accuracy.
 
@@ -78,7 +69,6 @@ def prune_train(
     from charbench.workloads.pruned_training.config import PRESETS, RUNS
     from charbench.workloads.pruned_training.run import PruneTrainStudy
 
-    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
     options = {"model": model, "dataset": dataset, "data_dir": str(data_dir) if data_dir is not None else None, "image_size": image_size,
                "noise_sigma": noise_sigma, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                "penalty_ratio": penalty_ratio, "threshold": threshold, "reconfig_interval": reconfig_interval,

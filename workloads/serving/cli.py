@@ -8,13 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from charbench.cli_common import (
-    ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
-)
-from charbench.cli_common import (
-    DetachOpt, DispatchOptions, ExecutorOpt, MaxRetriesOpt, RayAddressOpt, SlurmGpusOpt, SlurmPartitionOpt, SlurmTimeOpt,
-)
+from charbench.config import CommonOptions
+from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
 from charbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -138,6 +133,7 @@ def parse_slo(text: str) -> dict[str, float]:
 
 
 @app.command("serve-sweep")
+@with_common_options
 def serve_sweep(
     ctx: typer.Context,
     preset: PresetOpt = "quick",
@@ -188,22 +184,8 @@ def serve_sweep(
     cooldown: CooldownOpt = None,
     idle_baseline: IdleOpt = None,
     shuffle: ShuffleOpt = False,
-    out: OutOpt = None,
-    label: LabelOpt = "",
-    meta: MetaOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    config: ConfigOpt = None,
-    resume: ResumeOpt = None,
-    continue_on_error: ContinueOpt = False,
-    json_out: JsonOpt = False,
-    executor: ExecutorOpt = "local",
-    ray_address: RayAddressOpt = None,
-    slurm_partition: SlurmPartitionOpt = None,
-    slurm_time: SlurmTimeOpt = 60,
-    slurm_gpus: SlurmGpusOpt = 0,
-    max_retries: MaxRetriesOpt = 1,
-    detach: DetachOpt = False,
+    *,
+    common: CommonOptions,
 ) -> None:
     """LLM serving latency, throughput, power and energy across knobs.
 
@@ -214,8 +196,6 @@ def serve_sweep(
     from charbench.workloads.serving.config import PRESETS, ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
 
-    dispatch = DispatchOptions(executor, ray_address, slurm_partition, slurm_time, slurm_gpus, max_retries, detach)
-    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out, dispatch)
     changes: dict[str, Any] = {}
     if target is not None:
         changes["target"] = target.strip()
