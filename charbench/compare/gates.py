@@ -137,6 +137,10 @@ def resolve_metrics(base: RunPoints, cand: RunPoints, metric_opts: list[str] | N
     for name, direction in gated.items():
         if name not in common:  # a gated metric missing from one run: compared as "missing"
             specs.append(MetricSpec(name, direction, True))
+    for name in null:
+        if name in available and all(s.name != name for s in specs):
+            # a declared gate measured in one run only: shown as "missing" per point, not gated
+            specs.append(MetricSpec(name, metric_direction(name) or NEUTRAL, False))
     specs.sort(key=lambda s: (not s.gated, s.name))
     return specs
 
