@@ -62,7 +62,7 @@ def prune_train(
 ) -> None:
     """PruneTrain vs dense training: group lasso, channel removal every few epochs, FLOPs/time/energy/accuracy.
 
-    With no options: the quick preset (digits + noise at 16x16, ResNet-20, r=0.7, threshold 1e-2, 100 epochs), both trainings in under 10 minutes on 2 CPU cores. --preset paper uses the paper's r=0.2 and 1e-4 (ResNet-32, CIFAR-10 from --data-dir).
+    With no options: the quick preset (digits + noise at 16x16, ResNet-20, r=0.7, threshold 1e-2, 100 epochs), dense and PruneTrain trainings one after the other (100 epochs each; on a busy 2-core machine 25 of the 200 epochs took 18 minutes, so expect tens of minutes; --epochs N shortens it). --preset paper uses the paper's r=0.2 and 1e-4 (ResNet-32, CIFAR-10 from --data-dir).
     """
     from charbench.config import parse_csv_list
     from charbench.device import resolve_device
