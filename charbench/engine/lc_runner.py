@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -258,7 +259,9 @@ def _entry(rank: int, layout: Layout, spec: GenerateSpec, port: int, queue: Any)
         dist.init_process_group("gloo", rank=rank, world_size=layout.world, store=store, timeout=timeout)
         res = generate(spec, ParallelGroups.init(layout, rank))
         if rank == 0:
-            queue.put(("ok", res))
+            # by value: torch would share the logits tensor through a file descriptor that dies
+            # with this process, which may exit before the parent reads the queue
+            queue.put(("ok", pickle.dumps(res)))
         dist.barrier()
         dist.destroy_process_group()
     except BaseException:
@@ -296,4 +299,4 @@ def launch(layout: Layout, spec: GenerateSpec) -> GenerateResult:
                 p.join(5)
     if kind != "ok":
         raise DeviceError(f"--parallel {layout.label}: {payload}")
-    return payload
+    return pickle.loads(payload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -151,7 +152,18 @@ def test_metrics_carbon_and_cost() -> None:
     assert m["max_power_w"] >= m["p99_power_w"] >= m["p50_power_w"]
 
 
-def test_a_policy_plugin_in_one_file(tmp_path: Path) -> None:
+@pytest.fixture
+def policy_registry() -> Any:
+    """The policy registry, put back as it was afterwards (a plug-in must not leak into other tests)."""
+    from charbench.sim.policies import POLICIES
+
+    saved = dict(POLICIES)
+    yield POLICIES
+    POLICIES.clear()
+    POLICIES.update(saved)
+
+
+def test_a_policy_plugin_in_one_file(tmp_path: Path, policy_registry: Any) -> None:
     f = tmp_path / "mine.py"
     f.write_text("from charbench.sim.policies import Policy, register_policy\n\n@register_policy\nclass Half(Policy):\n    name = 'half-clock'\n"
                  "    def setup(self, sim):\n        for _ in range(self.cfg.instances):\n            sim.add_instance(0, self.cfg.tp, 1000.0)\n")
