@@ -93,17 +93,25 @@ def pair_summary(df: pd.DataFrame, tolerance: float, link_gbps: float) -> dict[s
 
 
 def targets(pair: str, s: dict[str, Any]) -> dict[str, bool | None]:
-    """The issue's CPU targets that apply to ``pair`` (None: not measurable from this run)."""
-    out: dict[str, bool | None] = {TARGETS[0]: s.get("receiver_quality_pct", 0) >= 90.0}
+    """The issue's CPU targets that apply to ``pair`` (None: not judged from this run).
+
+    The recovery and within-1-point targets are judged only when their premise holds: a
+    receiver that does its own task (>= 90%) and, for recovery, a reuse gap of >= 10 points.
+    Otherwise a tiny gap (or a receiver at chance) would pass them trivially.
+    """
+    receiver_ok = s.get("receiver_quality_pct", 0) >= 90.0
+    out: dict[str, bool | None] = {TARGETS[0]: receiver_ok}
     ratio = s.get("speedup_vs_cost_model")
     if pair == "all_blocks":
-        out[TARGETS[1]] = s.get("full_reuse_drop_pts", 0) >= 10.0
+        gap_ok = s.get("full_reuse_drop_pts", 0) >= 10.0
+        out[TARGETS[1]] = gap_ok
         b = s.get("best_single_layer") or {}
         frac, sp = b.get("gap_recovered_frac"), b.get("speedup")
-        out[TARGETS[2]] = None if frac is None or sp is None else (frac >= 0.6 and sp >= 5.0)
+        judged = receiver_ok and gap_ok and frac is not None and sp is not None
+        out[TARGETS[2]] = (frac >= 0.6 and sp >= 5.0) if judged else None
     if pair == "middle":
         c = s.get("chosen") or {}
-        out[TARGETS[3]] = None if not c else (c["quality_delta_pts"] >= -1.0 and (c.get("speedup") or 0) >= 2.5)
+        out[TARGETS[3]] = (c["quality_delta_pts"] >= -1.0 and (c.get("speedup") or 0) >= 2.5) if (c and receiver_ok) else None
     out[TARGETS[4]] = None if not ratio else (ratio["min_ratio"] >= 0.85 and ratio["max_ratio"] <= 1.15)
     return out
 

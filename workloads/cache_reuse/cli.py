@@ -7,10 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import (
-    ConfigOpt, ContinueOpt, CooldownOpt, DeviceOpt, IdleOpt, JsonOpt, LabelOpt, MetaOpt, OutOpt, ResumeOpt, SeedOpt,
-    ShuffleOpt, common_options, given_options, run_and_emit, study_inputs,
-)
+from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -38,6 +35,7 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="fp32, bf16 or 
 
 
 @app.command("cache-reuse")
+@with_common_options
 def cache_reuse(
     ctx: typer.Context,
     sender: SenderOpt = None,
@@ -63,15 +61,8 @@ def cache_reuse(
     idle_baseline: IdleOpt = None,
     shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
-    out: OutOpt = None,
-    label: LabelOpt = "",
-    meta: MetaOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    config: ConfigOpt = None,
-    resume: ResumeOpt = None,
-    continue_on_error: ContinueOpt = False,
-    json_out: JsonOpt = False,
+    *,
+    common: CommonOptions,
 ) -> None:
     """DroidSpeak cross-model KV/E-cache reuse: profile layer groups, measure quality vs prefill time per mode.
 
@@ -83,7 +74,6 @@ def cache_reuse(
     from charbench.workloads.cache_reuse.config import DEFAULT_PAIRS, PRESETS
     from charbench.workloads.cache_reuse.run import CacheReuseStudy
 
-    common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
     options = {"sender": str(sender) if sender is not None else None, "receiver": str(receiver) if receiver is not None else None,
                "data": str(data) if data is not None else None, "heldout_data": str(heldout_data) if heldout_data is not None else None,
                "metric": metric, "prompt": prompt, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,

@@ -131,3 +131,15 @@ def test_training_is_reproducible_from_its_seed(tmp_path: Path) -> None:
     assert torch.equal(one.layers[0].qkv_weight, base.layers[0].qkv_weight)  # frozen outside middle_layers
     assert not torch.equal(one.layers[1].qkv_weight, base.layers[1].qkv_weight)
     assert torch.equal(one.embed, base.embed)
+
+
+def test_targets_are_not_judged_when_their_premise_fails() -> None:
+    from charbench.workloads.cache_reuse.analysis import TARGETS, targets
+
+    weak = {"receiver_quality_pct": 32.0, "full_reuse_drop_pts": 0.5,
+            "best_single_layer": {"gap_recovered_frac": 3.0, "speedup": 6.0}, "chosen": {"quality_delta_pts": 0.0, "speedup": 5.1}}
+    assert targets("all_blocks", weak)[TARGETS[2]] is None  # a 0.5-point gap "recovered" 300% says nothing
+    assert targets("middle", weak)[TARGETS[3]] is None
+    strong = dict(weak, receiver_quality_pct=92.0, full_reuse_drop_pts=20.0, best_single_layer={"gap_recovered_frac": 0.7, "speedup": 6.0})
+    assert targets("all_blocks", strong)[TARGETS[2]] is True
+    assert targets("middle", strong)[TARGETS[3]] is True
