@@ -48,35 +48,6 @@ CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Second
 ShuffleOpt = Annotated[bool, typer.Option("--shuffle", metavar=FLAG, help="Run points in a seeded random order.")]
 
 
-@dataclass
-class DispatchOptions:
-    """The ``--executor`` group of options (see :mod:`charbench.executors`), as a command received them."""
-
-    executor: str = "local"
-    ray_address: str | None = None
-    slurm_partition: str | None = None
-    slurm_time_min: int = 60
-    slurm_gpus: int = 0
-    max_retries: int = 1
-    detach: bool = False
-
-    def checked(self) -> dict[str, Any]:
-        """The options as :class:`CommonOptions` fields.
-
-        Raises:
-            ConfigError: a value out of range, naming its option.
-        """
-        from charbench.executors import EXECUTORS
-
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"--executor: {self.executor!r} is not one of {', '.join(EXECUTORS)}")
-        for option, value, lo, hi in (("--slurm-time", self.slurm_time_min, 1, 60 * 24 * 30), ("--slurm-gpus", self.slurm_gpus, 0, 64),
-                                      ("--max-retries", self.max_retries, 0, 100)):
-            if not lo <= value <= hi:
-                raise ConfigError(f"{option}: {value} is out of range; give {lo} to {hi}")
-        return dataclasses.asdict(self)
-
-
 def common_options(
     out: Path | None,
     label: str,
@@ -87,12 +58,14 @@ def common_options(
     resume: Path | None,
     continue_on_error: bool,
     json_out: bool,
-    dispatch: DispatchOptions | None = None,
+    **dispatch: Any,
 ) -> CommonOptions:
     """Validate the shared options and build :class:`CommonOptions`.
 
-    ``dispatch`` carries ``--executor`` and its options; they say where the sweep runs, not
-    what it is, so ``--resume`` takes them as given (a run started on Ray can finish locally).
+    ``dispatch`` holds ``--executor`` and its options (``executor``, ``ray_address``,
+    ``slurm_partition``, ``slurm_time_min``, ``slurm_gpus``, ``max_retries``, ``detach``);
+    they say where the sweep runs, not what it is, so ``--resume`` takes them as given (a run
+    started on Ray can finish locally). Their ranges are declared on :class:`CommonOptions`.
 
     Raises:
         ConfigError: a bad ``--meta``, a missing ``--config`` file or ``--resume`` folder, a bad executor option.
@@ -111,7 +84,7 @@ def common_options(
         resume=resume,
         continue_on_error=continue_on_error,
         json=json_out,
-        **(dispatch or DispatchOptions()).checked(),
+        **dispatch,
     )
 
 
@@ -123,7 +96,9 @@ COMMON_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
     ("executor", ExecutorOpt, "local"), ("ray_address", RayAddressOpt, None), ("slurm_partition", SlurmPartitionOpt, None),
     ("slurm_time", SlurmTimeOpt, 60), ("slurm_gpus", SlurmGpusOpt, 0), ("max_retries", MaxRetriesOpt, 1), ("detach", DetachOpt, False),
 )
-_DISPATCH = ("executor", "ray_address", "slurm_partition", "slurm_time", "slurm_gpus", "max_retries", "detach")
+#: the dispatch parameters -> their CommonOptions field
+_DISPATCH = {"executor": "executor", "ray_address": "ray_address", "slurm_partition": "slurm_partition",
+             "slurm_time": "slurm_time_min", "slurm_gpus": "slurm_gpus", "max_retries": "max_retries", "detach": "detach"}
 
 
 def with_common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -152,9 +127,9 @@ def with_common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name, _, _ in COMMON_PARAMETERS}
-        dispatch = DispatchOptions(*(given[n] for n in _DISPATCH))
+        dispatch = {field_name: given[param] for param, field_name in _DISPATCH.items()}
         kwargs["common"] = common_options(given["out"], given["label"], given["meta"], given["device"], given["seed"], given["config"],
-                                          given["resume"], given["continue_on_error"], given["json_out"], dispatch)
+                                          given["resume"], given["continue_on_error"], given["json_out"], **dispatch)
         return command(*args, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra, return_annotation=hints.get("return", sig.return_annotation))  # type: ignore[attr-defined]

@@ -33,48 +33,6 @@ def default_out_dir() -> Path:
     return Path(env) if env else Path.cwd() / DEFAULT_OUT
 
 
-@dataclass
-class CommonOptions:
-    """Options every study command takes (see README, "Common options").
-
-    Attributes:
-        out: results root; runs go to ``<out>/<study>/<stamp>-<label>/``.
-        label: free-form run label (part of the folder name, sanitized).
-        meta: ``--meta KEY=VALUE`` pairs stored with the run.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
-        seed: base seed for everything random in the run.
-        config_file: TOML file whose keys override the preset.
-        resume: an existing run folder to continue (completed points are skipped).
-        continue_on_error: record a failed point and go on instead of stopping.
-        json: print a machine-readable summary on stdout.
-        executor: where resource groups run: ``local``, ``ray``, ``slurm`` or ``slurm-local``
-            (see :mod:`charbench.executors`); not part of the sweep, so ``--resume`` may change it.
-        ray_address: ``auto`` or ``HOST:PORT`` of a Ray cluster (None: a private local instance).
-        slurm_partition: the SLURM partition jobs are submitted to (None: the cluster's default).
-        slurm_time_min: each job's time limit in minutes.
-        slurm_gpus: GPUs per SLURM job.
-        max_retries: how often a unit whose worker or node was lost is sent again.
-        detach: submit the SLURM jobs and return; ``--resume`` collects them.
-    """
-
-    out: Path = field(default_factory=default_out_dir)
-    label: str = ""
-    meta: dict[str, str] = field(default_factory=dict)
-    device: str = "auto"
-    seed: int = 0
-    config_file: Path | None = None
-    resume: Path | None = None
-    continue_on_error: bool = False
-    json: bool = False
-    executor: str = "local"
-    ray_address: str | None = None
-    slurm_partition: str | None = None
-    slurm_time_min: int = 60
-    slurm_gpus: int = 0
-    max_retries: int = 1
-    detach: bool = False
-
-
 def parse_meta(items: list[str] | None) -> dict[str, str]:
     """Parse repeated ``--meta KEY=VALUE`` options.
 
@@ -237,6 +195,52 @@ def validate_fields(obj: Any, source: str | None = None, names: typing.Iterable[
         rule = f.metadata.get("range") or (FINITE if has_float else None)
         if rule is not None:
             check_value(getattr(obj, f.name), rule, field_label(f, source), integer=has_int and not has_float)
+
+
+@dataclass
+class CommonOptions:
+    """Options every study command takes (see README, "Common options").
+
+    Attributes:
+        out: results root; runs go to ``<out>/<study>/<stamp>-<label>/``.
+        label: free-form run label (part of the folder name, sanitized).
+        meta: ``--meta KEY=VALUE`` pairs stored with the run.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+        seed: base seed for everything random in the run.
+        config_file: TOML file whose keys override the preset.
+        resume: an existing run folder to continue (completed points are skipped).
+        continue_on_error: record a failed point and go on instead of stopping.
+        json: print a machine-readable summary on stdout.
+        executor: where resource groups run: ``local``, ``ray``, ``slurm`` or ``slurm-local``
+            (see :mod:`charbench.executors`); not part of the sweep, so ``--resume`` may change it.
+        ray_address: ``auto`` or ``HOST:PORT`` of a Ray cluster (None: a private local instance).
+        slurm_partition: the SLURM partition jobs are submitted to (None: the cluster's default).
+        slurm_time_min: each job's time limit in minutes.
+        slurm_gpus: GPUs per SLURM job.
+        max_retries: how often a unit whose worker or node was lost is sent again.
+        detach: submit the SLURM jobs and return; ``--resume`` collects them.
+    """
+
+    out: Path = field(default_factory=default_out_dir)
+    label: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+    config_file: Path | None = None
+    resume: Path | None = None
+    continue_on_error: bool = False
+    json: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
+    slurm_partition: str | None = None
+    slurm_time_min: int = field(default=60, metadata=check("--slurm-time", ge=1, le=60 * 24 * 30))
+    slurm_gpus: int = field(default=0, metadata=check("--slurm-gpus", ge=0, le=64))
+    max_retries: int = field(default=1, metadata=check("--max-retries", ge=0, le=100))
+    detach: bool = False
+
+    def __post_init__(self) -> None:
+        # the executor options have declared ranges like every other numeric option
+        validate_fields(self)
 
 
 def _check_type(value: Any, hint: Any) -> bool:

@@ -7,6 +7,8 @@ analytic profile).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 from charbench.errors import ConfigError
@@ -140,16 +142,21 @@ ASSUMPTIONS: dict[str, float] = {
 }
 
 
+def _lookup(table: dict[str, Any], name: str, what: str, more: str = "") -> Any:
+    """``table[name]`` (case-insensitive), or a ConfigError listing the valid names (and ``more``)."""
+    try:
+        return table[name.lower()]
+    except KeyError:
+        raise ConfigError(f"{what} {name!r}; valid: {', '.join(table)}{more}") from None
+
+
 def gpu_spec(name: str) -> GpuSpec:
     """The spec of a built-in GPU.
 
     Raises:
         ConfigError: unknown name (lists the valid ones).
     """
-    try:
-        return GPUS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"--profile: unknown GPU {name!r}; valid: {', '.join(GPUS)}, or a profile file (.json/.csv)") from None
+    return _lookup(GPUS, name, "--profile: unknown GPU", ", or a profile file (.json/.csv)")
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -158,7 +165,4 @@ def model_spec(name: str) -> ModelSpec:
     Raises:
         ConfigError: unknown name (lists the valid ones).
     """
-    try:
-        return MODELS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"--model: unknown model {name!r}; valid: {', '.join(MODELS)}") from None
+    return _lookup(MODELS, name, "--model: unknown model")

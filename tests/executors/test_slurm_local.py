@@ -122,7 +122,8 @@ def test_executor_options_are_checked() -> None:
         make_executor(CommonOptions(executor="k8s"))
     with pytest.raises(ConfigError, match=r"^--ray-address: only --executor ray connects to Ray \(this run uses --executor local\)"):
         make_executor(CommonOptions(ray_address="auto"))
-    from charbench.cli_common import DispatchOptions
-
-    with pytest.raises(ConfigError, match=r"^--max-retries: -1 is out of range; give 0 to 100$"):
-        DispatchOptions(max_retries=-1).checked()
+    # the executor options' ranges are declared on CommonOptions, like every numeric option
+    with pytest.raises(ConfigError, match=r"^--max-retries must be an integer >= 0 and <= 100 \(got -1\)$"):
+        CommonOptions(max_retries=-1)
+    with pytest.raises(ConfigError, match=r"^--slurm-time must be an integer >= 1 and <= 43200 \(got 0\)$"):
+        CommonOptions(slurm_time_min=0)
