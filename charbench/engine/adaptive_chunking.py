@@ -178,6 +178,8 @@ class AdaptiveChunkPolicy:
         max_chunk: largest chunk considered.
         slack_of: optional ``seq -> relative slack``; a request with slack gives up that
             fraction (clamped to [0, 0.4]) of the budget to co-batched work.
+        prefill_order: optional ``seqs -> seqs`` (e.g. :class:`charbench.engine.lars.LarsOrder`);
+            the scheduler serves running and waiting prefills in the order it returns.
 
     Attributes:
         history: ``(kv_context, chunk)`` chosen per call, in order (for the report).
@@ -190,14 +192,16 @@ class AdaptiveChunkPolicy:
         min_chunk: int = 32,
         max_chunk: int = 8192,
         slack_of: Callable[[ChunkableSeq], float] | None = None,
+        prefill_order: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
-        if tbt_slo_s <= 0:
-            raise ConfigError(f"--tbt-slo-ms: must be > 0, got {tbt_slo_s * 1000:g}")
+        if not tbt_slo_s > 0 or tbt_slo_s == float("inf"):
+            raise ConfigError(f"--tbt-slo-ms: must be a finite number > 0, got {tbt_slo_s * 1000:g}")
         if not 1 <= min_chunk <= max_chunk:
             raise ConfigError(f"--chunk adaptive: need 1 <= min chunk ({min_chunk}) <= max chunk ({max_chunk})")
         self.predictor, self.tbt_slo_s = predictor, tbt_slo_s
         self.min_chunk, self.max_chunk = min_chunk, max_chunk
         self.slack_of = slack_of
+        self.prefill_order = prefill_order
         self._decodes = 0
         self._decode_context = 0
         self._extra_s = 0.0

@@ -8,7 +8,10 @@ Sarathi-Serve way under a per-iteration token budget (``max_num_batched_tokens``
 3. waiting sequences, first come first served, while ``max_num_seqs``, the budget and the
    free KV blocks allow (no skipping ahead: a head that does not fit blocks the queue).
 
-Chunk sizes of 2 and 3 come from a :class:`~charbench.engine.chunking.ChunkPolicy`. When a
+Chunk sizes of 2 and 3 come from a :class:`~charbench.engine.chunking.ChunkPolicy`. A policy
+with a ``prefill_order`` (``seqs -> seqs``, e.g. LARS in ``engine/lars.py``) replaces the
+order of 2 and 3: running prefills and waiting sequences are served in the one order it
+returns (admission still stops at the first waiting sequence that does not fit). When a
 running sequence needs a KV block and none is free, the most recently arrived running
 sequence is preempted: its blocks are freed, its computed-token count is reset to 0 and it
 goes back to the front of the waiting queue; when it is re-admitted, its prompt and all
@@ -290,47 +293,75 @@ class Scheduler:
         begin_batch = getattr(self.chunk_policy, "begin_batch", None)
         if begin_batch is not None:  # batch-aware policies (adaptive chunking) see the decodes first
             begin_batch(decodes)
-        for seq in decodes + prefills:
-            if seq.status is not SeqStatus.RUNNING:
-                continue  # preempted as a victim earlier in this loop
+        order = getattr(self.chunk_policy, "prefill_order", None)
+        for seq in decodes + (prefills if order is None else []):
+            budget = self._schedule_running(seq, budget, scheduled, out)
             if budget <= 0:
                 break
-            decode = seq.is_decoding
-            n = 1 if decode else self._chunk(seq, budget)
-            if n == 0:
-                continue
-            target = seq.num_computed_tokens + n
-            ok, freed_budget = self._reserve_running(seq, target, scheduled, out)
-            budget += freed_budget
-            if not ok:
-                continue  # seq itself was preempted
-            _schedule(scheduled, seq, n, decode)
-            budget -= n
 
-        # Phase 3: admit waiting sequences, FCFS, unless this step preempted.
-        if not out.preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                seq = self.waiting[0]
-                n = self._chunk(seq, budget)
-                if n == 0:
+        if order is None:
+            # Phase 3: admit waiting sequences, FCFS, unless this step preempted.
+            if not out.preempted:
+                while self.waiting and budget > 0:
+                    n = self._admit(self.waiting[0], budget, scheduled)
+                    if n == 0:
+                        break
+                    budget -= n
+        else:
+            # Phases 2+3 in the policy's order (a waiting sequence may go before a running one).
+            admitting = True
+            for seq in order(prefills + list(self.waiting)):
+                if budget <= 0:
                     break
-                target = seq.num_computed_tokens + n
-                need = self.blocks_for(target) - len(seq.block_table)
-                if need > self.allocator.num_free:
-                    break
-                self.waiting.popleft()
-                if need > 0:
-                    seq.block_table.extend(self.allocator.allocate(need))
-                seq.status = SeqStatus.RUNNING
-                bisect.insort(self.running, seq, key=Sequence.priority_key)
-                _schedule(scheduled, seq, n, False)
-                budget -= n
+                if seq.status is SeqStatus.RUNNING:
+                    budget = self._schedule_running(seq, budget, scheduled, out)
+                elif seq.status is SeqStatus.WAITING and admitting and not out.preempted:
+                    n = self._admit(seq, budget, scheduled)
+                    admitting = n > 0
+                    budget -= n
 
         chunks = list(scheduled.values())
         # decodes first; within each group the order of scheduling (priority, then FCFS)
         out.chunks = [c for c in chunks if c.is_decode] + [c for c in chunks if not c.is_decode]
         out.num_batched_tokens = sum(c.num_tokens for c in out.chunks)
         return out
+
+    def _schedule_running(
+        self, seq: Sequence, budget: int, scheduled: dict[int, ScheduledChunk], out: SchedulerOutput
+    ) -> int:
+        """Schedule a running sequence's decode or next chunk; return the budget left."""
+        if seq.status is not SeqStatus.RUNNING or budget <= 0:
+            return budget  # preempted as a victim earlier in this step
+        decode = seq.is_decoding
+        n = 1 if decode else self._chunk(seq, budget)
+        if n == 0:
+            return budget
+        target = seq.num_computed_tokens + n
+        ok, freed_budget = self._reserve_running(seq, target, scheduled, out)
+        budget += freed_budget
+        if not ok:
+            return budget  # seq itself was preempted
+        _schedule(scheduled, seq, n, decode)
+        return budget - n
+
+    def _admit(self, seq: Sequence, budget: int, scheduled: dict[int, ScheduledChunk]) -> int:
+        """Admit waiting ``seq`` with its first chunk; return its tokens (0: it does not fit)."""
+        if len(self.running) >= self.max_num_seqs:
+            return 0
+        n = self._chunk(seq, budget)
+        if n == 0:
+            return 0
+        target = seq.num_computed_tokens + n
+        need = self.blocks_for(target) - len(seq.block_table)
+        if need > self.allocator.num_free:
+            return 0
+        self.waiting.remove(seq)
+        if need > 0:
+            seq.block_table.extend(self.allocator.allocate(need))
+        seq.status = SeqStatus.RUNNING
+        bisect.insort(self.running, seq, key=Sequence.priority_key)
+        _schedule(scheduled, seq, n, False)
+        return n
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         n = int(self.chunk_policy.chunk_size(seq, budget))
