@@ -57,9 +57,28 @@ class LocalExecutor(Executor):
         stamped = StampingStore(store, node)
         ctx.store = stamped
         try:
-            run_groups_here(study, ctx, stamped, common, groups, log, bar)
+            run_groups_here(study, ctx, stamped, common, groups, log, _TimingBar(bar, stamped))
         finally:
             ctx.store = store
+
+
+class _TimingBar:
+    """The progress bar as the local loop sees it: announcing a point also starts its clock (timeline stamps)."""
+
+    def __init__(self, bar: Any, stamped: StampingStore) -> None:
+        self._bar = bar
+        self._stamped = stamped
+
+    def describe(self, key: str) -> None:
+        """Start ``key``'s clock, then show it on the bar."""
+        self._stamped.point_started(key)
+        if self._bar is not None and hasattr(self._bar, "describe"):
+            self._bar.describe(key)
+
+    def advance(self) -> None:
+        """One more point done."""
+        if self._bar is not None:
+            self._bar.advance()
 
 
 class WorkerLost(Exception):

@@ -6,6 +6,13 @@ without anyone knowing. A CUDA unit asks for as many GPUs as the study meters
 (``num_gpus``), so Ray never puts two measured points on one GPU at once; a CPU unit asks
 for one CPU. Without ``--ray-address`` a private local Ray instance is started (bound to
 127.0.0.1), never a live cluster joined by accident.
+
+Streaming: each finished point of a unit is sent at once to a small collector actor on
+the driver's node, so a node lost mid-group loses none of the points it finished (they are
+replayed; only the rest is retried), and the collector knows which node a lost unit ran on.
+Connecting happens in :meth:`RayExecutor.check`, before the driver builds its run folder,
+and one warm-up task per node imports charbench and collects the node's environment
+meanwhile: a cold worker's start is paid while the driver sets up, not on the first point.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import os
 from typing import Any
 
 from charbench.errors import ConfigError
-from charbench.executors.base import Lost, RemoteExecutor
+from charbench.executors.base import Lost, RemoteExecutor, Unit
+from charbench.executors.staging import Batch, NodeInfo
 from charbench.executors.worker import GroupResult, GroupTask, run_group_task
 
 EXTRA_HINT = "pip install 'charbench[ray]'"
@@ -32,20 +40,70 @@ def import_ray() -> Any:
     return ray
 
 
-def _run_on_node(task: GroupTask) -> GroupResult:
-    """The Ray task: name the node by host and Ray node id (local test nodes share one host name)."""
+def warm_worker() -> str:
+    """A warm-up task: import what a unit needs and collect this node's environment (cached in the worker process)."""
+    import ray
+
+    import charbench.study  # noqa: F401  (the runner a unit uses)
+    from charbench.executors.staging import node_env
+
+    node_env()
+    return ray.get_runtime_context().get_node_id()
+
+
+class Collector:
+    """The Ray actor (on the driver's node) that keeps what units finished, point by point, until the driver takes it."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, str] = {}
+        self._batches: dict[str, list[tuple[Batch, NodeInfo]]] = {}
+
+    def started(self, tag: str, node: str) -> None:
+        """Unit attempt ``tag`` runs on ``node``."""
+        self._nodes[tag] = node
+
+    def put(self, tag: str, batch: Batch, node: NodeInfo) -> None:
+        """A finished point (or group end) of ``tag``."""
+        self._batches.setdefault(tag, []).append((batch, node))
+
+    def take(self, tag: str) -> tuple[str | None, list[tuple[Batch, NodeInfo]]]:
+        """The node ``tag`` ran on and the batches it sent, forgotten here."""
+        return self._nodes.pop(tag, None), self._batches.pop(tag, [])
+
+
+def _tag(unit: str, attempt: int) -> str:
+    return f"{unit}/{attempt}"
+
+
+def _run_on_node(task: GroupTask, collector: Any = None) -> GroupResult:
+    """The Ray task: name the node by host and Ray node id (local test nodes share one host name), stream each point to ``collector``."""
     import ray
 
     from charbench.executors.staging import node_name
 
     task.node_name = f"{node_name()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    return run_group_task(task)
+    if collector is None:
+        return run_group_task(task)
+    tag = _tag(task.unit, task.attempt)
+
+    def send(call: Any, *args: Any) -> None:
+        try:
+            ray.get(call.remote(tag, *args), timeout=30)  # blocking: a point counts as streamed once the driver's node holds it
+        except ray.exceptions.RayError:
+            pass  # the collector is gone (the driver with it): the result still carries every batch
+
+    send(collector.started, task.node_name)
+    # a unit of one point has nothing to save early: its batch comes back with the result
+    sink = (lambda batch, node: send(collector.put, batch, node)) if len(task.members) > 1 else None
+    return run_group_task(task, sink)
 
 
 class RayExecutor(RemoteExecutor):
     """Units as Ray tasks (``address``: ``auto``, ``HOST:PORT``, or None for a private local instance)."""
 
     name = "ray"
+    #: seconds the driver waits, after Ctrl-C, for cancelled units to restore their clocks and end
+    cancel_wait_s = 15.0
 
     def __init__(self, address: str | None = None, max_retries: int = 1, resources: dict[str, float] | None = None) -> None:
         super().__init__(max_retries=max_retries)
@@ -54,15 +112,25 @@ class RayExecutor(RemoteExecutor):
         self._ray: Any = None
         self._remote: Any = None
         self._owned = False
-        self._gpus = 0
+        self._collector: Any = None
+        self._warm: list[Any] = []
+        self._tags: dict[Any, str] = {}
+        self._salvaged: dict[Any, list[tuple[Batch, NodeInfo]]] = {}
 
     def check(self, study: Any) -> None:
-        """Refuse ordered studies and a missing Ray before a run folder exists."""
+        """Refuse ordered studies and a missing Ray, then connect and warm one worker per node, before a run folder exists.
+
+        Raises:
+            ConfigError: an ordered study, Ray not installed, or ``--ray-address`` unreachable.
+        """
         super().check(study)
         import_ray()
+        self._connect()
 
-    def start(self, store: Any, log: Any) -> None:
-        """Connect to ``--ray-address`` (or start a local instance) unless this process already is."""
+    def _connect(self) -> None:
+        """Connect to ``--ray-address`` (or start a local instance) unless this process already is; start the collector and warm-ups."""
+        if self._remote is not None:
+            return
         if self.address is None:
             for k, v in LOCAL_ENV.items():
                 os.environ.setdefault(k, v)  # read when ray is imported and the instance starts
@@ -80,6 +148,21 @@ class RayExecutor(RemoteExecutor):
                                   "give a running cluster's HOST:PORT, or auto inside one, or drop --ray-address for a local instance") from exc
             self._owned = True
         self._remote = ray.remote(max_retries=0)(_run_on_node)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        # 0 CPUs: it only holds batches; soft: a driver on a node Ray cannot place it on still gets one
+        self._collector = ray.remote(Collector).options(num_cpus=0, max_restarts=0, max_concurrency=4,
+                                                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+        warm = ray.remote(max_retries=0)(warm_worker)
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) >= 1:
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                self._warm.append(warm.options(num_cpus=1, scheduling_strategy=strategy).remote())
+
+    def start(self, store: Any, log: Any) -> None:
+        """Connect (a no-op when :meth:`check` did)."""
+        self._connect()
 
     def submit(self, task: GroupTask) -> Any:
         """One Ray task per unit: its GPUs (or one CPU), no Ray retries."""
@@ -89,7 +172,18 @@ class RayExecutor(RemoteExecutor):
         opts: dict[str, Any] = {"num_cpus": 0 if gpus else 1, "num_gpus": gpus}
         if self.resources:
             opts["resources"] = self.resources
-        return self._remote.options(**opts).remote(task)
+        ref = self._remote.options(**opts).remote(task, self._collector)
+        self._tags[ref] = _tag(task.unit, task.attempt)
+        return ref
+
+    def _take(self, ref: Any) -> tuple[str | None, list[tuple[Batch, NodeInfo]]]:
+        tag = self._tags.pop(ref, None)
+        if tag is None or self._collector is None:
+            return None, []
+        try:
+            return self._ray.get(self._collector.take.remote(tag), timeout=30)
+        except self._ray.exceptions.RayError:
+            return None, []
 
     def poll(self, handles: list[Any], timeout_s: float) -> list[tuple[Any, GroupResult | Lost]]:
         """Tasks that ended within ``timeout_s`` (bounded: a task on a dead node never blocks the driver)."""
@@ -98,23 +192,45 @@ class RayExecutor(RemoteExecutor):
         out: list[tuple[Any, GroupResult | Lost]] = []
         for ref in ready:
             try:
-                out.append((ref, ray.get(ref)))
+                result = ray.get(ref)
             except ray.exceptions.RayError as exc:  # NodeDiedError, WorkerCrashedError, RayTaskError, TaskCancelledError
                 cause = getattr(exc, "cause", None)
                 text = f"{type(cause).__name__}: {cause}" if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None else f"{type(exc).__name__}: {exc}"
-                out.append((ref, Lost(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)))
+                node, self._salvaged[ref] = self._take(ref)
+                out.append((ref, Lost(text.strip().splitlines()[0] if text.strip() else type(exc).__name__, node)))
+            else:
+                self._take(ref)  # the result holds every batch: drop the streamed copies
+                out.append((ref, result))
         return out
 
+    def salvage(self, handle: Any, unit: Unit) -> list[tuple[Any, NodeInfo]]:
+        """The points a lost unit streamed before its node or worker went away."""
+        return self._salvaged.pop(handle, [])
+
     def cancel(self, handles: list[Any]) -> None:
-        """Cancel the pending tasks (not forced: each worker restores its clocks on the way out)."""
+        """Cancel the pending tasks and wait (bounded) for them to end: each worker restores its clocks on the way out.
+
+        Not forced: ``ray.cancel`` raises KeyboardInterrupt inside the task, whose exit path
+        restores clocks and power limits; the wait keeps the driver from exiting first (Ray
+        kills a finished driver's tasks within about a second).
+        """
+        ray = self._ray
         for ref in handles:
             try:
-                self._ray.cancel(ref, force=False)
+                ray.cancel(ref, force=False)
             except Exception:  # a task that already ended
+                pass
+        if handles:
+            try:
+                ray.wait(handles, num_returns=len(handles), timeout=self.cancel_wait_s)
+            except Exception:  # noqa: S110  (best effort: the run is being interrupted anyway)
                 pass
 
     def close(self) -> None:
         """Shut down the Ray instance this executor started (not one the caller runs)."""
+        self._warm.clear()
+        self._collector = None
+        self._remote = None
         if self._owned and self._ray is not None:
             self._ray.shutdown()
             self._owned = False

@@ -184,10 +184,31 @@ class SlurmExecutor(RemoteExecutor):
         """The batches the lost job staged before it ended (its completed points)."""
         return staged_batches(self._stage, unit.unit)
 
+    #: seconds the driver waits, after Ctrl-C, for cancelled jobs to restore their clocks and end
+    cancel_wait_s = 15.0
+
     def cancel(self, handles: list[Any]) -> None:
-        """Cancel the pending jobs (their workers restore clocks on the way out)."""
+        """Cancel the pending jobs and wait (bounded) for them to end; their workers restore clocks on the way out.
+
+        A local job gets SIGINT (submitit's controller passes it on as KeyboardInterrupt, then
+        SIGKILL a second later); a re-attached local job has no process handle here, so its
+        controller (the job id is its pid) is signalled directly. ``scancel`` sends SIGTERM,
+        which the worker turns into KeyboardInterrupt (see
+        :func:`~charbench.executors.worker.run_staged_task`).
+        """
+        import signal
+        import time
+
         for job in handles:
             try:
-                job.cancel(check=False)
+                if self.local and getattr(job, "_process", None) is None:
+                    os.kill(int(job.job_id), signal.SIGINT)
+                else:
+                    job.cancel(check=False)
             except Exception:  # a job that already ended; nothing to stop
                 pass
+        if not self.local:
+            return  # scancel returns at once; SLURM's KillWait gives the job its time to clean up
+        deadline = time.monotonic() + self.cancel_wait_s
+        while time.monotonic() < deadline and any(_pid_running(int(j.job_id)) for j in handles):
+            time.sleep(0.05)

@@ -41,13 +41,24 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
+@functools.lru_cache(maxsize=1)
+def node_env() -> dict[str, Any]:
+    """This node's environment (GPUs, driver, clocks, library versions), collected once per process.
+
+    A Ray worker process runs many units; collecting it once (and ahead of the first unit,
+    see :func:`charbench.executors.ray_exec.warm_worker`) keeps it off every point's path.
+    """
+    from charbench.envinfo import collect_env
+
+    return collect_env(argv=[])
+
+
 @functools.lru_cache(maxsize=8)
 def describe_node(device: str, name: str | None = None) -> NodeInfo:
     """This node's :class:`NodeInfo` for ``device`` (``cpu`` or ``cuda:i``), with its environment (collected once per worker process)."""
     from charbench.device import gpu_index
-    from charbench.envinfo import collect_env
 
-    env = collect_env(argv=[])
+    env = node_env()
     idx = gpu_index(device)
     if idx is None:
         return NodeInfo(name or node_name(), None, f"no GPU: the point ran on {device}", env)
@@ -57,11 +68,43 @@ def describe_node(device: str, name: str | None = None) -> NodeInfo:
     return NodeInfo(name or node_name(), label, None, env)
 
 
-def stamp_records(records: list[dict[str, Any]], node: NodeInfo) -> list[dict[str, Any]]:
-    """``records`` with ``node`` and ``gpu`` set (a CPU point's ``gpu`` is null with its reason)."""
+def now_iso() -> str:
+    """The wall-clock time now, ISO 8601 with milliseconds and the UTC offset (timeline stamps)."""
+    import datetime as dt
+
+    return dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+class PointClock:
+    """When each point started (the runner announces a point just before running it); its end is when its records arrive."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, str] = {}
+
+    def start(self, key: str) -> None:
+        """Note that point ``key`` starts now."""
+        self._started[key] = now_iso()
+
+    def span(self, key: str) -> tuple[str | None, str]:
+        """``(started_at, ended_at)`` of ``key``, ended now (started None when it was not announced)."""
+        return self._started.pop(key, None), now_iso()
+
+
+def stamp_records(records: list[dict[str, Any]], node: NodeInfo, clock: PointClock | None = None) -> list[dict[str, Any]]:
+    """``records`` with ``node`` and ``gpu`` set (a CPU point's ``gpu`` is null with its reason).
+
+    With ``clock``, each record also gets ``point_started_at``/``point_ended_at`` (ISO times on
+    the node that ran it): the report's timeline of which node ran which point.
+    """
     out = []
+    spans: dict[str, tuple[str | None, str]] = {}
     for r in records:
         rec = {**r, "node": node.name, "gpu": node.gpu}
+        if clock is not None:
+            key = str(r.get("point_key"))
+            if key not in spans:  # a point with several records: one span for all of them
+                spans[key] = clock.span(key)
+            rec["point_started_at"], rec["point_ended_at"] = spans[key]
         if node.gpu is None:
             reasons = json.loads(rec.get("null_reasons") or "{}")
             reasons["gpu"] = node.gpu_reason or "not known"
@@ -76,13 +119,18 @@ class StampingStore:
     def __init__(self, inner: Any, node: NodeInfo) -> None:
         self._inner = inner
         self.node = node
+        self.clock = PointClock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def point_started(self, key: str) -> None:
+        """Note that point ``key`` starts now (its records get its start and end times)."""
+        self.clock.start(key)
+
     def append_records(self, records: list[dict[str, Any]]) -> None:
-        """Append ``records`` stamped with this node (see :func:`stamp_records`)."""
-        self._inner.append_records(stamp_records(records, self.node))
+        """Append ``records`` stamped with this node and their times (see :func:`stamp_records`)."""
+        self._inner.append_records(stamp_records(records, self.node, self.clock))
 
     def append_samples(self, rows: list[dict[str, Any]]) -> None:
         """Append sampler rows, each naming the node that sampled it."""
@@ -122,10 +170,15 @@ class StagingStore:
         self._keys: list[str] = []
         self._seq = 0
         self.batches: list[Batch] = []
+        self.clock = PointClock()
+
+    def point_started(self, key: str) -> None:
+        """Note that point ``key`` starts now (its records get its start and end times)."""
+        self.clock.start(key)
 
     def append_records(self, records: list[dict[str, Any]]) -> None:
-        """Keep ``records`` (stamped with the node) for the driver."""
-        recs = stamp_records([dict(r) for r in records], self.node)
+        """Keep ``records`` (stamped with the node and their times) for the driver."""
+        recs = stamp_records([dict(r) for r in records], self.node, self.clock)
         self._keys.extend(str(r["point_key"]) for r in recs)
         self._ops.append(("append_records", (recs,)))
 

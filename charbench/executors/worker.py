@@ -84,7 +84,7 @@ def run_group_task(task: GroupTask, sink: Callable[[Batch, NodeInfo], None] | No
             flush(key)
             ctx.cooldown()  # type: ignore[union-attr]
 
-        run_group(study, ctx, store, task.common, task.group, task.members, log, after_point=after)
+        run_group(study, ctx, store, task.common, task.group, task.members, log, after_point=after, describe=store.point_started)
         status = "completed"
     except CharbenchError as exc:
         result.error = str(exc)
@@ -99,16 +99,20 @@ def run_staged_task(task: GroupTask, stage_dir: Path) -> GroupResult:
     """:func:`run_group_task` that also writes each batch under ``stage_dir`` on the shared filesystem.
 
     A SLURM job killed mid-group leaves its finished points there; the driver collects them.
+    SIGTERM (``scancel``, which submitit's own handler would ignore) ends the job the way
+    Ctrl-C does: clocks and power limits are restored before it exits.
     """
     import pickle
 
     from charbench.results import atomic_write_bytes
+    from charbench.signals import sigterm_as_interrupt
 
     def sink(batch: Batch, node: NodeInfo) -> None:
         name = batch.batch_id.replace("/", "_")
         atomic_write_bytes(stage_dir / f"{name}.pkl", pickle.dumps((batch, node)))
 
-    return run_group_task(task, sink)
+    with sigterm_as_interrupt():
+        return run_group_task(task, sink)
 
 
 def staged_batches(stage_dir: Path, unit: str) -> list[tuple[Batch, NodeInfo]]:
