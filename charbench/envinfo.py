@@ -6,7 +6,9 @@
     charbench env --json    # machine-readable
 
 Collects OS, CPU, memory, Python, torch/CUDA, every visible GPU (via NVML), backend
-probes and which meters are usable, each missing piece with why and how to fix it.
+probes and which meters are usable, each missing piece with why and how to fix it, and
+the machine's load when the run started (``machine``: load averages, CPU frequency,
+thread counts; :func:`machine_state`, which the runner also takes around every point).
 Importing this module is cheap; :func:`collect_env` imports torch only where a GPU
 device node exists (elsewhere the versions come from package metadata).
 """
@@ -43,6 +45,90 @@ def _memory_gib() -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _cpu_mhz() -> tuple[float | None, str]:
+    """Mean current frequency over the CPUs (MHz) and where it came from, or None and why not.
+
+    cpufreq's ``scaling_cur_freq`` (kHz) where the kernel exposes it, else the ``cpu MHz``
+    lines of /proc/cpuinfo (on many VMs a fixed nominal value, which the source says).
+    """
+    freqs = []
+    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
+        text = _read(str(f))
+        if text and text.strip().isdigit():
+            freqs.append(int(text) / 1000.0)
+    if freqs:
+        return round(sum(freqs) / len(freqs), 1), "cpufreq scaling_cur_freq"
+    text = _read("/proc/cpuinfo") or ""
+    vals = []
+    for line in text.splitlines():
+        if line.startswith("cpu MHz"):
+            try:
+                vals.append(float(line.split(":", 1)[1]))
+            except ValueError:
+                pass
+    if vals:
+        return round(sum(vals) / len(vals), 1), "/proc/cpuinfo cpu MHz (may be the nominal clock on a VM)"
+    return None, "no cpufreq and no 'cpu MHz' in /proc/cpuinfo on this machine"
+
+
+def machine_state() -> dict[str, Any]:
+    """How loaded the machine is right now: load averages, runnable tasks, CPU frequency, thread counts.
+
+    Cheap (a few /proc reads, no imports), so the runner takes it around every point; a value
+    that cannot be read is None with its reason under ``reasons``. ``busy`` follows
+    :func:`charbench.noise.is_busy` (1-minute load average above the logical CPU count).
+
+    Returns:
+        ``load1``/``load5``/``load15``, ``procs_running``, ``cpu_cores``, ``cpu_mhz`` (+ ``cpu_mhz_source``),
+        ``process_threads``, ``torch_threads`` (when torch is imported), ``omp_num_threads``, ``busy``, ``reasons``.
+    """
+    from charbench.noise import is_busy
+
+    reasons: dict[str, str] = {}
+    out: dict[str, Any] = {"load1": None, "load5": None, "load15": None, "procs_running": None}
+    try:
+        l1, l5, l15 = os.getloadavg()
+        out.update(load1=round(l1, 2), load5=round(l5, 2), load15=round(l15, 2))
+    except OSError:
+        reasons["load1"] = "os.getloadavg() is not available on this system"
+    la = _read("/proc/loadavg")
+    if la and len(la.split()) > 3 and "/" in la.split()[3]:
+        out["procs_running"] = int(la.split()[3].split("/")[0])
+    else:
+        reasons["procs_running"] = "no /proc/loadavg"
+    out["cpu_cores"] = os.cpu_count()
+    mhz, source = _cpu_mhz()
+    out["cpu_mhz"] = mhz
+    if mhz is None:
+        reasons["cpu_mhz"] = source
+    else:
+        out["cpu_mhz_source"] = source
+    threads = None
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    out["process_threads"] = threads
+    if threads is None:
+        reasons["process_threads"] = "no /proc/self/status"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            out["torch_threads"] = int(torch.get_num_threads())
+        except Exception:  # noqa: BLE001 - a broken torch must not break the inventory
+            reasons["torch_threads"] = "torch.get_num_threads() failed"
+    out["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    out["busy"] = is_busy(out["load1"], out["cpu_cores"])
+    out["reasons"] = reasons
+    return out
 
 
 def git_sha() -> str | None:
@@ -124,6 +210,7 @@ def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
     probes = _never_raise(probe_backends, {})
     env["backends"] = {k: {"ok": p.ok, "version": p.version, "reason": p.reason, "detail": p.detail} for k, p in probes.items()}
     env["meters"] = _never_raise(meter_status, [])
+    env["machine"] = _never_raise(machine_state, {})  # load at the start; each record has its own (machine_* columns)
     return env
 
 

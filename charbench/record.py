@@ -19,7 +19,8 @@ sources' (``estimated`` when any source is estimated).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 #: Statistics a metric name may start with.
@@ -34,6 +35,18 @@ UNITS: frozenset[str] = frozenset({
 _UNITS_BY_LENGTH = sorted(UNITS, key=lambda u: -u.count("_"))
 
 PROV_ESTIMATED = "estimated"
+
+#: columns every stored record carries that are neither knobs nor metrics
+BOOKKEEPING_COLUMNS: frozenset[str] = frozenset({"point_key", "point_index", "null_reasons", "provenance", "warnings", "completed_at"})
+
+#: the machine's state around each point, added by the runner to every record (see
+#: :mod:`charbench.noise`): 1-minute load average, mean CPU frequency, this process's
+#: threads, and whether the machine was busy. Context for reading the metrics, not metrics:
+#: compare never gates them and reports never chart them as results.
+MACHINE_COLUMNS: frozenset[str] = frozenset({"machine_load1_count", "machine_cpu_mhz", "machine_threads_count", "machine_busy"})
+
+#: what a record column is (:func:`column_role`)
+KNOB, METRIC, MACHINE, BOOKKEEPING, DESCRIPTOR = "knob", "metric", "machine", "bookkeeping", "descriptor"
 
 
 class MetricNameError(ValueError):
@@ -63,6 +76,53 @@ def parse_metric(name: str) -> tuple[str | None, str, str]:
     if not quantity or quantity in STATISTICS:
         raise MetricNameError(f"metric {name!r} has no quantity between its statistic and unit; e.g. p99_ttft_ms")
     return statistic, quantity, unit
+
+
+_KEY_NAME = re.compile(r"(?:^|,)([A-Za-z_][A-Za-z0-9_.\-]*)=")
+
+
+def point_key_names(key: str) -> list[str]:
+    """The knob names in a point key (``dtype=fp16,size=2048`` -> ``["dtype", "size"]``)."""
+    return [m.group(1) for m in _KEY_NAME.finditer(str(key or ""))]
+
+
+def run_knobs(point_keys: Iterable[Any], config_keys: Iterable[str] = ()) -> frozenset[str]:
+    """A run's knobs: the names in its point keys (swept) and its study config's fields (held fixed).
+
+    A fixed setting a record repeats (``max_concurrency``, ``burstiness``, ``idle_baseline_s``) is a
+    knob too: set by the user, never measured, whatever its name ends in.
+
+    Args:
+        point_keys: the records' ``point_key`` values.
+        config_keys: the fields of config.json's ``study_config``.
+    """
+    names = {n for k in point_keys for n in point_key_names(k)}
+    return frozenset(names | set(config_keys))
+
+
+def column_role(name: str, knobs: set[str] | frozenset[str] | list[str]) -> str:
+    """What the record column ``name`` is: :data:`KNOB`, :data:`METRIC`, :data:`MACHINE`, :data:`BOOKKEEPING` or :data:`DESCRIPTOR`.
+
+    Knobs are the point's parameters (the names in its ``point_key``; pass them as ``knobs``),
+    whatever their names look like: ``request_rate_rps`` and ``power_limit_w`` end in a unit
+    but are set, not measured. A metric is any other column that follows the naming rule
+    (:func:`parse_metric`); the rest (``dtype``, ``experiment``, ``device_name``) describe the point.
+
+    Args:
+        name: a column of a stored record.
+        knobs: the run's knob names.
+    """
+    if name in knobs:
+        return KNOB
+    if name in MACHINE_COLUMNS:
+        return MACHINE
+    if name in BOOKKEEPING_COLUMNS or name.startswith("_"):
+        return BOOKKEEPING
+    try:
+        parse_metric(name)
+    except MetricNameError:
+        return DESCRIPTOR
+    return METRIC
 
 
 def metric_name(statistic: str | None, quantity: str, unit: str) -> str:

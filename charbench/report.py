@@ -28,6 +28,7 @@ from typing import Any
 
 from charbench.errors import CharbenchError
 from charbench.pages import Section, figure_html, html_escape, jinja_env, plotly_js, table_html
+from charbench.record import BOOKKEEPING, KNOB, MACHINE, METRIC, column_role, run_knobs
 from charbench.results import RunStore, atomic_write_text
 
 ESTIMATED = "estimated"
@@ -53,28 +54,71 @@ class RunData:
         return cls(store, store.results_frame(), store.samples_frame(), store.failures(), store.config(), store.env(), dict(store.meta))
 
 
+def run_knob_names(data: RunData) -> frozenset[str]:
+    """The run's knobs (swept and fixed), from the record schema (:func:`charbench.record.run_knobs`)."""
+    df = data.results
+    keys = df["point_key"].tolist() if df is not None and "point_key" in getattr(df, "columns", ()) else []
+    return run_knobs(keys, ((data.config or {}).get("study_config") or {}).keys())
+
+
 def provenance_rows(data: RunData) -> list[dict[str, str]]:
-    """What was measured and by which meter, what is estimated, what is missing and why."""
-    rows: dict[tuple[str, str, str], int] = {}
+    """What was measured and by which meter, what is estimated, what is missing and why: one row per (metric, status).
+
+    Knobs are left out (they are set, not measured: a knob the user left unset is not a
+    missing measurement); a metric measured at some points and missing at others has one row
+    of each status, the distinct sources or reasons joined.
+    """
+    knobs = run_knob_names(data)
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+
+    def add(metric: str, kind: str, source: str, n: int = 1) -> None:
+        if column_role(metric, knobs) == KNOB:
+            return
+        sources = rows.setdefault((metric, kind), {})
+        sources[source] = sources.get(source, 0) + n
+
     df = data.results
     if df is not None and len(df):
-        for col in ("provenance",):
-            if col in df:
-                for text in df[col].dropna():
-                    for metric, source in json.loads(text).items():
-                        source = str(source)
-                        if source in ("not-measured", "not measured"):
-                            continue  # its reason is in null_reasons
-                        kind = ESTIMATED if ESTIMATED in source else "measured"
-                        rows[(metric, kind, source)] = rows.get((metric, kind, source), 0) + 1
+        if "provenance" in df:
+            for text in df["provenance"].dropna():
+                for metric, source in json.loads(text).items():
+                    source = str(source)
+                    if source in ("not-measured", "not measured"):
+                        continue  # its reason is in null_reasons
+                    add(metric, ESTIMATED if ESTIMATED in source else "measured", source)
         if "null_reasons" in df:
             for text in df["null_reasons"].dropna():
                 for metric, reason in json.loads(text).items():
-                    rows[(metric, "not measured", reason)] = rows.get((metric, "not measured", reason), 0) + 1
+                    add(metric, "not measured", str(reason))
         for c in df.columns:
             if c.endswith("_estimated"):
-                rows[(c, ESTIMATED, "model (see the study's section)")] = int(df[c].notna().sum())
-    return [{"metric": m, "status": k, "source": s, "points": str(n)} for (m, k, s), n in sorted(rows.items())]
+                add(c, ESTIMATED, "model (see the study's section)", int(df[c].notna().sum()))
+    return [{"metric": m, "status": k, "source": "; ".join(src), "points": str(sum(src.values()))} for (m, k), src in sorted(rows.items())]
+
+
+def busy_html(data: RunData) -> str:
+    """The warning a run page shows when the machine was busy during the run ('' when it was quiet)."""
+    from charbench.noise import busy_summary
+
+    busy = busy_summary(data.results, data.env)
+    if busy is None:
+        return ""
+    return f'<div class="busy" id="busy-warning"><b>Busy machine.</b> {html_escape(busy["text"])}</div>'
+
+
+def machine_text(env: dict[str, Any]) -> str:
+    """One line of the machine's state when the run started (load, CPU clock, threads), from env.json."""
+    m = env.get("machine") or {}
+    if not m:
+        return "not recorded (run made before charbench recorded the machine's load)"
+    loads = "/".join("?" if m.get(k) is None else f"{m[k]:.2f}" for k in ("load1", "load5", "load15"))
+    parts = [f"load average {loads} (1/5/15 min) on {m.get('cpu_cores') or '?'} CPUs"]
+    parts.append(f"CPU {m['cpu_mhz']:.0f} MHz" if m.get("cpu_mhz") is not None else "CPU clock not readable")
+    if m.get("process_threads") is not None:
+        parts.append(f"{m['process_threads']} thread(s) in charbench")
+    if m.get("omp_num_threads"):
+        parts.append(f"OMP_NUM_THREADS={m['omp_num_threads']}")
+    return " · ".join(parts)
 
 
 def timeline_section(data: RunData) -> Section | None:
@@ -95,6 +139,8 @@ def timeline_section(data: RunData) -> Section | None:
     for r, (_, _, cols) in enumerate(present, start=1):
         for c in cols:
             fig.add_trace(go.Scattergl(x=t, y=s[c], mode="lines", name=c), row=r, col=1)
+    for r, (title, _, _) in enumerate(present, start=1):
+        fig.update_yaxes(title_text=title, row=r, col=1)
     fig.update_xaxes(title_text="time since first sample (s)", row=len(present), col=1)
     return Section("Sampler timeline", figure_html(fig, height=260 * len(present)), note="Background sampler, one row per interval; energy figures come from counters, not from these samples.", anchor="timeline")
 
@@ -145,7 +191,9 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
         config_json=json.dumps(data.config, indent=2, default=str),
         provenance=provenance_rows(data),
         sections=sections,
-        points_table=table_html(_display_frame(data.results)) if len(data.results) else "",
+        points_table=table_html(_display_frame(data.results, run_knob_names(data))) if len(data.results) else "",
+        busy_html=busy_html(data),
+        machine=machine_text(env),
         failures=data.failures,
         plotly_js=plotly_js(),
     )
@@ -154,9 +202,13 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
     return target
 
 
-def _display_frame(df: Any) -> Any:
-    hidden = {"null_reasons", "provenance", "completed_at"}
-    return df[[c for c in df.columns if c not in hidden]]
+def _display_frame(df: Any, knobs: frozenset[str] = frozenset()) -> Any:
+    """The points table: knobs first, then descriptors, metrics and the machine's state; no bookkeeping."""
+    roles = {c: column_role(c, knobs) for c in df.columns}
+    order = {BOOKKEEPING: -1, KNOB: 0, "descriptor": 1, METRIC: 2, MACHINE: 3}
+    cols = [c for c in df.columns if roles[c] != BOOKKEEPING or c in ("point_key", "warnings")]
+    cols.sort(key=lambda c: order.get(roles[c], 2))  # stable: the record's own order within a role
+    return df[cols]
 
 
 def render_many(run_dirs: list[Path], out: Path) -> Path:

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from charbench.config import MAX_WAIT_S, CommonOptions, check, to_jsonable, validate_fields
+from charbench.config import CommonOptions, to_jsonable
 from charbench.errors import CharbenchError, ConfigError, RunStoreError
-from charbench.record import Record, as_record, is_estimated, with_prefix
+from charbench.noise import point_machine
+from charbench.record import MACHINE_COLUMNS, Record, as_record, is_estimated, with_prefix
 from charbench.results import RunStore
 from charbench.runlock import RunLock, owner_fields
+from charbench.settings import RunSettings
 from charbench.signals import sigterm_as_interrupt
 from charbench.sweep import point_key
 
@@ -46,27 +48,6 @@ PROV_SAMPLED = "sampler (mean of periodic power readings)"
 PROV_SIMULATED = "estimated (simulated; nothing was measured)"
 #: why a non-measuring study's meter reports nothing
 NOT_MEASURING = "this study measures nothing (a simulator): its values are simulated estimates"
-
-
-@dataclass
-class RunSettings:
-    """How the runner measures a sweep (shared by every study).
-
-    Attributes:
-        idle_baseline_s: seconds of idle power measured before the first point (0 = skip).
-        cooldown_s: sleep between points (lets temperature settle).
-        shuffle: run points in a seeded random order (decorrelates thermal drift).
-        sample_interval_s: background sampler period; 0 disables the sampler.
-    """
-
-    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
-    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
-    shuffle: bool = False
-    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
-
-    def __post_init__(self) -> None:
-        # refused here, before a run folder exists (time.sleep(inf) overflows mid-run)
-        validate_fields(self)
 
 
 class Study:
@@ -501,7 +482,17 @@ def _each(fn: Any, items: list[Any]) -> None:
         raise first
 
 
-def finalize_record(rec: Mapping[str, Any], params: dict[str, Any], key: str, index: int, *, simulated: bool = False) -> dict[str, Any]:
+def _machine_state() -> dict[str, Any]:
+    from charbench.envinfo import machine_state
+
+    try:
+        return machine_state()
+    except Exception as exc:  # noqa: BLE001 - a /proc oddity must not fail a measured point
+        return {"reasons": {k: f"machine state unreadable: {type(exc).__name__}: {exc}" for k in ("load1", "cpu_mhz", "process_threads")}}
+
+
+def finalize_record(rec: Mapping[str, Any], params: dict[str, Any], key: str, index: int, *, simulated: bool = False,
+                    machine: Record | None = None) -> dict[str, Any]:
     """Merge knob values and bookkeeping into a flat record; JSON-encode reasons and provenance.
 
     Args:
@@ -511,12 +502,15 @@ def finalize_record(rec: Mapping[str, Any], params: dict[str, Any], key: str, in
         index: the point's index in the sweep.
         simulated: the study measures nothing: every numeric value that is not a knob is
             stamped :data:`PROV_SIMULATED`, unless it already carries an estimated provenance.
+        machine: the machine columns of the point (:func:`charbench.noise.point_machine`).
 
     Every None (and NaN/inf, turned into None) gets a reason in ``null_reasons``; a knob's
     ``+inf`` (serve-sweep's max-throughput ``request_rate_rps``) and a value set with
     ``allow_inf`` are kept as-is, so the knob keeps one value from CLI to report.
     """
     built = as_record(rec)
+    if machine is not None:  # the study's own values win over the runner's machine columns
+        built = Record().merge(machine).merge(built)
     out: dict[str, Any] = {"point_key": key, "point_index": index}
     out.update(params)
     reasons: dict[str, str] = dict(built.reasons)
@@ -534,7 +528,7 @@ def finalize_record(rec: Mapping[str, Any], params: dict[str, Any], key: str, in
             reasons[k] = "not measured"
     if simulated:
         for k, v in out.items():
-            if k in params or k in ("point_key", "point_index") or isinstance(v, bool) or not isinstance(v, (int, float)):
+            if k in params or k in ("point_key", "point_index") or k in MACHINE_COLUMNS or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             if not is_estimated(prov.get(k)):
                 prov[k] = PROV_SIMULATED
@@ -660,7 +654,7 @@ def _open_run(study: Study, common: CommonOptions, settings: RunSettings, device
     if common.resume is not None:
         store = RunStore.open(common.resume, study=study.name)
         held.enter_context(RunLock(store.path))  # before any write: another resume may be running it
-        _check_resume_config(store, study)
+        _check_resume_config(store, study, settings)
         done = store.completed_keys()  # the earlier samples stay on disk: this run appends its own after them
         store.update_meta(status="running", resumed=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), **owner_fields())
     else:
@@ -849,11 +843,13 @@ def _run_one(study: Study, ctx: Context, store: RunStore, common: CommonOptions,
     """Run one point and store its record(s) or its failure."""
     try:
         ctx._checkpoint = None
+        before = _machine_state()
         out = study.run_point(dict(params), ctx)
+        machine = point_machine(before, _machine_state())  # every record says how loaded the machine was (charbench.noise)
         recs = out if isinstance(out, list) else [out]
         if not recs or not all(isinstance(r, Mapping) for r in recs):
             raise TypeError(f"{type(study).__name__}.run_point must return a Record/dict or a non-empty list of them, got {type(out).__name__}")
-        store.append_records([finalize_record(r, params, key, index, simulated=not study.measures) for r in recs])
+        store.append_records([finalize_record(r, params, key, index, simulated=not study.measures, machine=machine) for r in recs])
         if ctx._checkpoint is not None:  # only now: a checkpoint never runs ahead of the stored results
             store.write_checkpoint(ctx._checkpoint, key)
             ctx._checkpoint = None
@@ -904,19 +900,30 @@ def _close_run(study: Study, ctx: Context | None, store: RunStore, status: str, 
             store.finish(status)
 
 
-def _check_resume_config(store: RunStore, study: Study) -> None:
-    """``--resume`` must continue the same sweep: the study config has to match the run's saved one.
+def _check_resume_config(store: RunStore, study: Study, settings: RunSettings) -> None:
+    """``--resume`` must continue the same sweep: the study config and runner settings have to match the run's saved ones.
+
+    Only the settings the run saved are compared (a folder from before settings were saved has none).
 
     Raises:
         RunStoreError: config.json is missing or unreadable (nothing to compare with).
-        ConfigError: the configs differ (the message names the keys).
+        ConfigError: the configs or settings differ (the message names the keys).
     """
-    saved = store.resume_config()["study_config"]
+    saved_all = store.resume_config()
+    saved = saved_all["study_config"]
     keys = [k for k in differing_keys(saved, study.config_dict()) if k not in study.derived_config_keys]
     if keys:
         raise ConfigError(
             f"--resume {store.path}: the run was made with another {study.name} config (differs in: {', '.join(keys)}); "
             f"repeat the original options (see {store.path / 'config.json'}) or start a new run without --resume"
+        )
+    saved_settings = saved_all.get("settings") if isinstance(saved_all.get("settings"), dict) else {}
+    now = to_jsonable(settings)
+    keys = [k for k in differing_keys(saved_settings, now) if k in saved_settings]
+    if keys:
+        raise ConfigError(
+            f"--resume {store.path}: the run was made with other runner settings (differs in: {', '.join(keys)}); "
+            f"run it with the saved ones (see {store.path / 'config.json'}) or start a new run without --resume"
         )
 
 

@@ -16,7 +16,7 @@ from charbench import measure
 from charbench.compare.columns import UNIT_SUFFIXES
 from charbench.config import CommonOptions
 from charbench.measure.testing import FakePowercap
-from charbench.record import UNITS, MetricNameError, Record, parse_metric, with_prefix
+from charbench.record import MACHINE_COLUMNS, UNITS, MetricNameError, Record, parse_metric, with_prefix
 from charbench.results import RunStore
 from charbench.study import RunSettings, finalize_record, run_study
 
@@ -123,7 +123,7 @@ def _gemm_records(home: Path) -> list[dict[str, Any]]:
     from charbench.workloads.gemm_power.config import GemmPowerConfig, resolve
     from charbench.workloads.gemm_power.run import GemmPowerStudy
 
-    cfg = resolve(GemmPowerConfig(experiments=["sigma"], size=[32, 32, 32], cpu_duration_s=0.02, cooldown_s=0.0), "cpu")
+    cfg = resolve(GemmPowerConfig(experiments=["sigma"], size=[32, 32, 32], cpu_duration_s=0.02), "cpu")
     res = run_study(GemmPowerStudy(cfg, "cpu"), CommonOptions(out=home, device="cpu"), RunSettings(sample_interval_s=0.01, idle_baseline_s=0.05))
     return RunStore.open(res.run_dir).records()
 
@@ -143,7 +143,7 @@ def _serving_records(home: Path) -> list[dict[str, Any]]:
 def _off_the_rule(records: list[dict[str, Any]]) -> list[str]:
     keys = {k for r in records for k in r} | {k for r in records for k in json.loads(r["null_reasons"])}
     bad = []
-    for k in sorted(keys - KNOBS - BOOKKEEPING):
+    for k in sorted(keys - KNOBS - BOOKKEEPING - MACHINE_COLUMNS):  # the runner's machine state: context, not metrics
         if LABEL.match(k):
             continue
         try:

@@ -16,6 +16,8 @@ import math
 import re
 from typing import Any
 
+from charbench.record import BOOKKEEPING_COLUMNS, MACHINE_COLUMNS
+
 LOWER = "lower"
 HIGHER = "higher"
 NEUTRAL = "neutral"
@@ -45,8 +47,9 @@ _STAT_SUFFIX = re.compile(r"(_(p\d+(\.\d+)?|mean|median|avg|min|max|std|stdev|su
 #: knob names whose values are noise samples of one setting, not distinct points
 NOISE_KNOBS = frozenset({"seed", "seeds", "repeat", "rep", "repeat_index", "repetition", "trial", "run_index", "sample_index"})
 
-#: columns every record carries that are neither knobs nor metrics
-BOOKKEEPING = frozenset({"point_key", "point_index", "null_reasons", "provenance", "warnings", "completed_at"})
+#: columns every record carries that are neither knobs nor metrics (the record schema's
+#: bookkeeping and the runner's per-point machine state, :data:`charbench.record.MACHINE_COLUMNS`)
+BOOKKEEPING = BOOKKEEPING_COLUMNS | MACHINE_COLUMNS
 
 
 def is_noise_knob(name: str) -> bool:
