@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class Profile:
         tps: tensor-parallel degrees covered.
         freq_levels_mhz: SM frequencies controllers may choose (ascending).
         provenance: what each number comes from (shown in the report).
+        power_measured: False when the source has no power (energy results are then null).
+        calibration: how a measured profile was calibrated (per group; see :mod:`.calibrate`).
     """
 
     name: str
@@ -85,6 +87,8 @@ class Profile:
     tps: tuple[int, ...]
     freq_levels_mhz: tuple[float, ...]
     provenance: dict[str, str]
+    power_measured: bool = True
+    calibration: dict[str, Any] = field(default_factory=dict)
     _builder: Any = None
 
     @property
@@ -176,7 +180,7 @@ def analytic_profile(gpu_name: str, model_name: str, max_batch: int = 256) -> Pr
         "assumptions": ", ".join(f"{k}={v:g}" for k, v in ASSUMPTIONS.items()),
     }
     builder = functools.lru_cache(maxsize=None)(functools.partial(_analytic_point, gpu, model, max_batch))
-    return Profile(gpu.name, model.name, gpu.name, "analytic", tps, levels, prov, builder)
+    return Profile(gpu.name, model.name, gpu.name, "analytic", tps, levels, prov, _builder=builder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,32 +208,42 @@ def _entry_float(e: dict[str, Any], key: str, path: Path) -> float:
     return float(v)
 
 
-def _coeffs_from_entries(entries: list[dict[str, Any]], path: Path) -> tuple[dict[str, float], int]:
-    """Fit one (tp, frequency) group: decode time and power linear in the batch, prefill from the lightest load."""
+def _entry_power(e: dict[str, Any]) -> float:
+    """The entry's mean power, NaN when it was not measured (serve-sweep without a readable meter)."""
+    v = e.get("mean_power_w")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else math.nan
+
+
+def _coeffs_from_entries(entries: list[dict[str, Any]], path: Path, chunk_tokens: int) -> tuple[dict[str, float], int, dict[str, Any]]:
+    """Fit one (tp, frequency) group (see :func:`measured_profile`); returns (coefficients, max batch, calibration report)."""
+    from charbench.sim.calibrate import calibrate
+
     batch, tpot, power = [], [], []
     for e in entries:
         rps, e2el = _entry_float(e, "request_throughput_rps", path), _entry_float(e, "median_e2el_ms", path)
-        batch.append(max(1.0, rps * e2el / 1000.0))  # Little's law: requests in flight
+        ttft = _entry_float(e, "median_ttft_ms", path)
+        batch.append(max(1.0, rps * max(0.0, e2el - ttft) / 1000.0))  # Little's law: sequences decoding
         tpot.append(_entry_float(e, "median_tpot_ms", path) / 1000.0)
-        power.append(_entry_float(e, "mean_power_w", path))
+        power.append(_entry_power(e))
     d0, d1 = _fit_line(batch, tpot)
-    p0, p1 = _fit_line(batch, power)
     light = min(range(len(entries)), key=lambda i: batch[i])
     inp = max(1.0, float(entries[light].get("input_len") or 1))
     ttft = _entry_float(entries[light], "median_ttft_ms", path) / 1000.0
     max_batch = max(int(e.get("max_num_seqs") or 1) for e in entries)
-    return {
-        "prefill_fixed_s": 0.0,
-        "prefill_per_token_s": max(0.0, ttft - tpot[light]) / inp,
-        "decode_fixed_s": max(1e-6, d0),
-        "decode_per_seq_s": max(0.0, d1),
-        "decode_per_ctx_token_s": 0.0,
-        "idle_w": max(0.0, p0),
-        "prefill_w": max(power),
-        "decode_base_w": max(0.0, p0),
-        "decode_per_seq_w": max(0.0, p1),
-        "decode_max_w": max(power),
-    }, max_batch
+    measured_power = [(b, p) for b, p in zip(batch, power) if math.isfinite(p)]
+    if measured_power:
+        p0, p1 = _fit_line([b for b, _ in measured_power], [p for _, p in measured_power])
+        pw = {"idle_w": max(0.0, p0), "prefill_w": max(p for _, p in measured_power), "decode_base_w": max(0.0, p0),
+              "decode_per_seq_w": max(0.0, p1), "decode_max_w": max(p for _, p in measured_power)}
+    else:  # not measured: NaN, so every energy figure of the simulation is null with that reason
+        pw = {k: math.nan for k in ("idle_w", "prefill_w", "decode_base_w", "decode_per_seq_w", "decode_max_w")}
+    first = OperatingPoint(tp=int(entries[0].get("tp") or 1), freq_mhz=0.0, prefill_fixed_s=0.0,
+                           prefill_per_token_s=max(0.0, ttft - tpot[light]) / inp, decode_fixed_s=max(1e-6, d0),
+                           decode_per_seq_s=max(0.0, d1), decode_per_ctx_token_s=0.0, kv_capacity_tokens=1 << 40,
+                           max_batch=max_batch, **pw)
+    op, report = calibrate(entries, first, max_batch, chunk_tokens)
+    coeffs = {k: float(getattr(op, k)) for k in _COEFFS}
+    return coeffs, max_batch, report
 
 
 def interpolate(table: dict[float, dict[str, float]], x: float, axis: str, name: str) -> dict[str, float]:
@@ -248,13 +262,21 @@ def interpolate(table: dict[float, dict[str, float]], x: float, axis: str, name:
     return dict(table[keys[0]])
 
 
-def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = None, default_freq_mhz: float = 0.0) -> Profile:
+def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = None, default_freq_mhz: float = 0.0,
+                     chunk_tokens: int = 512) -> Profile:
     """A profile fitted from serve-sweep's ``--export-profile`` file (``charbench.profiles`` format).
 
-    Per (tp, SM frequency) group: decode iteration time and power are fitted linear in the
-    batch (requests in flight by Little's law: throughput x median E2E); prefill time per
-    token comes from the lightest load (median TTFT minus one decode iteration). Idle power is
-    the power fit's intercept (serve-sweep does not record idle), so it is labelled estimated.
+    Per (tp, SM frequency) group: a first guess in closed form (decode iteration time linear
+    in the decode batch, which is throughput x (median E2E - median TTFT) by Little's law,
+    fitted to median TPOT; prefill time per token from the lightest load's median TTFT), then
+    calibrated against the simulator on the group's open-loop loads
+    (:mod:`charbench.sim.calibrate`): the simulated median TPOT and TTFT of each load are
+    brought to the measured ones. ``chunk_tokens`` is the serving engine's token budget per
+    iteration (``max_num_batched_tokens``; the profile does not record it).
+    Power is fitted linear in the decode batch; idle power is that fit's intercept
+    (serve-sweep does not record idle), so it is labelled estimated. A profile without
+    measured power (``mean_power_w`` null: no readable meter) has NaN power and
+    ``power_measured`` False: energy figures simulated with it are null, never 0.
     Entries without a locked clock (``sm_freq_mhz`` null) get ``default_freq_mhz``.
 
     Raises:
@@ -278,11 +300,13 @@ def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = No
         groups.setdefault(int(e.get("tp") or 1), {}).setdefault(float(f) if f is not None else default_freq_mhz, []).append(e)
     tables: dict[int, dict[float, dict[str, float]]] = {}
     max_batch = 1
+    calibration: dict[str, Any] = {}
     for tp, by_f in groups.items():
         tables[tp] = {}
         for f, es in by_f.items():
-            tables[tp][f], mb = _coeffs_from_entries(es, path)
+            tables[tp][f], mb, calibration[f"tp{tp}@{f:g}MHz"] = _coeffs_from_entries(es, path, chunk_tokens)
             max_batch = max(max_batch, mb)
+    power_measured = all(math.isfinite(c["prefill_w"]) for t in tables.values() for c in t.values())
     freqs = sorted({f for t in tables.values() for f in t})
     name = path.name
 
@@ -292,13 +316,16 @@ def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = No
 
     prov = {
         "measured": f"measured serving profile {name} ({len(entries)} entries)",
-        "decode_time": "median TPOT fitted linear in requests in flight (Little's law)",
-        "prefill_time": "(median TTFT - TPOT) / input_len at the lightest load",
-        "power": "mean_power_w fitted linear in requests in flight; idle = intercept (estimated)",
+        "decode_time": "linear in the decode batch, calibrated so simulated median TPOT = measured (charbench.sim.calibrate)",
+        "prefill_time": "per token, calibrated so simulated median TTFT = measured at the open-loop loads",
+        "power": ("mean_power_w fitted linear in the decode batch; idle = intercept (estimated)" if power_measured
+                  else "not measured (the profile's mean_power_w is null): energy, carbon and power are null"),
         "kv_capacity_tokens": f"{kv_capacity_tokens} (given, not in the profile)",
+        "chunk_tokens": f"{chunk_tokens} (the engine's token budget per iteration; assumed, not in the profile)",
     }
     assert {f.name for f in fields(OperatingPoint)} >= set(_COEFFS)
-    return Profile(name, model, "unknown", "measured", tuple(sorted(tables)), tuple(freqs), prov, functools.lru_cache(maxsize=None)(build))
+    return Profile(name, model, "unknown", "measured", tuple(sorted(tables)), tuple(freqs), prov, power_measured=power_measured,
+                   calibration=calibration, _builder=functools.lru_cache(maxsize=None)(build))
 
 
 def resolve_profile(spec: str, model: str, kv_capacity_tokens: int | None = None, max_batch: int = 256) -> Profile:

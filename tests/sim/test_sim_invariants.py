@@ -130,12 +130,44 @@ def test_measured_profile_from_a_serve_sweep_export(tmp_path: Path) -> None:
                           entry(2000, 4.0, 1000, 16, 260)], tmp_path / "p.json")
     prof = measured_profile(path, kv_capacity_tokens=10_000)
     op = prof.point(1, 1000)
-    assert op.decode_fixed_s == pytest.approx((20 - 10 / 3) / 1000) and op.decode_per_seq_s == pytest.approx(10 / 3 / 1000)
-    assert op.prefill_per_token_s == pytest.approx(0.5 / 1000) and op.max_batch == 16
+    # no open-loop rate in these entries: the closed-form fit; decode batch = rps x (E2E - TTFT) (Little's law)
+    b_hi = 4.0 * (1000 - 62) / 1000
+    slope = (30 - 20) / (b_hi - 1.0) / 1000
+    assert op.decode_per_seq_s == pytest.approx(slope) and op.decode_fixed_s == pytest.approx(0.020 - slope)
+    assert op.prefill_per_token_s == pytest.approx(0.5 / 1000) and op.max_batch == 16 and prof.power_measured
+    assert prof.calibration["tp1@1000MHz"] == {"calibrated_entries": 0}
     mid = prof.point(1, 1500)
     assert mid.decode_base_w == pytest.approx((op.decode_base_w + prof.point(1, 2000).decode_base_w) / 2)
     with pytest.raises(ProfileRangeError, match=r"profile p.json: sm_freq_mhz 2500 is outside the profile's range \[1000, 2000\] MHz"):
         prof.point(1, 2500)
+
+
+def test_measured_profile_calibration_recovers_a_known_engine(tmp_path: Path) -> None:
+    """Entries made by simulating a known operating point: the calibrated profile reproduces their medians; no power -> NaN."""
+    from charbench.profiles import write_profile
+    from charbench.sim import calibrate
+
+    truth = dataclasses.replace(PROF.point(8, 1980), tp=1, freq_mhz=0.0, prefill_fixed_s=0.0, prefill_per_token_s=3e-4, decode_fixed_s=4e-3,
+                                decode_per_seq_s=1.2e-3, decode_per_ctx_token_s=0.0, kv_capacity_tokens=1 << 30, max_batch=8)
+    entries = []
+    for i, rate in enumerate((3.0, 8.0, float("inf"))):
+        e = {"request_rate_rps": rate, "input_len": 64, "output_len": 32}
+        ttft, tpot, _ = calibrate._replay(truth, e, 8, 512, i)  # the calibration's own replay: the truth is an exact fit
+        entries.append({"model": "tiny", "tp": 1, "sm_freq_mhz": None, "max_num_seqs": 8, "input_len": 64, "output_len": 32, "load_kind": "rate",
+                        "request_rate_rps": "inf" if rate == float("inf") else rate, "request_throughput_rps": min(rate, 11.0),
+                        "median_e2el_ms": (ttft + 31 * tpot) * 1000, "median_tpot_ms": tpot * 1000, "median_ttft_ms": ttft * 1000,
+                        "mean_power_w": None, "error_frac": 0.0, "provenance": {}})
+    prof = measured_profile(write_profile(entries, tmp_path / "known.json"), kv_capacity_tokens=1 << 20)
+    cal = prof.calibration["tp1@0MHz"]
+    assert cal["calibrated_entries"] == 3 and cal["max_abs_log_error"] < 0.02
+    for row in cal["entries"]:
+        assert row["simulated_median_tpot_ms"] == pytest.approx(row["measured_median_tpot_ms"], rel=0.02)
+        if row["request_rate_rps"] != float("inf"):
+            assert row["simulated_median_ttft_ms"] == pytest.approx(row["measured_median_ttft_ms"], rel=0.02)
+    op = prof.point(1, 0.0)
+    assert op.prefill_per_token_s == pytest.approx(3e-4, rel=0.05)
+    assert op.decode_fixed_s == pytest.approx(4e-3, rel=0.1) and op.decode_per_seq_s == pytest.approx(1.2e-3, rel=0.1)
+    assert not prof.power_measured and np.isnan(op.decode_base_w) and "not measured" in prof.provenance["power"]
 
 
 def test_bins_integrate_spans_exactly() -> None:

@@ -15,6 +15,11 @@ from charbench.workloads.cluster import STUDY
 from charbench.workloads.cluster.config import ClusterSimConfig
 
 
+#: metrics that need the profile's power (null when a measured profile has none)
+POWER_METRICS: tuple[str, ...] = ("energy_kwh", "energy_per_request_wh", "carbon_kgco2e", "electricity_cost_usd", "cost_usd", "mean_power_w",
+                                  "p50_power_w", "p99_power_w", "max_power_w", "reconfiguration_energy_kwh")
+
+
 class ClusterSimStudy(Study):
     """Simulates the trace once per policy; per-request and timeline data go to named tables."""
 
@@ -105,6 +110,9 @@ class ClusterSimStudy(Study):
         price = c.gpu_usd_per_h if c.gpu_usd_per_h is not None else GPU_USD_PER_H.get(self.profile.gpu, GPU_USD_PER_H["unknown"])
         costs = Costs(pc.slo_ttft_s, pc.slo_tbt_s, price, c.electricity_usd_per_kwh if c.electricity_usd_per_kwh is not None else ELECTRICITY_USD_PER_KWH)
         rec: dict[str, Any] = summarize(res, costs, self.intensity)
+        if not self.profile.power_measured:  # a measured profile without power: energy is unknown, not 0
+            for k in POWER_METRICS:
+                rec[k] = None
         rec.update({k: v for k, v in res.extra.items()})
         rec.update({
             "profile": self.profile.name, "profile_kind": self.profile.kind, "model": self.profile.model, "tp": c.tp,
@@ -129,6 +137,13 @@ class ClusterSimStudy(Study):
                                         "instances": data[1 + res.pools + p] / bin_s,
                                         "mean_sm_freq_mhz": _ratio(data[1 + 2 * res.pools + p], data[1 + res.pools + p])}))
         ctx.store.append_table("timeline", pd.concat(frames, ignore_index=True))
+        if not self.profile.power_measured:
+            from charbench.record import Record
+
+            out = Record(rec)
+            for k in POWER_METRICS:
+                out.null(k, f"profile {self.profile.name} has no measured power (mean_power_w null)")
+            return out  # type: ignore[return-value]
         return rec
 
     def finalize(self, store: Any, ctx: Any) -> dict[str, Any]:

@@ -71,3 +71,20 @@ def test_azure_2024_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert res.exit_code == 0, res.output
     recs = RunStore.open(Path(json.loads(res.stdout[res.stdout.index("{"):])["run_dir"])).records()
     assert [r["request_count"] for r in recs] == [30, 30] and "AzureLLMInferenceTrace_conv_1week.csv" in recs[0]["trace"]
+
+
+def test_measured_profile_without_power_gives_null_energy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from charbench.profiles import write_profile
+
+    entries = [{"model": "tiny", "tp": 1, "sm_freq_mhz": None, "max_num_seqs": 8, "input_len": 64, "output_len": 32, "load_kind": "rate",
+                "request_rate_rps": rate, "request_throughput_rps": rate, "median_e2el_ms": 30 + 31 * tpot, "median_tpot_ms": tpot,
+                "median_ttft_ms": 30.0, "mean_power_w": None, "error_frac": 0.0, "provenance": {}} for rate, tpot in ((2.0, 6.0), (6.0, 9.0))]
+    prof = write_profile(entries, tmp_path / "cpu.json")
+    res = _invoke(["--out", str(tmp_path), "--profile", str(prof), "--kv-capacity-tokens", "100000", "--model", "tiny", "--tp", "1",
+                   "--policies", "static", "--duration", "2m", "--rate", "2", "--json"], capsys)
+    assert res.exit_code == 0, res.output
+    rec = RunStore.open(Path(json.loads(res.stdout[res.stdout.index("{"):])["run_dir"])).records()[0]
+    reasons = json.loads(rec["null_reasons"])
+    assert rec["energy_kwh"] is None and rec["carbon_kgco2e"] is None and rec["max_power_w"] is None
+    assert reasons["energy_kwh"] == "profile cpu.json has no measured power (mean_power_w null)"
+    assert rec["p50_ttft_ms"] > 0 and rec["gpu_cost_usd"] > 0 and rec["profile_kind"] == "measured"
