@@ -2,19 +2,54 @@
 
 ::
 
-    with Progress(total=12) as bar:
+    with Progress(total=12, keys=[point_key(p) for p in points]) as bar:
         for p in points:
             bar.describe(key); ...; bar.advance()
 
 Plain lines go to stderr when stderr is not a TTY or ``CI`` is set, so logs stay readable.
+Given the sweep's point keys, a point is named by the knobs that vary across the sweep
+(``experiment=sigma value=8.0 dtype=bf16``), not by the whole key, whose varying values a
+terminal would cut off. A plain log says when the first point starts (a long setup, such as
+an engine starting and warming up, would otherwise print nothing for many seconds) and when
+a point starts after one that took :data:`LONG_POINT_S` or more.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Any
+
+#: a point that took this long (s) makes the plain log say when the next one starts
+LONG_POINT_S = 5.0
+_PAIR = re.compile(r"(?:^|,)([A-Za-z_][A-Za-z0-9_.\-]*)=")
+
+
+def _pairs(key: str) -> list[tuple[str, str]]:
+    """``k1=v1,k2=v2`` as (name, value text) pairs (values may hold commas of their own)."""
+    found = list(_PAIR.finditer(key))
+    return [(m.group(1), key[m.end(): found[i + 1].start() if i + 1 < len(found) else len(key)]) for i, m in enumerate(found)]
+
+
+def varying_knobs(keys: list[str]) -> list[str]:
+    """Knob names whose value differs between the point keys, in key order (all of them for a single point)."""
+    seen: dict[str, set[str]] = {}
+    for k in keys:
+        for name, value in _pairs(k):
+            seen.setdefault(name, set()).add(value)
+    vary = [n for n, vals in seen.items() if len(vals) > 1]
+    return vary or list(seen)
+
+
+def short_label(key: str, knobs: list[str] | None) -> str:
+    """The point named by its varying knobs (``value=8.0 dtype=bf16``); the whole key when ``knobs`` is None."""
+    if not knobs:
+        return key
+    pairs = dict(_pairs(key))
+    shown = [f"{n}={pairs[n]}" for n in knobs if n in pairs]
+    return " ".join(shown) or key
 
 
 def in_ci() -> bool:
@@ -35,8 +70,12 @@ def is_interactive(stream: Any) -> bool:
 class Progress:
     """Counts finished points and shows them."""
 
-    def __init__(self, total: int, enabled: bool = True, stream: Any = None) -> None:
+    def __init__(self, total: int, enabled: bool = True, stream: Any = None, keys: list[str] | None = None) -> None:
         self.total = total
+        #: knobs that name a point (those that vary over ``keys``); None: the whole key
+        self.knobs = varying_knobs(list(keys)) if keys else None
+        self._point_t0: float | None = None
+        self._last_point_s = 0.0
         self.enabled = enabled and total > 0
         self.stream = stream or sys.stderr
         self.done = 0
@@ -66,14 +105,22 @@ class Progress:
             self._rich.__exit__(*exc)
 
     def describe(self, text: str) -> None:
-        """Name the point being run now."""
-        self.current = text
+        """Name the point being run now (by its varying knobs when the sweep's keys were given)."""
+        self.current = short_label(text, self.knobs)
+        now = time.perf_counter()
         if self._rich is not None:
-            self._rich.update(self._task, description=text[:60])
+            # the varying values come first: a cut loses fixed knobs, never the one that varies
+            self._rich.update(self._task, description=self.current[:80])
+        elif self.enabled and (self.done == 0 or self._last_point_s >= LONG_POINT_S):
+            print(f"[charbench] {self.done + 1}/{self.total} started: {self.current}", file=self.stream, flush=True)
+        self._point_t0 = now
 
     def advance(self) -> None:
         """One more point finished."""
         self.done += 1
+        if self._point_t0 is not None:
+            self._last_point_s = time.perf_counter() - self._point_t0
+            self._point_t0 = None
         if not self.enabled:
             return
         if self._rich is not None:

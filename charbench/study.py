@@ -551,10 +551,10 @@ class RunResult:
     report: Path | None
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, keys: list[str] | None = None) -> Any:
     from charbench.progress import Progress
 
-    return Progress(total, enabled=enabled)
+    return Progress(total, enabled=enabled, keys=keys)
 
 
 def run_study(study: Study, common: CommonOptions, settings: RunSettings, argv: list[str] | None = None, executor: Any = None) -> RunResult:
@@ -703,7 +703,7 @@ def _sweep(study: Study, store: RunStore, done: set[str], keyed: list[tuple[str,
             _start_measurement(ctx, settings, log)
         if not remote:
             study.setup(ctx)
-        with _progress(len(todo), enabled=not common.json) as bar:
+        with _progress(len(todo), enabled=not common.json, keys=[k for _, k, _ in todo]) as bar:
             groups = _groups(todo, study.resource_knobs)
             if executor is None:
                 run_groups_here(study, ctx, store, common, groups, log, bar)

@@ -108,7 +108,7 @@ def test_full_run_folder_and_null_energy(charbench_home: Path, capsys: pytest.Ca
     samples = pd.read_parquet(run / "samples.parquet")
     assert "t_s" in samples.columns and len(samples) >= 1
     err = capsys.readouterr().err
-    assert "[charbench] 5/5 i=4,scale=1.0 (elapsed" in err
+    assert "[charbench] 5/5 i=4 (elapsed" in err
 
 
 def test_unreadable_rapl_gives_null_with_reason(charbench_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
