@@ -176,7 +176,9 @@ def _study_sections(data: RunData) -> list[Section]:
 def render_run(run_dir: Path, out: Path | None = None) -> Path:
     """Render ``report.html`` (or ``out``) for one run folder and return its path."""
     data = RunData.load(run_dir)
-    sections = _study_sections(data)
+    from charbench.executors.report_section import node_sections  # nodes, split by GPU/node, which node ran what
+
+    sections = node_sections(data) + _study_sections(data)
     sections += [sec for sec in (timeline_section(data), tables_section(data)) if sec is not None]
     # env.json of old or hand-made run folders may lack fields: the template sees every key it uses
     # (run.json's fields are filled by charbench.migrations when the folder is opened).
