@@ -1,12 +1,16 @@
-"""Options every study command shares, as reusable ``Annotated`` types.
+"""Options every study command shares, and the path from options to a run.
 
-A study command declares them in its signature and hands them to :func:`common_options`::
+A study command declares only its own options; :func:`with_common_options` adds the shared
+ones (``--out`` ... ``--detach``, and the runner settings ``--idle-baseline``, ``--cooldown``,
+``--shuffle``) and :func:`study_inputs` builds its config and :class:`~charbench.settings.RunSettings`::
 
-    @app.command()
-    def gemm_power(..., out: OutOpt = None, label: LabelOpt = "", meta: MetaOpt = None,
-                   device: DeviceOpt = "auto", seed: SeedOpt = 0, config: ConfigOpt = None,
-                   resume: ResumeOpt = None, continue_on_error: ContinueOpt = False, json_out: JsonOpt = False):
-        common = common_options(out, label, meta, device, seed, config, resume, continue_on_error, json_out)
+    charbench gemm-power --dtypes fp16 --cooldown 2 --config sweep.toml
+
+    @app.command("gemm-power")
+    @with_common_options
+    def gemm_power(ctx: typer.Context, dtypes: DtypesOpt = None, *, common: CommonOptions) -> None:
+        inputs = study_inputs(PRESETS, preset, common, changes, study="gemm-power", given=given_options(ctx))
+        run_and_emit(GemmPowerStudy(inputs.cfg), inputs)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import typer
 
 from charbench.config import CommonOptions, default_out_dir, parse_meta
 from charbench.errors import ConfigError
+from charbench.settings import RunSettings
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Results root (default ./charbench-runs or $CHARBENCH_HOME).")]
 LabelOpt = Annotated[str, typer.Option("--label", help="Run label, part of the run folder's name.")]
@@ -43,8 +48,8 @@ SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="Time limit of e
 SlurmGpusOpt = Annotated[int, typer.Option("--slurm-gpus", help="GPUs per SLURM job.")]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Send a unit again this often when its worker or node is lost.")]
 DetachOpt = Annotated[bool, typer.Option("--detach", metavar=FLAG, help="SLURM: submit the jobs and return; --resume RUN_DIR collects them.")]
-IdleOpt = Annotated[Optional[float], typer.Option("--idle-baseline", help="Seconds of idle power to measure before the sweep (0 = skip).")]
-CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Seconds to sleep between points.")]
+IdleOpt = Annotated[Optional[float], typer.Option("--idle-baseline", help="Seconds of idle power to measure before the sweep (0 = skip; default: the study's for the preset and device).")]
+CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Seconds to sleep between points (default: the study's for the preset and device).")]
 ShuffleOpt = Annotated[bool, typer.Option("--shuffle", metavar=FLAG, help="Run points in a seeded random order.")]
 
 
@@ -58,9 +63,15 @@ def common_options(
     resume: Path | None,
     continue_on_error: bool,
     json_out: bool,
+    *,
+    settings: dict[str, Any] | None = None,
     **dispatch: Any,
 ) -> CommonOptions:
     """Validate the shared options and build :class:`CommonOptions`.
+
+    ``settings`` holds the runner settings given as options (``idle_baseline_s``,
+    ``cooldown_s``, ``shuffle``; None values are left out), checked here by the typed
+    validation every config value gets, so ``--cooldown nan`` fails before anything runs.
 
     ``dispatch`` holds ``--executor`` and its options (``executor``, ``ray_address``,
     ``slurm_partition``, ``slurm_time_min``, ``slurm_gpus``, ``max_retries``, ``detach``);
@@ -68,8 +79,13 @@ def common_options(
     started on Ray can finish locally). Their ranges are declared on :class:`CommonOptions`.
 
     Raises:
-        ConfigError: a bad ``--meta``, a missing ``--config`` file or ``--resume`` folder, a bad executor option.
+        ConfigError: a bad ``--meta``, a missing ``--config`` file or ``--resume`` folder, a bad executor
+            option or runner setting.
     """
+    from charbench.config import apply_overrides
+
+    given_settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    apply_overrides(RunSettings(), given_settings, source=None)  # errors name the option (--cooldown)
     if config is not None and not config.is_file():
         raise ConfigError(f"--config: file not found: {config}")
     if resume is not None and not (resume / "run.json").is_file():
@@ -84,6 +100,7 @@ def common_options(
         resume=resume,
         continue_on_error=continue_on_error,
         json=json_out,
+        settings=given_settings,
         **dispatch,
     )
 
@@ -93,12 +110,15 @@ COMMON_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
     ("out", OutOpt, None), ("label", LabelOpt, ""), ("meta", MetaOpt, None), ("device", DeviceOpt, "auto"),
     ("seed", SeedOpt, 0), ("config", ConfigOpt, None), ("resume", ResumeOpt, None),
     ("continue_on_error", ContinueOpt, False), ("json_out", JsonOpt, False),
+    ("idle_baseline", IdleOpt, None), ("cooldown", CooldownOpt, None), ("shuffle", ShuffleOpt, False),
     ("executor", ExecutorOpt, "local"), ("ray_address", RayAddressOpt, None), ("slurm_partition", SlurmPartitionOpt, None),
     ("slurm_time", SlurmTimeOpt, 60), ("slurm_gpus", SlurmGpusOpt, 0), ("max_retries", MaxRetriesOpt, 1), ("detach", DetachOpt, False),
 )
 #: the dispatch parameters -> their CommonOptions field
 _DISPATCH = {"executor": "executor", "ray_address": "ray_address", "slurm_partition": "slurm_partition",
              "slurm_time": "slurm_time_min", "slurm_gpus": "slurm_gpus", "max_retries": "max_retries", "detach": "detach"}
+#: the runner-setting parameters -> their RunSettings field
+_SETTINGS = {"idle_baseline": "idle_baseline_s", "cooldown": "cooldown_s", "shuffle": "shuffle"}
 
 
 def with_common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -128,8 +148,10 @@ def with_common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name, _, _ in COMMON_PARAMETERS}
         dispatch = {field_name: given[param] for param, field_name in _DISPATCH.items()}
+        # a flag left off is not a given setting (the study's default or the saved run's applies)
+        settings = {name: given[param] for param, name in _SETTINGS.items() if given[param] is not None and given[param] is not False}
         kwargs["common"] = common_options(given["out"], given["label"], given["meta"], given["device"], given["seed"], given["config"],
-                                          given["resume"], given["continue_on_error"], given["json_out"], **dispatch)
+                                          given["resume"], given["continue_on_error"], given["json_out"], settings=settings, **dispatch)
         return command(*args, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra, return_annotation=hints.get("return", sig.return_annotation))  # type: ignore[attr-defined]
@@ -162,15 +184,42 @@ def emit_result(result: Any, json_out: bool) -> None:
 def preset_config(presets: dict[str, Any], preset: str, common: CommonOptions) -> Any:
     """The named preset with ``--config FILE.toml`` applied on top (options come after).
 
+    The file's ``[settings]`` table is the runner's (:func:`config_file_settings`), not the study's.
+
     Raises:
         ConfigError: an unknown preset, or a bad key or value in the TOML file.
     """
-    from charbench.config import apply_overrides, load_toml, select_preset
+    from charbench.config import apply_overrides, select_preset
 
     cfg = select_preset(presets, preset, option="--preset")
     if common.config_file is not None:
-        cfg = apply_overrides(cfg, load_toml(common.config_file), source=f"--config {common.config_file}")
+        study_keys, _ = _config_file(common)
+        cfg = apply_overrides(cfg, study_keys, source=f"--config {common.config_file}")
     return cfg
+
+
+def _config_file(common: CommonOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--config``'s (study keys, ``[settings]`` table); both empty without a file."""
+    from charbench.config import load_toml
+    from charbench.settings import split_settings_table
+
+    if common.config_file is None:
+        return {}, {}
+    return split_settings_table(load_toml(common.config_file), f"--config {common.config_file}")
+
+
+def config_file_settings(common: CommonOptions) -> dict[str, Any]:
+    """The ``[settings]`` table of ``--config FILE.toml``, checked like any setting ({} without a file).
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range (file and key named).
+    """
+    from charbench.config import apply_overrides
+    from charbench.settings import table_source
+
+    _, table = _config_file(common)
+    apply_overrides(RunSettings(), table, source=table_source(f"--config {common.config_file}"))
+    return table
 
 
 def given_options(ctx: Any) -> set[str]:
@@ -188,11 +237,16 @@ T = TypeVar("T")
 
 @dataclass
 class StudyInputs(Generic[T]):
-    """What a study command runs: its config, the common options and whether points are shuffled."""
+    """What a study command runs: its config, the common options and the runner settings."""
 
     cfg: T
     common: CommonOptions
-    shuffle: bool
+    settings: RunSettings
+
+    @property
+    def shuffle(self) -> bool:
+        """Whether the points run in a seeded random order (``settings.shuffle``)."""
+        return self.settings.shuffle
 
 
 def study_inputs(
@@ -203,30 +257,32 @@ def study_inputs(
     *,
     study: str,
     given: set[str] = frozenset(),  # type: ignore[assignment]
-    shuffle: bool = False,
     finish: Callable[[T, CommonOptions], T] | None = None,
     fill_preset: Callable[[T, dict[str, Any]], dict[str, Any]] | None = None,
     from_saved: Callable[[dict[str, Any]], T] | None = None,
 ) -> StudyInputs[T]:
-    """The config of a new run, or with ``--resume`` the run's saved one, checked against the options given.
+    """The config and runner settings of a new run, or with ``--resume`` the run's saved ones, checked against the options given.
 
     A new run: the preset, ``--config`` on top, ``fill_preset`` (defaults that depend on the
-    options), the options in ``changes``, then ``finish`` (device-dependent defaults).
+    options), the options in ``changes``, then ``finish`` (device-dependent defaults). Its
+    :class:`~charbench.settings.RunSettings`: the study's defaults for the preset and device
+    (:attr:`charbench.studies.StudySpec.settings`), ``[settings]`` of ``--config``, then
+    ``--idle-baseline``/``--cooldown``/``--shuffle`` (``common.settings``).
 
     ``--resume`` continues the saved sweep exactly: config.json must exist, and every option
-    given with it (``changes``, ``--config``, ``--preset``, ``--seed``, ``--device``,
-    ``--shuffle``) must agree with what the run was made with; options not given take the
-    saved values.
+    given with it (``changes``, ``--config`` and its ``[settings]``, ``--preset``, ``--seed``,
+    ``--device``, the runner settings) must agree with what the run was made with; options
+    not given take the saved values.
 
     Args:
         presets: the study's named configs.
         preset: the ``--preset`` value.
         common: the shared options (:func:`common_options`).
         changes: config field -> value, only for options given on the command line.
-        study: the study's command name (the resume folder must be one of its runs).
+        study: the study's command name (its :class:`~charbench.studies.StudySpec` gives the
+            default settings; the resume folder must be one of its runs).
         given: the parameter names given on the command line (:func:`given_options`); with
-            ``--resume``, ``preset``, ``seed``, ``device`` and ``shuffle`` are checked only when given.
-        shuffle: the ``--shuffle`` flag (a study whose config has ``shuffle`` may ignore it).
+            ``--resume``, ``preset``, ``seed`` and ``device`` are checked only when given.
         finish: applied last to a built config, given the common options (e.g. resolve per device).
         fill_preset: returns ``changes`` completed with defaults for a config built from a preset.
         from_saved: rebuilds a config from config.json's ``study_config`` (default: the first
@@ -238,8 +294,25 @@ def study_inputs(
     """
     if common.resume is None:
         cfg = _build(preset_config(presets, preset, common), changes, common, finish, fill_preset)
-        return StudyInputs(cfg, common, bool(getattr(cfg, "shuffle", shuffle)))
-    return _resume_inputs(presets, preset, common, changes, study, given, shuffle, finish, fill_preset, from_saved)
+        return StudyInputs(cfg, common, _new_settings(study, preset, common))
+    return _resume_inputs(presets, preset, common, changes, study, given, finish, fill_preset, from_saved)
+
+
+def _defaults_table(study: str) -> Any:
+    """The study's settings table (:attr:`StudySpec.settings`; {} for a study the registry does not know)."""
+    from charbench.studies import find_study
+
+    spec = find_study(study)
+    return spec.settings if spec is not None else {}
+
+
+def _new_settings(study: str, preset: str | None, common: CommonOptions) -> RunSettings:
+    """A new run's settings: the study's defaults for ``preset`` and the device, ``[settings]``, the options."""
+    from charbench.device import resolve_device
+    from charbench.settings import resolve_settings
+
+    return resolve_settings(_defaults_table(study), preset, resolve_device(common.device), config_file_settings(common), common.settings,
+                            source=f"--config {common.config_file}")
 
 
 def _build(base: T, changes: dict[str, Any], common: CommonOptions, finish: Callable[[T, CommonOptions], T] | None,
@@ -252,13 +325,14 @@ def _build(base: T, changes: dict[str, Any], common: CommonOptions, finish: Call
     return finish(cfg, common) if finish is not None else cfg
 
 
-def _resume_inputs(presets: dict[str, T], preset: str, common: CommonOptions, changes: dict[str, Any], study: str, given: set[str], shuffle: bool,
+def _resume_inputs(presets: dict[str, T], preset: str, common: CommonOptions, changes: dict[str, Any], study: str, given: set[str],
                    finish: Callable[[T, CommonOptions], T] | None, fill_preset: Callable[[T, dict[str, Any]], dict[str, Any]] | None,
                    from_saved: Callable[[dict[str, Any]], T] | None) -> StudyInputs[T]:
-    """:func:`study_inputs` for ``--resume``: the saved config, after checking the given options against it."""
-    from charbench.config import apply_overrides, load_toml, select_preset, to_jsonable
+    """:func:`study_inputs` for ``--resume``: the saved config and settings, after checking the given options against them."""
+    from charbench.config import apply_overrides, select_preset, to_jsonable
     from charbench.device import resolve_device
     from charbench.results import RunStore
+    from charbench.settings import settings_from_saved, study_defaults
     from charbench.study import differing_keys
 
     assert common.resume is not None
@@ -270,7 +344,6 @@ def _resume_inputs(presets: dict[str, T], preset: str, common: CommonOptions, ch
     else:
         saved = apply_overrides(select_preset(presets, next(iter(presets))), saved_dict, source=f"--resume {store.path}: config.json")
     saved_common = saved_all["common"] if isinstance(saved_all.get("common"), dict) else {}
-    saved_settings = saved_all["settings"] if isinstance(saved_all.get("settings"), dict) else {}
     conflicts: set[str] = set()
     adopted: dict[str, Any] = {}
     if "seed" not in given:
@@ -281,41 +354,37 @@ def _resume_inputs(presets: dict[str, T], preset: str, common: CommonOptions, ch
         adopted["device"] = str(saved_common.get("device", common.device))
     elif store.meta.get("device") not in (None, resolve_device(common.device)):
         conflicts.add("device")
-    saved_shuffle = bool(saved_settings.get("shuffle", getattr(saved, "shuffle", False)))
-    if "shuffle" in given and shuffle != saved_shuffle:
-        conflicts.add("shuffle")
     common = dataclasses.replace(common, **adopted)
+    # The saved settings; a folder that saved none (or not all) takes the study's defaults for them.
+    device = str(store.meta.get("device") or resolve_device(common.device))
+    saved_settings_dict = saved_all["settings"] if isinstance(saved_all.get("settings"), dict) else {}
+    settings = settings_from_saved({**study_defaults(_defaults_table(study), saved_dict.get("preset"), device), **saved_settings_dict},
+                                   f"--resume {store.path}: config.json [settings]")
     # What the given options would make, built on the saved config (or on the preset when one is given).
     if "preset" in given:
         candidate = _build(preset_config(presets, preset, common), changes, common, finish, fill_preset)
+        candidate_settings = _new_settings(study, preset, common)
     else:
         base = saved
-        if common.config_file is not None:
-            base = apply_overrides(base, load_toml(common.config_file), source=f"--config {common.config_file}")
+        study_keys, _ = _config_file(common)
+        if study_keys:
+            base = apply_overrides(base, study_keys, source=f"--config {common.config_file}")
         candidate = _build(base, changes, common, finish, None)
+        candidate_settings = apply_overrides(apply_overrides(settings, config_file_settings(common), source=None), common.settings, source=None)
     conflicts.update(differing_keys(to_jsonable(saved), to_jsonable(candidate)))
+    conflicts.update(differing_keys(to_jsonable(settings), to_jsonable(candidate_settings)))
     if conflicts:
         raise ConfigError(
             f"--resume {store.path}: the options given differ from the run's (in: {', '.join(sorted(conflicts))}); "
             f"drop them to continue with the saved ones (see {store.path / 'config.json'}), or start a new run without --resume"
         )
-    return StudyInputs(saved, common, saved_shuffle)
+    return StudyInputs(saved, common, settings)
 
 
-def run_and_emit(study: Any, cfg: Any, common: CommonOptions, shuffle: bool) -> None:
-    """Run ``study`` with the runner settings its config carries, then print the summary.
-
-    ``cfg`` needs ``idle_baseline_s``, ``cooldown_s`` (None = 0) and ``sample_interval_s``.
-    """
-    from charbench.study import RunSettings, run_study
-
-    settings = RunSettings(
-        idle_baseline_s=float(cfg.idle_baseline_s or 0.0),
-        cooldown_s=float(cfg.cooldown_s or 0.0),
-        shuffle=shuffle,
-        sample_interval_s=cfg.sample_interval_s,
-    )
+def run_and_emit(study: Any, inputs: StudyInputs[Any]) -> None:
+    """Run ``study`` with the inputs' common options and runner settings, then print the summary."""
     from charbench.executors import make_executor
+    from charbench.study import run_study
 
-    result = run_study(study, common, settings, argv=["charbench", *sys.argv[1:]], executor=make_executor(common))
-    emit_result(result, common.json)
+    result = run_study(study, inputs.common, inputs.settings, argv=["charbench", *sys.argv[1:]], executor=make_executor(inputs.common))
+    emit_result(result, inputs.common.json)

@@ -186,15 +186,20 @@ def validate_fields(obj: Any, source: str | None = None, names: typing.Iterable[
     Raises:
         ConfigError: the first value out of range, naming the option (or file and key).
     """
-    hints = typing.get_type_hints(type(obj))
+    _check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, source, names)
+
+
+def _check_values(cls: type, values: dict[str, Any], source: str | None, names: typing.Iterable[str] | None = None) -> None:
+    """:func:`validate_fields` on field values of the dataclass ``cls`` (before an instance exists)."""
+    hints = typing.get_type_hints(cls)
     wanted = set(names) if names is not None else None
-    for f in dataclasses.fields(obj):
-        if wanted is not None and f.name not in wanted:
+    for f in dataclasses.fields(cls):
+        if f.name not in values or (wanted is not None and f.name not in wanted):
             continue
         has_float, has_int = _numeric_kinds(hints[f.name])
         rule = f.metadata.get("range") or (FINITE if has_float else None)
         if rule is not None:
-            check_value(getattr(obj, f.name), rule, field_label(f, source), integer=has_int and not has_float)
+            check_value(values[f.name], rule, field_label(f, source), integer=has_int and not has_float)
 
 
 @dataclass
@@ -219,6 +224,10 @@ class CommonOptions:
         slurm_gpus: GPUs per SLURM job.
         max_retries: how often a unit whose worker or node was lost is sent again.
         detach: submit the SLURM jobs and return; ``--resume`` collects them.
+        settings: runner settings given as options (``--idle-baseline``, ``--cooldown``,
+            ``--shuffle``: :class:`charbench.settings.RunSettings` field -> value), checked
+            when the options are read; the run's resolved settings add the study's defaults
+            and ``[settings]`` of ``--config`` (:func:`charbench.cli_common.study_inputs`).
     """
 
     out: Path = field(default_factory=default_out_dir)
@@ -237,6 +246,7 @@ class CommonOptions:
     slurm_gpus: int = field(default=0, metadata=check("--slurm-gpus", ge=0, le=64))
     max_retries: int = field(default=1, metadata=check("--max-retries", ge=0, le=100))
     detach: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the executor options have declared ranges like every other numeric option
@@ -305,9 +315,10 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], source: str | None) -> T:
         if hint is Path or (isinstance(value, str) and Path in typing.get_args(hint)):
             value = Path(value)
         changes[k] = value
-    out = dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
-    validate_fields(out, source, names=changes)
-    return out
+    # checked before the new instance exists: a config that validates itself in __post_init__
+    # would otherwise name the option, not the file and key the value came from
+    _check_values(type(cfg), changes, source)
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
 def _origin_in(hint: Any, origin: type) -> bool:

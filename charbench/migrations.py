@@ -117,9 +117,58 @@ def _m002_metric_names(meta: Meta, run_dir: Path) -> Meta:
     return meta
 
 
+def move_settings_003(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json from before the spine owned the runner settings, as it is written today.
+
+    Each study's config used to carry ``idle_baseline_s``, ``cooldown_s``,
+    ``sample_interval_s`` (and serve-sweep ``shuffle``); they move from ``study_config`` to
+    ``settings``. A value ``settings`` already holds wins (the runner used it); a null one
+    (a default that was never resolved) is dropped.
+    """
+    from charbench.settings import SETTING_NAMES
+
+    study = config.get("study_config")
+    if not isinstance(study, dict) or not any(k in study for k in SETTING_NAMES):
+        return config
+    settings = dict(config["settings"]) if isinstance(config.get("settings"), dict) else {}
+    for k in SETTING_NAMES:
+        if k in study and study[k] is not None:
+            settings.setdefault(k, study[k])
+    return {**config, "study_config": {k: v for k, v in study.items() if k not in SETTING_NAMES}, "settings": settings}
+
+
+#: config.json reshapes by the name a migration lists them under in run.json ``config_reshapes``
+CONFIG_RESHAPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"003-runner-settings": move_settings_003}
+
+
+def _m003_runner_settings(meta: Meta, run_dir: Path) -> Meta:
+    """Runner settings left the study configs: config.json is reshaped when read.
+
+    config.json is not rewritten (it records how the run was made); ``config_reshapes`` in
+    run.json tells :meth:`charbench.results.RunStore.config` which reshapes apply.
+    """
+    meta["config_reshapes"] = [*meta.get("config_reshapes", []), "003-runner-settings"]
+    return meta
+
+
+def reshape_config(config: dict[str, Any], reshapes: list[str]) -> dict[str, Any]:
+    """Apply the run's ``config_reshapes`` to its config.json as read.
+
+    Raises:
+        RunStoreError: a reshape this charbench does not know.
+    """
+    unknown = [r for r in reshapes if r not in CONFIG_RESHAPES]
+    if unknown:
+        raise RunStoreError(f"run.json config_reshapes {', '.join(unknown)} unknown to this charbench; upgrade charbench")
+    for r in reshapes:
+        config = CONFIG_RESHAPES[r](config)
+    return config
+
+
 MIGRATIONS: list[Migration] = [
     (1, "add format_version, pid/host placeholders, tables", _m001_version_owner_tables),
     (2, "metric names follow one naming rule (renamed on read)", _m002_metric_names),
+    (3, "runner settings move from study_config to settings in config.json (reshaped on read)", _m003_runner_settings),
 ]
 
 #: the run.json format this charbench writes

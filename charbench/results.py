@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from charbench.errors import RunStoreError
-from charbench.migrations import FORMAT_VERSION, migrate, rename_columns
+from charbench.migrations import FORMAT_VERSION, migrate, rename_columns, reshape_config
 from charbench.parts import PARTS_SUFFIX, PartLog, frame_table, table_entry
 from charbench.runlock import owner_fields
 
@@ -274,7 +274,11 @@ class RunStore:
             RunStoreError: config.json is unreadable.
         """
         p = self.path / CONFIG_JSON
-        return read_run_json(p) if p.exists() else {}
+        return self._reshaped(read_run_json(p)) if p.exists() else {}
+
+    def _reshaped(self, config: dict[str, Any]) -> dict[str, Any]:
+        """config.json as this charbench writes it (an old folder's is reshaped on read, migration 3)."""
+        return reshape_config(config, list(self.meta.get("config_reshapes") or []))
 
     def env(self) -> dict[str, Any]:
         """The environment inventory recorded at the start ({} when env.json is missing).
@@ -297,7 +301,7 @@ class RunStore:
         p = self.path / CONFIG_JSON
         if not p.exists():
             raise RunStoreError(f"--resume {self.path}: {CONFIG_JSON} is missing; this is not a resumable run folder (start a new run without --resume)")
-        saved = read_run_json(p)
+        saved = self._reshaped(read_run_json(p))
         if not isinstance(saved.get("study_config"), dict):
             raise RunStoreError(f"--resume {self.path}: {CONFIG_JSON} has no study_config; this is not a resumable run folder (start a new run without --resume)")
         return saved

@@ -12,6 +12,7 @@ A study package declares a :class:`StudySpec` named ``STUDY`` in its ``__init__.
         gates=("energy_per_item_j", "p99_latency_ms"),
         report_hook="charbench.workloads.my_study.figures:report_sections",
         metrics=("energy_per_item_j", "p99_latency_ms"),
+        settings={"cuda": {"idle_baseline_s": 30.0, "cooldown_s": 1.0}, "paper/cuda": {"cooldown_s": 2.0}},
     )
 
 Built-in studies are the sub-packages of ``charbench.workloads`` that define ``STUDY``.
@@ -34,6 +35,7 @@ import importlib.metadata
 import pkgutil
 import sys
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 #: entry-point group third-party studies register under
 ENTRY_POINT_GROUP = "charbench.studies"
@@ -56,6 +58,11 @@ class StudySpec:
             CPU without RAPL), so a CI job on any machine can still fail.
         report_hook: ``module:function`` returning the study's report sections, or None.
         metrics: the metric columns the study's records add to the spine's window fields.
+        settings: the study's default runner settings (:class:`charbench.settings.RunSettings`
+            fields) by selector: ``"*"``, a device kind (``"cpu"``, ``"cuda"``), a preset
+            (``"paper"``) or both (``"paper/cuda"``), most specific applied last (see
+            :func:`charbench.settings.study_defaults`); ``[settings]`` in ``--config`` and the
+            options ``--idle-baseline``/``--cooldown``/``--shuffle`` override them.
     """
 
     command: str
@@ -65,6 +72,7 @@ class StudySpec:
     fallback_gates: tuple[str, ...] = ()
     report_hook: str | None = None
     metrics: tuple[str, ...] = field(default_factory=tuple)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.command or self.command.startswith("-") or any(c.isspace() for c in self.command):
@@ -77,6 +85,9 @@ class StudySpec:
                              "older spellings are renamed on read by a migration in charbench.migrations")
         if self.report_hook is not None and self.report_hook.count(":") != 1:
             raise ValueError(f"StudySpec.report_hook {self.report_hook!r}: give 'module:function'")
+        from charbench.settings import check_defaults_table
+
+        check_defaults_table(self.settings, f"StudySpec {self.command!r}")
 
     @property
     def gate_alternatives(self) -> tuple[tuple[str, ...], ...]:

@@ -47,8 +47,8 @@ def _old_folder(root: Path, **meta: Any) -> Path:
 def test_old_folder_opens_migrates_renders_and_resumes(tmp_path: Path) -> None:
     run = _old_folder(tmp_path)
     store = RunStore.open(run)
-    assert store.meta["format_version"] == FORMAT_VERSION == 2
-    assert store.meta["column_renames"] == ["002-metric-names"]
+    assert store.meta["format_version"] == FORMAT_VERSION == 3
+    assert store.meta["column_renames"] == ["002-metric-names"] and store.meta["config_reshapes"] == ["003-runner-settings"]
     assert store.meta["tables"] == {} and store.meta["pid"] is None and store.meta["host"] is None
     assert json.loads((run / "run.json").read_text()) == store.meta  # written back: the folder is writable
     assert store.completed_keys() == {"i=0"}
@@ -73,7 +73,8 @@ def test_hand_made_folder_gets_every_field_readers_use(tmp_path: Path) -> None:
     meta = RunStore.open(run).meta
     assert meta == {"study": "counter", "label": "", "run_id": "bare", "meta": {}, "status": None, "started": None, "finished": None,
                     "points_total": None, "points_done": None, "points_failed": None, "report_hook": None, "device": None,
-                    "pid": None, "host": None, "tables": {}, "column_renames": ["002-metric-names"], "format_version": 2}
+                    "pid": None, "host": None, "tables": {}, "column_renames": ["002-metric-names"],
+                    "config_reshapes": ["003-runner-settings"], "format_version": 3}
     from charbench.report import render_run
 
     assert render_run(run).read_text().startswith("<!DOCTYPE html>")  # no field missing in the template
@@ -88,7 +89,7 @@ def test_read_only_folder_is_migrated_in_memory_only(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(results, "atomic_write_json", read_only)
     store = RunStore.open(run)
-    assert store.meta["format_version"] == 2 and (run / "run.json").read_text() == before
+    assert store.meta["format_version"] == 3 and (run / "run.json").read_text() == before
 
 
 def test_current_folders_are_created_at_the_current_version_and_not_rewritten(tmp_path: Path) -> None:

@@ -25,4 +25,6 @@ STUDY = StudySpec(
         "quality_pct", "heldout_quality_pct", "mean_prefill_ms", "median_prefill_ms", "recomputed_layer_count", "recomputed_token_count",
         "e_cache_bytes", "reused_kv_bytes", "moved_bytes", "mean_context_tokens",
     ),
+    # a point (profiling a pair, timing a mode) lasts seconds: a sample every 0.5 s
+    settings={"*": {"sample_interval_s": 0.5}},
 )

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
+from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -57,9 +57,6 @@ def cache_reuse(
     max_context_tokens: CtxOpt = None,
     link_gbps: LinkOpt = None,
     dtype: DtypeOpt = None,
-    cooldown: CooldownOpt = None,
-    idle_baseline: IdleOpt = None,
-    shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
     *,
     common: CommonOptions,
@@ -79,15 +76,14 @@ def cache_reuse(
                "metric": metric, "prompt": prompt, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,
                "tolerance": tolerance, "timing_repeats": timing_repeats, "timing_count": timing_count, "timing_tokens": timing_tokens,
                "max_new_tokens": max_new_tokens, "max_context_tokens": max_context_tokens, "link_gbps": link_gbps,
-               "dtype": dtype, "cooldown_s": cooldown, "idle_baseline_s": idle_baseline}
+               "dtype": dtype}
     changes: dict[str, object] = {k: v for k, v in options.items() if v is not None}
     if retrain:
         changes["retrain"] = True
     if pairs is not None:
         changes["pairs"] = parse_csv_list(pairs, "--pairs", DEFAULT_PAIRS, allow_all=False)
-    inputs = study_inputs(PRESETS, preset, common, changes, study="cache-reuse", given=given_options(ctx), shuffle=shuffle,
-                          finish=_finish)
-    run_and_emit(CacheReuseStudy(inputs.cfg, resolve_device(inputs.common.device)), inputs.cfg, inputs.common, inputs.shuffle)
+    inputs = study_inputs(PRESETS, preset, common, changes, study="cache-reuse", given=given_options(ctx), finish=_finish)
+    run_and_emit(CacheReuseStudy(inputs.cfg, resolve_device(inputs.common.device)), inputs)
 
 
 def _finish(cfg, common: CommonOptions):  # type: ignore[no-untyped-def]

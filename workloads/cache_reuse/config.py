@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from charbench.config import MAX_WAIT_S, check, validate_fields
+from charbench.config import check, validate_fields
 from charbench.errors import ConfigError
 
 DEFAULT_PAIRS = ["all_blocks", "middle"]
@@ -49,7 +49,8 @@ class CacheReuseConfig:
         max_context_tokens: longer contexts are cut in the middle (LongBench's truncation).
         link_gbps: link bandwidth of the transfer timeline (the paper's nodes: 200 Gb/s InfiniBand).
         dtype: model dtype (fp32, bf16, fp16).
-        cooldown_s, idle_baseline_s, sample_interval_s: runner settings.
+
+    The runner settings (sampler every 0.5 s) are the spine's: ``STUDY.settings`` in ``__init__.py``.
     """
 
     preset: str = "quick"
@@ -73,9 +74,6 @@ class CacheReuseConfig:
     max_context_tokens: int = field(default=8192, metadata=check("--max-context-tokens", ge=8, le=10_000_000))
     link_gbps: float = field(default=200.0, metadata=check("--link-gbps", gt=0, le=1e6))
     dtype: str = "fp32"
-    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
-    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
-    sample_interval_s: float = field(default=0.5, metadata=check(ge=0, le=MAX_WAIT_S))
 
 
 PRESETS: dict[str, CacheReuseConfig] = {

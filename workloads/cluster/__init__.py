@@ -28,4 +28,6 @@ STUDY = StudySpec(
     report_hook="charbench.workloads.cluster.figures:report_sections",
     metrics=("energy_kwh", "carbon_kgco2e", "cost_usd", "p50_ttft_ms", "p99_ttft_ms", "p50_tbt_ms", "p99_tbt_ms",
              "slo_attainment_frac", "p50_power_w", "p99_power_w", "max_power_w", "reconfiguration_count", "reconfiguration_energy_kwh"),
+    # a simulator measures nothing: no sampler (the runner starts no meter, sampler or idle baseline for it either)
+    settings={"*": {"sample_interval_s": 0.0}},
 )

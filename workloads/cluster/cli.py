@@ -120,4 +120,4 @@ def cluster_sim(
     if trace is not None and trace.strip() != "synthetic" and duration is None:
         changes["duration_s"] = None  # a trace file: to its end unless --duration is given
     inputs = study_inputs(PRESETS, preset, common, changes, study="cluster-sim", given=given_options(ctx))
-    run_and_emit(ClusterSimStudy(inputs.cfg), inputs.cfg, inputs.common, inputs.shuffle)
+    run_and_emit(ClusterSimStudy(inputs.cfg), inputs)

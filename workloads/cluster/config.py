@@ -97,10 +97,6 @@ class ClusterSimConfig:
     gpu_usd_per_h: float | None = field(default=None, metadata=check("--gpu-price", ge=0))
     electricity_usd_per_kwh: float = field(default=0.10, metadata=check("--electricity-price", ge=0))
     policy_file: str | None = None
-    # runner settings (a simulator measures nothing)
-    idle_baseline_s: float = 0.0
-    cooldown_s: float = 0.0
-    sample_interval_s: float = 0.0
 
     def validate(self) -> None:
         """Raise ConfigError naming the option for a value the simulator cannot use."""

@@ -33,4 +33,6 @@ STUDY = StudySpec(
         "time_per_gemm_ms", "throughput_tflop_s", "energy_per_gemm_j", "energy_net_per_gemm_j",
         "energy_per_flop_pj", "energy_net_per_flop_pj", "power_estimated_w",
     ),
+    # on a GPU: 30 s of idle power for the net energy, and a cooldown between points (the paper's 2 s)
+    settings={"cuda": {"idle_baseline_s": 30.0, "cooldown_s": 1.0}, "paper/cuda": {"cooldown_s": 2.0}},
 )

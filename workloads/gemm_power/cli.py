@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from charbench.cli_common import CooldownOpt, IdleOpt, ShuffleOpt, given_options, run_and_emit, study_inputs, with_common_options
+from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 from charbench.errors import ConfigError
 
@@ -87,9 +87,6 @@ def gemm_power(
     seeds: SeedsOpt = None,
     repeats: RepeatsOpt = None,
     duration: DurationOpt = None,
-    cooldown: CooldownOpt = None,
-    idle_baseline: IdleOpt = None,
-    shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
     predict: PredictOpt = None,
     *,
@@ -123,16 +120,12 @@ def gemm_power(
         changes["repeats"] = repeats
     if duration is not None:
         changes["duration_s"] = duration
-    if cooldown is not None:
-        changes["cooldown_s"] = cooldown
-    if idle_baseline is not None:
-        changes["idle_baseline_s"] = idle_baseline
     if predict is not None:
         changes["predict"] = str(predict)
     # preset + --config + these options (type and range checked), or with --resume the run's saved config
-    inputs = study_inputs(PRESETS, preset, common, changes, study="gemm-power", given=given_options(ctx), shuffle=shuffle, finish=_finish)
+    inputs = study_inputs(PRESETS, preset, common, changes, study="gemm-power", given=given_options(ctx), finish=_finish)
     dev = resolve_device(inputs.common.device)
-    run_and_emit(GemmPowerStudy(inputs.cfg, dev), inputs.cfg, inputs.common, inputs.shuffle)
+    run_and_emit(GemmPowerStudy(inputs.cfg, dev), inputs)
 
 
 def _finish(cfg: GemmPowerConfig, common: CommonOptions) -> GemmPowerConfig:

@@ -37,11 +37,11 @@ class GemmPowerConfig:
         duration_s: minimum measured time per point; None = 5 s on a GPU, ``cpu_duration_s`` on a CPU.
         cpu_duration_s: the CPU default of ``duration_s``.
         warmup_s: un-measured warm-up before each point; None = 1 s on a GPU, 0.02 s on a CPU.
-        cooldown_s: sleep between points; None = 2 s on a GPU (paper), 1 s (quick), 0 on a CPU.
-        idle_baseline_s: idle power measured before the sweep; None = 30 s on a GPU, 0 on a CPU.
         check_correctness: check every (dtype, backend) against float64 before measuring.
         predict: calibration file: add ``power_estimated_w`` (labeled estimated) to every point.
-        sample_interval_s: background sampler period (power, clocks, temperature).
+
+    The runner settings (idle baseline 30 s and cooldown 1 s, paper 2 s, on a GPU; none on a
+    CPU) are the spine's: ``STUDY.settings`` in ``__init__.py``, ``[settings]`` in ``--config``.
     """
 
     preset: str = "quick"
@@ -55,11 +55,8 @@ class GemmPowerConfig:
     duration_s: float | None = field(default=None, metadata=check("--duration", gt=0, le=MAX_WAIT_S))
     cpu_duration_s: float = field(default=0.25, metadata=check(gt=0, le=MAX_WAIT_S))
     warmup_s: float | None = field(default=None, metadata=check(ge=0, le=MAX_WAIT_S))
-    cooldown_s: float | None = field(default=None, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
-    idle_baseline_s: float | None = field(default=None, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
     check_correctness: bool = True
     predict: str | None = None
-    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
 
 
 PRESETS: dict[str, GemmPowerConfig] = {
@@ -105,10 +102,6 @@ def resolve(cfg: GemmPowerConfig, device: str) -> GemmPowerConfig:
         changes["duration_s"] = 5.0 if gpu else cfg.cpu_duration_s
     if cfg.warmup_s is None:
         changes["warmup_s"] = 1.0 if gpu else 0.02
-    if cfg.cooldown_s is None:
-        changes["cooldown_s"] = (2.0 if preset == "paper" else 1.0) if gpu else 0.0
-    if cfg.idle_baseline_s is None:
-        changes["idle_baseline_s"] = 30.0 if gpu else 0.0
     out = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     validate(out)
     return out

@@ -107,6 +107,7 @@ def _summary_section(data: RunData) -> Section:
     df = data.results
     badge, why = power_provenance(df)
     cfg = data.config.get("study_config", {})
+    settings = data.config.get("settings", {})  # the runner's (cooldown); old folders' are moved here on read
     dev = str(df["device_name"].iloc[0]) if "device_name" in df.columns and len(df) else str(data.meta.get("device", "?"))
     size = cfg.get("size")
     pairs = sorted({f"{r['dtype']}/{r['backend']}" for _, r in df[["dtype", "backend"]].iterrows()}) if len(df) else []
@@ -116,7 +117,7 @@ def _summary_section(data: RunData) -> Section:
         f"<div>device</div><div>{escape(dev)}</div>",
         f"<div>GEMM size M,N,K</div><div>{escape(str(size))}</div>",
         f"<div>dtype / backend</div><div>{escape(', '.join(pairs) or 'none')}</div>",
-        f"<div>time per point</div><div>{escape(str(cfg.get('duration_s')))} s (warm-up {escape(str(cfg.get('warmup_s')))} s, cooldown {escape(str(cfg.get('cooldown_s')))} s)</div>",
+        f"<div>time per point</div><div>{escape(str(cfg.get('duration_s')))} s (warm-up {escape(str(cfg.get('warmup_s')))} s, cooldown {escape(str(settings.get('cooldown_s')))} s)</div>",
         f"<div>seeds x repeats</div><div>{escape(str(cfg.get('seeds')))} x {escape(str(cfg.get('repeats')))}</div>",
         f"<div>points</div><div>{len(df)} measured, {len(data.failures)} failed</div>",
         "</div>",

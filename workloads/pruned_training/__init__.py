@@ -25,4 +25,6 @@ STUDY = StudySpec(
         "inference_flop", "param_count", "channel_count", "removed_channel_count", "reconfig_time_s", "eval_time_s",
         "max_memory_bytes", "max_rss_bytes",
     ),
+    # an epoch lasts seconds to minutes: a sample every 0.5 s is enough for its power timeline
+    settings={"*": {"sample_interval_s": 0.5}},
 )

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
+from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -53,9 +53,6 @@ def prune_train(
     max_batch_size: MaxBatchOpt = None,
     amp: AmpOpt = None,
     limit_train: LimitOpt = None,
-    cooldown: CooldownOpt = None,
-    idle_baseline: IdleOpt = None,
-    shuffle: ShuffleOpt = False,
     preset: PresetOpt = "quick",
     *,
     common: CommonOptions,
@@ -72,13 +69,12 @@ def prune_train(
     options = {"model": model, "dataset": dataset, "data_dir": str(data_dir) if data_dir is not None else None, "image_size": image_size,
                "noise_sigma": noise_sigma, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                "penalty_ratio": penalty_ratio, "threshold": threshold, "reconfig_interval": reconfig_interval,
-               "dynamic_batch": dynamic_batch, "max_batch_size": max_batch_size, "amp": amp, "limit_train": limit_train,
-               "cooldown_s": cooldown, "idle_baseline_s": idle_baseline}
+               "dynamic_batch": dynamic_batch, "max_batch_size": max_batch_size, "amp": amp, "limit_train": limit_train}
     changes: dict[str, object] = {k: v for k, v in options.items() if v is not None}
     if runs is not None:
         changes["runs"] = parse_csv_list(runs, "--runs", RUNS, allow_all=False)
-    inputs = study_inputs(PRESETS, preset, common, changes, study="prune-train", given=given_options(ctx), shuffle=shuffle, finish=_finish)
-    run_and_emit(PruneTrainStudy(inputs.cfg, resolve_device(inputs.common.device)), inputs.cfg, inputs.common, inputs.shuffle)
+    inputs = study_inputs(PRESETS, preset, common, changes, study="prune-train", given=given_options(ctx), finish=_finish)
+    run_and_emit(PruneTrainStudy(inputs.cfg, resolve_device(inputs.common.device)), inputs)
 
 
 def _finish(cfg, common: CommonOptions):  # type: ignore[no-untyped-def]

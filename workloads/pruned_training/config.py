@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from charbench.config import MAX_WAIT_S, check, validate_fields
+from charbench.config import check, validate_fields
 from charbench.errors import ConfigError
 from charbench.workloads.pruned_training.data import DATASETS
 from charbench.workloads.pruned_training.models import MODEL_NAMES
@@ -59,7 +59,8 @@ class PruneTrainConfig:
         channels_last: channels-last memory format on CUDA.
         limit_train: use only the first N training samples of each epoch's order (tests).
         eval_batch_size: test-set batch size.
-        cooldown_s, idle_baseline_s, sample_interval_s: runner settings.
+
+    The runner settings (sampler every 0.5 s) are the spine's: ``STUDY.settings`` in ``__init__.py``.
     """
 
     preset: str = "quick"
@@ -85,9 +86,6 @@ class PruneTrainConfig:
     channels_last: bool = True
     limit_train: int | None = field(default=None, metadata=check("--limit-train", ge=1))
     eval_batch_size: int = field(default=512, metadata=check(ge=1, le=65_536))
-    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
-    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
-    sample_interval_s: float = field(default=0.5, metadata=check(ge=0, le=MAX_WAIT_S))
 
 
 PRESETS: dict[str, PruneTrainConfig] = {

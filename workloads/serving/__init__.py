@@ -39,4 +39,6 @@ STUDY = StudySpec(
         *(f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("median", "p90", "p99")),
         "energy_per_output_token_j", "energy_per_request_j", "steady_energy_per_output_token_j", "mean_steady_power_w",
     ),
+    # the presets' idle baselines (net energy per token) and the paper preset's cooldown between engine configurations
+    settings={"quick": {"idle_baseline_s": 1.0}, "greener-llms": {"idle_baseline_s": 10.0, "cooldown_s": 5.0}},
 )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from charbench.config import CommonOptions
-from charbench.cli_common import CooldownOpt, given_options, IdleOpt, run_and_emit, ShuffleOpt, study_inputs, with_common_options
+from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
 from charbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -181,9 +181,6 @@ def serve_sweep(
     force_output_len: ForceOpt = None,
     pareto_latency: ParetoOpt = None,
     export_profile: ProfileOpt = None,
-    cooldown: CooldownOpt = None,
-    idle_baseline: IdleOpt = None,
-    shuffle: ShuffleOpt = False,
     *,
     common: CommonOptions,
 ) -> None:
@@ -225,13 +222,11 @@ def serve_sweep(
                        ("kv_cache_gb", kv_cache_gb), ("max_model_len", max_model_len), ("slo_attainment", slo_attainment),
                        ("sweep_rates", sweep_rates), ("search_iters", search_iters), ("request_timeout_s", request_timeout),
                        ("max_duration_s", max_duration),
-                       ("force_output_len", force_output_len), ("cooldown_s", cooldown), ("idle_baseline_s", idle_baseline)):
+                       ("force_output_len", force_output_len)):
         if value is not None:
             changes[key] = value
     if no_rescale:
         changes["rescale_arrivals"] = False
-    if shuffle:
-        changes["shuffle"] = True
     if trace is not None:
         changes["trace_file"] = str(trace)
         changes.setdefault("arrival", "trace")
@@ -241,7 +236,7 @@ def serve_sweep(
         changes["export_profile"] = str(export_profile)
 
     # preset + --config + these options (type and range checked), or with --resume the run's saved config
-    inputs = study_inputs(PRESETS, preset, common, changes, study="serve-sweep", given=given_options(ctx), shuffle=shuffle,
+    inputs = study_inputs(PRESETS, preset, common, changes, study="serve-sweep", given=given_options(ctx),
                           fill_preset=_url_defaults, from_saved=ServeSweepConfig.from_dict)
     cfg, common = inputs.cfg, inputs.common
     if (cfg.sm_freq_mhz or cfg.power_limit_w or cfg.kv_cache_gb is not None) and common.resume is None:
@@ -252,7 +247,7 @@ def serve_sweep(
             raise ConfigError("--sm-freq/--power-limit need a GPU; run with --device cuda (or drop them)")
         if cfg.kv_cache_gb is not None and not cfg.is_url:  # before the engine allocates it
             check_fits_memory(cfg.kv_cache_gb, dev, "--kv-cache-gb")
-    run_and_emit(ServeSweepStudy(cfg), cfg, common, inputs.shuffle)
+    run_and_emit(ServeSweepStudy(cfg), inputs)
 
 
 def _url_defaults(cfg: ServeSweepConfig, changes: dict[str, Any]) -> dict[str, Any]:

@@ -93,7 +93,9 @@ class ServeSweepConfig:
         force_output_len: send ``ignore_eos``/``min_tokens`` to force output lengths.
         pareto_latency: latency axis of the energy-latency Pareto plot.
         export_profile: write the measured profile for ``charbench cluster-sim`` here.
-        idle_baseline_s, cooldown_s, sample_interval_s, shuffle: runner settings.
+
+    The runner settings (idle baseline, cooldown, sampler, shuffle) are the spine's: the
+    presets' defaults are ``STUDY.settings`` in ``__init__.py``, ``[settings]`` in ``--config``.
     """
 
     target: str = "engine"
@@ -146,10 +148,6 @@ class ServeSweepConfig:
     force_output_len: bool = True
     pareto_latency: str = "tpot"
     export_profile: str | None = None
-    idle_baseline_s: float = field(default=0.0, metadata=check("--idle-baseline", ge=0, le=MAX_WAIT_S))
-    cooldown_s: float = field(default=0.0, metadata=check("--cooldown", ge=0, le=MAX_WAIT_S))
-    sample_interval_s: float = field(default=0.1, metadata=check(ge=0, le=MAX_WAIT_S))
-    shuffle: bool = False
 
     # -- derived -----------------------------------------------------------------------
     @property
@@ -278,7 +276,6 @@ PRESETS: dict[str, ServeSweepConfig] = {
         warmup_requests=2,
         slo_ttft_ms=2000.0,
         slo_tpot_ms=250.0,
-        idle_baseline_s=1.0,
     ),
     "greener-llms": ServeSweepConfig(
         model=["llama-2-70b"],
@@ -294,7 +291,5 @@ PRESETS: dict[str, ServeSweepConfig] = {
         warmup_requests=4,
         slo_ttft_ms=2000.0,
         slo_tpot_ms=100.0,
-        idle_baseline_s=10.0,
-        cooldown_s=5.0,
     ),
 }

@@ -4,7 +4,7 @@
 
     from charbench.study import RunSettings, run_study
     study = ServeSweepStudy(cfg)
-    result = run_study(study, common, RunSettings(idle_baseline_s=cfg.idle_baseline_s))
+    result = run_study(study, common, RunSettings(idle_baseline_s=1.0))
 
 Per point: (re)start the built-in engine when a restart knob changed (``model``, ``tp``,
 ``dtype``, ``max_num_seqs``), lock the SM clock / set the power limit (restored at the

@@ -59,8 +59,6 @@ def test_presets_validate() -> None:
         ({"max_model_len": 1}, r"^--max-model-len must be an integer >= 2 \(got 1\)$"),
         ({"max_num_batched_tokens": 0}, r"^--max-num-batched-tokens must be an integer >= 1 \(got 0\)$"),
         ({"max_num_seqs": [4, 64], "max_num_batched_tokens": 32}, "must be >= every --max-num-seqs value \\(largest 64\\)"),
-        ({"idle_baseline_s": -1.0}, r"^--idle-baseline must be a finite number >= 0 and <= 86400 \(got -1.0\)$"),
-        ({"cooldown_s": -2.0}, r"^--cooldown must be a finite number >= 0 and <= 86400 \(got -2.0\)$"),
         ({"trace_duration_s": 0.0}, r"^--trace-duration must be a finite number > 0 \(got 0.0\)$"),
         ({"export_profile": f"{__file__}/x/profile.json"}, "--export-profile .*/x/profile.json: cannot write there .* is not a writable folder"),
         ({"export_profile": "/"}, "--export-profile /: is a folder"),
