@@ -28,6 +28,8 @@ KNOB_COLUMNS: tuple[str, ...] = (
     "model", "tp", "dtype", "max_num_seqs", "sm_freq_mhz", "power_limit_w", "input_len", "output_len",
     "request_rate_rps", "concurrency",
 )
+#: knobs that set the offered load (one curve per configuration runs over them)
+LOAD_KNOBS: tuple[str, ...] = ("request_rate_rps", "concurrency")
 LAT = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
 MAX_CDF_TRACES = 16
 PALETTE: tuple[str, ...] = SERIES  # the palette every study shares (charbench.pages)
@@ -69,22 +71,39 @@ def _reason(recs: list[dict[str, Any]], field: str) -> str:
 
 
 def _varying(recs: list[dict[str, Any]]) -> list[str]:
+    """Knobs (the names in the points' keys, as the record schema defines them) that take more than one value."""
+    from charbench.record import point_key_names
+
+    names = list(dict.fromkeys(n for r in recs for n in point_key_names(r.get("point_key") or "")))
+    if not names:  # records without point keys (hand-made data): the usual knobs
+        names = list(KNOB_COLUMNS)
+    order = {k: i for i, k in enumerate(KNOB_COLUMNS)}  # the usual reading order first, then the rest as keyed
+    names.sort(key=lambda k: order.get(k, len(order)))
     out = []
-    for k in KNOB_COLUMNS:
+    for k in names:
         vals = {json.dumps(r.get(k), default=str) for r in recs if k in r}
         if len(vals) > 1:
             out.append(k)
     return out
 
 
+def _rate_text(rate: Any) -> str:
+    """A request rate as the pages show it: ``inf`` is the max-throughput load (every request at once)."""
+    if _is_max_rate(rate):
+        return "max throughput"
+    return f"{rate:g} req/s" if _isnum(rate) else str(rate)
+
+
 def _config_label(r: dict[str, Any], knobs: list[str]) -> str:
-    parts = [f"{k}={r.get(k)}" for k in knobs if k not in ("request_rate_rps", "concurrency") and r.get(k) is not None]
+    parts = [f"{k}={r.get(k)}" for k in knobs if k not in LOAD_KNOBS and r.get(k) is not None]
     return ", ".join(parts) or "all points"
 
 
 def _load_label(r: dict[str, Any], knobs: list[str]) -> str:
     cfg = _config_label(r, knobs)
     load = r.get("offered_load") or r.get("mode_step") or ""
+    if _is_max_rate(r.get("request_rate_rps")):
+        load = f"{_rate_text(r.get('request_rate_rps'))} ({load})" if load else _rate_text(r.get("request_rate_rps"))
     step = r.get("mode_step")
     if step and step not in ("grid",):
         load = f"{step}: {load}"
@@ -172,7 +191,11 @@ def cdf_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
     for i, (_, t) in enumerate(LAT):
         fig.update_xaxes(title_text=f"{t} (ms)", type="log", row=i // 2 + 1, col=i % 2 + 1)
         fig.update_yaxes(title_text="fraction of requests" if t != "ITL" else "fraction of gaps", range=[0, 1], row=i // 2 + 1, col=i % 2 + 1)
-    note = "Client-side times of successful requests (vLLM definitions)."
+    note = ("Client-side times of successful requests (vLLM definitions). ITL gaps near 0 (about 0.001 ms, the left tail) are "
+            "tokens flushed together, not 0.001 ms decode steps: the engine produced them while the client's event loop was "
+            "busy, so the client took them back to back (in process: queued engine outputs read one after the other, or one "
+            "output holding several tokens, which share a timestamp; over HTTP: several server-sent events in one read). The "
+            "server-side ITL in 'Client vs server timing' is per token as the engine produced it.")
     if len(recs) > shown + missing:
         note += f" Showing the first {shown} loads of {len(recs)}."
     return Section("Latency CDFs", figure_html(fig, height=720), note=note, anchor="latency-cdf")
@@ -195,15 +218,39 @@ def throughput_latency_section(recs: list[dict[str, Any]]) -> Section:
         color = PALETTE[g % len(PALETTE)]
         rs = sorted(rs, key=lambda r: r["output_throughput_tok_s"])
         x = [r["output_throughput_tok_s"] for r in rs]
-        hover = [str(r.get("offered_load")) for r in rs]
+        loads = [_short_load(r) for r in rs]
         for col, m in ((1, "ttft"), (2, "tpot")):
             for stat, dash in (("median", "solid"), ("p99", "dot")):
                 y = [r.get(f"{stat}_{m}_ms") for r in rs]
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label} {stat}", legendgroup=label, text=hover,
+                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers+text" if stat == "median" else "lines+markers",
+                                         name=f"{label} {stat}" if label != "all points" else stat, legendgroup=label,
+                                         text=loads, textposition="top center", textfont={"size": 10, "color": color}, cliponaxis=False,
+                                         hovertemplate="%{text}<br>%{x:.4g} tok/s<br>" + f"{stat} {m.upper()} " + "%{y:.4g} ms<extra></extra>",
                                          line={"dash": dash, "color": color}, marker={"color": color}, showlegend=(col == 1)), row=1, col=col)
     fig.update_xaxes(title_text="output throughput (tok/s)")
-    fig.update_yaxes(title_text="ms", type="log")
-    return Section("Throughput vs latency", figure_html(fig, height=460), note="Solid: median; dotted: p99. Each marker is one load (hover for the offered load).", anchor="throughput-latency")
+    fig.update_yaxes(title_text="TTFT (ms)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="TPOT (ms)", type="log", row=1, col=2)
+    return Section("Throughput vs latency", figure_html(fig, height=460),
+                   note="Solid: median; dotted: p99. Each marker is one load, labeled with its offered load; a line joins one "
+                        "configuration's loads in order of the throughput they reached, so it runs left to right.", anchor="throughput-latency")
+
+
+def _short_load(r: dict[str, Any]) -> str:
+    """A marker's label: the offered load of one point (``4 req/s``, ``max throughput``, ``c=8``)."""
+    if "request_rate_rps" in r and r.get("request_rate_rps") is not None:
+        return _rate_text(r.get("request_rate_rps"))
+    return str(r.get("offered_load") or r.get("mode_step") or "")
+
+
+_AXIS_TITLES = {"max_num_seqs": "max_num_seqs (sequences)", "request_rate_rps": "request rate (req/s)",
+                "output_throughput_tok_s": "output throughput reached (tok/s)", "concurrency": "concurrency (requests)",
+                "sm_freq_mhz": "SM clock (MHz)", "power_limit_w": "power limit (W)", "input_len": "input length (tokens)",
+                "output_len": "output length (tokens)", "tp": "tensor parallel (GPUs)"}
+
+
+def _axis_title(knob: str) -> str:
+    """An axis title with its unit for a knob or metric column."""
+    return _AXIS_TITLES.get(knob, knob)
 
 
 def _is_max_rate(rate: Any) -> bool:
@@ -216,7 +263,8 @@ def energy_knob_section(recs: list[dict[str, Any]]) -> Section:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    knobs = [k for k in _varying(recs)]
+    swept = _varying(recs)
+    knobs = list(swept)  # the x axes: knobs, plus the throughput reached (a metric) where a rate axis cannot hold the loads
     # an all-at-once rate (inf) has no place on a rate axis: plot against the throughput reached
     if any(_is_max_rate(r.get("request_rate_rps")) for r in recs) or any(r.get("mode_step") not in (None, "grid") for r in recs):
         knobs = [k for k in knobs if k != "request_rate_rps"] + ["output_throughput_tok_s"]
@@ -230,7 +278,7 @@ def energy_knob_section(recs: list[dict[str, Any]]) -> Section:
         return Section("Energy per output token vs each knob",
                        _note(f"Energy was not measured in this run, so J/output token is null (steady window: {why}; whole load: {why2}). "
                              "Run on a machine with readable NVML energy counters (GPU) or RAPL (CPU); `charbench env` lists the usable meters. "
-                             f"Knobs swept: {', '.join(knobs)}."), anchor="energy-knobs")
+                             f"Knobs swept: {', '.join(swept) or 'none'}."), anchor="energy-knobs")
     fig = make_subplots(rows=len(knobs), cols=1, subplot_titles=[f"J/output token vs {k}" for k in knobs])
     loads = list(dict.fromkeys(str(r.get("offered_load")) for r, _, _ in have))
     other = _varying(recs)
@@ -245,8 +293,8 @@ def energy_knob_section(recs: list[dict[str, Any]]) -> Section:
                                          marker={"symbol": sym, "size": 9, "color": color}, name=f"{load} ({basis})",
                                          legendgroup=f"{load}-{basis}", showlegend=(i == 1),
                                          text=[_config_label(r, other) for r, _ in sel]), row=i, col=1)
-        fig.update_xaxes(title_text=k, row=i, col=1)
-        fig.update_yaxes(title_text="J / output token", row=i, col=1)
+        fig.update_xaxes(title_text=_axis_title(k), row=i, col=1)
+        fig.update_yaxes(title_text="energy per output token (J)", row=i, col=1)
     return Section("Energy per output token vs each knob", figure_html(fig, height=320 * len(knobs)),
                    note="Colour: offered load. Filled circles: steady-state window (ML.ENERGY style); open diamonds: whole load (the steady window did not form). Hover for the configuration.", anchor="energy-knobs")
 
@@ -295,7 +343,7 @@ def pareto_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
         fig.add_trace(go.Scatter(x=[float(slo), float(slo)], y=[min(ys), max(ys)], mode="lines", name=f"SLO {metric.upper()} {slo:g} ms",
                                  line={"dash": "dash", "color": "red"}))
     fig.update_xaxes(title_text=f"{pct} {metric.upper()} (ms)", type="log")
-    fig.update_yaxes(title_text="J / output token")
+    fig.update_yaxes(title_text="energy per output token (J)")
     return Section(title, figure_html(fig, height=480),
                    note=f"Lower-left is better. The latency axis is the {pct} (matching the {att:g} attainment target); loads left of the red line meet the {metric.upper()} SLO at that percentile.",
                    anchor="pareto")
@@ -328,6 +376,8 @@ def timeline_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
         a, b = r.get("steady_t0_s"), r.get("steady_t1_s")
         if _isnum(a) and _isnum(b):
             fig.add_vrect(x0=a - t0, x1=b - t0, fillcolor="#2ca02c", opacity=0.15, line_width=0)
+    for i, (title, _) in enumerate(rows, start=1):
+        fig.update_yaxes(title_text=title, row=i, col=1)
     fig.update_xaxes(title_text="time since first sample (s)", row=len(rows), col=1)
     return Section("Power and clock timelines", figure_html(fig, height=280 * len(rows)),
                    note="Blue bands: measured loads; green bands: their steady-state windows. Sampled values for context; energies come from counters.", anchor="serving-timeline")
