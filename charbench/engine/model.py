@@ -197,6 +197,13 @@ def _llama(name: str, **kw: Any) -> ModelConfig:
     return ModelConfig(name=name, **kw)
 
 
+#: RoPE of the long-context presets: 10,485,760 positions (Llama-3 base, llama3 scaling x1280)
+_LONG_ROPE: dict[str, Any] = {
+    "max_position_embeddings": 8192 * 1280, "rope_theta": 500000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 1280.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+}
+
 # Presets carry random weights; their tokenizer is the byte tokenizer (BOS 256, EOS 257),
 # so bos/eos ids are the byte tokenizer's, not the original checkpoints'.
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
@@ -238,6 +245,18 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
         "qwen2-7b", vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
         num_kv_heads=4, intermediate_size=18944, max_position_embeddings=32768,
         rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True, architecture="qwen2"),
+    # Long-context shapes (random weights): Llama-3 RoPE scaled as Mnemosyne scales Llama-3 to
+    # 10M tokens -- llama3 scaling of an 8K-trained base by 1280 (8192 x 1280 = 10,485,760
+    # positions). ``nano-long`` is small enough for a 32K-token prefill on a shared 2-core CPU.
+    "tiny-long": lambda: _llama(
+        "tiny-long", vocab_size=258, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,
+        intermediate_size=688, tie_word_embeddings=True, **_LONG_ROPE),
+    "small-long": lambda: _llama(
+        "small-long", vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12,
+        num_kv_heads=4, intermediate_size=2048, tie_word_embeddings=True, **_LONG_ROPE),
+    "nano-long": lambda: _llama(
+        "nano-long", vocab_size=258, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+        intermediate_size=172, tie_word_embeddings=True, **_LONG_ROPE),
 }
 """Named model shapes (random weights). ``tiny`` is the CPU default."""
 
