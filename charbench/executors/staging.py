@@ -187,17 +187,30 @@ class StagingStore:
         if rows:
             self._ops.append(("append_samples", ([{**r, "node": self.node.name} for r in rows],)))
 
-    def write_table(self, name: str, frame: Any) -> None:
-        """Keep a whole named table (as Arrow, which pickles without pandas' object overhead)."""
-        from charbench.parts import frame_table
+    def write_table(self, name: str, frame: Any) -> Path:
+        """Keep a whole named table (as Arrow, which pickles without pandas' object overhead).
 
+        Returns where the driver writes it (``<run>/tables/<name>.parquet``), as RunStore does:
+        studies record that path in their records.
+
+        Raises:
+            ValueError: a bad table name (refused here, on the worker, as the driver would).
+        """
+        from charbench.parts import frame_table
+        from charbench.results import TABLES_DIR, check_table_name
+
+        check_table_name(name)
         self._ops.append(("write_table", (name, frame_table(frame))))
+        return Path(self.path) / TABLES_DIR / f"{name}.parquet"
 
-    def append_table(self, name: str, frame: Any) -> None:
-        """Keep rows for a named table."""
+    def append_table(self, name: str, frame: Any) -> Path:
+        """Keep rows for a named table; returns the table's file after the run closes (its parts are numbered by the driver)."""
         from charbench.parts import frame_table
+        from charbench.results import TABLES_DIR, check_table_name
 
+        check_table_name(name)
         self._ops.append(("append_table", (name, frame_table(frame))))
+        return Path(self.path) / TABLES_DIR / f"{name}.parquet"
 
     def record_failure(self, point_key: str, exc: BaseException, params: dict[str, Any] | None = None) -> None:
         """Keep a point's failure (type, message, traceback as text)."""

@@ -1,8 +1,14 @@
-"""--executor ray on a local two-node Ray cluster on loopback: the local points, per-node records, one resource per group."""
+"""--executor ray on a local two-node Ray cluster on loopback (one cluster for the module): the local points, per-node
+records and report, one resource (a serve-sweep engine) per group, a lost node, a killed driver, Ctrl-C, resume locally."""
 
 from __future__ import annotations
 
+import _thread
+import json
+import math
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ import pytest
 os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
 ray = pytest.importorskip("ray")  # the [ray] extra; the test extra installs it
 
-from executor_toy import ToyStudy  # noqa: E402
+from executor_toy import EngineFactory, ToyStudy, kill_driver_after  # noqa: E402
 
 from charbench.config import CommonOptions  # noqa: E402
 from charbench.executors.base import LocalExecutor  # noqa: E402
@@ -19,6 +25,18 @@ from charbench.results import RunStore  # noqa: E402
 from charbench.study import RunSettings, run_study  # noqa: E402
 
 SETTINGS = RunSettings(sample_interval_s=0)
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ray_common(tmp_path: Path, **kw) -> CommonOptions:
+    return CommonOptions(out=tmp_path / "runs", device="cpu", executor="ray", **kw)
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout_s} s"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +62,12 @@ def test_ray_gives_the_local_points_on_two_nodes(tmp_path: Path, cluster) -> Non
     assert [(r["point_key"], r["y"]) for r in a] == [(r["point_key"], r["y"]) for r in b]
     assert remote.status == "completed" and remote.points_done == 6
     assert len({r["node"] for r in b}) == 2  # both worker nodes ran points, and each record names its node
+    nodes = json.loads((remote.run_dir / "nodes.json").read_text())
+    assert sorted(nodes) == sorted({r["node"] for r in b}) and all(n["env"]["python"] for n in nodes.values())
+    assert all(r["point_started_at"] < r["point_ended_at"] for r in b)
+    html = remote.report.read_text()
+    assert "Which node ran which point" in html and "By node" in html
+    assert all(name in html for name in nodes)  # one row per node in the Nodes table
 
 
 def test_ray_acquires_each_group_once(tmp_path: Path, cluster) -> None:
@@ -67,3 +91,93 @@ def test_ray_lost_worker_is_retried(tmp_path: Path, cluster) -> None:
                     executor=RayExecutor(max_retries=1))
     rows = sorted(RunStore.open(res.run_dir).records(), key=lambda r: r["x"])
     assert [r["x"] for r in rows] == [0, 1, 2, 3] and res.points_failed == 0
+
+
+def test_serve_sweep_builds_its_engine_once_per_group_on_its_node(tmp_path: Path, cluster) -> None:
+    from charbench.workloads.serving.config import ServeSweepConfig
+    from charbench.workloads.serving.run import ServeSweepStudy
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cfg = ServeSweepConfig(request_rate_rps=[math.inf, 40.0], max_num_seqs=[2, 4], input_len=[8], output_len=[6], num_requests=8,
+                           warmup_requests=1, slo_ttft_ms=200.0, slo_tpot_ms=50.0)
+    res = run_study(ServeSweepStudy(cfg, target_factory=EngineFactory(str(marks))), _ray_common(tmp_path), SETTINGS, executor=RayExecutor())
+    assert res.status == "completed" and res.points_done == 4
+    builds = sorted(marks.glob("engine-*"))
+    assert sorted(p.name.split("-")[1] for p in builds) == ["2", "4"]  # one engine per max_num_seqs group, not one per point
+    rows = RunStore.open(res.run_dir).records()
+    for mns in (2, 4):
+        [build] = [p for p in builds if p.name.split("-")[1] == str(mns)]
+        ran_on = {r["node"] for r in rows if r["max_num_seqs"] == mns}
+        assert len(ran_on) == 1 and next(iter(ran_on)).endswith(build.read_text()[:8])  # the group's points ran where its engine was built
+    assert {r["completed_count"] for r in rows} == {8}
+
+
+def test_killed_node_loses_no_finished_point_and_its_unfinished_one_is_retried(tmp_path: Path, cluster, capsys) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    killed: list[str] = []
+
+    def kill_the_node_running_x1() -> None:
+        _wait_for(lambda: (marks / "running-1").exists(), 60, "point x=1 starting")
+        node_id = (marks / "running-1").read_text().split()[0]
+        [node] = [n for n in cluster.worker_nodes if n.node_id == node_id]
+        killed.append(node_id)
+        cluster.remove_node(node, allow_graceful=False)
+
+    killer = threading.Thread(target=kill_the_node_running_x1, daemon=True)
+    killer.start()
+    try:
+        res = run_study(ToyStudy(4, marks=str(marks), group_by=("pair",), hang_at=(1,)), _ray_common(tmp_path), SETTINGS,
+                        executor=RayExecutor(max_retries=1))
+    finally:
+        killer.join(timeout=60)
+        cluster.add_node(num_cpus=1, object_store_memory=100 << 20)  # two nodes again for the other tests
+    assert killed and res.status == "completed" and res.points_failed == 0
+    rows = sorted(RunStore.open(res.run_dir).records(), key=lambda r: r["x"])
+    assert [r["x"] for r in rows] == [0, 1, 2, 3]  # none lost, none doubled
+    # x=0 finished on the killed node and was streamed back before the kill: kept, not measured again
+    assert rows[0]["node"].endswith(killed[0][:8]) and not rows[1]["node"].endswith(killed[0][:8])
+    err = capsys.readouterr().err
+    assert f"worker lost on vm/{killed[0][:8]}" in err.replace(os.uname().nodename, "vm") and "retrying 1 point(s) (attempt 2 of 2)" in err
+
+
+def test_driver_killed_mid_sweep_then_resume_completes_with_nothing_lost_or_doubled(tmp_path: Path, cluster) -> None:
+    out = tmp_path / "runs"
+    run_dir = kill_driver_after(["ray", str(out), "6", "0.6", cluster.address], out, done_at_least=2)
+    before = RunStore.open(run_dir).completed_keys()
+    assert 2 <= len(before) < 6
+    res = run_study(ToyStudy(6, work_s=0.6), _ray_common(tmp_path, resume=run_dir), SETTINGS, executor=RayExecutor())
+    assert res.status == "completed" and res.points_done == 6
+    rows = RunStore.open(run_dir).records()
+    assert sorted(r["x"] for r in rows) == [0, 1, 2, 3, 4, 5]
+
+
+def test_ctrl_c_cancels_remote_work_restores_clocks_on_every_node_and_the_run_finishes_locally(tmp_path: Path, cluster) -> None:
+    import socket
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def ctrl_c_when_both_nodes_hang() -> None:
+        _wait_for(lambda: len(list(marks.glob("running-*"))) == 2, 60, "two points hanging")
+        _thread.interrupt_main()  # what Ctrl-C does to the driver
+
+    threading.Thread(target=ctrl_c_when_both_nodes_hang, daemon=True).start()
+    study = ToyStudy(6, marks=str(marks), hang_at=(2, 3), fake_control=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, _ray_common(tmp_path), SETTINGS, executor=RayExecutor())
+    hanging = {p.read_text().split()[0] for p in marks.glob("running-*")}
+    assert len(hanging) == 2  # one point hung on each node
+    # the cancelled units restored their node's clocks before the driver returned
+    assert hanging <= {p.read_text() for p in marks.glob("restored-*")}
+    [run_dir] = list((tmp_path / "runs" / "toy").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    done_on_ray = RunStore.open(run_dir).completed_keys()
+    assert done_on_ray == {"pair=0,x=0", "pair=0,x=1"}
+    # --resume with another executor: the points Ray finished are kept, the rest run here
+    res = run_study(ToyStudy(6), CommonOptions(out=tmp_path / "runs", device="cpu", resume=run_dir), SETTINGS, executor=LocalExecutor())
+    assert res.status == "completed" and res.points_done == 6 and res.points_failed == 0
+    rows = sorted(RunStore.open(run_dir).records(), key=lambda r: r["x"])
+    assert [r["x"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert all("/" in r["node"] for r in rows[:2]) and {r["node"] for r in rows[2:]} == {socket.gethostname()}
