@@ -13,6 +13,7 @@ module only lays it out with the shared page blocks of :mod:`charbench.pages`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from charbench.compare import (
 )
 from charbench.compare.text import fmt_value
 from charbench.errors import ConfigError
-from charbench.pages import PALETTE, Section, figure_html, html_escape, relative_link, render_page, table_html
+from charbench.pages import PALETTE, Section, display_unit, figure_html, html_escape, metric_label, relative_link, render_page, table_html
 from charbench.results import atomic_write_text
 
 _e = html_escape
@@ -83,21 +84,62 @@ VERDICT_COLORS: dict[str, str] = {
 }
 
 
+#: verdicts in the order a reader wants them: what got worse first
+VERDICT_RANK: dict[str, int] = {"regression": 0, "changed": 1, "improvement": 2, "noise": 3, "unchanged": 4, "missing": 5}
+#: most bars one per-point chart shows (the worst; every point is in the Points table)
+MAX_BARS = 20
+
+_LABEL_PAIR = re.compile(r"(?:^|, )([A-Za-z_][A-Za-z0-9_.\-]*)=")
+
+
+def _label_pairs(label: str) -> list[tuple[str, str]]:
+    found = list(_LABEL_PAIR.finditer(label))
+    return [(m.group(1), label[m.end(): found[i + 1].start() if i + 1 < len(found) else len(label)]) for i, m in enumerate(found)]
+
+
+def short_point_labels(labels: list[str]) -> dict[str, str]:
+    """Each point label (``k=v, k=v``) cut to the knobs that differ between the points (all of them for one point)."""
+    pairs = {lab: _label_pairs(lab) for lab in labels}
+    values: dict[str, set[str]] = {}
+    for ps in pairs.values():
+        for k, v in ps:
+            values.setdefault(k, set()).add(v)
+    vary = {k for k, vs in values.items() if len(vs) > 1}
+    return {lab: (" ".join(f"{k}={v}" for k, v in ps if k in vary) or lab) for lab, ps in pairs.items()}
+
+
+def badness(d: Any, direction: str) -> float:
+    """How much worse the candidate is at one point (% of the baseline; negative: better), by the metric's direction."""
+    if d.delta_pct is None:
+        return float("-inf")
+    return d.delta_pct if direction == LOWER else -d.delta_pct if direction == HIGHER else abs(d.delta_pct)
+
+
+def _moved(cmp: Comparison) -> dict[str, int]:
+    return {s.metric: s.counts["regression"] + s.counts["improvement"] + s.counts["changed"] for s in cmp.summaries}
+
+
 def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
     import plotly.graph_objects as go
 
-    moved = {s.metric: s.counts["regression"] + s.counts["improvement"] + s.counts["changed"] for s in cmp.summaries}
-    # without gates: metrics with a direction first, the most changed first
-    chosen = [m for m in cmp.metrics if m.gated] or sorted(cmp.metrics, key=lambda m: (m.direction == NEUTRAL, -moved.get(m.name, 0), m.name))
+    moved = _moved(cmp)
+    total = len(cmp.matched)
+    # gated metrics first, then the most moved; a metric no point moved gets a sentence, not an empty chart
+    ordered = sorted(cmp.metrics, key=lambda m: (not m.gated, m.direction == NEUTRAL, -moved.get(m.name, 0), m.name))
+    charted = [m for m in ordered if moved.get(m.name, 0) > 0][:max_metrics]
+    still = [m.name for m in ordered if moved.get(m.name, 0) == 0 and any(d.metric == m.name and d.delta_pct is not None for d in cmp.deltas)]
+    empty = [m.name for m in ordered if not any(d.metric == m.name and d.delta_pct is not None for d in cmp.deltas)]
     parts = []
-    for spec in chosen[:max_metrics]:
+    if not charted:
+        parts.append(f'<p>No metric moved beyond the {cmp.threshold_pct:g}% threshold at any of the {total} matched point(s).</p>')
+    short = short_point_labels(list(cmp.matched))
+    for spec in charted:
         ds = [d for d in cmp.deltas if d.metric == spec.name and d.delta_pct is not None]
-        if not ds:
-            parts.append(f'<p class="muted">{_e(spec.name)}: no point with values in both runs.</p>')
-            continue
+        ds.sort(key=lambda d: (-badness(d, spec.direction), d.point))  # worst first
+        shown = ds[:MAX_BARS]
         fig = go.Figure()
         for verdict in VERDICTS:
-            sel = [d for d in ds if d.verdict == verdict]
+            sel = [d for d in shown if d.verdict == verdict]
             # Points without a noise band (fewer than two samples a side) get no error bar at
             # all: a zero-length bar would claim a measured band of 0.
             for banded in (True, False):
@@ -105,35 +147,49 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
                 if not part:
                     continue
                 fig.add_trace(go.Bar(
-                    x=[d.point for d in part], y=[d.delta_pct for d in part], name=verdict, marker_color=VERDICT_COLORS[verdict],
+                    x=[short.get(d.point, d.point) for d in part], y=[d.delta_pct for d in part], name=verdict, marker_color=VERDICT_COLORS[verdict],
                     legendgroup=verdict, showlegend=banded or not any(d.noise_band_pct is not None for d in sel),
                     error_y=dict(type="data", array=[d.noise_band_pct for d in part], visible=True) if banded else None,
-                    customdata=[[fmt_value(d.mean_b), fmt_value(d.mean_c), "-" if d.noise_band_pct is None else f"±{d.noise_band_pct:.2f}%"] for d in part],
-                    hovertemplate="%{x}<br>delta %{y:.2f}%<br>baseline %{customdata[0]} → candidate %{customdata[1]}<br>noise band %{customdata[2]}<extra>" + verdict + "</extra>",
+                    text=[f"{d.delta_pct:+.1f}%" for d in part], textposition="outside", cliponaxis=False,
+                    customdata=[[d.point, fmt_value(d.mean_b), fmt_value(d.mean_c), "-" if d.noise_band_pct is None else f"±{d.noise_band_pct:.2f}%"] for d in part],
+                    hovertemplate="%{customdata[0]}<br>delta %{y:.2f}%<br>baseline %{customdata[1]} → candidate %{customdata[2]}<br>noise band %{customdata[3]}<extra>" + verdict + "</extra>",
                 ))
         for y in (cmp.threshold_pct, -cmp.threshold_pct):
             fig.add_hline(y=y, line_dash="dot", line_color=PALETTE["neutral"])
         better = "lower" if spec.direction == LOWER else "higher" if spec.direction == HIGHER else "neutral"
-        fig.update_layout(title=f"{spec.name}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
-                          yaxis_title="delta (%)", xaxis_title="point", barmode="overlay", xaxis_type="category")
-        fig.update_xaxes(categoryorder="array", categoryarray=[d.point for d in ds])  # run order, not trace order
-        if len(ds) > 12 or max(len(d.point) for d in ds) > 30:
-            # long knob lists would take the whole plot as tick labels: hover shows them instead
-            fig.update_xaxes(showticklabels=False, title_text=f"{len(ds)} points, in run order (hover a bar for its knobs)")
-        parts.append(figure_html(fig, height=380))
+        which = (f"the {len(shown)} worst of {total} matched points, worst first" if len(ds) > len(shown)
+                 else f"all {len(ds)} of {total} matched points with values in both runs, worst first" if len(ds) < total
+                 else f"all {total} matched points, worst first")
+        fig.update_layout(title=f"{metric_label(spec.name)}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
+                          yaxis_title="candidate vs baseline (%)", xaxis_title=which, barmode="overlay", xaxis_type="category")
+        fig.update_xaxes(categoryorder="array", categoryarray=[short.get(d.point, d.point) for d in shown], tickangle=-30, automargin=True)
+        parts.append(figure_html(fig, height=460))
+    if still:
+        parts.append(f'<p class="muted">Unchanged within the {cmp.threshold_pct:g}% threshold (or within noise) at every matched point, so not charted: '
+                     f'{_e(", ".join(still))}.</p>')
+    if empty:
+        parts.append(f'<p class="muted">No point has a value in both runs (not measured): {_e(", ".join(empty))}.</p>')
     return "\n".join(parts)
 
 
 def _points_table(cmp: Comparison, gated_only: bool) -> str:
     import pandas as pd
 
-    rows = [
-        {"metric": d.metric, "point": d.point, "n_b": d.n_b, "n_c": d.n_c, "baseline": d.mean_b, "candidate": d.mean_c,
-         "delta": d.delta, "delta_pct": d.delta_pct, "noise_band_pct": d.noise_band_pct, "verdict": d.verdict}
-        for d in cmp.deltas if d.gated or not gated_only
-    ]
-    if not rows:
+    direction = {m.name: m.direction for m in cmp.metrics}
+    ds = [d for d in cmp.deltas if d.gated or not gated_only]
+    # worst regressions first: gated metrics, then by verdict, then by how much worse
+    ds.sort(key=lambda d: (not d.gated, VERDICT_RANK.get(d.verdict, 9), -badness(d, direction.get(d.metric, NEUTRAL)), d.metric, d.point))
+    if not ds:
         return '<p class="muted">No rows.</p>'
+    units: dict[str, tuple[str, float]] = {}
+    for m in {d.metric for d in ds}:
+        units[m] = display_unit(m, [v for d in ds if d.metric == m for v in (d.mean_b, d.mean_c)])
+    rows = []
+    for d in ds:
+        unit, scale = units[d.metric]
+        rows.append({"metric": d.metric, "verdict": d.verdict, "delta_pct": d.delta_pct, "point": d.point, "unit": unit,
+                     "baseline": None if d.mean_b is None else d.mean_b * scale, "candidate": None if d.mean_c is None else d.mean_c * scale,
+                     "noise_band_pct": d.noise_band_pct, "n_b": d.n_b, "n_c": d.n_c})
     return table_html(pd.DataFrame(rows), max_rows=2000)
 
 
@@ -159,20 +215,43 @@ def _differences(cmp: Comparison) -> str:
         fb[f"env.{k}"] = json.dumps(eb.get(k), default=str, sort_keys=True)
         fc[f"env.{k}"] = json.dumps(ec.get(k), default=str, sort_keys=True)
     keys = sorted(k for k in set(fb) | set(fc) if fb.get(k) != fc.get(k) and not k.startswith(skip))
+    loaded = _load_text(cmp)
     if not keys:
-        return '<p class="muted">Same configuration and environment.</p>'
+        if loaded:  # the same settings, but not the same conditions: a loaded machine is part of the environment
+            return f'<p>Same configuration, software and host. <b>Not the same conditions</b>: {_e(loaded)}</p>'
+        return '<p class="muted">Same configuration and environment (and neither machine was busy).</p>'
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(fb.get(k, '(absent)'))}</td><td>{_e(fc.get(k, '(absent)'))}</td></tr>" for k in keys[:300])
-    return f'<div class="table-wrap"><table><thead><tr><th>key</th><th>baseline</th><th>candidate</th></tr></thead><tbody>{rows}</tbody></table></div>'
+    table = f'<div class="table-wrap"><table><thead><tr><th>key</th><th>baseline</th><th>candidate</th></tr></thead><tbody>{rows}</tbody></table></div>'
+    return (f"<p><b>Machine load</b>: {_e(loaded)}</p>" if loaded else "") + table
+
+
+def _load_text(cmp: Comparison) -> str:
+    """What the machine's load was in each run when one of them ran busy ('' when both were quiet)."""
+    from charbench.noise import busy_summary
+
+    parts = []
+    for role, pts in (("baseline", cmp.baseline), ("candidate", cmp.candidate)):
+        try:
+            busy = busy_summary(pts.store.results_frame(), pts.store.env())
+        except Exception:  # noqa: BLE001 - an unreadable folder was reported elsewhere; no load claim either way
+            busy = None
+        if busy is not None:
+            where = f"{busy['busy_points']} of {busy['points']} point(s)" if busy["points"] else "at its start"
+            peak = "?" if busy["max_load1"] is None else f"{busy['max_load1']:.2f}"
+            parts.append(f"the {role} ran on a busy machine ({where}; load up to {peak} on {busy['cores']} CPUs)")
+    if not parts:
+        return ""
+    return "; ".join(parts) + ". Differences within the noise of a busy machine are not the code's doing."
 
 
 def comparison_sections(cmp: Comparison, out: Path, prefix: str = "") -> list[Section]:
     """The sections of a comparison page (runs, verdict, aggregates, figures, points, differences)."""
     sections = [_runs_section(cmp, out), _verdict_section(cmp), _aggregate_section(cmp)]
-    sections.append(Section("Per-point deltas", _delta_figures(cmp), note="Bars: candidate minus baseline in % of the baseline mean; error bars: the noise band (none where a run has fewer than two samples of the point); dotted lines: the threshold.", anchor="figures"))
+    sections.append(Section("Per-point deltas", _delta_figures(cmp), note="Bars: candidate minus baseline in % of the baseline mean, labeled, worst first; error bars: the noise band (none where a run has fewer than two samples of the point); dotted lines: the threshold. Points are named by the knobs that differ between them.", anchor="figures"))
     table = _points_table(cmp, gated_only=True) if cmp.gated else ""
     all_rows = _points_table(cmp, gated_only=False)
     html = (table + f"<details><summary>all metrics ({len(cmp.deltas)} rows)</summary>{all_rows}</details>") if cmp.gated else all_rows
-    sections.append(Section("Points", html, anchor="points"))
+    sections.append(Section("Points", html, note="Worst first: gated metrics, then regressions, changes, improvements, noise; within each, the largest change for the worse first. Values in the unit shown.", anchor="points"))
     if cmp.only_baseline or cmp.only_candidate:
         items = "".join(f"<li>baseline only: {_e(p)}</li>" for p in cmp.only_baseline[:200]) + "".join(f"<li>candidate only: {_e(p)}</li>" for p in cmp.only_candidate[:200])
         sections.append(Section("Unmatched points", f"<ul>{items}</ul>", anchor="unmatched"))

@@ -9,11 +9,11 @@
 
 The page has one row per run (study, date, label, run id, git sha, host, GPU, device,
 status, points done/failed, link to the run's report) and, per study, trend charts of
-its headline metrics over time: each marker is one run, its value the median over the
-run's points of that metric (runs that did not complete are drawn as open markers).
-Headline metrics are the study's gated metrics (declared in its ``StudySpec``, see :mod:`charbench.compare.gates`),
-else ``energy_j``/``mean_power_w``, else the first few unit-suffixed metrics (those with a
-better direction, such as times and throughputs, before clocks and fractions). Links are
+its headline metrics over runs: one line per series (the values of the knobs in
+:data:`SERIES_KNOBS`: model, dtype, backend, tp), each marker one run, its value the median
+over that series' points (runs that did not complete are drawn as open markers). Headline
+metrics matter and vary (:func:`headline_metrics`): the study's gates (or fallback gates) and
+declared metrics whose values spread over the runs, never a fixed duration. Links are
 relative, so the folder can be published as it is (CI artifact, static site); the page
 is self-contained otherwise (plotly.js embedded).
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,32 @@ from charbench.runlock import run_status
 MAX_TREND_METRICS = 4
 
 
+#: knobs whose values define separate series in a trend (a median over fp32 and bf16 points means neither)
+SERIES_KNOBS: tuple[str, ...] = ("model", "dtype", "backend", "tp")
+#: a metric is trended only if its values spread by more than this fraction of their median over the study's runs
+VARY_FRAC = 0.01
+#: the spine's own window length (seconds a point's measured window lasted): a setting's echo, not a result
+WINDOW_LENGTH_METRICS = frozenset({"time_s", "steady_time_s"})
+
+
 @dataclass
 class RunSummary:
-    """What the index shows of one run."""
+    """What the index shows of one run.
+
+    Attributes:
+        medians: metric -> median over all the run's points.
+        series: series label (``dtype=fp32 backend=torch``; ``all points`` without series knobs) ->
+            metric -> (median over the series' points, number of points).
+        ranges: metric -> (min, max) over the run's points.
+    """
 
     store: RunStore
     facts: dict[str, str]
     medians: dict[str, float]
     metrics: list[str]
     started: _dt.datetime | None
+    series: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _parse_time(text: Any) -> _dt.datetime | None:
@@ -101,16 +118,44 @@ def _summary(store: RunStore, rows: list[dict[str, Any]] | None) -> RunSummary:
     knobs = knob_names(rows)
     metrics = metric_columns(rows, set(knobs)) if rows else []
     medians: dict[str, float] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    series_knobs = [k for k in SERIES_KNOBS if k in knobs]
+    by_series: dict[str, list[dict[str, Any]]] = {}
+    for r in rows or []:
+        label = " ".join(f"{k}={r.get(k)}" for k in series_knobs) or "all points"
+        by_series.setdefault(label, []).append(r)
+    series: dict[str, dict[str, tuple[float, int]]] = {}
     for m in metrics:
-        vals = [float(r[m]) for r in rows if is_number(r.get(m)) and float(r[m]) == float(r[m])]
+        vals = _finite(rows, m)
         if vals:
             medians[m] = statistics.median(vals)
-    return RunSummary(store, facts, medians, metrics, _parse_time(store.meta.get("started")))
+            ranges[m] = (min(vals), max(vals))
+        for label, rs in by_series.items():
+            v = _finite(rs, m)
+            if v:
+                series.setdefault(label, {})[m] = (statistics.median(v), len(v))
+    return RunSummary(store, facts, medians, metrics, _parse_time(store.meta.get("started")), series, ranges)
+
+
+def _finite(rows: list[dict[str, Any]], metric: str) -> list[float]:
+    from charbench.compare.columns import is_finite_number
+
+    return [float(r[metric]) for r in rows if is_finite_number(r.get(metric))]
 
 
 def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
-    """Metrics charted for a study: its gates, else energy/power, else the first few present."""
+    """Metrics charted for a study: those that matter and that vary.
+
+    Matter: the study's gates (its fallback gates where the gates were not measured), then the
+    other metrics it declares (``StudySpec.metrics``); a study that declares none: every metric
+    with a better direction (costs and throughputs before neutral columns), except the spine's
+    window length (``time_s``: the fixed duration a point was run for). Vary: the values over
+    the runs' points spread by more than :data:`VARY_FRAC` of their median (a constant line says
+    nothing; its value is in the run's report).
+    """
     from charbench.compare import NEUTRAL, default_gates, metric_direction
+    from charbench.compare.gates import study_fallback_gates
+    from charbench.studies import find_study
 
     available: dict[str, None] = {}
     for r in runs:
@@ -118,9 +163,25 @@ def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
             if m in r.medians:
                 available.setdefault(m, None)
     chosen = default_gates(study, available)
-    if not chosen:  # costs and throughputs before neutral columns (clocks, fractions)
-        chosen = sorted(available, key=lambda m: metric_direction(m) == NEUTRAL)
-    return chosen[:MAX_TREND_METRICS]
+    if not chosen:
+        chosen = [m for m in study_fallback_gates(study) if m in available]
+    spec = find_study(study)
+    declared = [m for m in (spec.metrics if spec is not None else ()) if m in available]
+    chosen += [m for m in declared if m not in chosen]
+    if not chosen and not declared:
+        chosen = sorted((m for m in available if m not in WINDOW_LENGTH_METRICS and metric_direction(m) is not None),
+                        key=lambda m: metric_direction(m) == NEUTRAL)
+    return [m for m in chosen if _varies(m, runs)][:MAX_TREND_METRICS]
+
+
+def _varies(metric: str, runs: list[RunSummary]) -> bool:
+    lows = [r.ranges[metric][0] for r in runs if metric in r.ranges]
+    highs = [r.ranges[metric][1] for r in runs if metric in r.ranges]
+    mids = [r.medians[metric] for r in runs if metric in r.medians]
+    if not lows:
+        return False
+    scale = abs(statistics.median(mids)) or max(abs(min(lows)), abs(max(highs)))
+    return (max(highs) - min(lows)) > VARY_FRAC * scale if scale else max(highs) != min(lows)
 
 
 def _status_badge(status: str, failed: str) -> str:
@@ -152,33 +213,58 @@ def _runs_table(runs: list[RunSummary], out: Path) -> str:
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
+def _run_labels(runs: list[RunSummary]) -> list[str]:
+    """One x-axis label per run (``12-04 21:38 base``), unique, in run order: a run is a category, not an instant."""
+    out: list[str] = []
+    for r in runs:
+        when = r.started.strftime("%m-%d %H:%M") if r.started else r.facts["started"][:16]
+        label = f"{when} {r.facts['label'] or r.facts['run'][-6:]}".strip()
+        if label in out:
+            label = f"{label} ({r.facts['run']})"
+        out.append(label)
+    return out
+
+
 def _trend_figure(study: str, runs: list[RunSummary]) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from charbench.pages import figure_html, html_escape as _e
+    from charbench.pages import display_unit, figure_html, html_escape as _e, metric_label
 
     metrics = headline_metrics(study, runs)
-    if not metrics:
+    if not any(r.medians for r in runs):
         return '<p class="muted">No run of this study has a unit-suffixed metric to chart.</p>'
+    if not metrics:
+        return ('<p class="muted">No metric of this study varies over its runs (or none is measured), so there is no trend to '
+                "chart; each run's values are in its report.</p>")
     ordered = sorted(runs, key=lambda r: (r.facts["started"], r.facts["run"]))
-    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=[f"{m} (median over points)" for m in metrics])
+    xs = _run_labels(ordered)
+    units = {m: display_unit(m, [v for r in ordered if m in r.ranges for v in r.ranges[m]]) for m in metrics}
+    titles = [f"{metric_label(m, [v for r in ordered if m in r.ranges for v in r.ranges[m]])}: median per series" for m in metrics]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.12 if len(metrics) > 1 else 0.0)
+    labels = list(dict.fromkeys(lab for r in ordered for lab in r.series))
     for i, m in enumerate(metrics, start=1):
-        pts = [r for r in ordered if m in r.medians]
-        if not pts:
-            continue
-        fig.add_trace(go.Scatter(
-            x=[r.started.isoformat() if r.started else r.facts["started"] for r in pts],
-            y=[r.medians[m] for r in pts],
-            mode="lines+markers", name=m,
-            marker=dict(symbol=["circle" if r.facts["status"] == "completed" else "circle-open" for r in pts], size=9),
-            text=[f"{r.facts['run']} {r.facts['label']} ({r.facts['status']})" for r in pts],
-            hovertemplate="%{text}<br>%{x}<br>" + m + " %{y:.4g}<extra></extra>",
-        ), row=i, col=1)
-        fig.update_yaxes(title_text=m, row=i, col=1)
-    fig.update_xaxes(title_text="run start", row=len(metrics), col=1)
-    fig.update_layout(showlegend=False)
-    return f'<p class="muted">Metrics: {_e(", ".join(metrics))}. Open markers: runs that did not complete.</p>' + figure_html(fig, height=230 * len(metrics) + 80)
+        unit, scale = units[m]
+        for lab in labels:
+            pts = [(x, r) for x, r in zip(xs, ordered) if m in r.series.get(lab, {})]
+            if not pts:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[x for x, _ in pts], y=[r.series[lab][m][0] * scale for _, r in pts],
+                mode="lines+markers", name=lab, legendgroup=lab, showlegend=i == 1,
+                marker=dict(symbol=["circle" if r.facts["status"] == "completed" else "circle-open" for _, r in pts], size=9),
+                customdata=[[f"{r.facts['run']} ({r.facts['status']})", r.series[lab][m][1]] for _, r in pts],
+                hovertemplate=f"{_e(lab)}<br>%{{customdata[0]}}<br>median over %{{customdata[1]}} points: %{{y:.4g}} {unit}<extra></extra>",
+            ), row=i, col=1)
+        fig.update_yaxes(title_text=unit or m, row=i, col=1)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs)
+    fig.update_xaxes(title_text="run (start time and label)", row=len(metrics), col=1)
+    fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.12 if len(metrics) > 1 else -0.3))
+    n_series = len(labels)
+    return (f'<p class="muted">Metrics: {_e(", ".join(metrics))} (those that matter and vary over the runs). One line per series '
+            f'({_e(", ".join(labels)) if n_series <= 6 else f"{n_series} series"}); each marker is one run, the median over '
+            "that series' points. Open markers: runs that did not complete.</p>"
+            + figure_html(fig, height=260 * len(metrics) + 160))
 
 
 def render_history(history_dir: Path, out: Path | None = None) -> Path:

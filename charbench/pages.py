@@ -105,6 +105,66 @@ def figure_height(fig: Any) -> int:
     return max(MIN_FIGURE_PX, FRAME_PX + ROW_PX * rows)
 
 
+#: how a unit of the naming rule (:data:`charbench.record.UNITS`) reads on a page
+UNIT_TEXT: dict[str, str] = {
+    "s": "s", "ms": "ms", "us": "µs", "j": "J", "pj": "pJ", "w": "W", "mhz": "MHz", "c": "°C", "pct": "%", "frac": "fraction",
+    "rps": "req/s", "tok_s": "tok/s", "tok_j": "tok/J", "count": "count", "tokens": "tokens", "bits": "bits", "flop": "FLOP",
+    "flop_s": "FLOP/s", "tflop_s": "TFLOP/s", "bytes": "bytes", "mib": "MiB", "h": "h", "wh": "Wh", "kwh": "kWh",
+    "kgco2e": "kg CO2e", "usd": "USD",
+}
+#: (unit, smaller unit, factor): shown in the smaller unit when every value is below 1 of the unit
+#: (a CPU's 0.005 TFLOP/s reads 5 GFLOP/s on every page: run, compare and history alike)
+_SMALLER: dict[str, tuple[str, float]] = {"tflop_s": ("GFLOP/s", 1e3), "j": ("mJ", 1e3), "s": ("ms", 1e3)}
+
+
+def display_unit(metric: str, values: Any = ()) -> tuple[str, float]:
+    """(unit text, scale) a page shows ``metric`` in: the unit its name ends in, or a smaller one for small values.
+
+    Every page (run report, comparison, history) labels a metric through this function, so one
+    quantity reads in one unit everywhere: ``throughput_tflop_s`` of a CPU run is GFLOP/s in the
+    gemm-power figures, the comparison's tables and the history's trends.
+
+    Args:
+        metric: a metric name (``[statistic_]quantity_unit``).
+        values: the values to be shown (decides whether the smaller unit applies).
+    """
+    from charbench.record import MetricNameError, parse_metric
+
+    try:
+        _, _, unit = parse_metric(metric)
+    except MetricNameError:
+        return "", 1.0
+    finite = [abs(float(v)) for v in values if v is not None and isinstance(v, (int, float)) and float(v) == float(v) and abs(float(v)) != float("inf")]
+    if unit in _SMALLER and finite and max(finite) < 1.0:
+        text, scale = _SMALLER[unit]
+        return text, scale
+    return UNIT_TEXT.get(unit, unit), 1.0
+
+
+def metric_label(metric: str, values: Any = ()) -> str:
+    """A metric as an axis or column title with its unit: ``p99_ttft_ms`` -> ``p99 ttft (ms)``."""
+    from charbench.record import MetricNameError, parse_metric
+
+    try:
+        statistic, quantity, _ = parse_metric(metric)
+    except MetricNameError:
+        return metric
+    unit, _ = display_unit(metric, values)
+    words = " ".join(p for p in (statistic, quantity.replace("_", " ")) if p)
+    return f"{words} ({unit})" if unit else words
+
+
+def fmt_number(v: Any) -> str:
+    """The one number format of the pages: 4 significant digits, no thousands separator (``1148``, ``0.003142``)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "null"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, float) and abs(v) == float("inf"):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.4g}"
+
+
 @dataclass
 class Section:
     """One block of a report: a title, trusted HTML (figures, tables) and a note."""

@@ -78,7 +78,8 @@ def test_history_index_of_several_studies(tmp_path: Path) -> None:
     for study in ("gemm-power", "serve-sweep", "cluster-sim"):
         assert f"{study}: trends" in html
     assert "Metrics: energy_per_gemm_j, mean_power_w" in html
-    assert "Metrics: p99_ttft_ms, p99_tpot_ms, energy_per_output_token_j" in html
+    # p99_tpot_ms and energy per token are the same in every run and point: no trend of a constant
+    assert "Metrics: p99_ttft_ms (those that matter and vary over the runs)" in html
     assert "No run of this study has a unit-suffixed metric" in html
     assert html.count('class="plot"') == 2
     # status and failures shown
@@ -104,10 +105,14 @@ def test_trend_values_are_medians_per_run(tmp_path: Path) -> None:
     html = render_history(root).read_text()
     figs = re.findall(r"var f=(\{.*?\});Plotly", html)
     traces = [t for f in figs for t in json.loads(f)["data"]]
-    assert sorted(t["name"] for t in traces) == ["energy_per_gemm_j", "energy_per_output_token_j", "mean_power_w", "p99_tpot_ms", "p99_ttft_ms"]
-    energy = next(t for t in traces if t["name"] == "energy_per_gemm_j")
-    assert len(energy["y"]) == 4
-    assert energy["marker"]["symbol"] == ["circle", "circle", "circle", "circle-open"]
+    # one line per series (dtype), per metric; serve-sweep's fake runs have no series knob
+    assert sorted((t["name"], t.get("yaxis", "y")) for t in traces) == [
+        ("all points", "y"), ("dtype=fp16", "y"), ("dtype=fp16", "y2"), ("dtype=fp32", "y"), ("dtype=fp32", "y2")]
+    energy = next(t for t in traces if t["name"] == "dtype=fp32" and t.get("yaxis", "y") == "y")
+    assert energy["y"] == pytest.approx([1.5, 1.65, 1.35])  # the median of the fp32 points (sizes 256, 512 -> 1, 2) x scale
+    assert energy["x"] == ["01-01 09:00 g1", "01-02 09:00 g2", "01-03 09:00 g3"]  # runs as categories, labeled
+    fp16 = next(t for t in traces if t["name"] == "dtype=fp16" and t.get("yaxis", "y") == "y")
+    assert len(fp16["y"]) == 4 and fp16["marker"]["symbol"] == ["circle", "circle", "circle", "circle-open"]
 
 
 def test_cli_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,12 +132,19 @@ def test_cli_history_errors_and_empty(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "No run folders" in html
 
 
-def test_headline_fallback_prefers_costs_over_neutral_columns(tmp_path: Path) -> None:
+def test_headline_metrics_matter_and_vary(tmp_path: Path) -> None:
+    """The study's declared metrics that vary; never the fixed window length (time_s) or an undeclared column."""
     root = tmp_path / "runs"
-    make_run(root, "gemm-power", expand({"n": [1, 2]}), lambda p: {"energy_j": None, "hamming_frac": 0.5, "sm_clock_mhz": 1400.0,
-                                                                   "time_s": 0.1, "throughput_tflop_s": 3.0}, now=dt.datetime(2026, 1, 1))
+    make_run(root, "gemm-power", expand({"n": [1, 2]}), lambda p: {"energy_j": None, "hamming_frac": 0.5 * p["n"], "sm_clock_mhz": 1400.0,
+                                                                   "time_s": 0.1 * p["n"], "loop_s": 0.25, "time_per_gemm_ms": 2.0 * p["n"],
+                                                                   "throughput_tflop_s": 3.0}, now=dt.datetime(2026, 1, 1))
     runs = [summarize_run(r) for r in map(RunStore.open, root.glob("gemm-power/*"))]
-    assert headline_metrics("gemm-power", runs) == ["time_s", "throughput_tflop_s", "hamming_frac", "sm_clock_mhz"]
+    assert headline_metrics("gemm-power", runs) == ["time_per_gemm_ms"]  # throughput is constant: no trend
+    # a study that declares no metrics: costs and throughputs that vary, but not the window length
+    make_run(root, "my-plugin", expand({"n": [1, 2]}), lambda p: {"time_s": 0.1 * p["n"], "latency_ms": 3.0 * p["n"], "ratio_frac": 0.1 * p["n"]},
+             now=dt.datetime(2026, 1, 2))
+    runs = [summarize_run(r) for r in map(RunStore.open, root.glob("my-plugin/*"))]
+    assert headline_metrics("my-plugin", runs) == ["latency_ms", "ratio_frac"]
 
 
 def test_damaged_runs_are_listed_as_damaged_and_the_page_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
