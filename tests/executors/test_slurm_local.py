@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import _thread
 import json
+import math
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from executor_toy import ToyStudy
+from executor_toy import EngineFactory, ToyStudy, kill_driver_after
 
 from charbench.config import CommonOptions
 from charbench.errors import CharbenchError, ConfigError
@@ -127,3 +130,63 @@ def test_executor_options_are_checked() -> None:
         CommonOptions(max_retries=-1)
     with pytest.raises(ConfigError, match=r"^--slurm-time must be an integer >= 1 and <= 43200 \(got 0\)$"):
         CommonOptions(slurm_time_min=0)
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout_s} s"
+        time.sleep(0.05)
+
+
+def test_serve_sweep_builds_its_engine_once_per_group_job(tmp_path: Path) -> None:
+    from charbench.workloads.serving.config import ServeSweepConfig
+    from charbench.workloads.serving.run import ServeSweepStudy
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cfg = ServeSweepConfig(request_rate_rps=[math.inf, 40.0], max_num_seqs=[2, 4], input_len=[8], output_len=[6], num_requests=8,
+                           warmup_requests=1, slo_ttft_ms=200.0, slo_tpot_ms=50.0)
+    res = run_study(ServeSweepStudy(cfg, target_factory=EngineFactory(str(marks))), _common(tmp_path, executor="slurm-local"), SETTINGS,
+                    executor=SlurmExecutor(local=True))
+    assert res.status == "completed" and res.points_done == 4
+    builds = sorted(marks.glob("engine-*"))
+    assert sorted(p.name.split("-")[1] for p in builds) == ["2", "4"]  # one engine per group (one job each), not one per point
+    rows = RunStore.open(res.run_dir).records()
+    assert {r["completed_count"] for r in rows} == {8} and {r["node"] for r in rows} == {socket.gethostname()}
+    tables = RunStore.open(res.run_dir).tables()
+    assert len(tables) == 4 and all((res.run_dir / r["requests_file"]).is_file() for r in rows)  # per-request tables came back
+
+
+def test_driver_killed_mid_sweep_then_resume_reattaches_and_completes(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    run_dir = kill_driver_after(["slurm-local", str(out), "5", "0.5"], out, done_at_least=1)
+    ledger = json.loads((run_dir / "executor" / "jobs.json").read_text())
+    assert 1 <= len(ledger) < 5  # at most one job per core was out when the driver died
+    res = run_study(ToyStudy(5, work_s=0.5), _common(tmp_path, executor="slurm-local", resume=run_dir), SETTINGS, executor=SlurmExecutor(local=True))
+    assert res.status == "completed" and res.points_done == 5 and res.points_failed == 0
+    assert [r["x"] for r in _rows(run_dir)] == [0, 1, 2, 3, 4]  # nothing lost, nothing doubled
+    after = json.loads((run_dir / "executor" / "jobs.json").read_text())
+    # the jobs the dead driver left running were collected, not submitted again
+    assert all(after[u]["job_id"] == e["job_id"] for u, e in ledger.items())
+
+
+def test_ctrl_c_cancels_jobs_restores_clocks_and_resume_finishes_the_run(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def ctrl_c_when_both_jobs_hang() -> None:
+        _wait_for(lambda: len(list(marks.glob("running-*"))) == 2, 60, "two points hanging")
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c_when_both_jobs_hang, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(ToyStudy(4, marks=str(marks), hang_at=(0, 1), fake_control=True), _common(tmp_path, executor="slurm-local"), SETTINGS,
+                  executor=SlurmExecutor(local=True))
+    hung_pids = {p.read_text().split()[1] for p in marks.glob("running-*")}
+    restored = {p.name.split("-")[1] for p in marks.glob("restored-*")}
+    assert len(hung_pids) == 2 and hung_pids <= restored  # each cancelled job restored its clocks before the driver returned
+    [run_dir] = list((tmp_path / "runs" / "toy").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    res = run_study(ToyStudy(4), _common(tmp_path, executor="slurm-local", resume=run_dir), SETTINGS, executor=SlurmExecutor(local=True))
+    assert res.status == "completed" and res.points_done == 4 and [r["x"] for r in _rows(run_dir)] == [0, 1, 2, 3]
