@@ -19,7 +19,7 @@ from typing import Any
 
 from markupsafe import escape as _escape
 
-from charbench.pages import Section, figure_html, table_html
+from charbench.pages import SERIES, Section, display_unit, figure_html, table_html
 from charbench.report import RunData
 
 def escape(text: Any) -> str:
@@ -27,7 +27,7 @@ def escape(text: Any) -> str:
     return str(_escape(text))
 
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+_COLORS = list(SERIES)  # the palette every study shares (charbench.pages)
 
 
 def _badge(kind: str) -> str:
@@ -198,12 +198,12 @@ def _experiment_section(data: RunData, name: str) -> Section | None:
     clock = next((c for c in d.columns if c.startswith("mean_gpu") and c.endswith("_sm_clock_mhz") and d[c].notna().any()), None)
     if clock:
         rows.append((clock, "SM clock (MHz)", 1.0))
-    if gpu:
-        rows.append(("throughput_tflop_s", "TFLOP/s", 1.0))
-    else:
+    # the unit every page (run, compare, history) shows this quantity in: GFLOP/s for a CPU's small values
+    unit, tscale = display_unit("throughput_tflop_s", d["throughput_tflop_s"] if "throughput_tflop_s" in d.columns else ())
+    if not gpu:
         rows.append(("time_per_gemm_ms", "time per GEMM (ms)", 1.0))
-        rows.append(("throughput_tflop_s", "GFLOP/s", 1e3))
-    rows.append(("toggle_k_frac", "toggle rate along K (per bit)", 1.0))
+    rows.append(("throughput_tflop_s", f"throughput ({unit})", tscale))
+    rows.append(("toggle_k_frac", "toggle rate along K (flipped bits per bit)", 1.0))
     fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, subplot_titles=[r[1] for r in rows], vertical_spacing=0.06)
     series = sorted({_series_key(r) for _, r in d[["dtype", "backend"]].iterrows()})
     for r_i, (col, _title, scale) in enumerate(rows, start=1):
@@ -229,12 +229,14 @@ def _experiment_section(data: RunData, name: str) -> Section | None:
         for dt, pts in trend.items():
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=f"paper A100 {dt}",
                                      line=dict(dash="dash", color="#999"), marker=dict(symbol="x")), row=1, col=1)
-    xtitle = exp.param if exp else "value"
+    xtitle = f"{exp.param}: {exp.title}" if exp else "value"
+    for r_i, (_col, title, _scale) in enumerate(rows, start=1):
+        fig.update_yaxes(title_text=title, title_font={"size": 11}, row=r_i, col=1)
     fig.update_xaxes(title_text=xtitle, row=len(rows), col=1)
     if exp and exp.log_x:
         fig.update_xaxes(type="log")
     title = f"{exp.number}. {name}: {exp.title}" if exp and exp.number else f"{name}: {exp.title if exp else ''}"
-    note = "Lines: mean over seeds and repeats; bars: min to max (seed spread)."
+    note = "Lines: mean over seeds and repeats; bars: min to max over them (the spread of repeated points: their noise)."
     if not pmetric:
         note += " Power was not measured on this machine; time per GEMM and GFLOP/s are measured."
     elif pmetric == "power_estimated_w":
