@@ -44,3 +44,12 @@ def _isolate_charbench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 def charbench_home(_isolate_charbench: Path) -> Path:
     """The isolated results root of this test (``$CHARBENCH_HOME``)."""
     return _isolate_charbench
+
+
+@pytest.fixture(params=["measured", "not-measured"])
+def meter_branch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Run the test twice: with a measuring fake meter and with no usable meter (``report_content.use_meter``), on any machine."""
+    from report_content import use_meter
+
+    use_meter(monkeypatch, request.param, tmp_path)
+    return str(request.param)

@@ -10,6 +10,7 @@ import numpy as np
 from charbench.report import render_run
 from charbench.results import RunStore
 from charbench.workloads.gemm_power.experiments import get_experiment
+from report_content import SectionContent, capture_sections
 
 
 def _records() -> list[dict]:
@@ -36,39 +37,75 @@ def _records() -> list[dict]:
     return recs
 
 
+def _content(path: Path, builder: str, *args: object) -> SectionContent:
+    """What one section builder draws for the run folder (figures and tables as data)."""
+    from charbench.report import RunData
+    from charbench.workloads.gemm_power import figures
+
+    (content,) = capture_sections(lambda d: [getattr(figures, builder)(d, *args)], figures, RunData.load(path)).sections
+    return content
+
+
 def test_gpu_report_has_power_model_and_paper_overlay(tmp_path: Path) -> None:
-    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"size": [2048] * 3, "duration_s": 5.0}},
-                            env={}, report_hook="charbench.workloads.gemm_power.figures:report_sections")
-    store.update_meta(device="cuda:0")
-    store.append_records(_records())
-    store.finish("completed")
-    html = render_run(store.path).read_text()
-    assert "Power source: " in html and ">NVML</span>" in html
-    assert "Power was not measured" not in html
-    for text in ("11. sparsity", "8. sort-rows", "5. bits-low", "3. unique", "SM clock (MHz)", "TFLOP",
-                 "energy per GEMM (mJ)", "paper A100 fp16", "leave-one-experiment-out MAE (W)", "toggle_w",
-                 "paper A100 baseline (W)", "297"):
-        assert text in html, text
-    assert "No power data to fit" not in html
+    from charbench.report import RunData
+    from charbench.workloads.gemm_power.analysis import paper_a100
+    from charbench.workloads.gemm_power.figures import power_provenance
+
+    recs = _records()
+    path = _store(tmp_path, recs)
+    assert render_run(path).is_file()
+    assert power_provenance(RunData.load(path).results) == ("NVML", "energy counter delta per point (nvml-energy-counter)")
+    trends = paper_a100()["trends"]
+    for name in ("sparsity", "sort-rows", "bits-low", "unique"):
+        (fig,) = _content(path, "_experiment_section", name).figures
+        mine = [r for r in recs if r["experiment"] == name and r["dtype"] == "fp16"]
+        values = sorted({r["value"] for r in mine})
+        # rows: power, energy per GEMM (mJ), SM clock, TFLOP/s (a GPU run), toggle rate
+        for axis, col, scale in (("y", "mean_power_w", 1), ("y2", "energy_per_gemm_j", 1e3), ("y3", "mean_gpu0_sm_clock_mhz", 1),
+                                 ("y4", "throughput_tflop_s", 1), ("y5", "toggle_k_frac", 1)):
+            x, y = _traces(fig, axis)["fp16 / torch"]
+            assert x == values and np.allclose(y, [np.mean([r[col] * scale for r in mine if r["value"] == v]) for v in values]), (name, col)
+        for dt, pts in trends[name].items():
+            x, y = _traces(fig, "y")[f"paper A100 {dt}"]
+            assert x == [p[0] for p in pts] and y == [p[1] for p in pts]
+    # the fitted model recovers the synthetic power = 180 + 250 toggle + 30 hamming - 40 zeros (+ 1 W noise)
+    model = _content(path, "_model_section")
+    (table,) = model.tables
+    assert list(table["dtype"]) == ["bf16", "fp16"] and list(table["points"]) == [len(recs) // 2] * 2
+    for col, want in (("intercept_w", 180.0), ("toggle_w", 250.0), ("hamming_w", 30.0), ("zero_w", -40.0)):
+        assert np.allclose(table[col], want, atol=5.0), col
+    assert (table["leave-one-experiment-out MAE (W)"] < 3.0).all() and (table["R^2"] > 0.99).all()
+    (scatter,) = model.figures
+    x, y = _traces(scatter, "y")["fp16/torch measured"]
+    fp16 = [r for r in recs if r["dtype"] == "fp16"]
+    assert np.allclose(x, [r["toggle_k_frac"] for r in fp16]) and np.allclose(y, [r["mean_power_w"] for r in fp16])
+    # the swing table sits next to the paper's A100 baseline
+    (swing,) = _content(path, "_swing_section").tables
+    fp16_row = swing[swing["dtype"] == "fp16"].iloc[0]
+    assert fp16_row["paper A100 baseline (W)"] == 297 and fp16_row["swing (W)"] == fp16_row["max (W)"] - fp16_row["min (W)"]
 
 
 def test_sampled_power_fallback_is_labeled_sampled(tmp_path: Path) -> None:
     """Without counter energy the figures fall back to the sampler's mean power: labeled, not shown as measured."""
+    from charbench.report import RunData
+    from charbench.workloads.gemm_power.figures import power_provenance
+
     recs = _records()
     for r in recs:
         r["mean_power_w"] = r["energy_j"] = r["energy_net_j"] = r["energy_per_gemm_j"] = None
         r["provenance"] = "{}"
         r["null_reasons"] = json.dumps({"energy_j": "gpu0: energy counter unreadable"})
-    store = RunStore.create(tmp_path, "gemm-power", config={"study_config": {"size": [2048] * 3}},
-                            env={}, report_hook="charbench.workloads.gemm_power.figures:report_sections")
-    store.update_meta(device="cuda:0")
-    store.append_records(recs)
-    store.finish("completed")
-    html = render_run(store.path).read_text()
-    assert '<span class="badge estimated">sampled</span>' in html and "mean_gpu0_power_w" in html
-    assert "power, sampled mean (W)" in html and "fp16\\u002ftorch sampled" in html  # "/" is JSON-escaped in figures
-    assert "torch measured" not in html
-    assert ">NVML</span>" not in html
+    path = _store(tmp_path, recs)
+    assert render_run(path).is_file()
+    badge, why = power_provenance(RunData.load(path).results)
+    assert badge == "sampled" and "mean_gpu0_power_w" in why
+    (fig,) = _content(path, "_experiment_section", "sparsity").figures
+    mine = [r for r in recs if r["experiment"] == "sparsity" and r["dtype"] == "fp16"]
+    values = sorted({r["value"] for r in mine})
+    x, y = _traces(fig, "y")["fp16 / torch"]  # the sampler's mean power in the power row
+    assert x == values and np.allclose(y, [np.mean([r["mean_gpu0_power_w"] for r in mine if r["value"] == v]) for v in values])
+    (scatter,) = _content(path, "_model_section").figures
+    assert sorted(t.name for t in scatter.data) == ["bf16/torch model", "bf16/torch sampled", "fp16/torch model", "fp16/torch sampled"]
 
 
 # -- the figures' data (not their titles), measured and not measured --------------------------
@@ -90,7 +127,9 @@ def _array(v: object) -> list:
 
 
 def _traces(fig: dict, axis: str) -> dict[str, tuple[list, list]]:
-    """name -> (x, y) of the traces on y axis ``axis`` ('y' is the first subplot)."""
+    """name -> (x, y) of the traces on y axis ``axis`` ('y' is the first subplot); a Figure or its JSON."""
+    if not isinstance(fig, dict):
+        fig = fig.to_plotly_json()
     return {t["name"]: (_array(t["x"]), _array(t["y"])) for t in fig["data"] if t.get("yaxis", "y") == axis}
 
 
