@@ -37,6 +37,12 @@ def partial_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of queries over one contiguous key shard, with its log-sum-exp.
 
+    fp32/bf16 on CPU runs torch's flash-attention CPU kernel (no ``[T, L]`` score matrix;
+    it returns the LSE); other dtypes and devices run :func:`partial_attention_math`.
+    On the owner of the newest keys the shard is split at the first query position: the
+    keys before it are visible to every query (no mask), the at most ``T`` keys after it
+    get the causal mask, and the two parts are merged by their LSEs.
+
     Args:
         q: ``[T, heads, head_dim]``.
         k: ``[L, kv_heads, head_dim]``, keys at absolute positions ``k_start .. k_start+L-1``
@@ -51,12 +57,74 @@ def partial_attention(
         Queries that see no key of this shard get ``out = 0`` and ``lse = -inf``.
     """
     t, heads, d = q.shape
+    length = k.shape[0]
+    if length == 0:
+        return q.new_zeros(t, heads, d), torch.full((t, heads), float("-inf"), device=q.device)
+    if _FLASH_CPU is None or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16):
+        return partial_attention_math(q, k, v, q_pos, k_start, scale)
+    q_min = int(q_pos.min())
+    split = min(max(q_min + 1 - k_start, 0), length)  # keys at positions <= q_min: seen by all
+    parts = []
+    if split:
+        parts.append(_flash(q, k[:split], v[:split], scale, None))
+    if split < length:
+        k_pos = torch.arange(k_start + split, k_start + length, device=q.device)
+        visible = k_pos[None, :] <= q_pos[:, None]  # [T, L_tail]
+        parts.append(_flash(q, k[split:], v[split:], scale, visible))
+    if len(parts) == 1:
+        out, lse = parts[0]
+    else:
+        (o1, l1), (o2, l2) = parts
+        lse = torch.logaddexp(l1, l2)
+        safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+        out = (o1.float() * torch.exp(l1 - safe)[..., None] + o2.float() * torch.exp(l2 - safe)[..., None]).to(q.dtype)
+    return out, lse
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           visible: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One flash call; GQA as ``kv_heads`` batches of ``group x T`` query rows."""
+    t, heads, d = q.shape
+    kv_heads = k.shape[1]
+    g = heads // kv_heads
+    qq = q.reshape(t, kv_heads, g, d).permute(1, 2, 0, 3).reshape(1, kv_heads, g * t, d)
+    kk = k.permute(1, 0, 2).unsqueeze(0).contiguous()
+    vv = v.permute(1, 0, 2).unsqueeze(0).contiguous()
+    mask = None
+    if visible is not None:
+        mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, float("-inf"))
+        mask = mask.repeat(g, 1)[None, None]  # rows ordered (group, query) like qq
+    out, lse = _FLASH_CPU(qq, kk, vv, 0.0, False, attn_mask=mask, scale=scale)
+    out = out.reshape(kv_heads, g, t, d).permute(2, 0, 1, 3).reshape(t, heads, d)
+    lse = lse.reshape(kv_heads, g, t).permute(2, 0, 1).reshape(t, heads).float()
+    if visible is not None:
+        # the kernel gives a row with every key masked lse 0 and out 0: make it "no keys"
+        none = ~visible.any(dim=1)
+        if bool(none.any()):
+            lse = lse.masked_fill(none[:, None], float("-inf"))
+            out = out.masked_fill(none[:, None, None], 0.0)
+    return out.to(q.dtype), lse
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def partial_attention_math(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_start: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`partial_attention` by explicit scores (any dtype and device; the reference)."""
+    t, heads, d = q.shape
     length, kv_heads = k.shape[0], k.shape[1]
     if length == 0:
         return q.new_zeros(t, heads, d), torch.full((t, heads), float("-inf"), device=q.device)
     group = heads // kv_heads
     acc = torch.promote_types(q.dtype, torch.float32)
-    qg = q.to(acc).view(t, kv_heads, group, d).permute(1, 2, 0, 3)  # [KV, G, T, D]
+    qg = q.to(acc).reshape(t, kv_heads, group, d).permute(1, 2, 0, 3)  # [KV, G, T, D]
     kt = k.to(acc).permute(1, 2, 0)  # [KV, D, L]
     scores = torch.matmul(qg, kt.unsqueeze(1)) * scale  # [KV, G, T, L]
     # Only the owner of keys at or after the first query needs the causal mask.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charbench.engine.kvp import KVPlacement, merge_weights, partial_attention
+from charbench.engine.kvp import KVPlacement, merge_weights, partial_attention, partial_attention_math
 from charbench.errors import ConfigError
 from charbench.kernels.attention.lse_merge import merge_attention_states
 
@@ -20,10 +20,13 @@ def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.T
     return torch.einsum("htl,lhd->thd", torch.softmax(s, dim=-1), vv).float()
 
 
-def _sharded(q, k, v, q_pos, bounds, scale, merge="states"):
+IMPLS = {"flash": partial_attention, "math": partial_attention_math}
+
+
+def _sharded(q, k, v, q_pos, bounds, scale, merge="states", impl="flash"):
     outs, lses = [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        o, lse = partial_attention(q, k[a:b], v[a:b], q_pos, a, scale)
+        o, lse = IMPLS[impl](q, k[a:b], v[a:b], q_pos, a, scale)
         outs.append(o)
         lses.append(lse)
     if merge == "states":
@@ -46,7 +49,8 @@ CASES = [
 
 @pytest.mark.parametrize("heads,kv_heads,context,n_q,bounds", CASES)
 @pytest.mark.parametrize("merge", ["states", "weights"])
-def test_sharded_attention_equals_single_device(heads, kv_heads, context, n_q, bounds, merge):
+@pytest.mark.parametrize("impl", ["flash", "math"])
+def test_sharded_attention_equals_single_device(heads, kv_heads, context, n_q, bounds, merge, impl):
     g = torch.Generator().manual_seed(heads * 100 + context)
     d = 16
     q = torch.randn(n_q, heads, d, generator=g)
@@ -54,22 +58,24 @@ def test_sharded_attention_equals_single_device(heads, kv_heads, context, n_q, b
     v = torch.randn(context, kv_heads, d, generator=g)
     q_pos = torch.arange(context - n_q, context)
     ref = _reference(q, k, v, q_pos, d ** -0.5)
-    got = _sharded(q, k, v, q_pos, bounds, d ** -0.5, merge)
+    got = _sharded(q, k, v, q_pos, bounds, d ** -0.5, merge, impl)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_empty_shard_returns_zero_and_minus_inf():
+@pytest.mark.parametrize("impl", ["flash", "math"])
+def test_empty_shard_returns_zero_and_minus_inf(impl):
     q = torch.ones(3, 4, 8)
-    out, lse = partial_attention(q, torch.empty(0, 2, 8), torch.empty(0, 2, 8), torch.arange(3), 0, 1.0)
+    out, lse = IMPLS[impl](q, torch.empty(0, 2, 8), torch.empty(0, 2, 8), torch.arange(3), 0, 1.0)
     assert out.abs().sum().item() == 0.0
     assert torch.isinf(lse).all() and (lse < 0).all()
 
 
-def test_shard_after_every_query_contributes_nothing():
+@pytest.mark.parametrize("impl", ["flash", "math"])
+def test_shard_after_every_query_contributes_nothing(impl):
     """A non-owner's keys are never after the queries; if they were, the mask hides them all."""
     q = torch.randn(2, 4, 8)
     k = torch.randn(5, 2, 8)
-    out, lse = partial_attention(q, k, k, torch.tensor([3, 4]), 10, 1.0)
+    out, lse = IMPLS[impl](q, k, k, torch.tensor([3, 4]), 10, 1.0)
     assert torch.isinf(lse).all()
     assert out.abs().sum().item() == 0.0
     w = merge_weights(torch.stack([torch.zeros(2, 4), lse]), 1)
