@@ -87,8 +87,22 @@ def test_set_measured_and_restored_on_success(tmp_path: Path, gpu_env: FakeGpu) 
         assert r["steady_energy_j"] > 0 and r["mean_steady_power_w"] == pytest.approx(300.0, rel=0.15)
         assert r["energy_per_output_token_j"] > 0 and r["steady_output_per_energy_tok_j"] > 0
         assert "nvml" in json.loads(r["provenance"])["energy_j"]
-    html = (res.run_dir / "report.html").read_text()
-    assert "Pareto frontier" in html and "Energy was not measured" not in html
+    # the report draws the counter's energy per token (Pareto) and the sampler's power and clock timeline
+    from charbench.workloads.serving.profile import energy_per_token
+    from report_content import close, report_content, trace_xy
+
+    assert (res.run_dir / "report.html").is_file()
+    content = report_content(res.run_dir)
+    pareto = next(fig for fig in content.figures if any(t.name == "Pareto frontier" for t in fig.data))
+    assert close(trace_xy(pareto, "loads")[1], [energy_per_token(r)[0] for r in recs])
+    timeline = content.figure_with_trace("gpu0_power_w")
+    samples = RunStore.open(res.run_dir).samples_frame()
+    x, y = trace_xy(timeline, "gpu0_power_w")
+    assert close(y, list(samples["gpu0_power_w"])) and close(x, list(samples["t_s"] - samples["t_s"].min()))
+    # each load's window and its steady window are shaded (on every row; the first row's shapes checked)
+    t0 = samples["t_s"].min()
+    shaded = [v for sh in timeline.layout.shapes if sh.xref == "x" for v in (sh.x0, sh.x1)]
+    assert close(shaded, [r[k] - t0 for r in recs for k in ("point_t0_s", "point_t1_s", "steady_t0_s", "steady_t1_s")])
 
 
 def test_restored_after_a_failed_point(tmp_path: Path, gpu_env: FakeGpu) -> None:

@@ -19,6 +19,8 @@ from charbench.profiles import FORMAT, load_profile
 from charbench.workloads.serving.profile import export_profile
 from charbench.workloads.serving.run import ServeSweepStudy
 
+from report_content import close, report_content, trace_xy
+
 from .fakes import FakeTarget, LoopbackSSE
 
 SETTINGS = RunSettings(sample_interval_s=0.05)
@@ -48,7 +50,8 @@ class Factory:
         return t
 
 
-def test_grid_records_files_and_report(tmp_path: Path) -> None:
+def test_grid_records_files_and_report(tmp_path: Path, meter_branch: str) -> None:
+    measured = meter_branch == "measured"
     f = Factory()
     res = run_study(ServeSweepStudy(_cfg(), target_factory=f), _common(tmp_path), SETTINGS)
     assert res.status == "completed" and res.points_done == 4
@@ -67,19 +70,64 @@ def test_grid_records_files_and_report(tmp_path: Path) -> None:
         assert r["prompt_tokens_exact"] and r["workload_class"] == "in8-out6"
     for r in burst:  # all at once fills the batch: a steady window exists
         assert r["steady_time_s"] > 0 and r["steady_output_tokens"] > 0
-        assert r["steady_energy_j"] is None  # no meter here: null with its reason, not 0
-        assert "not measured" in json.loads(r["null_reasons"])["steady_energy_j"]
+        if measured:  # the fake meter's 45 W over the steady window
+            assert r["steady_energy_j"] == pytest.approx(45.0 * r["steady_time_s"], rel=0.05)
+        else:  # no meter: null with its reason, not 0
+            assert r["steady_energy_j"] is None and "not measured" in json.loads(r["null_reasons"])["steady_energy_j"]
     per_req = pd.read_parquet(res.run_dir / burst[0]["requests_file"])
     assert len(per_req) == 16 and set(per_req["good"]) <= {True, False}
     tables = RunStore.open(res.run_dir).tables()  # per-request data are named tables written by the run store
     assert {t["file"] for t in tables.values()} == {r["requests_file"] for r in recs}
     assert all(n.startswith("requests/") and t["rows"] == 16 and t["file"] == f"tables/{n}.parquet" for n, t in tables.items())
-    html = (res.run_dir / "report.html").read_text()
-    assert "No per-request tables" not in html  # the latency CDFs found them
-    for title in ("Serving summary", "Latency CDFs", "Throughput vs latency", "Energy per output token vs each knob",
-                  "Energy-latency Pareto frontier", "Power and clock timelines", "Best configuration under the SLO", "Steady-state windows"):
-        assert title in html
+    assert (res.run_dir / "report.html").is_file()
+    _check_report_content(res.run_dir, recs, measured)
     assert res.summary["best_under_slo"][0]["workload_class"] == "in8-out6"
+
+
+def _check_report_content(run: Path, recs: list[dict[str, Any]], measured: bool) -> None:
+    """The serve-sweep sections' figures and tables hold the records' values (measured or null energy)."""
+    from charbench.workloads.serving.profile import energy_per_token
+
+    content = report_content(run)
+    summary = content.table_with_column("p99 TTFT ms")
+    assert close(list(summary["p99 TTFT ms"]), [r["p99_ttft_ms"] for r in recs])
+    assert close(list(summary["out tok/s"]), [r["output_throughput_tok_s"] for r in recs])
+    per_token = [energy_per_token(r) for r in recs]
+    if measured:
+        assert close(list(summary["J/out tok"]), [v for v, _ in per_token]) and all(v > 0 for v, _ in per_token)
+        assert list(summary["J basis"]) == [{"steady": "steady", "point": "whole load"}[b] for _, b in per_token]
+    else:
+        assert summary["J/out tok"].isna().all() and set(summary["J basis"]) == {"not measured"}
+    # the latency CDFs: per load, the sorted TTFTs of its per-request table, rising to 1
+    store = RunStore.open(run)
+    by_file = {t["file"]: name for name, t in store.tables().items()}
+    cdf = content.figures[0]
+    ttft_traces = [t for t in cdf.data if (t.xaxis or "x") == "x"]
+    assert len(ttft_traces) == len(recs)
+    for t, r in zip(ttft_traces, recs):
+        req = store.read_table(by_file[r["requests_file"]])
+        want = sorted(req[req["error"].isna()]["ttft_ms"])
+        assert close(list(t.x), want) and close(list(t.y), [(i + 1) / len(want) for i in range(len(want))])
+    # throughput vs latency: each configuration's loads in order of the throughput they reached
+    tl = content.figures[1]
+    for mns in (2, 4):
+        mine = sorted((r for r in recs if r["max_num_seqs"] == mns), key=lambda r: r["output_throughput_tok_s"])
+        x, y = trace_xy(tl, f"max_num_seqs={mns} median", axis="y")
+        assert close(x, [r["output_throughput_tok_s"] for r in mine]) and close(y, [r["median_ttft_ms"] for r in mine])
+    # energy per token vs knobs and the Pareto frontier are drawn only from measured energy
+    energy_figs = [fig for fig in content.figures if any(t.name == "Pareto frontier" for t in fig.data)]
+    if measured:
+        (pareto,) = energy_figs
+        x, y = trace_xy(pareto, "loads")
+        assert close(y, [v for v, _ in per_token]) and close(x, [r["p90_tpot_ms"] for r in recs])
+    else:
+        assert energy_figs == [] and len(content.figures) == 2
+    # steady windows: formed for the all-at-once loads, with the window's energy when it was measured
+    steady = content.table_with_column("steady s")
+    assert close(list(steady["steady s"]), [r.get("steady_time_s") for r in recs])
+    assert close(list(steady["steady J"]), [r.get("steady_energy_j") for r in recs])
+    best = content.table_with_column("best configuration")
+    assert list(best["workload class"]) == ["in8-out6"] and list(best["loads"]) == [4]
 
 
 def test_dead_target_fails_point_and_sweep_continues(tmp_path: Path) -> None:
