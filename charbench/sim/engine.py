@@ -18,7 +18,9 @@ preemption) fits; when the running batch's next iteration would overflow the cac
 most recently admitted sequence is preempted (recompute, as vLLM) and re-queued first.
 
 Power: one piecewise-constant value per instance (idle, prefill, decode with ``B``
-sequences, from the profile at the instance's frequency); energy is the exact integral,
+sequences, from the profile at the instance's frequency; a hybrid iteration draws the
+time-weighted mean of its prefill part at prefill power and its decode part at decode
+power, so its energy is the sum of the two parts'); energy is the exact integral,
 accumulated per segment and spread into fixed bins (:class:`charbench.sim.timeline.Bins`).
 """
 
@@ -38,6 +40,8 @@ from charbench.sim.timeline import Bins
 ROUTINGS: tuple[str, ...] = ("least-outstanding", "round-robin")
 
 _STEP, _TICK, _READY = 0, 1, 2
+#: arrivals turned into Python objects at a time (bounds their memory, whatever the trace length)
+ARRIVAL_CHUNK = 1 << 16
 
 
 @dataclass
@@ -180,17 +184,17 @@ class Simulator:
         self.profile, self.wl, self.policy, self.s = profile, workload, policy, settings
         n = len(workload)
         self.n = n
-        self.arr = workload.arrival_s.tolist()
-        self.inp = workload.input_len.astype(np.int64).tolist()
-        self.out = workload.output_len.astype(np.int64).tolist()
+        # Per-request memory is the trace's own compact arrays plus the results' (about 40 B
+        # a request); Python objects exist only for requests in flight (``live``) and for the
+        # current chunk of arrivals, so a week of requests costs tens of MB, not hundreds.
         self.pool_of = np.asarray(policy.assign_pools(workload), dtype=np.int64)
         self.npools = int(policy.num_pools)
-        self._pool_list = self.pool_of.tolist()
-        self.first = [math.nan] * n
-        self.finish = [math.nan] * n
-        self.gen_done = [0] * n  # tokens generated before the current admission (preemption)
-        self.preempt = [0] * n
-        self.fin_count = [0] * n
+        self.first = np.full(n, math.nan)
+        self.finish = np.full(n, math.nan)
+        self.preempt = np.zeros(n, dtype=np.int32)
+        self.fin_count = np.zeros(n, dtype=np.int8)
+        #: rid -> [input tokens, output tokens, pool, tokens generated before the current admission]
+        self.live: dict[int, list[int]] = {}
         self.t = 0.0
         self.done = 0
         self.heap: list[tuple[float, int, int, Any, int]] = []
@@ -201,6 +205,7 @@ class Simulator:
         self.rows = max(1, math.ceil(max(1, policy.initial_gpus) / settings.gpus_per_row))
         self.row_gpus = [0] * self.rows
         self.row_power = [0.0] * self.rows
+        self.row_energy = [0.0] * self.rows  # closed segments only; row_energy_j adds the open ones
         self.cluster_power = 0.0
         self.peak_power = 0.0
         self.energy_j = 0.0
@@ -271,6 +276,11 @@ class Simulator:
         """Instantaneous power of a row."""
         return self.row_power[row]
 
+    def row_energy_j(self, row: int) -> float:
+        """Energy a row has drawn from 0 to now (J): what a power meter's energy counter reads."""
+        t = self.t
+        return self.row_energy[row] + sum(i.power * (t - i.seg_t) for i in self.instances if i.alive and i.row == row)
+
     # ---- internals --------------------------------------------------------------------------
 
     def _push(self, t: float, kind: int, obj: Any, version: int) -> None:
@@ -299,6 +309,7 @@ class Simulator:
         e = p * (t1 - t0)
         inst.energy_j += e
         self.energy_j += e
+        self.row_energy[inst.row] += e
         if t0 < inst.ready_at:  # before it serves: spin-up / re-shard energy
             self.reconfig_energy_j += p * (min(t1, inst.ready_at) - t0)
         self.bins.add_span(self.ch_pool_e + inst.pool, t0, t1, p)
@@ -325,7 +336,7 @@ class Simulator:
         self.counters["instances_removed"] += 1
 
     def _route(self, rid: int) -> Instance:
-        pool = self._pool_list[rid]
+        pool = self.live[rid][2]
         cands = [i for i in self.pools[pool] if i.accepting]
         if not cands:  # a policy must keep one accepting instance per pool; fall back to any
             cands = [i for i in self.instances if i.accepting]
@@ -348,7 +359,7 @@ class Simulator:
 
     def _admissible(self, inst: Instance, rid: int) -> bool:
         return (len(inst.running) + len(inst.prefill) < self._max_batch(inst)
-                and inst.kv_run + inst.kv_pre + self.inp[rid] + self.gen_done[rid] + 1 <= inst.op.kv_capacity_tokens)
+                and inst.kv_run + inst.kv_pre + self.live[rid][0] + self.live[rid][3] + 1 <= inst.op.kv_capacity_tokens)
 
     def _max_batch(self, inst: Instance) -> int:
         return min(self.s.max_num_seqs, inst.op.max_batch)
@@ -397,10 +408,10 @@ class Simulator:
                 rid = ent[0]
                 inst.kv_pre -= ent[2]
                 inst.kv_run += ent[2]
-                if self.gen_done[rid] == 0:
+                req = self.live[rid]
+                if req[3] == 0:
                     self.first[rid] = t  # the prefill emits the first token
-                gen = self.gen_done[rid] + 1
-                left = self.out[rid] - gen
+                left = req[1] - req[3] - 1
                 if left <= 0:
                     self._complete(inst, rid, t, ent[2])
                 else:
@@ -413,6 +424,7 @@ class Simulator:
     def _complete(self, inst: Instance, rid: int, t: float, kv: int) -> None:
         self.finish[rid] = t
         self.fin_count[rid] += 1
+        del self.live[rid]
         inst.kv_run -= kv
         inst.outstanding -= 1
         self.done += 1
@@ -425,14 +437,16 @@ class Simulator:
             if run.get(rid) != fi:
                 continue  # stale: preempted since
             del run[rid]
-            self._complete(inst, rid, t, self.inp[rid] + self.out[rid])
+            req = self.live[rid]
+            self._complete(inst, rid, t, req[0] + req[1])
         while h and run.get(h[0][1]) != h[0][0]:
             heapq.heappop(h)
         cap = inst.op.kv_capacity_tokens
         mb = self._max_batch(inst)
         while inst.waiting and len(run) + len(inst.prefill) < mb:
             rid = inst.waiting[0]
-            need = self.inp[rid] + self.gen_done[rid]
+            req = self.live[rid]
+            need = req[0] + req[3]
             if inst.kv_run + inst.kv_pre + need + 1 > cap:
                 break
             inst.waiting.popleft()
@@ -451,10 +465,15 @@ class Simulator:
             budget = max(1, self.s.chunk_tokens - b)
             ptoks = min(budget, sum(e[1] for e in inst.prefill))
             dur = op.prefill_fixed_s + ptoks * op.prefill_per_token_s
+            power = op.prefill_w
             if b:
-                dur += op.decode_fixed_s + b * op.decode_per_seq_s + inst.kv_run * op.decode_per_ctx_token_s
+                dec = op.decode_fixed_s + b * op.decode_per_seq_s + inst.kv_run * op.decode_per_ctx_token_s
+                # a hybrid iteration's energy is its prefill part at prefill power plus its decode
+                # part at decode power: a chunk carrying a few prompt tokens draws about decode power
+                power = (dur * op.prefill_w + dec * op.decode_power_w(b)) / (dur + dec)
+                dur += dec
             inst.kind, inst.ptoks, inst.busy = 1, ptoks, True
-            self._power_change(inst, t, op.prefill_w)
+            self._power_change(inst, t, power)
             inst.version += 1
             self._push(t + stall + dur, _STEP, inst, inst.version)
             return
@@ -484,9 +503,10 @@ class Simulator:
 
     def _preempt(self, inst: Instance) -> None:
         rid, fi = inst.running.popitem()  # the most recently admitted
-        gen = self.out[rid] - (fi - inst.iter)
-        inst.kv_run -= self.inp[rid] + gen
-        self.gen_done[rid] = gen
+        req = self.live[rid]
+        gen = req[1] - (fi - inst.iter)
+        inst.kv_run -= req[0] + gen
+        req[3] = gen
         self.preempt[rid] += 1
         self.counters["preemption_count"] += 1
         inst.waiting.appendleft(rid)
@@ -504,10 +524,16 @@ class Simulator:
         self.policy.setup(self)
         for period, fn in self.policy.periods():
             self._push(period, _TICK, _Periodic(period, fn), 0)
-        arr, n, heap = self.arr, self.n, self.heap
+        n, heap, wl = self.n, self.heap, self.wl
         i = 0
         step = max(1, n // 50)
-        nxt = arr[0] if n else math.inf
+        lo = hi = 0  # the chunk of arrivals held as Python objects: [lo, hi)
+        arr: list[float] = []
+        inp: list[int] = []
+        out: list[int] = []
+        pools: list[int] = []
+        live = self.live
+        nxt = float(wl.arrival_s[0]) if n else math.inf
         pop = heapq.heappop
         while self.done < n:
             if heap and heap[0][0] < nxt:
@@ -524,10 +550,19 @@ class Simulator:
             else:
                 if i >= n:
                     raise RuntimeError(f"simulation stalled with {n - self.done} request(s) unfinished at t={self.t:.1f} s")
+                if i >= hi:
+                    lo, hi = i, min(n, i + ARRIVAL_CHUNK)
+                    arr = wl.arrival_s[lo:hi].tolist()
+                    inp = np.asarray(wl.input_len[lo:hi], dtype=np.int64).tolist()
+                    out = np.asarray(wl.output_len[lo:hi], dtype=np.int64).tolist()
+                    pools = self.pool_of[lo:hi].tolist()
+                j = i - lo
+                live[i] = [inp[j], out[j], pools[j], 0]
                 self.t = nxt
                 self._arrive(i, nxt)
                 i += 1
-                nxt = arr[i] if i < n else math.inf
+                j += 1
+                nxt = arr[j] if j < hi - lo else (float(wl.arrival_s[i]) if i < n else math.inf)
                 if self.s.progress is not None and i % step == 0:
                     self.s.progress(self.t, self.done)
         end = max(self.t, float(self.wl.duration_s))
@@ -537,8 +572,7 @@ class Simulator:
                 self._close_cfg(inst, end)
         return SimResult(
             arrival_s=self.wl.arrival_s, input_len=self.wl.input_len, output_len=self.wl.output_len, pool=self.pool_of,
-            first_token_s=np.asarray(self.first), finish_s=np.asarray(self.finish), preemptions=np.asarray(self.preempt),
-            finish_count=np.asarray(self.fin_count), end_s=end, energy_j=self.energy_j, reconfig_energy_j=self.reconfig_energy_j,
+            first_token_s=self.first, finish_s=self.finish, preemptions=self.preempt, finish_count=self.fin_count, end_s=end, energy_j=self.energy_j, reconfig_energy_j=self.reconfig_energy_j,
             peak_power_w=self.peak_power, max_kv_fraction=self.max_kv_fraction, gpu_seconds=self.gpu_seconds, bins=self.bins,
             pools=self.npools, rows=self.rows, counters=dict(self.counters), extra=self.policy.summary(self), segments=self.segments,
         )

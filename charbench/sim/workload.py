@@ -8,15 +8,17 @@ import numpy as np
 
 from charbench.sim.engine import Workload
 
-#: copies of a request are spread this far after it (s), so they do not arrive in lockstep
-COPY_JITTER_S = 1.0
+#: a copy of a request arrives uniformly within this many s of it (either side): far enough
+#: that copies are not a burst of their own, near enough to keep minute-scale bursts and the
+#: diurnal shape
+COPY_JITTER_S = 30.0
 
 
 def scale_load(wl: Workload, factor: float, seed: int) -> Workload:
     """The workload with ``factor`` x its requests over the same span (copies of random requests).
 
     Each request is kept and gets ``floor(factor - 1)`` copies plus one more with probability
-    ``frac(factor - 1)``; a copy arrives up to :data:`COPY_JITTER_S` later.
+    ``frac(factor - 1)``; a copy arrives within :data:`COPY_JITTER_S` of it (clipped to the span).
 
     Raises:
         ValueError: ``factor`` < 1.
@@ -29,7 +31,8 @@ def scale_load(wl: Workload, factor: float, seed: int) -> Workload:
     extra = factor - 1
     copies = np.full(len(wl), math.floor(extra), dtype=np.int64) + (rng.random(len(wl)) < extra - math.floor(extra))
     idx = np.repeat(np.arange(len(wl)), copies)
-    t = np.concatenate([wl.arrival_s, wl.arrival_s[idx] + rng.random(len(idx)) * COPY_JITTER_S])
+    shift = (rng.random(len(idx)) * 2.0 - 1.0) * COPY_JITTER_S
+    t = np.concatenate([wl.arrival_s, np.clip(wl.arrival_s[idx] + shift, 0.0, max(float(wl.duration_s), 0.0))])
     order = np.argsort(t, kind="stable")
     inp = np.concatenate([wl.input_len, wl.input_len[idx]])[order]
     out = np.concatenate([wl.output_len, wl.output_len[idx]])[order]

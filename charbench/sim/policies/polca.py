@@ -3,9 +3,12 @@
 POLCA deploys ``polca_oversubscription`` more servers (each with its share of load: the
 offered load grows by the same factor) under the power budget of the static cluster's
 servers (``polca_budget_w``; default: static's instances at full prefill power, i.e. their
-provisioned peak). Every ``polca_period_s`` it reads each row's power:
+provisioned peak). Every ``polca_period_s`` it reads each row's power as telemetry reports
+it, the mean over the last period (the row's energy counter difference / period; an
+instantaneous sample would see every prefill iteration's spike):
 
-* above T1 (80% of the row budget): low-priority instances capped (A100: 1275 of 1410 MHz);
+* above T1 (80% of the row budget): low-priority instances (``polca_lp_fraction`` of them;
+  they serve the same pool as the others) capped (A100: 1275 of 1410 MHz);
 * above T2 (89%): low priority to 1110 MHz and high priority to 1305 MHz;
 * above 100%: the power brake, every GPU to the profile's lowest clock (the paper's
   ~288 MHz is below what the profiles cover);
@@ -20,13 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 
 from charbench.sim.policies.base import Policy, snap
 from charbench.sim.policies.registry import register_policy
-
-HP, LP = 0, 1
-
 
 @register_policy
 class PolcaPolicy(Policy):
@@ -36,7 +35,6 @@ class PolcaPolicy(Policy):
 
     def __init__(self, profile: Any, cfg: Any) -> None:
         super().__init__(profile, cfg)
-        self.num_pools = 2 if cfg.polca_lp_fraction > 0 else 1
         self.load_factor = 1.0 + cfg.polca_oversubscription
         self.n = max(1, round(cfg.instances * self.load_factor))
         self.throttle_events = 0
@@ -47,17 +45,16 @@ class PolcaPolicy(Policy):
     def initial_gpus(self) -> int:
         return self.n * self.cfg.tp
 
-    def assign_pools(self, workload: Any) -> np.ndarray:
-        if self.num_pools == 1:
-            return np.zeros(len(workload), dtype=np.int64)
-        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13]))
-        return (rng.random(len(workload)) < self.cfg.polca_lp_fraction).astype(np.int64)
-
     def setup(self, sim: Any) -> None:
-        n_lp = 0 if self.num_pools == 1 else min(self.n - 1, max(1, round(self.n * self.cfg.polca_lp_fraction)))
+        n_lp = round(self.n * self.cfg.polca_lp_fraction)
         fmax = self.profile.max_freq_mhz
+        # one pool, as static: priority marks which instances are capped first, it does not
+        # split the cluster (a split would cost tail latency through lost pooling, caps or not)
+        self.lp_ids: set[int] = set()
         for k in range(self.n):
-            sim.add_instance(LP if k < n_lp else HP, self.cfg.tp, fmax)
+            inst = sim.add_instance(0, self.cfg.tp, fmax)
+            if k < n_lp:
+                self.lp_ids.add(inst.iid)
         budget = self.cfg.polca_budget_w
         if budget is None:
             budget = self.cfg.instances * self.profile.point(self.cfg.tp, fmax).prefill_w
@@ -65,6 +62,8 @@ class PolcaPolicy(Policy):
         self.row_budget = self.budget_w / sim.rows
         self.level = [0] * sim.rows
         self.pending = [0] * sim.rows
+        self.last_e = [0.0] * sim.rows
+        self.last_t = 0.0
         self.since = [0.0] * sim.rows
 
     def periods(self) -> list[tuple[float, Callable[[Any, float], None]]]:
@@ -83,8 +82,13 @@ class PolcaPolicy(Policy):
         return level
 
     def _tick(self, sim: Any, t: float) -> None:
+        span = t - self.last_t
+        self.last_t = t
         for row in range(sim.rows):
-            want = self._desired(row, sim.row_power_w(row) / self.row_budget)
+            e = sim.row_energy_j(row)
+            mean_w = (e - self.last_e[row]) / span if span > 0 else sim.row_power_w(row)
+            self.last_e[row] = e
+            want = self._desired(row, mean_w / self.row_budget)
             if want != self.pending[row]:
                 self.pending[row] = want
                 delay = self.cfg.polca_brake_latency_s if want == 3 else self.cfg.polca_cap_latency_s
@@ -114,7 +118,7 @@ class PolcaPolicy(Policy):
         hp_f, lp_f = self._freqs(level)
         for inst in sim.instances:
             if inst.alive and inst.row == row:
-                sim.set_freq(inst, lp_f if inst.pool == LP else hp_f)
+                sim.set_freq(inst, lp_f if inst.iid in self.lp_ids else hp_f)
 
     def summary(self, sim: Any) -> dict[str, Any]:
         for row in range(sim.rows):
