@@ -62,6 +62,10 @@ class GenerateSpec:
             short requests' first tokens are known).
         early_stage_counter: SPP's rule (chunk i+1 follows chunk i out of stage 0); False
             makes each chunk wait for the previous one to leave the last stage.
+        synthetic_prefill: benchmarks of decode cost only: the KV of all prompt tokens but
+            the last is filled with seeded random values instead of being computed (no
+            prefill), the last prompt token runs as a real step; tokens and TTFT are then
+            meaningless and the result says so (``synthetic_prefill``).
     """
 
     model: str
@@ -76,6 +80,7 @@ class GenerateSpec:
     co_new_tokens: int = 0
     arrival_step: int | None = None
     early_stage_counter: bool = True
+    synthetic_prefill: bool = False
 
 
 @dataclass
@@ -95,6 +100,7 @@ class GenerateResult:
         co_tbt_s: gaps between each short request's tokens (the co-batched decodes' TBT).
         co_tbt_during_prefill_s: those gaps that ended while the long prompt was prefilling.
         micro_batches: micro-batches run (bubbles included).
+        synthetic_prefill: the prompt's KV was random, not computed (decode timing only).
     """
 
     tokens: list[int]
@@ -109,6 +115,7 @@ class GenerateResult:
     co_tbt_s: list[list[float]] = field(default_factory=list)
     co_tbt_during_prefill_s: list[float] = field(default_factory=list)
     micro_batches: int = 0
+    synthetic_prefill: bool = False
 
 
 @dataclass
@@ -249,6 +256,15 @@ class StageWorker:
         rows = [r + n - 1 for (r, n, _), it in zip(parts, items) if it.need_logits]
         return self.model.compute_logits(x[rows]) if rows else None
 
+    def fill_synthetic(self, seq_id: int, num_tokens: int) -> None:
+        """Put seeded random K/V for positions ``[0, num_tokens)`` into this rank's shard."""
+        meta = self._meta(seq_id, 0, num_tokens)
+        gen = torch.Generator().manual_seed(1000 + self.groups.rank)
+        for i in self.layer_ids:
+            for cache in self.kv.layers[i]:
+                flat = cache.view(-1, cache.shape[2], cache.shape[3])
+                flat.index_copy_(0, meta.slots, torch.randn(meta.slots.numel(), cache.shape[2], cache.shape[3], generator=gen))
+
     def step(self, tokens: list[int], start: int, want_logits: bool) -> torch.Tensor | None:
         """Run one chunk of sequence 0 through this stage; the last stage returns the last
         token's logits ``[vocab]`` when ``want_logits``."""
@@ -277,7 +293,11 @@ def _plan(spec: GenerateSpec, stages: int) -> tuple[list[PlanSeq], list[list[Pla
     """Sequence 0 is the long prompt; 1.. are the short requests (one chunk each)."""
     shorts = [PlanSeq(1 + i, [len(p)], spec.co_new_tokens) for i, p in enumerate(spec.co_prompts)]
     arrival = spec.arrival_step if spec.arrival_step is not None else (stages if shorts else 0)
-    seqs = [PlanSeq(0, list(spec.chunks), spec.max_new_tokens, arrival_step=arrival)] + shorts
+    if spec.synthetic_prefill:
+        main = PlanSeq(0, [1], spec.max_new_tokens, arrival_step=arrival, cached_tokens=len(spec.prompt) - 1)
+    else:
+        main = PlanSeq(0, list(spec.chunks), spec.max_new_tokens, arrival_step=arrival)
+    seqs = [main] + shorts
     return seqs, plan_pipeline(seqs, stages, spec.early_stage_counter)
 
 
@@ -294,6 +314,8 @@ def generate(spec: GenerateSpec, groups: ParallelGroups) -> GenerateResult:
     if spec.co_prompts and spec.co_new_tokens < 1:
         raise ConfigError("co_new_tokens must be >= 1 when co_prompts are given")
     w = StageWorker(spec, groups)
+    if spec.synthetic_prefill:
+        w.fill_synthetic(0, len(spec.prompt) - 1)
     stages = groups.layout.spp
     seqs, plan = _plan(spec, stages)
     text = {0: list(spec.prompt)} | {1 + i: list(p) for i, p in enumerate(spec.co_prompts)}
@@ -343,7 +365,7 @@ def generate(spec: GenerateSpec, groups: ParallelGroups) -> GenerateResult:
     w.flush()
     if t_arrival is None:
         t_arrival = t0
-    per_chunk = len(spec.chunks)
+    per_chunk = len(seqs[0].chunks)
     steps = per_chunk + len(produced[0]) - 1
     per_step = {k: v / max(steps, 1) for k, v in w.comm.bytes_by_kind.items()}
     per_step.update({f"prefill_{k}": v / max(per_chunk, 1) for k, v in prefill_bytes.items()})
@@ -360,7 +382,7 @@ def generate(spec: GenerateSpec, groups: ParallelGroups) -> GenerateResult:
               if t_arrival < b <= (t_prefill_end or b)]
     return GenerateResult(produced[0], times[0] - t_arrival, [b - a for a, b in zip(times, times[1:])], chunk_times,
                           per_step, [n * per_token for n in kv_tokens], kv_tokens, torch.stack(main_logits),
-                          [produced[s] for s in co], co_gaps, during, len(plan))
+                          [produced[s] for s in co], co_gaps, during, len(plan), spec.synthetic_prefill)
 
 
 def _entry(rank: int, layout: Layout, spec: GenerateSpec, port: int, queue: Any) -> None:

@@ -33,6 +33,8 @@ class PlanSeq:
         chunks: prefill chunk sizes (their sum is the prompt length).
         max_new_tokens: tokens to generate (the first comes from the last chunk).
         arrival_step: first micro-batch it may enter.
+        cached_tokens: prompt tokens already in the KV cache before the run (the chunks
+            cover the rest).
         stage_processed: prompt tokens that have left stage 0 (the SPP counter).
         generated: tokens sampled so far.
         first_token_step: step after which its first token is known (None before).
@@ -43,6 +45,7 @@ class PlanSeq:
     chunks: list[int]
     max_new_tokens: int
     arrival_step: int = 0
+    cached_tokens: int = 0
     stage_processed: int = 0
     generated: int = 0
     first_token_step: int | None = None
@@ -56,11 +59,12 @@ class PlanSeq:
         if self.max_new_tokens < 1:
             raise ConfigError(f"sequence {self.seq_id}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
         self._next_step = self.arrival_step
+        self.stage_processed = max(self.stage_processed, self.cached_tokens)
 
     @property
     def prompt_len(self) -> int:
         """Prompt tokens."""
-        return sum(self.chunks)
+        return self.cached_tokens + sum(self.chunks)
 
     @property
     def done(self) -> bool:

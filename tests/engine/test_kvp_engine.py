@@ -73,6 +73,12 @@ def test_single_process_layout_matches_and_counts_no_comm(reference):
     assert res.comm_bytes_per_step["kvp"] == 0 and res.comm_bytes_per_step["spp"] == 0
 
 
+def test_synthetic_prefill_decodes_on_a_random_kv_and_says_so():
+    res = launch(Layout.parse("1x1x1"), GenerateSpec("tiny", PROMPT, [300], 3, 400, synthetic_prefill=True))
+    assert res.synthetic_prefill and res.kv_tokens_per_rank == [302] and len(res.tokens) == 3
+    assert res.micro_batches == 3 and len(res.chunk_times_s) == 1  # the last prompt token, then 2 decodes
+
+
 def test_layout_parse_and_ranks():
     assert Layout.parse("1x2x4") == Layout(1, 2, 4)
     assert Layout.parse("tp=2xkvp=2") == Layout(2, 1, 2)
