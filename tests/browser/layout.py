@@ -13,7 +13,9 @@
 - **overlap**: the box of a figure (its ``div.plot`` joined with the SVG plotly drew, which
   may be taller than a squeezed div) intersects another figure or a heading (``h1``-``h3``);
 - **legend**: a trace drawn in a colour that no legend entry of its figure shows (plotly's
-  own colour cycling over traces whose legend entry is shown once).
+  own colour cycling over traces whose legend entry is shown once);
+- **axes**: an axis that shows tick labels for some trace but has no title (the pages put
+  the unit in the title: ``TTFT (ms)``).
 
 :func:`look` checks at each width, then again after a resize to a narrower window and back,
 collects console errors, and writes one full-page screenshot per width.
@@ -85,6 +87,27 @@ LAYOUT_JS = r"""
       if (c && !shown.has(c)) out.legend.push(name(p) + ': trace "' + (t.name || t.index) + '" drawn in ' + c + ', a colour in no legend entry');
     }
   }
+  // every axis that shows tick labels has a title (with its unit: the pages put units in the titles)
+  out.axes = [];
+  for (const [p] of plots) {
+    const fl = p._fullLayout;
+    if (!fl) continue;
+    for (const key of Object.keys(fl)) {
+      if (!/^[xy]axis\d*$/.test(key)) continue;
+      const ax = fl[key];
+      if (!ax || ax.visible === false || ax.showticklabels === false || !ax._id) continue;
+      // an axis no trace uses is not drawn (make_subplots creates one per cell)
+      const used = (p._fullData || []).some(t => (t.xaxis === ax._id) || (t.yaxis === ax._id));
+      if (!used) continue;
+      // shared x axes: only the bottom one of a column carries the title
+      if (ax.matches || (ax._id[0] === 'x' && ax.anchor && fl[key].overlaying)) continue;
+      // plotly fills an empty title with its editable placeholder ("Click to enter Y axis title")
+      let title = ax.title && ax.title.text ? String(ax.title.text).trim() : '';
+      if (title.startsWith('Click to enter')) title = '';
+      const shared = ax._id[0] === 'x' && Object.keys(fl).some(k => /^xaxis\d*$/.test(k) && fl[k] && fl[k].matches === ax._id && fl[k].title && fl[k].title.text && !String(fl[k].title.text).startsWith('Click to enter'));
+      if (!title && !shared) out.axes.push(name(p) + ': axis ' + ax._id + ' has no title');
+    }
+  }
   return JSON.stringify(out);
 })()
 """
@@ -103,6 +126,7 @@ def problems_of(facts: dict[str, object], when: str) -> list[str]:
     out += [f"{when}: overflow: {m}" for m in facts["overflow"][:10]]  # type: ignore[index]
     out += [f"{when}: {m}" for m in facts["overlap"][:10]]  # type: ignore[index]
     out += [f"{when}: {m}" for m in facts["legend"][:10]]  # type: ignore[index]
+    out += [f"{when}: {m}" for m in facts.get("axes", [])[:10]]  # type: ignore[union-attr]
     return out
 
 

@@ -124,14 +124,17 @@ def test_helper_reports_errors_and_undrawn_plots(browser: Chromium, tmp_path: Pa
 
 
 def _ci_reports() -> list[Path]:
+    """Every page under CHARBENCH_REPORTS_DIR: the runs' report.html, the comparison and the history index."""
     d = os.environ.get("CHARBENCH_REPORTS_DIR")
-    return sorted(Path(d).rglob("report.html")) if d else []
+    return sorted(p for p in Path(d).rglob("*.html") if "screenshots" not in p.parts) if d else []
 
 
 @pytest.mark.skipif(not os.environ.get("CHARBENCH_REPORTS_DIR"), reason="CHARBENCH_REPORTS_DIR not set (.ci/run sets it to the quick presets' runs)")
 def test_ci_reports_render_without_errors(browser: Chromium) -> None:
     reports = _ci_reports()
     assert reports, f"no report.html under CHARBENCH_REPORTS_DIR={os.environ.get('CHARBENCH_REPORTS_DIR')}"
+    names = {p.name for p in reports}
+    assert {"report.html", "index.html", "compare.html"} <= names, f"CI pages missing: {sorted({'report.html', 'index.html', 'compare.html'} - names)}"
     failures = []
     for page in reports:
         try:
