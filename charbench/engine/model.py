@@ -327,12 +327,15 @@ class RotaryEmbedding:
         self.inv_freq = rope_inv_freq(cfg)
         self.device = device
         self.freqs = torch.empty(0, cfg.head_dim // 2, dtype=torch.complex64, device=device)
-        self.ensure(cfg.max_position_embeddings)
+        # long-context presets allow 10M positions (GBs of table): start at 64K, grow on demand
+        self.ensure(min(cfg.max_position_embeddings, 1 << 16))
 
     def ensure(self, length: int) -> None:
-        """Make the table cover positions ``[0, length)``."""
+        """Make the table cover positions ``[0, length)`` (grown at least 2x, so that decode
+        steps past the table do not rebuild it every token)."""
         if length <= self.freqs.shape[0]:
             return
+        length = max(length, 2 * self.freqs.shape[0])
         pos = torch.arange(length, dtype=torch.float64)
         angles = torch.outer(pos, self.inv_freq)  # float64 keeps large positions exact
         self.freqs = torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(self.device)
