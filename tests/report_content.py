@@ -166,9 +166,9 @@ def use_meter(monkeypatch: Any, branch: str, tmp_path: Path) -> None:
             or ``"not-measured"`` (the real meter factory pointed at an empty powercap folder).
     """
     from charbench import measure
+    from charbench.measure.meters import make_meters as real  # the real factory, even when a test switches branches
     from charbench.measure.testing import FakeMeter
 
-    real = measure.make_meters
     if branch == "measured":
         monkeypatch.setattr(measure, "make_meters", lambda device, gpus=None: (FakeMeter(dict(MEASURED_POWER_W)), []))
     elif branch == "not-measured":
