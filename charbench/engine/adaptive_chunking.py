@@ -180,6 +180,8 @@ class AdaptiveChunkPolicy:
             fraction (clamped to [0, 0.4]) of the budget to co-batched work.
         prefill_order: optional ``seqs -> seqs`` (e.g. :class:`charbench.engine.lars.LarsOrder`);
             the scheduler serves running and waiting prefills in the order it returns.
+        long_prefill_tokens: a sequence at least this long is a long prefill; Alg. 2 gives a
+            second long prefill in the same batch no chunk (None: no limit).
 
     Attributes:
         history: ``(kv_context, chunk)`` chosen per call, in order (for the report).
@@ -193,6 +195,7 @@ class AdaptiveChunkPolicy:
         max_chunk: int = 8192,
         slack_of: Callable[[ChunkableSeq], float] | None = None,
         prefill_order: Callable[[list[Any]], list[Any]] | None = None,
+        long_prefill_tokens: int | None = None,
     ) -> None:
         if not tbt_slo_s > 0 or tbt_slo_s == float("inf"):
             raise ConfigError(f"--tbt-slo-ms: must be a finite number > 0, got {tbt_slo_s * 1000:g}")
@@ -202,6 +205,10 @@ class AdaptiveChunkPolicy:
         self.min_chunk, self.max_chunk = min_chunk, max_chunk
         self.slack_of = slack_of
         self.prefill_order = prefill_order
+        if long_prefill_tokens is not None and long_prefill_tokens < 1:
+            raise ConfigError(f"--chunk adaptive: long prefill threshold must be >= 1 token, got {long_prefill_tokens}")
+        self.long_prefill_tokens = long_prefill_tokens
+        self._long_in_batch = False
         self._decodes = 0
         self._decode_context = 0
         self._extra_s = 0.0
@@ -212,6 +219,7 @@ class AdaptiveChunkPolicy:
         self._decodes = len(decoding)
         self._decode_context = sum(s.num_tokens for s in decoding)
         self._extra_s = 0.0
+        self._long_in_batch = False
 
     def batch_time(self, chunk: int, context: int) -> float:
         """Predicted time of this iteration with a ``chunk``-token prefill at ``context``."""
@@ -225,6 +233,9 @@ class AdaptiveChunkPolicy:
 
     def chunk_size(self, seq: ChunkableSeq, budget_left: int) -> int:
         """Largest chunk fitting the time budget and the token budget (0: wait)."""
+        is_long = self.long_prefill_tokens is not None and seq.num_tokens >= self.long_prefill_tokens
+        if is_long and self._long_in_batch:
+            return 0  # Alg. 2: one long prefill per batch
         context = seq.num_computed_tokens
         hi = min(budget_left, seq.num_uncomputed_tokens, self.max_chunk)
         budget = self.budget_s(seq)
@@ -234,6 +245,7 @@ class AdaptiveChunkPolicy:
             # later prefills in the same batch see this chunk's time as already spent
             self._extra_s += self.batch_time(n, context) - self.batch_time(0, context)
             self.history.append((context, n))
+            self._long_in_batch = self._long_in_batch or is_long
         return n
 
     def __repr__(self) -> str:

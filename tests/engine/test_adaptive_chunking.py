@@ -103,6 +103,19 @@ def test_slack_shrinks_budget():
     assert slack.chunk_size(_Seq(10**6, 0), 10**5) < tight.chunk_size(_Seq(10**6, 0), 10**5)
 
 
+def test_one_long_prefill_per_batch():
+    """Alg. 2: a second long prefill in the same batch gets no chunk; short ones still do."""
+    policy = AdaptiveChunkPolicy(BatchTimePredictor(TRUE), tbt_slo_s=0.5, long_prefill_tokens=10_000)
+    policy.begin_batch([])
+    assert policy.chunk_size(_Seq(50_000, 0), 1000) == 1000
+    assert policy.chunk_size(_Seq(20_000, 0), 1000) == 0
+    assert policy.chunk_size(_Seq(500, 0), 1000) == 500
+    policy.begin_batch([])
+    assert policy.chunk_size(_Seq(20_000, 0), 1000) == 1000  # a new batch
+    with pytest.raises(ConfigError, match=r"--chunk adaptive: long prefill threshold must be >= 1 token, got 0"):
+        AdaptiveChunkPolicy(BatchTimePredictor(TRUE), 0.5, long_prefill_tokens=0)
+
+
 def test_largest_fitting_is_exact():
     assert largest_fitting(lambda n: n <= 777, 32, 4096) == 777
     assert largest_fitting(lambda n: n <= 10, 32, 4096) == 0
