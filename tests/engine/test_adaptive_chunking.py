@@ -87,6 +87,42 @@ def test_chunks_never_grow_with_kv_and_every_batch_fits():
     assert [c for _, c in policy.history] == chunks
 
 
+def test_in_the_scheduler_chunks_shrink_and_every_batch_fits():
+    """8 running decodes + a 60K prefill through Scheduler: decodes first in every batch,
+    the prefill's chunks never grow as its KV grows, and each batch's predicted time (its
+    real decode KV lengths) is within the SLO."""
+    pred = BatchTimePredictor(TRUE)
+    policy = AdaptiveChunkPolicy(pred, tbt_slo_s=0.05, min_chunk=32, max_chunk=8192)
+    sched = Scheduler(BlockAllocator(8192), 16, 16, 8192, policy)
+    decodes = [Sequence(i, f"d{i}", [1] * 100, arrival_time_s=0.0) for i in range(8)]
+    for d in decodes:
+        sched.add(d)
+    sched.schedule()
+    for d in decodes:
+        d.append_token(1)
+    sched.add(Sequence(99, "long", [1] * 60_000, arrival_time_s=1.0))
+    chunks = []
+    while True:
+        out = sched.schedule()
+        assert [c.is_decode for c in out.chunks[:8]] == [True] * 8
+        pre = [c for c in out.chunks if not c.is_decode]
+        dec_kv = sum(c.start_pos + 1 for c in out.chunks if c.is_decode)
+        n = pre[0].num_tokens if pre else 0
+        ctx = pre[0].start_pos if pre else 0
+        assert pred.predict(IterationSample(n, ctx, 8, dec_kv)) <= 0.05
+        for c in out.chunks:
+            if c.is_decode:
+                c.seq.append_token(1)
+        if not pre:
+            break
+        chunks.append(n)
+        if pre[0].need_logits:
+            break
+    assert sum(chunks) == 60_000 and len(chunks) > 10
+    assert all(b <= a for a, b in zip(chunks, chunks[1:-1]))  # the last chunk is the remainder
+    assert chunks[0] > 3 * chunks[-2]
+
+
 def test_adaptive_waits_when_nothing_fits():
     policy = AdaptiveChunkPolicy(BatchTimePredictor(TRUE), tbt_slo_s=0.0015, min_chunk=32)
     policy.begin_batch([_Seq(1000, 999)] * 8)  # 8 decodes alone take 1.816 ms > 1.5 ms
