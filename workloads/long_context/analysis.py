@@ -88,10 +88,15 @@ def calibration(recs: list[dict[str, Any]], cfg: LongContextConfig) -> tuple[Cal
             return
         measured = v_other / v_base
         ideal = ideal_of(n)
-        eta = min(1.0, ideal / measured) if measured > 0 else 1.0
+        if measured >= 1.0:
+            # slower than one rank: per-message latency (gloo on a CPU) swamps the work at this size,
+            # a regime a GPU link does not share -- not a scaling efficiency
+            eta, note = 1.0, "not used: the parallel layout was not faster than 1x1x1 (latency-bound at this size); ideal scaling assumed"
+        else:
+            eta, note = min(1.0, ideal / measured), "used (capped at 1)"
         etas[degree] = eta
         rows.append({"degree": degree, "baseline": base, "layout": other, "context": n, "metric": metric,
-                     "measured_ratio": measured, "ideal_ratio": ideal, "efficiency": eta})
+                     "measured_ratio": measured, "ideal_ratio": ideal, "efficiency": eta, "note": note})
 
     chunks = lambda n: max(1, -(-n // cfg.prefill_chunk))  # noqa: E731
     if "1x1x1" in layouts and "1x2x1" in layouts:
@@ -103,7 +108,7 @@ def calibration(recs: list[dict[str, Any]], cfg: LongContextConfig) -> tuple[Cal
         base = f"1x{spp}x{kvp}"
         if tp == 2 and base in layouts and "tp" not in {r["degree"] for r in rows}:
             add("tp", base, lay, "ttft_ms", lambda n: 0.5)
-    source = "; ".join(f"{r['degree']}: {r['layout']} vs {r['baseline']} at {r['context']} tokens ({r['metric']})" for r in rows)
+    source = "; ".join(f"{r['degree']}: {r['layout']} vs {r['baseline']} at {r['context']} tokens ({r['metric']}, {r['note']})" for r in rows)
     return Calibration(etas["spp"], etas["kvp"], etas["tp"], source or "uncalibrated (ideal scaling)"), rows
 
 
@@ -162,7 +167,7 @@ def summarize(store: Any, cfg: LongContextConfig) -> dict[str, Any]:
     recs = store.records()
     calib, cal_rows = calibration(recs, cfg)
     store.write_table("calibration", pd.DataFrame(cal_rows, columns=["degree", "baseline", "layout", "context", "metric",
-                                                                     "measured_ratio", "ideal_ratio", "efficiency"]))
+                                                                     "measured_ratio", "ideal_ratio", "efficiency", "note"]))
     proj = projection_rows(cfg, calib)
     store.write_table("projection", pd.DataFrame(proj))
     paper = paper_rows(calib)
