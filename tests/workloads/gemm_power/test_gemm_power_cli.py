@@ -12,7 +12,8 @@ from charbench.cli import main
 from charbench.workloads.gemm_power.analysis import paper_a100
 from report_content import SectionContent, capture_sections, close, trace_xy
 
-SMALL = ["--device", "cpu", "--experiments", "sparsity,unique", "--size", "32", "--duration", "0.02", "--cooldown", "0"]
+# one repeat: the tests check values per point (the default repeats short CPU points 3 times, tests/workloads/gemm_power/test_noise_defaults.py)
+SMALL = ["--device", "cpu", "--experiments", "sparsity,unique", "--size", "32", "--duration", "0.02", "--cooldown", "0", "--repeats", "1"]
 
 
 def _run_dir(home: Path) -> Path:
@@ -150,7 +151,7 @@ def test_nan_output_fails_the_point_with_the_reason(charbench_home: Path, monkey
 
     monkeypatch.setattr(TorchGemm, "prepare", poisoned)
     base = ["gemm-power", "--device", "cpu", "--experiments", "sigma", "--dtypes", "fp32", "--size", "64",
-            "--duration", "0.02", "--continue-on-error"]
+            "--duration", "0.02", "--continue-on-error", "--repeats", "1"]
     # the correctness check against float64 catches the broken kernel first ...
     assert main(base) == 0
     run = _run_dir(charbench_home)
