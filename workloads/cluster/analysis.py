@@ -58,6 +58,30 @@ def polca_servers_gain(records: list[dict[str, Any]], max_p99_loss_pct: float = 
     return {"servers_gain_pct": best * 100.0, "max_p99_loss_pct": max_p99_loss_pct}
 
 
+#: DynamoLLM's direction test: its SLO attainment may be at most this far below static's
+MAX_SLO_DROP = 0.01
+
+
+def direction_met(claim: dict[str, Any], value: Any, records: list[dict[str, Any]]) -> bool | None:
+    """Whether the simulated value points the paper's way (None: not simulated).
+
+    Energy, carbon and cost claims: a saving (negative delta); for DynamoLLM's energy also
+    SLO attainment no worse than static's minus :data:`MAX_SLO_DROP`. POLCA: a positive
+    server gain (at <= 5% p99 TTFT/TBT loss, see :func:`polca_servers_gain`).
+    """
+    if value is None or value != value:  # None or NaN
+        return None
+    if claim["metric"] == "servers_gain_pct":
+        return bool(value > 0)
+    ok = bool(value < 0)
+    if claim["policy"] == "dynamollm" and claim["metric"] == "energy_delta_pct":
+        static = next((r for r in records if r.get("policy") == "static"), {})
+        dyn = next((r for r in records if r.get("policy") == "dynamollm"), {})
+        s, d = static.get("slo_attainment_frac"), dyn.get("slo_attainment_frac")
+        ok = ok and s is not None and d is not None and d >= s - MAX_SLO_DROP - 1e-12
+    return ok
+
+
 def claims_table(records: list[dict[str, Any]]) -> Any:
     """The papers' headline numbers next to this run's simulated values (null when the policy did not run)."""
     import pandas as pd
@@ -74,5 +98,5 @@ def claims_table(records: list[dict[str, Any]]) -> Any:
             if len(hit) and c["metric"] in hit:
                 value = hit.iloc[0][c["metric"]]
         rows.append({"paper": c["paper"], "claim": c["claim"], "published_pct": c["published"], "simulated_pct": value,
-                     "label": "simulated (charbench cluster-sim; not a reproduction)"})
+                     "same_direction": direction_met(c, value, records), "label": "simulated (charbench cluster-sim; not a reproduction)"})
     return pd.DataFrame(rows)

@@ -153,6 +153,23 @@ def recent_rate(arrival_s: np.ndarray, t: float, window_s: float) -> float:
     return float(hi - lo) / window_s if window_s > 0 else 0.0
 
 
+def recent_peak_rate(arrival_s: np.ndarray, t: float, window_s: float, sub_s: float = 60.0) -> float:
+    """Highest mean arrival rate over the ``sub_s`` sub-windows of [t - window_s, t) (causal; req/s).
+
+    Controllers that size capacity for a period use it, as the static baseline is sized for
+    the trace's peak over windows of the same length (a period's mean hides its bursts).
+    """
+    if window_s <= 0:
+        return 0.0
+    sub = min(sub_s, window_s)
+    edges = t - window_s + sub * np.arange(int(np.ceil(window_s / sub)) + 1)
+    edges[-1] = t
+    counts = np.diff(np.searchsorted(arrival_s, edges, side="left"))
+    widths = np.diff(edges)
+    ok = widths > 0
+    return float((counts[ok] / widths[ok]).max()) if ok.any() else 0.0
+
+
 def snap(levels: tuple[float, ...], f: float) -> float:
     """The level nearest to ``f``."""
     return min(levels, key=lambda x: (abs(x - f), x))

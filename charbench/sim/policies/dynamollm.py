@@ -6,13 +6,15 @@ Requests are binned into pools by input length (known) and a *predicted* output 
 Three controllers, each on its own period (the paper's 30 min / 5 min / 5 s):
 
 * cluster (``cluster_period_s``): instances and tp per pool, the plan with the least modelled
-  power that meets the planning targets at the observed load (plus ``load_headroom``); new
+  power that meets the planning targets at the observed load (the busiest minute of the last
+  period, as static is sized for the trace's busiest minute, plus ``load_headroom``); new
   instances spin up for ``spinup_s`` (drawing idle power, counted as reconfiguration energy),
   extra ones drain;
 * pool (``pool_period_s``): re-shard a pool to another tp within its GPUs when that saves > 5%
   modelled power (``reshard_s``; the old instances serve until the new ones are ready);
 * instance (``freq_period_s``): the SM frequency with the least modelled power that meets the
-  targets at each instance's share of the last 30 s of load (a ``freq_change_s`` stall).
+  targets at each instance's share of the load (the highest of the last 30 s, the last period
+  and the busiest minute of the last pool period; a ``freq_change_s`` stall).
 
 The first period's plan uses the first period's load (an oracle; the paper predicts it);
 later plans use only past arrivals. With one pool, one frequency, one tp and the cluster and
@@ -27,7 +29,7 @@ import numpy as np
 
 from charbench.errors import ConfigError
 from charbench.sim.planner import Plan, best_freq, plan_pool
-from charbench.sim.policies.base import Policy, pool_classes, recent_rate
+from charbench.sim.policies.base import Policy, pool_classes, recent_peak_rate, recent_rate
 from charbench.sim.policies.registry import register_policy
 
 #: input / output token cuts of the S/M/L classes (DynamoLLM, per the cluster-energy appendix [S])
@@ -38,6 +40,9 @@ POOLINGS: tuple[str, ...] = ("io9", "out3", "single")
 RESHARD_GAIN = 0.05
 #: window of the frequency controller's load estimate
 FREQ_WINDOW_S = 30.0
+#: the cluster and pool controllers size for the busiest minute of their window (as static
+#: is sized for the trace's busiest minute), not the window's mean
+PEAK_WINDOW_S = 60.0
 
 
 def length_class(lengths: np.ndarray, cuts: tuple[int, ...]) -> np.ndarray:
@@ -96,7 +101,7 @@ class DynamoLLMPolicy(Policy):
             return
         window = min(self.cfg.cluster_period_s, max(1.0, self.duration))
         for p in range(self.num_pools):
-            load = recent_rate(self.arrivals[p], window, window) * (1 + self.cfg.load_headroom)
+            load = recent_peak_rate(self.arrivals[p], window, window, PEAK_WINDOW_S) * (1 + self.cfg.load_headroom)
             plan = self.plans[p] = self._plan(p, load)
             for _ in range(plan.instances):
                 sim.add_instance(p, plan.tp, plan.freq_mhz)
@@ -109,7 +114,10 @@ class DynamoLLMPolicy(Policy):
         return out
 
     def _load(self, pool: int, t: float, *windows: float) -> float:
-        return max(recent_rate(self.arrivals[pool], t, w) for w in windows) * (1 + self.cfg.load_headroom)
+        """The highest of: the mean rate over each window up to a minute, the busiest minute of each longer one; plus headroom."""
+        rates = [recent_rate(self.arrivals[pool], t, w) if w <= PEAK_WINDOW_S else recent_peak_rate(self.arrivals[pool], t, w, PEAK_WINDOW_S)
+                 for w in windows]
+        return max(rates) * (1 + self.cfg.load_headroom)
 
     def _busy(self, sim: Any, pool: int) -> bool:
         """A reconfiguration of the pool is still in flight."""
@@ -125,7 +133,7 @@ class DynamoLLMPolicy(Policy):
             cur = sim.accepting(p)
             if self._busy(sim, p) or not cur:
                 continue
-            load = self._load(p, t, self.cfg.pool_period_s)
+            load = self._load(p, t, self.cfg.pool_period_s, self.cfg.cluster_period_s)  # stay valid for the load the pool was sized for
             gpus = sum(i.tp for i in cur)
             now = self._plan(p, load, gpus=gpus, tps=(cur[0].tp,))
             alt = self._plan(p, load, gpus=gpus)
@@ -138,7 +146,8 @@ class DynamoLLMPolicy(Policy):
             cur = sim.accepting(p)
             if not cur:
                 continue
-            per = self._load(p, t, FREQ_WINDOW_S, self.cfg.freq_period_s) / len(cur)
+            # the recent busiest minute too: a burst that came in the last pool period may come back
+            per = self._load(p, t, FREQ_WINDOW_S, self.cfg.freq_period_s, self.cfg.pool_period_s) / len(cur)
             f = best_freq(self.profile, cur[0].tp, self.classes[p], per, ttft, tbt, self.cfg.chunk_tokens, self.freqs)
             for inst in cur:
                 sim.set_freq(inst, f)

@@ -41,3 +41,20 @@ def test_comparison_deltas_and_polca_gain() -> None:
     assert t["policy"].tolist() == ["static", "dynamollm", "polca+0.2", "polca+0.4"]
     assert t["energy_delta_pct"].tolist() == [0.0, -50.0, pytest.approx(10.0), pytest.approx(20.0)]
     assert polca_servers_gain(recs) == {"servers_gain_pct": 20.0, "max_p99_loss_pct": 5.0}
+
+
+def test_claims_direction() -> None:
+    from charbench.workloads.cluster.analysis import claims_table
+
+    recs = [{"policy": "static", "energy_kwh": 10.0, "carbon_kgco2e": 4.0, "cost_usd": 5.0, "slo_attainment_frac": 1.0, "p99_ttft_ms": 100.0, "p99_tbt_ms": 50.0},
+            {"policy": "dynamollm", "energy_kwh": 8.0, "carbon_kgco2e": 4.2, "cost_usd": 4.0, "slo_attainment_frac": 0.989},
+            {"policy": "polca", "polca_oversubscription": 0.1, "p99_ttft_ms": 104.0, "p99_tbt_ms": 51.0}]
+    t = claims_table(recs).set_index("claim")
+    dyn = t[t["paper"].str.startswith("DynamoLLM")]
+    # -20% energy but 1.1 points of SLO attainment lost: not the paper's direction; carbon up; cost down
+    assert dyn["same_direction"].tolist() == [False, False, True]
+    assert t.loc["more servers in the same power budget", "simulated_pct"] == pytest.approx(10.0)
+    assert t.loc["more servers in the same power budget", "same_direction"] == True  # noqa: E712
+    assert t[t["paper"].str.startswith("Towards")]["same_direction"].isna().all()  # greener did not run
+    recs[1]["slo_attainment_frac"] = 0.99
+    assert claims_table(recs).iloc[0]["same_direction"] == True  # noqa: E712
