@@ -124,12 +124,17 @@ def capture_sections(hook: Callable[[Any], list[Any]], module: Any, data: Any) -
         for name, real in saved.items():
             setattr(module, name, real)
     out = []
+    placed: set[int] = set()
     for sec in sections:
         content = SectionContent(sec.title, note=sec.note)
-        for html, kind, obj in drawn:
-            if html and html in sec.html:
+        for i, (html, kind, obj) in enumerate(drawn):
+            if html and html in str(sec.html):
                 (content.figures if kind == "figure_html" else content.tables).append(obj)
+                placed.add(i)
         out.append(content)
+    # a figure or table drawn but in no section's HTML was lost or escaped on the way (str + Markup escapes the str)
+    lost = [kind for i, (_, kind, _) in enumerate(drawn) if i not in placed]
+    assert not lost, f"{len(lost)} drawn block(s) ({', '.join(lost)}) are in no section's HTML: dropped, or escaped into text"
     return ReportContent(out)
 
 

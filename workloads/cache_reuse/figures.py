@@ -100,7 +100,8 @@ def report_sections(data: RunData) -> list[Section]:
     paper = pd.DataFrame([{"figure": k, "paper": v} for k, v in PAPER.items()])
     sections.append(Section("Next to the paper (DroidSpeak, arXiv 2411.02820)", table_html(paper)
                             + "<p>Fig 13 toy timeline from our model: "
-                            + escape(" -> ".join(f"{v:g}" for v in toy.values()))
+                            # str(): a str + Markup sum escapes the str (the table showed as literal tags)
+                            + str(escape(" -> ".join(f"{v:g}" for v in toy.values())))
                             + " (load all first, send reused layers only, pipelined; inputs are ours, chosen to give the "
                               "figure's totals).</p>"))
     return sections

@@ -53,7 +53,37 @@ def _results(out: Path) -> pd.DataFrame:
     return RunStore.open(run).results_frame().sort_values("point_index").reset_index(drop=True)
 
 
-def test_real_pair_runs_every_mode_and_reports(pair_dirs: dict[str, Path], charbench_home: Path, tmp_path: Path) -> None:
+def _check_report(out: Path, df: pd.DataFrame) -> None:
+    """The pair section's figures and tables hold the run's points (content, not titles)."""
+    from report_content import close, report_content, trace_xy
+
+    from charbench.workloads.cache_reuse.analysis import PAPER
+
+    run = next((out / "cache-reuse").iterdir())
+    assert (run / "report.html").is_file()
+    content = report_content(run)
+    frontier = content.figure_with_trace("DroidSpeak group [a,b]")
+    ds = df[df["mode"] == "droidspeak"]
+    assert trace_xy(frontier, "DroidSpeak group [a,b]") == (list(ds["recomputed_layer_count"]), list(ds["quality_pct"]))
+    cb = df[df["mode"] == "cacheblend"]
+    assert trace_xy(frontier, "CacheBlend (same budget)") == (list(cb["recomputed_layer_count"]), list(cb["quality_pct"]))
+    base = df[df["mode"] == "full_recompute"].iloc[0]
+    assert trace_xy(frontier, "receiver (full recompute)") == ([base["recomputed_layer_count"]], [base["quality_pct"]])
+    modes = content.table_with_column("cost_model_speedup")
+    assert list(modes["mode"]) == list(df["mode"]) and close(list(modes["quality_pct"]), list(df["quality_pct"]))
+    assert close(list(modes["speedup"]), list(base["median_prefill_ms"] / df["median_prefill_ms"]))
+    assert close(list(modes["cost_model_speedup"]), [3 / m if m else None for m in df["recomputed_layer_count"]])
+    targets = content.table_with_column("met")
+    assert len(targets) > 0 and set(targets["met"]) <= {True, False, None}
+    paper = content.table_with_column("paper")
+    assert list(paper["figure"]) == list(PAPER) and list(paper["paper"]) == list(PAPER.values())
+
+
+def test_real_pair_runs_every_mode_and_reports(pair_dirs: dict[str, Path], charbench_home: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from report_content import use_meter
+
+    use_meter(monkeypatch, "not-measured", tmp_path)
     out = tmp_path / "runs"
     args = ["cache-reuse", "--sender", str(pair_dirs["a"]), "--receiver", str(pair_dirs["b"]), "--data", str(pair_dirs["data"]),
             *FAST, "--out", str(out)]
@@ -70,19 +100,23 @@ def test_real_pair_runs_every_mode_and_reports(pair_dirs: dict[str, Path], charb
     g = df[(df["mode"] == "droidspeak") & (df["setting"] == "1-1")].iloc[0]
     assert g["e_cache_bytes"] == pytest.approx(32 * 4 * tokens) and g["reused_kv_bytes"] == pytest.approx(2 * 2 * 16 * 4 * tokens)
     assert df["recomputed_token_count"].notna().tolist() == (df["mode"] == "cacheblend").tolist()
-    html = (next((out / "cache-reuse").iterdir()) / "report.html").read_text()
-    for title in ("Pair custom", "quality vs recomputed layers", "Next to the paper", "47 -&gt; 30 -&gt; 17", "Targets"):
-        assert title in html, title
+    assert df["energy_j"].isna().all()
+    _check_report(out, df)
 
 
 def test_identical_sender_and_receiver_every_mode_scores_the_same(pair_dirs: dict[str, Path], charbench_home: Path,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from report_content import use_meter
+
+    use_meter(monkeypatch, "measured", tmp_path)  # the other pair runs unmeasured: both report branches
     out = tmp_path / "same"
     assert main(["cache-reuse", "--sender", str(pair_dirs["b"]), "--receiver", str(pair_dirs["b"]), "--data",
                  str(pair_dirs["data"]), *FAST, "--out", str(out)]) == 0
     df = _results(out)
     assert df["quality_pct"].tolist() == [100.0] * len(df)
     assert df["heldout_quality_pct"].tolist() == [100.0] * len(df)
+    assert df["energy_j"].notna().all()
+    _check_report(out, df)
 
 
 @pytest.mark.parametrize(("args", "message"), [
