@@ -151,9 +151,10 @@ class RayExecutor(RemoteExecutor):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
-        # 0 CPUs: it only holds batches; soft: a driver on a node Ray cannot place it on still gets one
+        # 0 CPUs: it only holds batches. Pinned hard to the driver's node: placed on a worker node it would die with it,
+        # taking that node's finished points along.
         self._collector = ray.remote(Collector).options(num_cpus=0, max_restarts=0, max_concurrency=4,
-                                                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+                                                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         warm = ray.remote(max_retries=0)(warm_worker)
         for node in ray.nodes():
             if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) >= 1:
@@ -197,11 +198,25 @@ class RayExecutor(RemoteExecutor):
                 cause = getattr(exc, "cause", None)
                 text = f"{type(cause).__name__}: {cause}" if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None else f"{type(exc).__name__}: {exc}"
                 node, self._salvaged[ref] = self._take(ref)
-                out.append((ref, Lost(text.strip().splitlines()[0] if text.strip() else type(exc).__name__, node)))
+                out.append((ref, Lost(text.strip().splitlines()[0] if text.strip() else type(exc).__name__, node or self._dead_node(text))))
             else:
                 self._take(ref)  # the result holds every batch: drop the streamed copies
                 out.append((ref, result))
         return out
+
+    def _dead_node(self, text: str) -> str | None:
+        """The node a NodeDiedError names ("node ID: <hex>"), as ``host/<id[:8]>`` like a unit names its node."""
+        import re
+
+        m = re.search(r"node ID: ([0-9a-f]{8,})", text)
+        if m is None:
+            return None
+        node_id = m.group(1)
+        try:
+            host = next((n.get("NodeManagerHostname") for n in self._ray.nodes() if n.get("NodeID") == node_id), None)
+        except Exception:  # the GCS is unreachable: the id alone still names the node
+            host = None
+        return f"{host or 'ray-node'}/{node_id[:8]}"
 
     def salvage(self, handle: Any, unit: Unit) -> list[tuple[Any, NodeInfo]]:
         """The points a lost unit streamed before its node or worker went away."""

@@ -43,7 +43,9 @@ def _wait_for(pred, timeout_s: float, what: str) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # fast health checks: a removed node is declared dead in about 2 s instead of about 30
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health})
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=100 << 20)
     ray.init(address=c.address, logging_level="error", log_to_driver=False)
