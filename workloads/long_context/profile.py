@@ -36,7 +36,7 @@ def profile_grid(cfg: LongContextConfig) -> ProfileGrid:
     dctx = cfg.mixed_prompt_tokens
     chunks = tuple(c for c in (0, 32, 128, 512, 2048) if c <= max(ctx, 32))
     return ProfileGrid(chunks=chunks, contexts=(0, ctx // 2, ctx), decodes=(0, cfg.mixed_decodes),
-                       decode_contexts=(dctx, dctx + 512), repeats=2)
+                       decode_contexts=(dctx, dctx + 512), repeats=3)
 
 
 class StageRunner:
@@ -89,9 +89,41 @@ def profile_and_fit(cfg: LongContextConfig, grid: ProfileGrid,
         samples = profile_iterations(runner, grid, log=log)
     finally:
         torch.set_num_threads(prev)
-    return BatchTimePredictor.fit(samples), samples
+    return fit_relative(samples), samples
 
 
 def samples_payload(predictor: BatchTimePredictor, samples: list[IterationSample]) -> dict[str, Any]:
     """JSON of the profiled iterations and the fit's error on them."""
     return {"samples": [asdict(s) for s in samples], "error": fit_error(predictor, samples)}
+
+
+def fit_relative(samples: list[IterationSample]) -> BatchTimePredictor:
+    """Non-negative least squares of the *relative* error (rows weighted by 1 / time).
+
+    :meth:`BatchTimePredictor.fit` minimizes absolute error, which the largest profiled
+    iterations (seconds) dominate; the iterations that decide a chunk are the ones near the
+    TBT budget (tens of ms), whose relative error it leaves large. Weighting each row by its
+    inverse time fits every size to the same relative accuracy. Active set as in the engine:
+    drop the most negative coefficient and refit.
+
+    Raises:
+        ConfigError: fewer samples than features or a sample without a positive time.
+    """
+    import numpy as np
+
+    from charbench.engine.adaptive_chunking import FEATURES
+    from charbench.errors import ConfigError
+
+    if len(samples) < len(FEATURES) or any(not s.time_s or s.time_s <= 0 for s in samples):
+        raise ConfigError(f"predictor: need >= {len(FEATURES)} profiled iterations with positive times, got {len(samples)}")
+    y = np.array([s.time_s for s in samples], dtype=float)
+    x = np.array([s.features() for s in samples]) / y[:, None]
+    active = list(range(len(FEATURES)))
+    coef = np.zeros(len(FEATURES))
+    while active:
+        sol, *_ = np.linalg.lstsq(x[:, active], np.ones(len(y)), rcond=None)
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return BatchTimePredictor(coef.tolist())
