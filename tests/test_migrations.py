@@ -55,8 +55,12 @@ def test_old_folder_opens_migrates_renders_and_resumes(tmp_path: Path) -> None:
 
     from charbench.report import render_run
 
-    html = render_run(run).read_text()
-    assert "20250101-000000-old" in html and "<td>i=0</td>" in html
+    assert render_run(run).is_file()
+    from charbench.report import RunData, _display_frame
+
+    old = RunData.load(run)
+    assert old.meta["run_id"] == "20250101-000000-old" and _display_frame(old.results).to_dict("records") == [
+        {"point_key": "i=0", "i": 0, "x_count": 0}]  # the points table of the old folder
 
     res = run_study(Counter(), CommonOptions(out=tmp_path, device="cpu", resume=run), RunSettings(sample_interval_s=0))
     assert res.status == "completed" and res.run_dir == run and res.points_done == 3

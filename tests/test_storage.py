@@ -218,8 +218,14 @@ def test_a_study_writes_tables_through_its_context_and_the_report_lists_them(cha
     assert store.tables() == {"steps": {"rows": 6, "columns": ["point", "step"], "file": "tables/steps.parquet"}}
     assert list(store.read_table("steps")["point"]) == [0, 0, 0, 1, 1, 1]
     assert not (res.run_dir / "tables" / "steps.parts").exists()  # compacted when the run closed
-    html = res.report.read_text()
-    assert "<h2>Tables</h2>" in html and "<td>steps</td><td>6</td><td>point, step</td><td>tables/steps.parquet</td>" in html
+    # the report lists the table (its content as data, not markup)
+    from report_content import capture_sections
+
+    from charbench import report
+
+    assert res.report is not None and res.report.is_file()
+    (listing,) = capture_sections(lambda d: [report.tables_section(d)], report, report.RunData.load(res.run_dir)).tables
+    assert listing.to_dict("records") == [{"table": "steps", "rows": 6, "columns": "point, step", "file": "tables/steps.parquet"}]
 
 
 def test_part_log_frames_from_arrow_and_pandas_mix(tmp_path: Path) -> None:
