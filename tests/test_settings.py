@@ -275,6 +275,6 @@ def test_study_configs_carry_no_runner_setting() -> None:
     from charbench.settings import SETTING_NAMES
 
     for package, name in (("gemm_power", "GemmPowerConfig"), ("serving", "ServeSweepConfig"), ("cluster", "ClusterSimConfig"),
-                          ("pruned_training", "PruneTrainConfig"), ("cache_reuse", "CacheReuseConfig")):
+                          ("pruned_training", "PruneTrainConfig"), ("cache_reuse", "CacheReuseConfig"), ("long_context", "LongContextConfig")):
         cls = getattr(importlib.import_module(f"charbench.workloads.{package}.config"), name)
         assert not {f.name for f in dataclasses.fields(cls)} & set(SETTING_NAMES), name
