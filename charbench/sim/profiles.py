@@ -16,6 +16,7 @@ not scale with the SM clock.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field, fields
@@ -328,12 +329,122 @@ def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = No
                    calibration=calibration, _builder=functools.lru_cache(maxsize=None)(build))
 
 
+# ---------------------------------------------------------------------------------------------
+# Vidur's measured MLP profiles (profiling_data/compute/<dataset>/snapshots/<id>/mlp.csv.xz)
+
+#: per-layer operators of Vidur's mlp.csv (median ms each); ``emb`` runs once per iteration
+VIDUR_LAYER_OPS: tuple[str, ...] = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
+                                    "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+#: decode batches are at most this many tokens; prefill chunks are fitted from here up
+VIDUR_DECODE_MAX_TOKENS = 256
+
+
+def _vidur_files(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(mlp.csv.xz, config.json contents) from the file itself, its snapshot folder or its dataset folder."""
+    import json as _json
+
+    path = Path(path)
+    if path.is_dir():
+        hits = sorted(path.glob("mlp.csv*")) or sorted(path.glob("snapshots/*/mlp.csv*"))
+        if not hits:
+            raise ConfigError(f"--profile {path}: no mlp.csv.xz in this folder or its snapshots/*/ (Vidur's profiling_data/compute/<dataset> layout)")
+        path = hits[0]
+    if not path.is_file():
+        raise ConfigError(f"--profile {path}: file not found")
+    cfg_file = path.parent / "config.json"
+    cfg = _json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    return path, cfg
+
+
+def _vidur_model_name(hf_name: str) -> str:
+    """``meta-llama/Llama-2-7b-hf`` -> ``llama-2-7b``; ``meta-llama/Meta-Llama-3-8B`` -> ``llama-3-8b``."""
+    name = hf_name.split("/")[-1].lower()
+    for prefix in ("meta-",):
+        name = name.removeprefix(prefix)
+    return name.removesuffix("-hf")
+
+
+def vidur_profile(path: Path, gpu_name: str | None = None, model_name: str | None = None, max_batch: int = 256) -> Profile:
+    """A profile whose iteration times come from Vidur's measured MLP operator profile.
+
+    The linear layers, norms, rotary embedding and activations (Vidur's ``mlp.csv``, median
+    ms per operator and layer, by token count and tensor-parallel degree) give the
+    token-proportional costs: decode (1 token per sequence) is fitted over batches up to
+    :data:`VIDUR_DECODE_MAX_TOKENS` tokens, prefill chunks above that; times the model's
+    layer count, plus the embedding once. Attention (KV reads per context token), all-reduce,
+    power and the frequency model are the analytic profile's (Vidur measures no power, and the
+    attention tables staged with it are synthetic). Vidur profiles at the maximum clock: at a
+    lower clock the per-token (compute-bound) part scales as f_max/f and the fixed
+    (weight-read, memory-bound) part by the analytic memory-bound rule.
+
+    Args:
+        path: ``mlp.csv.xz``, its snapshot folder, or the dataset folder above ``snapshots/``.
+        gpu_name, model_name: override the dataset's ``config.json`` (``device_sku``, ``model``).
+
+    Raises:
+        ConfigError: no such file, an unknown GPU or model, or a table without a usable tp.
+    """
+    import numpy as np
+    import pandas as pd
+
+    mlp, meta = _vidur_files(path)
+    gpu = gpu_spec(gpu_name or str(meta.get("device_sku") or ""))
+    model = model_spec(model_name or _vidur_model_name(str(meta.get("model") or "")))
+    df = pd.read_csv(mlp)
+    need = [f"time_stats.{op}.median" for op in (*VIDUR_LAYER_OPS, "emb")] + ["num_tokens", "num_tensor_parallel_workers"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ConfigError(f"--profile {mlp}: not a Vidur MLP profile (missing columns {', '.join(missing)})")
+    df["iter_ms"] = df[[f"time_stats.{op}.median" for op in VIDUR_LAYER_OPS]].sum(axis=1) * model.layers + df["time_stats.emb.median"]
+    fits: dict[int, tuple[float, float, float, float]] = {}
+    for tp, g in df.groupby("num_tensor_parallel_workers"):
+        tp = int(tp)
+        if tp not in TP_CHOICES or kv_capacity_tokens(gpu, model, tp) < model.max_context:
+            continue
+        dec, pre = g[g["num_tokens"] <= VIDUR_DECODE_MAX_TOKENS], g[g["num_tokens"] >= VIDUR_DECODE_MAX_TOKENS]
+        if len(dec) < 2 or len(pre) < 2:
+            continue
+        d1, d0 = np.polyfit(dec["num_tokens"], dec["iter_ms"], 1)
+        p1, p0 = np.polyfit(pre["num_tokens"], pre["iter_ms"], 1)
+        fits[tp] = (max(0.0, float(d0)) / 1e3, max(0.0, float(d1)) / 1e3, max(0.0, float(p0)) / 1e3, max(0.0, float(p1)) / 1e3)
+    if not fits:
+        raise ConfigError(f"--profile {mlp}: no tensor-parallel degree of the table fits {model.name} on {gpu.name} with a full context")
+    a = ASSUMPTIONS
+
+    def build(tp: int, f: float) -> OperatingPoint:
+        base = _analytic_point(gpu, model, max_batch, tp, f)
+        d0, d1, p0, p1 = fits[tp]
+        slow = gpu.max_sm_freq_mhz / f
+        mem_slow = a["memory_bound_flat_share"] + (1.0 - a["memory_bound_flat_share"]) * slow
+        comm = base.prefill_fixed_s - a["iteration_overhead_s"]  # the analytic all-reduce latency (0 at tp 1)
+        return dataclasses.replace(base, decode_fixed_s=d0 * mem_slow + comm + a["iteration_overhead_s"], decode_per_seq_s=d1 * slow,
+                                   prefill_fixed_s=p0 * mem_slow + comm + a["iteration_overhead_s"], prefill_per_token_s=p1 * slow)
+
+    levels = tuple(sorted(set(gpu.freq_levels_mhz)))
+    prov = {
+        "measured": f"Vidur MLP operator profile {mlp} ({len(df)} rows; medians; {meta.get('model', '?')} on {meta.get('device_sku', '?')})",
+        "iteration_time": f"linear layers/norms/rope/activation x {model.layers} layers + embedding, fitted per tp: decode <= "
+                          f"{VIDUR_DECODE_MAX_TOKENS} tokens, prefill above (measured by Vidur at the maximum clock)",
+        "attention_and_comm": "analytic (KV bytes / HBM bandwidth; all-reduce model): Vidur's staged attention tables are synthetic",
+        "power": "analytic (estimated): Vidur measures no power",
+        "frequency_model": "per-token part ~ f_max/f, fixed part memory-bound (nearly flat); core power ~ f*V(f)^2",
+        "gpu": gpu.source,
+        "model": model.source,
+    }
+    return Profile(f"vidur:{mlp.parent.parent.parent.name if mlp.parent.parent.name == 'snapshots' else mlp.name}", model.name, gpu.name,
+                   "vidur-measured", tuple(sorted(fits)), levels, prov, _builder=functools.lru_cache(maxsize=None)(build))
+
+
 def resolve_profile(spec: str, model: str, kv_capacity_tokens: int | None = None, max_batch: int = 256) -> Profile:
-    """``a100|h100|h200`` (analytic) or a serve-sweep profile file (``.json``/``.csv``).
+    """``a100|h100|h200`` (analytic), a serve-sweep profile file (``.json``/``.csv``), or a Vidur
+    MLP profile (``vidur:PATH``, or a path to ``mlp.csv.xz`` or its dataset folder; the model
+    is the dataset's, ``model`` is not used).
 
     Raises:
         ConfigError: an unknown name, a missing file, or a measured profile without ``kv_capacity_tokens``.
     """
+    if spec.startswith("vidur:") or spec.lower().endswith((".csv.xz",)) or "vidur" in Path(spec).name and Path(spec).is_dir():
+        return vidur_profile(Path(spec.removeprefix("vidur:")), max_batch=max_batch)  # the dataset names its model
     if spec.lower().endswith((".json", ".csv")):
         if not kv_capacity_tokens:
             raise ConfigError(f"--profile {spec}: a measured profile does not record the KV-cache size; give --kv-capacity-tokens")

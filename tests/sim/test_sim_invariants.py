@@ -205,3 +205,61 @@ def test_a_policy_plugin_in_one_file(tmp_path: Path, policy_registry: Any) -> No
     with pytest.raises(ConfigError, match=r"--policy-file .*empty.py: registers no policy; decorate a Policy subclass with @register_policy"):
         (tmp_path / "empty.py").write_text("x = 1\n")
         load_policy_file(tmp_path / "empty.py")
+
+
+VIDUR_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "vidur" / "profiling_data" / "compute"
+
+
+def _vidur_dataset(tmp_path: Path) -> Path:
+    """A dataset folder in Vidur's layout with a small MLP table (two tp degrees, a roofline-like shape)."""
+    import json as _json
+
+    import pandas as pd
+
+    from charbench.sim.profiles import VIDUR_LAYER_OPS
+
+    snap = tmp_path / "datasets--local--vidur-llama-2-7b-a100" / "snapshots" / "0001"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(_json.dumps({"model": "meta-llama/Llama-2-7b-hf", "device_sku": "a100"}))
+    rows = []
+    for tp in (1, 2):
+        for n in (1, 64, 128, 256, 512, 1024, 2048):
+            per_layer = max(0.3, 0.002 * n) / tp  # ms: flat (weight reads) then linear (compute)
+            row = {f"time_stats.{op}.median": per_layer / len(VIDUR_LAYER_OPS) for op in VIDUR_LAYER_OPS}
+            row.update({"time_stats.emb.median": 0.2, "num_tokens": n, "num_tensor_parallel_workers": tp})
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(snap / "mlp.csv.xz", index=False, compression="xz")
+    return snap.parent.parent
+
+
+def test_vidur_mlp_profile_import(tmp_path: Path) -> None:
+    from charbench.sim.profiles import resolve_profile, vidur_profile
+
+    ds = _vidur_dataset(tmp_path)
+    prof = resolve_profile(f"vidur:{ds}", "llama-2-70b")  # the dataset's model wins
+    assert (prof.model, prof.gpu, prof.kind, prof.tps) == ("llama-2-7b", "a100", "vidur-measured", (1, 2))
+    hi, lo = prof.point(1, 1410), prof.point(1, 810)
+    # decode: flat 0.3 ms/layer up to 150 tokens then 0.002 n -> the <= 256-token fit; x 32 layers + emb; + 4 ms iteration overhead
+    dec = [max(0.3, 0.002 * n) * 32 + 0.2 for n in (1, 64, 128, 256)]
+    slope, icpt = np.polyfit([1, 64, 128, 256], dec, 1)
+    assert hi.decode_fixed_s == pytest.approx(icpt / 1e3 + 0.004) and hi.decode_per_seq_s == pytest.approx(slope / 1e3)
+    assert hi.prefill_per_token_s == pytest.approx(0.002 * 32 / 1e3) and hi.prefill_fixed_s == pytest.approx(0.2 / 1e3 + 0.004, abs=1e-9)
+    assert lo.prefill_per_token_s == pytest.approx(hi.prefill_per_token_s * 1410 / 810)  # compute-bound ~ 1/f
+    assert prof.point(2, 1410).prefill_per_token_s == pytest.approx(hi.prefill_per_token_s / 2, rel=1e-6)
+    assert "Vidur MLP operator profile" in prof.provenance["measured"] and "estimated" in prof.provenance["power"]
+    with pytest.raises(ConfigError, match=r"--profile .*nowhere: no mlp.csv.xz in this folder or its snapshots/\*/"):
+        (tmp_path / "nowhere").mkdir()
+        vidur_profile(tmp_path / "nowhere")
+    wl = _workload(300, 60.0)
+    res = simulate(prof, wl, policy_class("static")(prof, PolicyConfig(tp=1, instances=2)), SimSettings())
+    assert (res.finish_count == 1).all()
+
+
+@pytest.mark.skipif(not VIDUR_DATA.is_dir(), reason="../shared/vidur is not beside this checkout")
+def test_vidur_shared_profiles_load() -> None:
+    from charbench.sim.profiles import vidur_profile
+
+    for ds in sorted(VIDUR_DATA.iterdir()):
+        prof = vidur_profile(ds)
+        op = prof.point(prof.tps[0], prof.max_freq_mhz)
+        assert 0 < op.prefill_per_token_s < 1e-3 and 1e-3 < op.decode_fixed_s < 0.1, ds.name

@@ -62,7 +62,7 @@ def cluster_sim(
     burst_factor: Annotated[Flt, _o("--burst-factor", "Synthetic trace: rate multiplier in a burst.")] = None,
     length_dist: Annotated[Str, _o("--length-dist", "Synthetic trace lengths: azure-conv or azure-code.")] = None,
     policies: Annotated[Str, _o("--policies", "Comma-separated: static,dynamollm,polca,greener (and --policy-file ones).")] = None,
-    profile: Annotated[Str, _o("--profile", "a100, h100, h200 (analytic) or a serve-sweep --export-profile file.")] = None,
+    profile: Annotated[Str, _o("--profile", "a100, h100, h200 (analytic), a serve-sweep --export-profile file, or vidur:DIR (Vidur's MLP profile).")] = None,
     model: Annotated[Str, _o("--model", "Model: llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b (or the profile's).")] = None,
     kv_capacity_tokens: Annotated[Int, _o("--kv-capacity-tokens", "KV-cache tokens per instance (measured profiles).")] = None,
     tp: Annotated[Int, _o("--tp", "Static baseline's tensor parallelism.")] = None,

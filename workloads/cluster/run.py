@@ -72,7 +72,7 @@ class ClusterSimStudy(Study):
     def _model_context(self) -> int:
         from charbench.sim.hardware import MODELS
 
-        spec = MODELS.get(self.cfg.model.lower())
+        spec = MODELS.get(self.profile.model.lower())
         return spec.max_context if spec is not None else 1 << 30
 
     def _provision(self) -> int:
