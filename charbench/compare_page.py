@@ -99,12 +99,10 @@ def _label_pairs(label: str) -> list[tuple[str, str]]:
 
 def short_point_labels(labels: list[str]) -> dict[str, str]:
     """Each point label (``k=v, k=v``) cut to the knobs that differ between the points (all of them for one point)."""
+    from charbench.progress import naming_knobs
+
     pairs = {lab: _label_pairs(lab) for lab in labels}
-    values: dict[str, set[str]] = {}
-    for ps in pairs.values():
-        for k, v in ps:
-            values.setdefault(k, set()).add(v)
-    vary = {k for k, vs in values.items() if len(vs) > 1}
+    vary = set(naming_knobs([dict(ps) for ps in pairs.values()])) if len(pairs) > 1 else set()
     return {lab: (" ".join(f"{k}={v}" for k, v in ps if k in vary) or lab) for lab, ps in pairs.items()}
 
 
@@ -125,8 +123,16 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
     moved = _moved(cmp)
     total = len(cmp.matched)
     # gated metrics first, then the most moved; a metric no point moved gets a sentence, not an empty chart
+    from charbench.studies import find_study
+
+    spec_ = find_study(cmp.study)
+    declared = set(spec_.metrics) if spec_ is not None else set()
     ordered = sorted(cmp.metrics, key=lambda m: (not m.gated, m.direction == NEUTRAL, -moved.get(m.name, 0), m.name))
-    charted = [m for m in ordered if moved.get(m.name, 0) > 0][:max_metrics]
+    # charts for what matters (gated and the study's declared metrics; every metric of a study that declares
+    # none), tables for the rest: a window length or an iteration count moving says nothing by itself
+    matters = [m for m in ordered if m.gated or m.name in declared] if declared or any(m.gated for m in ordered) else ordered
+    charted = [m for m in matters if moved.get(m.name, 0) > 0][:max_metrics]
+    others = [m.name for m in ordered if moved.get(m.name, 0) > 0 and m not in charted]
     still = [m.name for m in ordered if moved.get(m.name, 0) == 0 and any(d.metric == m.name and d.delta_pct is not None for d in cmp.deltas)]
     empty = [m.name for m in ordered if not any(d.metric == m.name and d.delta_pct is not None for d in cmp.deltas)]
     parts = []
@@ -146,24 +152,33 @@ def _delta_figures(cmp: Comparison, max_metrics: int = 6) -> str:
                 part = [d for d in sel if (d.noise_band_pct is not None) == banded]
                 if not part:
                     continue
+                # horizontal bars: the point names read as text, the worst on top
                 fig.add_trace(go.Bar(
-                    x=[short.get(d.point, d.point) for d in part], y=[d.delta_pct for d in part], name=verdict, marker_color=VERDICT_COLORS[verdict],
+                    y=[short.get(d.point, d.point) for d in part], x=[d.delta_pct for d in part], orientation="h", name=verdict,
+                    marker_color=VERDICT_COLORS[verdict],
                     legendgroup=verdict, showlegend=banded or not any(d.noise_band_pct is not None for d in sel),
-                    error_y=dict(type="data", array=[d.noise_band_pct for d in part], visible=True) if banded else None,
-                    text=[f"{d.delta_pct:+.1f}%" for d in part], textposition="outside", cliponaxis=False,
+                    error_x=dict(type="data", array=[d.noise_band_pct for d in part], visible=True) if banded else None,
+                    text=[f"{d.delta_pct:+.1f}%" for d in part], cliponaxis=False,
+                    # a label outside a bar to the left would run into the point names: inside it instead
+                    textposition=["outside" if d.delta_pct >= 0 else "inside" for d in part], insidetextanchor="start",
                     customdata=[[d.point, fmt_value(d.mean_b), fmt_value(d.mean_c), "-" if d.noise_band_pct is None else f"±{d.noise_band_pct:.2f}%"] for d in part],
-                    hovertemplate="%{customdata[0]}<br>delta %{y:.2f}%<br>baseline %{customdata[1]} → candidate %{customdata[2]}<br>noise band %{customdata[3]}<extra>" + verdict + "</extra>",
+                    hovertemplate="%{customdata[0]}<br>delta %{x:.2f}%<br>baseline %{customdata[1]} → candidate %{customdata[2]}<br>noise band %{customdata[3]}<extra>" + verdict + "</extra>",
                 ))
-        for y in (cmp.threshold_pct, -cmp.threshold_pct):
-            fig.add_hline(y=y, line_dash="dot", line_color=PALETTE["neutral"])
+        for x in (cmp.threshold_pct, -cmp.threshold_pct):
+            fig.add_vline(x=x, line_dash="dot", line_color=PALETTE["neutral"])
         better = "lower" if spec.direction == LOWER else "higher" if spec.direction == HIGHER else "neutral"
         which = (f"the {len(shown)} worst of {total} matched points, worst first" if len(ds) > len(shown)
                  else f"all {len(ds)} of {total} matched points with values in both runs, worst first" if len(ds) < total
                  else f"all {total} matched points, worst first")
-        fig.update_layout(title=f"{metric_label(spec.name)}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
-                          yaxis_title="candidate vs baseline (%)", xaxis_title=which, barmode="overlay", xaxis_type="category")
-        fig.update_xaxes(categoryorder="array", categoryarray=[short.get(d.point, d.point) for d in shown], tickangle=-30, automargin=True)
-        parts.append(figure_html(fig, height=460))
+        values = [v for d in ds for v in (d.mean_b, d.mean_c)]
+        fig.update_layout(title=f"{metric_label(spec.name, values)}: candidate vs baseline ({better} is better{', gated' if spec.gated else ''})",
+                          xaxis_title="candidate vs baseline (%)", yaxis_title=which, barmode="overlay", yaxis_type="category")
+        # category order bottom-up: the worst bar on top
+        fig.update_yaxes(categoryorder="array", categoryarray=[short.get(d.point, d.point) for d in reversed(shown)], automargin=True)
+        parts.append(figure_html(fig, height=160 + 24 * len(shown)))
+    if others:
+        parts.append(f'<p class="muted">Also moved (in the tables below, not charted: not gated and not one of the study\'s declared metrics): '
+                     f'{_e(", ".join(others))}.</p>')
     if still:
         parts.append(f'<p class="muted">Unchanged within the {cmp.threshold_pct:g}% threshold (or within noise) at every matched point, so not charted: '
                      f'{_e(", ".join(still))}.</p>')

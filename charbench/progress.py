@@ -33,14 +33,35 @@ def _pairs(key: str) -> list[tuple[str, str]]:
     return [(m.group(1), key[m.end(): found[i + 1].start() if i + 1 < len(found) else len(key)]) for i, m in enumerate(found)]
 
 
+def naming_knobs(points: list[dict[str, str]]) -> list[str]:
+    """The knobs that tell ``points`` (name -> value text) apart, in first-seen order, without the redundant ones.
+
+    A knob is dropped when it never varies, or when another kept knob decides it (gemm-power's
+    ``param`` is a function of ``experiment``): ``experiment=sigma value=8.0`` says what
+    ``experiment=sigma param=sigma value=8.0`` says. With a single point every knob names it.
+    """
+    names: list[str] = list(dict.fromkeys(n for p in points for n in p))
+    vary = [n for n in names if len({p.get(n) for p in points}) > 1]
+    if not vary:
+        return names
+    kept: list[str] = []
+    for n in vary:
+        decided = False
+        for other in kept:
+            mapping: dict[str | None, set[str | None]] = {}
+            for p in points:
+                mapping.setdefault(p.get(other), set()).add(p.get(n))
+            if all(len(v) == 1 for v in mapping.values()):
+                decided = True
+                break
+        if not decided:
+            kept.append(n)
+    return kept
+
+
 def varying_knobs(keys: list[str]) -> list[str]:
-    """Knob names whose value differs between the point keys, in key order (all of them for a single point)."""
-    seen: dict[str, set[str]] = {}
-    for k in keys:
-        for name, value in _pairs(k):
-            seen.setdefault(name, set()).add(value)
-    vary = [n for n, vals in seen.items() if len(vals) > 1]
-    return vary or list(seen)
+    """Knob names that tell the point keys apart (:func:`naming_knobs`), in key order (all of them for a single point)."""
+    return naming_knobs([dict(_pairs(k)) for k in keys])
 
 
 def short_label(key: str, knobs: list[str] | None) -> str:

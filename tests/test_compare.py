@@ -362,9 +362,9 @@ def test_delta_bars_without_a_noise_band_draw_no_error_bar(tmp_path: Path) -> No
     for trace in fig["data"]:
         if trace.get("type") != "bar":
             continue
-        arr = (trace.get("error_y") or {}).get("array")
-        for i, x in enumerate(trace["x"]):
-            drawn[x] = None if arr is None else arr[i]
+        arr = (trace.get("error_x") or {}).get("array")  # horizontal bars: the points on the y axis
+        for i, y in enumerate(trace["y"]):
+            drawn[y] = None if arr is None else arr[i]
     assert drawn["size=512"] is None  # no error bar at all
     assert drawn["size=256"] == pytest.approx(bands["size=256"])
 
