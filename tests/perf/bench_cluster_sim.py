@@ -4,7 +4,9 @@ Scenarios (each in its own process, so every figure has its own wall time and pe
 
 * ``vidur``: the speed anchor (../shared/vidur/README.md): llama-2-7b on one A100 replica,
   10k requests, Poisson at 1.7 req/s, uniform 1024-4096 tokens with prefill:decode 10,
-  chunk 512, batch cap 128 (charbench: the analytic A100 profile, static policy).
+  chunk 512, batch cap 128 (charbench: static policy on Vidur's own llama-2-7b/A100 MLP
+  profile through ``vidur_profile``, so both simulate the same measured operator costs; the
+  analytic A100 profile when ../shared/vidur is absent).
 * Vidur itself on that scenario, installed by this benchmark in its own venv
   (``--vidur-venv``, default ``$CHARBENCH_HOME/cache/bench/vidur-venv``; ``pip install
   vidur==0.0.26``) and run offline on a writable copy of ../shared/vidur/profiling_data. A
@@ -71,7 +73,13 @@ def child(scenario: str) -> dict[str, Any]:
         wl = synthetic_trace(SyntheticSpec(duration_s=days * 86_400.0, mean_rate_rps=1.75, peak_to_mean=1.7, burst_per_h=1), seed=0)
         wl, _ = fit_workload(wl, 4096)
         model, gpu, instances = "llama-2-13b", "a100", 100
-    prof = analytic_profile(gpu, model, max_batch=128)
+    vidur_ds = SHARED_VIDUR / "profiling_data" / "compute" / "datasets--local--vidur-llama-2-7b-a100"
+    if scenario == "vidur" and vidur_ds.is_dir():  # the same measured MLP table Vidur uses: the scenarios match
+        from charbench.sim.profiles import vidur_profile
+
+        prof = vidur_profile(vidur_ds, max_batch=128)
+    else:
+        prof = analytic_profile(gpu, model, max_batch=128)
     policy = policy_class("static")(prof, PolicyConfig(tp=1, instances=instances))
     t0 = time.perf_counter()
     res = simulate(prof, wl, policy, SimSettings(max_num_seqs=128, chunk_tokens=512, bin_s=60.0))
@@ -82,7 +90,8 @@ def child(scenario: str) -> dict[str, Any]:
     return {"scenario": scenario, "requests": len(wl), "sim_wall_s": wall, "requests_per_sim_wall_s": len(wl) / wall,
             "process_wall_s": time.perf_counter() - t_proc, "simulated_h": res.end_s / 3600,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "p50_ttft_ms": float(np.median(res.ttft_s)) * 1000, "preemption_count": int(res.counters["preemption_count"])}
+            "p50_ttft_ms": float(np.median(res.ttft_s)) * 1000, "preemption_count": int(res.counters["preemption_count"]),
+            "profile": prof.name}
 
 
 def _child_cpu_s() -> float:
