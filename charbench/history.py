@@ -175,6 +175,15 @@ def headline_metrics(study: str, runs: list[RunSummary]) -> list[str]:
 
 
 def _varies(metric: str, runs: list[RunSummary]) -> bool:
+    """Over two or more runs: a series' median moved between runs; over one run: its points' values spread."""
+    having = [r for r in runs if metric in r.medians]
+    if len(having) >= 2:
+        labels = {lab for r in having for lab in r.series}
+        for lab in labels:
+            meds = [r.series[lab][metric][0] for r in having if metric in r.series.get(lab, {})]
+            if len(meds) >= 2 and _spread(meds):
+                return True
+        return False
     lows = [r.ranges[metric][0] for r in runs if metric in r.ranges]
     highs = [r.ranges[metric][1] for r in runs if metric in r.ranges]
     mids = [r.medians[metric] for r in runs if metric in r.medians]
@@ -213,6 +222,22 @@ def _runs_table(runs: list[RunSummary], out: Path) -> str:
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
+def _spread(vals: list[float]) -> bool:
+    scale = abs(statistics.median(vals))
+    return (max(vals) - min(vals)) > VARY_FRAC * scale if scale else max(vals) != min(vals)
+
+
+def _series_names(labels: list[str]) -> dict[str, str]:
+    """Series labels (``model=tiny dtype=fp32``) cut to the knobs that differ between series; one series: ``all points``."""
+    from charbench.progress import naming_knobs
+
+    pairs = {lab: dict(kv.split("=", 1) for kv in lab.split(" ") if "=" in kv) for lab in labels}
+    if len(labels) <= 1:
+        return {lab: "all points" for lab in labels}
+    keep = naming_knobs(list(pairs.values()))
+    return {lab: " ".join(f"{k}={v}" for k, v in pairs[lab].items() if k in keep) or lab for lab in labels}
+
+
 def _run_labels(runs: list[RunSummary]) -> list[str]:
     """One x-axis label per run (``12-04 21:38 base``), unique, in run order: a run is a category, not an instant."""
     out: list[str] = []
@@ -243,6 +268,7 @@ def _trend_figure(study: str, runs: list[RunSummary]) -> str:
     titles = [f"{metric_label(m, [v for r in ordered if m in r.ranges for v in r.ranges[m]])}: median per series" for m in metrics]
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.12 if len(metrics) > 1 else 0.0)
     labels = list(dict.fromkeys(lab for r in ordered for lab in r.series))
+    names = _series_names(labels)
     for i, m in enumerate(metrics, start=1):
         unit, scale = units[m]
         for lab in labels:
@@ -251,10 +277,10 @@ def _trend_figure(study: str, runs: list[RunSummary]) -> str:
                 continue
             fig.add_trace(go.Scatter(
                 x=[x for x, _ in pts], y=[r.series[lab][m][0] * scale for _, r in pts],
-                mode="lines+markers", name=lab, legendgroup=lab, showlegend=i == 1,
+                mode="lines+markers", name=names[lab], legendgroup=lab, showlegend=i == 1,
                 marker=dict(symbol=["circle" if r.facts["status"] == "completed" else "circle-open" for _, r in pts], size=9),
                 customdata=[[f"{r.facts['run']} ({r.facts['status']})", r.series[lab][m][1]] for _, r in pts],
-                hovertemplate=f"{_e(lab)}<br>%{{customdata[0]}}<br>median over %{{customdata[1]}} points: %{{y:.4g}} {unit}<extra></extra>",
+                hovertemplate=f"{_e(names[lab])}<br>%{{customdata[0]}}<br>median over %{{customdata[1]}} points: %{{y:.4g}} {unit}<extra></extra>",
             ), row=i, col=1)
         fig.update_yaxes(title_text=unit or m, row=i, col=1)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs)
@@ -262,7 +288,7 @@ def _trend_figure(study: str, runs: list[RunSummary]) -> str:
     fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.12 if len(metrics) > 1 else -0.3))
     n_series = len(labels)
     return (f'<p class="muted">Metrics: {_e(", ".join(metrics))} (those that matter and vary over the runs). One line per series '
-            f'({_e(", ".join(labels)) if n_series <= 6 else f"{n_series} series"}); each marker is one run, the median over '
+            f'({_e(", ".join(names[lab] for lab in labels)) if n_series <= 6 else f"{n_series} series"}); each marker is one run, the median over '
             "that series' points. Open markers: runs that did not complete.</p>"
             + figure_html(fig, height=260 * len(metrics) + 160))
 

@@ -50,7 +50,7 @@ def _results_root(tmp_path: Path) -> Path:
                  label=f"g{day}", now=dt.datetime(2026, 1, day, 9))
     serve = expand({"rate_per_s": [1.0, 4.0]})
     for day in (4, 5):
-        make_run(root, "serve-sweep", serve, lambda p: {"p99_ttft_ms": 20.0 * p["rate_per_s"], "p99_tpot_ms": 5.0, "energy_per_output_token_j": 0.3,
+        make_run(root, "serve-sweep", serve, lambda p, d=day: {"p99_ttft_ms": 20.0 * p["rate_per_s"] * d, "p99_tpot_ms": 5.0, "energy_per_output_token_j": 0.3,
                                                        "tokens_per_s": 100.0}, label=f"s{day}", now=dt.datetime(2026, 1, day, 9))
     # a run with failed points that did not complete, and an escaped label/meta/host
     make_run(root, "gemm-power", gemm[:2], lambda p: {"energy_per_gemm_j": 2.0, "mean_power_w": 90.0}, label=XSS, meta={"pr": XSS},
@@ -78,7 +78,7 @@ def test_history_index_of_several_studies(tmp_path: Path) -> None:
     for study in ("gemm-power", "serve-sweep", "cluster-sim"):
         assert f"{study}: trends" in html
     assert "Metrics: energy_per_gemm_j, mean_power_w" in html
-    # p99_tpot_ms and energy per token are the same in every run and point: no trend of a constant
+    # p99_tpot_ms and energy per token are the same in both serve-sweep runs: no trend of a constant
     assert "Metrics: p99_ttft_ms (those that matter and vary over the runs)" in html
     assert "No run of this study has a unit-suffixed metric" in html
     assert html.count('class="plot"') == 2
