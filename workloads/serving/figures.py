@@ -400,7 +400,8 @@ def best_config_section(data: RunData, recs: list[dict[str, Any]]) -> Section:
             "workload class": b["workload_class"],
             "loads": b["candidates"],
             "meeting SLO": b["meeting_slo"],
-            "best configuration": ", ".join(f"{k}={v}" for k, v in (b["config"] or {}).items()) or "none meets the SLO",
+            "best configuration": ", ".join(f"{k}={'max throughput' if _is_max_rate(v) else v}" for k, v in (b["config"] or {}).items())
+                                  or "none meets the SLO",
             "chosen by": b.get("criterion") or "",
             "J/out tok": b.get("energy_per_output_token_j"),
             "goodput req/s": b.get("request_goodput_rps"),
