@@ -88,8 +88,8 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     kv_heads = k.shape[1]
     g = heads // kv_heads
     qq = q.reshape(t, kv_heads, g, d).permute(1, 2, 0, 3).reshape(1, kv_heads, g * t, d)
-    kk = k.permute(1, 0, 2).unsqueeze(0).contiguous()
-    vv = v.permute(1, 0, 2).unsqueeze(0).contiguous()
+    kk = k.permute(1, 0, 2).unsqueeze(0)  # a strided view: the kernel reads it without a copy
+    vv = v.permute(1, 0, 2).unsqueeze(0)
     mask = None
     if visible is not None:
         mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, float("-inf"))

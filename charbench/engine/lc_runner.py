@@ -128,6 +128,7 @@ class KVPMeta:
     blocks: torch.Tensor  # this rank's block table
     local_len: int  # tokens this rank holds after the write
     k_start: int  # absolute position of this rank's first token
+    first_block: int | None = None  # set when the block table is one ascending run (read as a view)
 
 
 @dataclass
@@ -157,8 +158,13 @@ class KVPAttention:
             if m.owned.numel():
                 k_cache.view(-1, kvh, d).index_copy_(0, m.slots, k[row:row + n][m.owned])
                 v_cache.view(-1, kvh, d).index_copy_(0, m.slots, v[row:row + n][m.owned])
-            keys = k_cache.index_select(0, m.blocks).view(-1, kvh, d)[: m.local_len]
-            vals = v_cache.index_select(0, m.blocks).view(-1, kvh, d)[: m.local_len]
+            if m.first_block is not None:  # no gather: a view of the cache
+                nb = m.blocks.numel()
+                keys = k_cache[m.first_block:m.first_block + nb].view(-1, kvh, d)[: m.local_len]
+                vals = v_cache[m.first_block:m.first_block + nb].view(-1, kvh, d)[: m.local_len]
+            else:
+                keys = k_cache.index_select(0, m.blocks).view(-1, kvh, d)[: m.local_len]
+                vals = v_cache.index_select(0, m.blocks).view(-1, kvh, d)[: m.local_len]
             out, lse = partial_attention(q[row:row + n], keys, vals, m.positions, m.k_start, self.scale)
             outs.append(out)
             lses.append(lse)
@@ -217,9 +223,10 @@ class StageWorker:
             table.extend(self.allocator.allocate(need))
         slots = [table[(p - a) // bs] * bs + (p - a) % bs for p in range(max(a, start), b)]
         self.local_lens[seq_id] = b - a
+        run = bool(table) and table[-1] - table[0] == len(table) - 1 and table == list(range(table[0], table[-1] + 1))
         return KVPMeta(torch.arange(start, start + n), torch.tensor(owned, dtype=torch.long),
                        torch.tensor(slots, dtype=torch.long), torch.tensor(table, dtype=torch.long),
-                       b - a, a)
+                       b - a, a, table[0] if run else None)
 
     @torch.inference_mode()
     def run(self, items: list[PlanItem], tokens: list[list[int]]) -> torch.Tensor | None:
