@@ -119,7 +119,7 @@ def profile_iterations(
     if longest > int(runner.max_model_len):
         raise ConfigError(
             f"profile grid: iterations reach {longest} tokens but the model allows "
-            f"{runner.max_model_len}; use a long-context model or shrink the grid"
+            f"{runner.max_model_len}; use a model with more positions or shrink the grid"
         )
     gen = torch.Generator().manual_seed(0)
     vocab = int(runner.model_config.vocab_size)
