@@ -64,15 +64,16 @@ def run_knob_names(data: RunData) -> frozenset[str]:
 def provenance_rows(data: RunData) -> list[dict[str, str]]:
     """What was measured and by which meter, what is estimated, what is missing and why: one row per (metric, status).
 
-    Knobs are left out (they are set, not measured: a knob the user left unset is not a
-    missing measurement); a metric measured at some points and missing at others has one row
+    Only metrics are listed: knobs are set, not measured (a knob the user left unset is not a
+    missing measurement), and descriptors (``gpu``, ``node``) describe; a metric measured at some points and missing at others has one row
     of each status, the distinct sources or reasons joined.
     """
     knobs = run_knob_names(data)
     rows: dict[tuple[str, str], dict[str, int]] = {}
 
     def add(metric: str, kind: str, source: str, n: int = 1) -> None:
-        if column_role(metric, knobs) == KNOB:
+        # knobs are set and descriptors (gpu, node) describe: neither is measured (an ``_estimated`` column is a model's value)
+        if column_role(metric, knobs) != METRIC and not metric.endswith("_estimated"):
             return
         sources = rows.setdefault((metric, kind), {})
         sources[source] = sources.get(source, 0) + n
@@ -207,9 +208,10 @@ def render_run(run_dir: Path, out: Path | None = None) -> Path:
 def _display_frame(df: Any, knobs: frozenset[str] = frozenset()) -> Any:
     """The points table: knobs first, then descriptors, metrics and the machine's state; no bookkeeping."""
     roles = {c: column_role(c, knobs) for c in df.columns}
-    order = {BOOKKEEPING: -1, KNOB: 0, "descriptor": 1, METRIC: 2, MACHINE: 3}
-    cols = [c for c in df.columns if roles[c] != BOOKKEEPING or c in ("point_key", "warnings")]
+    order = {KNOB: 0, "descriptor": 1, METRIC: 2, MACHINE: 3}
+    cols = [c for c in df.columns if roles[c] != BOOKKEEPING]
     cols.sort(key=lambda c: order.get(roles[c], 2))  # stable: the record's own order within a role
+    cols = [c for c in ("point_key",) if c in df.columns] + cols + [c for c in ("warnings",) if c in df.columns]
     return df[cols]
 
 
