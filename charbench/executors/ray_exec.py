@@ -7,9 +7,12 @@ without anyone knowing. A CUDA unit asks for as many GPUs as the study meters
 for one CPU. Without ``--ray-address`` a private local Ray instance is started (bound to
 127.0.0.1), never a live cluster joined by accident.
 
-Streaming: each finished point of a unit is sent at once to a small collector actor on
-the driver's node, so a node lost mid-group loses none of the points it finished (they are
-replayed; only the rest is retried), and the collector knows which node a lost unit ran on.
+Streaming: each finished point of a unit of several points (a resource group) is sent at
+once to a small collector actor on the driver's node, so a node lost mid-group loses none of
+the points it finished (they are replayed; only the rest is retried), and the collector knows
+which node a lost unit ran on. A unit of one point has nothing to stream: no collector is
+started for a sweep of such units (one process fewer), and a lost one's node comes from
+Ray's NodeDiedError.
 Connecting happens in :meth:`RayExecutor.check`, before the driver builds its run folder,
 and one warm-up task per node imports charbench and collects the node's environment
 meanwhile: a cold worker's start is paid while the driver sets up, not on the first point.
@@ -58,6 +61,11 @@ class Collector:
         self._nodes: dict[str, str] = {}
         self._batches: dict[str, list[tuple[Batch, NodeInfo]]] = {}
 
+    def forget(self, tag: str) -> None:
+        """``tag`` came back whole: drop its copies."""
+        self._nodes.pop(tag, None)
+        self._batches.pop(tag, None)
+
     def started(self, tag: str, node: str) -> None:
         """Unit attempt ``tag`` runs on ``node``."""
         self._nodes[tag] = node
@@ -92,10 +100,8 @@ def _run_on_node(task: GroupTask, collector: Any = None) -> GroupResult:
         except ray.exceptions.RayError:
             pass  # the collector is gone (the driver with it): the result still carries every batch
 
-    send(collector.started, task.node_name)
-    # a unit of one point has nothing to save early: its batch comes back with the result
-    sink = (lambda batch, node: send(collector.put, batch, node)) if len(task.members) > 1 else None
-    return run_group_task(task, sink)
+    collector.started.remote(tag, task.node_name)  # not awaited: calls from one caller arrive in order, before any put
+    return run_group_task(task, lambda batch, node: send(collector.put, batch, node))
 
 
 class RayExecutor(RemoteExecutor):
@@ -150,11 +156,6 @@ class RayExecutor(RemoteExecutor):
         self._remote = ray.remote(max_retries=0)(_run_on_node)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = ray.get_runtime_context().get_node_id()
-        # 0 CPUs: it only holds batches. Pinned hard to the driver's node: placed on a worker node it would die with it,
-        # taking that node's finished points along.
-        self._collector = ray.remote(Collector).options(num_cpus=0, max_restarts=0, max_concurrency=4,
-                                                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         warm = ray.remote(max_retries=0)(warm_worker)
         for node in ray.nodes():
             if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) >= 1:
@@ -165,6 +166,20 @@ class RayExecutor(RemoteExecutor):
         """Connect (a no-op when :meth:`check` did)."""
         self._connect()
 
+    def _collector_for(self, task: GroupTask) -> Any:
+        """The collector a unit of several points streams to (started with the first such unit), None for one point."""
+        if len(task.members) < 2:
+            return None
+        if self._collector is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = self._ray.get_runtime_context().get_node_id()
+            # 0 CPUs: it only holds batches. Pinned hard to the driver's node: placed on a worker node it would die with it,
+            # taking that node's finished points along.
+            self._collector = self._ray.remote(Collector).options(
+                num_cpus=0, max_restarts=0, max_concurrency=4, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        return self._collector
+
     def submit(self, task: GroupTask) -> Any:
         """One Ray task per unit: its GPUs (or one CPU), no Ray retries."""
         gpus = len(task.study.gpus(task.device) or [0]) if task.device.startswith("cuda") else 0
@@ -173,8 +188,10 @@ class RayExecutor(RemoteExecutor):
         opts: dict[str, Any] = {"num_cpus": 0 if gpus else 1, "num_gpus": gpus}
         if self.resources:
             opts["resources"] = self.resources
-        ref = self._remote.options(**opts).remote(task, self._collector)
-        self._tags[ref] = _tag(task.unit, task.attempt)
+        collector = self._collector_for(task)
+        ref = self._remote.options(**opts).remote(task, collector)
+        if collector is not None:
+            self._tags[ref] = _tag(task.unit, task.attempt)
         return ref
 
     def _take(self, ref: Any) -> tuple[str | None, list[tuple[Batch, NodeInfo]]]:
@@ -200,7 +217,9 @@ class RayExecutor(RemoteExecutor):
                 node, self._salvaged[ref] = self._take(ref)
                 out.append((ref, Lost(text.strip().splitlines()[0] if text.strip() else type(exc).__name__, node or self._dead_node(text))))
             else:
-                self._take(ref)  # the result holds every batch: drop the streamed copies
+                tag = self._tags.pop(ref, None)
+                if tag is not None and self._collector is not None:
+                    self._collector.forget.remote(tag)  # the result holds every batch: drop the streamed copies (not awaited)
                 out.append((ref, result))
         return out
 
