@@ -76,7 +76,7 @@ def test_profile_refuses_a_grid_larger_than_the_cache():
     with pytest.raises(ConfigError, match=r"profile grid: iterations reach 18432 tokens but the KV cache holds 160; raise kv_cache_gb or shrink the grid"):
         profile_iterations(runner, ProfileGrid())
     runner.num_blocks, runner.max_model_len = 4096, 4096
-    with pytest.raises(ConfigError, match=r"profile grid: iterations reach 18432 tokens but the model allows 4096; use a long-context model"):
+    with pytest.raises(ConfigError, match=r"profile grid: iterations reach 18432 tokens but the model allows 4096; use a model with more positions"):
         profile_iterations(runner, ProfileGrid())
     with pytest.raises(ConfigError, match=r"profile grid: repeats must be >= 1, got 0"):
         ProfileGrid(repeats=0)
