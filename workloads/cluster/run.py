@@ -15,8 +15,6 @@ from charbench.workloads.cluster import STUDY
 from charbench.workloads.cluster.config import ClusterSimConfig
 
 
-#: window of the peak rate the static cluster is sized for (s; the synthetic bursts last 60 s)
-PROVISION_WINDOW_S = 60.0
 #: rows per part of the per-request table
 REQUEST_PART = 200_000
 #: metrics that need the profile's power (null when a measured profile has none)
@@ -76,18 +74,18 @@ class ClusterSimStudy(Study):
         return spec.max_context if spec is not None else 1 << 30
 
     def _provision(self) -> int:
-        """Static instances for the trace's peak (:data:`PROVISION_WINDOW_S` windows + load headroom) at the maximum clock.
+        """Static instances for the trace's peak (``PEAK_WINDOW_S`` windows + load headroom) at the maximum clock.
 
         The papers' baseline is sized for the peak; a window as short as a burst keeps the
         bursts inside it (5-minute means hid them and left static under-provisioned).
         """
         from charbench.sim.planner import plan_pool
-        from charbench.sim.policies.base import peak_rate, pool_classes
+        from charbench.sim.policies.base import PEAK_WINDOW_S, peak_rate, pool_classes
 
         c = self.cfg
         pc = c.policy_config(1, 0)
         cls = pool_classes(self._wl, np.zeros(len(self._wl), dtype=np.int64), 1)[0]
-        load = peak_rate(self._wl.arrival_s, PROVISION_WINDOW_S) * (1 + c.load_headroom)
+        load = peak_rate(self._wl.arrival_s, PEAK_WINDOW_S) * (1 + c.load_headroom)
         ttft, tbt = pc.slo_ttft_s * pc.plan_headroom, pc.slo_tbt_s * pc.plan_headroom
         plan = plan_pool(self.profile, cls, load, ttft, tbt, c.chunk_tokens, (c.tp,), (self.profile.max_freq_mhz,))
         return plan.instances

@@ -153,6 +153,11 @@ def recent_rate(arrival_s: np.ndarray, t: float, window_s: float) -> float:
     return float(hi - lo) / window_s if window_s > 0 else 0.0
 
 
+#: capacity is sized for the busiest minute (the static baseline, greener, DynamoLLM's cluster
+#: and pool controllers): a longer window's mean hides the bursts
+PEAK_WINDOW_S = 60.0
+
+
 def recent_peak_rate(arrival_s: np.ndarray, t: float, window_s: float, sub_s: float = 60.0) -> float:
     """Highest mean arrival rate over the ``sub_s`` sub-windows of [t - window_s, t) (causal; req/s).
 

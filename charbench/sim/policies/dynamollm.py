@@ -29,7 +29,7 @@ import numpy as np
 
 from charbench.errors import ConfigError
 from charbench.sim.planner import Plan, best_freq, plan_pool
-from charbench.sim.policies.base import Policy, pool_classes, recent_peak_rate, recent_rate
+from charbench.sim.policies.base import PEAK_WINDOW_S, Policy, pool_classes, recent_peak_rate, recent_rate
 from charbench.sim.policies.registry import register_policy
 
 #: input / output token cuts of the S/M/L classes (DynamoLLM, per the cluster-energy appendix [S])
@@ -40,9 +40,6 @@ POOLINGS: tuple[str, ...] = ("io9", "out3", "single")
 RESHARD_GAIN = 0.05
 #: window of the frequency controller's load estimate
 FREQ_WINDOW_S = 30.0
-#: the cluster and pool controllers size for the busiest minute of their window (as static
-#: is sized for the trace's busiest minute), not the window's mean
-PEAK_WINDOW_S = 60.0
 
 
 def length_class(lengths: np.ndarray, cuts: tuple[int, ...]) -> np.ndarray:

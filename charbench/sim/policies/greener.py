@@ -1,7 +1,8 @@
 """``greener``: the best static knob setting for the workload ("Towards Greener LLMs", arXiv 2403.20306).
 
 No runtime control: before the run, the (tp, SM frequency, instances) that serves the trace's
-peak load (highest mean rate over ``pool_period_s`` windows, plus ``load_headroom``) within the
+peak load (highest mean rate over :data:`PEAK_WINDOW_S` windows, as static is sized, plus
+``load_headroom``) within the
 planning targets at the least modelled power is chosen from the profile, and kept.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from charbench.sim.planner import Plan, plan_pool
-from charbench.sim.policies.base import Policy, peak_rate, pool_classes
+from charbench.sim.policies.base import PEAK_WINDOW_S, Policy, peak_rate, pool_classes
 from charbench.sim.policies.registry import register_policy
 
 
@@ -26,7 +27,7 @@ class GreenerPolicy(Policy):
     def assign_pools(self, workload: Any) -> np.ndarray:
         pools = np.zeros(len(workload), dtype=np.int64)
         cls = pool_classes(workload, pools, 1)[0]
-        load = peak_rate(workload.arrival_s, self.cfg.pool_period_s) * (1 + self.cfg.load_headroom)
+        load = peak_rate(workload.arrival_s, PEAK_WINDOW_S) * (1 + self.cfg.load_headroom)
         ttft, tbt = self.targets()
         tps = self.cfg.dyn_tps or self.profile.tps
         freqs = self.cfg.dyn_freqs_mhz or self.profile.freq_levels_mhz
