@@ -57,6 +57,7 @@ class LongContextStudy(Study):
     def __init__(self, cfg: LongContextConfig) -> None:
         self.cfg = cfg
         self._predictor: Any = None
+        self._predictor_error: float | None = None
 
     # ---- sweep ----------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class LongContextStudy(Study):
         ctx.store.write_table("predictor_samples", pd.DataFrame(rows))
         ctx.store.write_json("predictor.json", {**self._predictor.to_dict(), "error": payload.get("error", {})})
         err = payload.get("error", {})
+        self._predictor_error = err.get("mean_abs_rel_error")
         ctx.log(f"adaptive predictor: {len(rows)} profiled iterations, mean |error| {100 * err.get('mean_abs_rel_error', float('nan')):.1f}%")
 
     # ---- resource: the ranks of one layout --------------------------------------------
@@ -192,6 +194,10 @@ class LongContextStudy(Study):
         rec.set("chunk_count", len(sched.chunks))
         rec.set("mean_chunk_tokens", statistics.fmean(sched.chunks))
         rec.set("over_budget_chunk_count", sched.over_budget)
+        if params["chunk"] == "adaptive":
+            # how well the budget's predictor knew this machine (mean |predicted - measured| / measured)
+            rec.set("mean_predictor_error_frac", self._predictor_error, "profiled iterations of the prepare phase",
+                    reason="the predictor's samples carry no fit error")
         if sched.over_budget:
             rec.warn(f"{sched.over_budget} chunk(s) of {params['chunk']}: not even --min-chunk {c.min_chunk} fit the "
                      f"{slo:g} ms budget under the predictor; the minimum chunk ran anyway")

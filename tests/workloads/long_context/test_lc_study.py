@@ -33,6 +33,9 @@ def test_tiny_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert r["prefill_throughput_tok_s"] == pytest.approx(r["context"] / (r["ttft_ms"] / 1e3))
         assert r["max_kv_bytes"] > 0 and r["mean_kvp_comm_bytes"] == 0.0  # one rank: nothing sent
     pre, mixed_fixed = recs[1], recs[3]
+    saved = json.loads((run / "predictor.json").read_text())
+    assert recs[2]["mean_predictor_error_frac"] == saved["error"]["mean_abs_rel_error"] > 0
+    assert "mean_predictor_error_frac" not in mixed_fixed or mixed_fixed["mean_predictor_error_frac"] is None
     assert pre["chunk_count"] == 4 and mixed_fixed["chunk_count"] == 2 and mixed_fixed["mean_chunk_tokens"] == 128.0
     # KV in use at the end: the prompt plus the decode steps but the last sampled one (2 layers x K,V x 1 head x 32 x fp32)
     assert pre["max_kv_bytes"] == (256 + 3 - 1) * 2 * 2 * 32 * 4
