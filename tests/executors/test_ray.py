@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
@@ -67,9 +68,25 @@ def test_ray_gives_the_local_points_on_two_nodes(tmp_path: Path, cluster) -> Non
     nodes = json.loads((remote.run_dir / "nodes.json").read_text())
     assert sorted(nodes) == sorted({r["node"] for r in b}) and all(n["env"]["python"] for n in nodes.values())
     assert all(r["point_started_at"] < r["point_ended_at"] for r in b)
-    html = remote.report.read_text()
-    assert "Which node ran which point" in html and "By node" in html
-    assert all(name in html for name in nodes)  # one row per node in the Nodes table
+    # the report's node sections, as data: one Nodes row per node, the split by node, which node ran which point
+    from report_content import capture_sections
+
+    from charbench.executors import report_section
+    from charbench.report import RunData
+
+    assert remote.report is not None and remote.report.is_file()
+    content = capture_sections(report_section.node_sections, report_section, RunData.load(remote.run_dir))
+    by_node = {n: sorted(r["point_key"] for r in b if r["node"] == n) for n in nodes}
+    table = content.table_with_column("idle baseline")
+    assert sorted(table["node"]) == sorted(nodes) and {r["node"]: int(r["points"]) for _, r in table.iterrows()} == {
+        n: len(k) for n, k in by_node.items()}
+    split = next(t for t in content.tables if any(str(c).startswith("median ") for c in t.columns))  # one GPU model: split by node
+    assert {str(r["node"]): int(r["points"]) for _, r in split.iterrows()} == {n: len(k) for n, k in by_node.items()}
+    frame = pd.DataFrame(b)
+    for col in (c for c in split.columns if str(c).startswith("median ")):  # each metric's median per node, from the records
+        assert list(split[col]) == [frame[frame["node"] == n][col[len("median "):]].median() for n in split["node"]], col
+    timeline = next(f for f in content.figures if f.data and f.data[0].type == "bar")
+    assert {t.name: sorted(t.text) for t in timeline.data} == by_node
 
 
 def test_ray_acquires_each_group_once(tmp_path: Path, cluster) -> None:
