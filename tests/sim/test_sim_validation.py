@@ -5,9 +5,12 @@ two rates and all at once, and exports its measured profile; the simulator repla
 exact arrivals and lengths of each open-loop load on one instance with that profile.
 Targets: simulated TTFT and TBT medians within 15% of the measured ones, p99 within 30%.
 
-The premise is a machine that times the engine, not its neighbours: when the load average
-during the serve exceeds the CPU count (a shared box), the engine's latencies are the other
-processes' scheduling and the targets are not judged (the test says so and skips).
+The premise is a machine that times the engine, not its neighbours. It fails when the load
+average during the serve exceeds the CPU count (a shared box), or when, at the lightest load
+(where queueing explains little), the measured per-request TBT varies more than
+:data:`MAX_QUIET_TBT_SPREAD` (p99 / p50): the latencies are then the other processes'
+scheduling, and the targets are not judged (the test says why and skips;
+``CHARBENCH_JUDGE_FIDELITY=1`` judges them anyway).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.slow
 
 MAX_NUM_SEQS = 8
 MEDIAN_TOL, P99_TOL = 0.15, 0.30
+#: a quiet machine's light-load TBT spread (p99 / p50); the simulator's own is about 1.3
+MAX_QUIET_TBT_SPREAD = 2.5
 
 
 def _replay(prof: object, requests: pd.DataFrame) -> object:
@@ -53,12 +58,15 @@ def test_simulated_latencies_match_the_engine_it_was_profiled_on(tmp_path: Path,
     prof = measured_profile(profile_file, kv_capacity_tokens=1 << 20)
     assert prof.kind == "measured" and prof.calibration["tp1@0MHz"]["calibrated_entries"] == 3
     report = []
+    spreads: dict[float, float] = {}
     for f in sorted(glob.glob(str(run / "tables" / "requests" / "*request_rate_rps=[0-9]*"))):
         measured = pd.read_parquet(f)
         assert (measured["error"].isna() | (measured["error"] == "")).all()
         sim = _replay(prof, measured)
         got = {"ttft": np.asarray(sim.ttft_s) * 1000, "tbt": np.asarray(sim.tpot_s) * 1000}
         want = {"ttft": measured["ttft_ms"].to_numpy(float), "tbt": measured["tpot_ms"].to_numpy(float)}
+        rate = float(Path(f).stem.split("request_rate_rps=")[1].split(",")[0])
+        spreads[rate] = float(np.percentile(want["tbt"], 99) / np.percentile(want["tbt"], 50))
         for metric in ("ttft", "tbt"):
             for q, tol in ((50, MEDIAN_TOL), (99, P99_TOL)):
                 m, s = float(np.percentile(want[metric], q)), float(np.percentile(got[metric], q))
@@ -67,7 +75,12 @@ def test_simulated_latencies_match_the_engine_it_was_profiled_on(tmp_path: Path,
     lines = [f"rate {r} p{q} {k}: measured {m:.1f} ms, simulated {s:.1f} ms ({e:+.0%} off, limit {tol:.0%})" for r, k, q, m, s, e, tol in report]
     print("\n".join(lines), f"load average {os.getloadavg()}")
     cpus = os.cpu_count() or 1
-    if load > cpus:
-        pytest.skip(f"machine overloaded while the engine was timed (load average {load:.1f} on {cpus} CPUs): fidelity not judged")
+    light = min(spreads)
+    if not os.environ.get("CHARBENCH_JUDGE_FIDELITY"):
+        if load > cpus:
+            pytest.skip(f"machine overloaded while the engine was timed (load average {load:.1f} on {cpus} CPUs): fidelity not judged")
+        if spreads[light] > MAX_QUIET_TBT_SPREAD:
+            pytest.skip(f"noisy timings: at {light:g} req/s the measured TBT p99/p50 is {spreads[light]:.1f} (> {MAX_QUIET_TBT_SPREAD:g}, "
+                        f"queueing explains ~1.3): fidelity not judged")
     bad = [line for line, r in zip(lines, report) if r[5] > r[6]]
     assert not bad, "\n".join(bad) + f"\ncalibration: {json.dumps(prof.calibration)}\nload average {os.getloadavg()}"
