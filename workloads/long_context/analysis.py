@@ -60,12 +60,12 @@ def _cpu_flops(model: str, n: int) -> tuple[float, float, float, float]:
     return 2.0 * params * n, 2.0 * cfg.num_layers * hq * float(n) * n, 2.0 * params, 4.0 * cfg.num_layers * hq * float(n)
 
 
-def _pairs(recs: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[int, float, float] | None:
-    """(largest context, value at layout a, value at layout b) over the prefill points of both."""
-    got: dict[str, dict[int, float]] = {a: {}, b: {}}
+def _pairs(recs: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """(largest context, record at layout a, record at layout b) over the prefill points of both."""
+    got: dict[str, dict[int, dict[str, Any]]] = {a: {}, b: {}}
     for r in recs:
         if r.get("workload") == "prefill" and r.get("parallel") in got and r.get(key) is not None:
-            got[r["parallel"]][int(r["context"])] = float(r[key])
+            got[r["parallel"]][int(r["context"])] = r
     common = sorted(set(got[a]) & set(got[b]))
     if not common:
         return None
@@ -83,7 +83,8 @@ def calibration(recs: list[dict[str, Any]], cfg: LongContextConfig) -> tuple[Cal
         got = _pairs(recs, base, other, metric)
         if got is None:
             return
-        n, v_base, v_other = got
+        n, r_base, r_other = got
+        v_base, v_other = float(r_base[metric]), float(r_other[metric])
         if v_base <= 0:
             return
         measured = v_other / v_base
@@ -94,6 +95,10 @@ def calibration(recs: list[dict[str, Any]], cfg: LongContextConfig) -> tuple[Cal
             eta, note = 1.0, "not used: the parallel layout was not faster than 1x1x1 (latency-bound at this size); ideal scaling assumed"
         else:
             eta, note = min(1.0, ideal / measured), "used (capped at 1)"
+        load = r_other.get("machine_load1_count")
+        if r_other.get("machine_busy") and load is not None:
+            # the ranks shared cores with other work: the measured scaling is a lower bound
+            note += f"; busy machine (1-min load {float(load):.1f}): ranks shared cores, a lower bound"
         etas[degree] = eta
         rows.append({"degree": degree, "baseline": base, "layout": other, "context": n, "metric": metric,
                      "measured_ratio": measured, "ideal_ratio": ideal, "efficiency": eta, "note": note})

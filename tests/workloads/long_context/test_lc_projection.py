@@ -47,7 +47,9 @@ def test_calibration_from_measured_ratios() -> None:
     cfg = dataclasses.replace(PRESETS["quick"], prefill_chunk=256)
     recs = [_rec("1x1x1", 512, 40.0, 5.0), _rec("1x1x1", 1024, 100.0, 10.0), _rec("1x2x1", 1024, 80.0, 11.0),
             _rec("1x1x2", 1024, 90.0, 12.0), _rec("1x2x1", 512, 30.0, 6.0)]
+    recs[2].update(machine_busy=True, machine_load1_count=7.5)
     calib, rows = calibration(recs, cfg)
+    assert rows[0]["note"] == "used (capped at 1); busy machine (1-min load 7.5): ranks shared cores, a lower bound"
     # spp at the largest common context (1024): measured 0.8, ideal 0.5 x (4 chunks + 1) / 4 = 0.625
     from charbench.workloads.long_context.analysis import _cpu_flops
 
