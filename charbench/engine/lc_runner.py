@@ -31,11 +31,12 @@ import torch.nn.functional as F
 
 from charbench.engine.kv_cache import BlockAllocator, PagedKVCache
 from charbench.engine.kvp import CommCounter, KVPlacement, kvp_merge, partial_attention
-from charbench.engine.model import LlamaModel, get_preset
+from charbench.engine.model import LlamaModel
 from charbench.engine.parallel import Layout, ParallelGroups
+from charbench.engine.runner import is_checkpoint, resolve_model_config
 from charbench.engine.spp import PlanItem, PlanSeq, plan_pipeline
 from charbench.engine.tp import free_port, loopback_store
-from charbench.engine.weights import RandomSource, load_weights
+from charbench.engine.weights import RandomSource, SafetensorsSource, load_weights
 from charbench.errors import ConfigError, DeviceError
 
 TIMEOUT_S = 600.0
@@ -179,13 +180,18 @@ class StageWorker:
     def __init__(self, spec: GenerateSpec, groups: ParallelGroups) -> None:
         self.spec, self.groups = spec, groups
         lay = groups.layout
-        self.cfg = get_preset(spec.model)
+        self.cfg = resolve_model_config(spec.model)  # a preset or a local HF checkpoint folder
         longest = max([len(spec.prompt) + spec.max_new_tokens] + [len(p) + spec.co_new_tokens for p in spec.co_prompts])
         self.cfg.max_position_embeddings = max(self.cfg.max_position_embeddings, longest)
         self.comm = CommCounter.new()
         self.model = LlamaModel(self.cfg, torch.float32, "cpu", tp=lay.tp,
                                 with_lm_head=groups.next_stage_rank is None, all_reduce=self._tp_reduce)
-        load_weights(self.model, RandomSource(spec.seed, "cpu"), groups.tp_i, lay.tp)
+        if is_checkpoint(spec.model):
+            source = SafetensorsSource(spec.model)
+            load_weights(self.model, source, groups.tp_i, lay.tp)
+            source.close()
+        else:
+            load_weights(self.model, RandomSource(spec.seed, "cpu"), groups.tp_i, lay.tp)
         self.layer_ids = lay.stage_layers(self.cfg.num_layers, groups.spp_i)
         for i, layer in enumerate(self.model.layers):
             if i not in self.layer_ids:  # another stage's layer: free its weights

@@ -52,9 +52,9 @@ PAPER_NUMBERS: tuple[dict[str, Any], ...] = (
 
 def _cpu_flops(model: str, n: int) -> tuple[float, float, float, float]:
     """(prefill linear, prefill attention, decode linear, decode attention) FLOPs of the run's model."""
-    from charbench.engine.model import get_preset
+    from charbench.engine.runner import resolve_model_config
 
-    cfg = get_preset(model)
+    cfg = resolve_model_config(model)
     params = cfg.params_count() - cfg.vocab_size * cfg.hidden_size
     hq = cfg.num_heads * cfg.head_dim
     return 2.0 * params * n, 2.0 * cfg.num_layers * hq * float(n) * n, 2.0 * params, 4.0 * cfg.num_layers * hq * float(n)

@@ -29,7 +29,7 @@ def long_context(
     parallel: Annotated[Str, _o("--parallel", "Layouts, comma-separated: TPxSPPxKVP (1x1x2) or key=n parts (1x1x1,kvp=2,spp=2,tp=2xkvp=2).")] = None,
     chunk: Annotated[Str, _o("--chunk", "Mixed-workload chunk policies, comma-separated: fixed:N, adaptive, static-decreasing[:MAX:MIN:STAGES:SPAN].")] = None,
     tbt_slo_ms: Annotated[Flt, _o("--tbt-slo-ms", "TBT SLO in ms (adaptive chunking's per-iteration budget).")] = None,
-    model: Annotated[Str, _o("--model", "Long-context preset: nano-long, tiny-long or small-long (random weights).")] = None,
+    model: Annotated[Str, _o("--model", "nano-long, tiny-long, small-long (random weights) or a local HF checkpoint folder (llama3 RoPE scaling read).")] = None,
     prefill_chunk: Annotated[Int, _o("--prefill-chunk", "Fixed chunk of the prefill sweep (tokens).")] = None,
     decode_steps: Annotated[Int, _o("--decode-steps", "Tokens generated after each sweep prefill.")] = None,
     mixed_context: Annotated[Str, _o("--mixed-context", "Long prompt of the mixed workload (tokens, 8k ...; 0 = no mixed points).")] = None,

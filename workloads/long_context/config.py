@@ -155,11 +155,11 @@ def validate(cfg: LongContextConfig) -> LongContextConfig:
     Raises:
         ConfigError: naming the option and the fix.
     """
-    from charbench.engine.model import get_preset
     from charbench.engine.parallel import Layout
+    from charbench.engine.runner import resolve_model_config
 
     validate_fields(cfg)
-    model = get_preset(cfg.model)  # refuses an unknown preset with the valid names
+    model = resolve_model_config(cfg.model)  # a preset or a local HF checkpoint; refuses others with the valid names
     if not cfg.contexts:
         raise ConfigError("--context: empty list; e.g. --context 4k,16k,32k")
     if not cfg.parallel:

@@ -58,6 +58,10 @@ class LongContextStudy(Study):
         self.cfg = cfg
         self._predictor: Any = None
         self._predictor_error: float | None = None
+        from charbench.engine.runner import resolve_model_config
+
+        # prompt ids below the model's vocabulary (the byte tokenizer's 256 bytes for the presets)
+        self._vocab = min(256, resolve_model_config(cfg.model).vocab_size)
 
     # ---- sweep ----------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class LongContextStudy(Study):
         n = int(params["context"])
         size = int(params["chunk"].split(":")[1])
         chunks = [size] * (n // size) + ([n % size] if n % size else [])
-        spec = GenerateSpec(c.model, random_prompt(n, ctx.seed), chunks, c.decode_steps,
+        spec = GenerateSpec(c.model, random_prompt(n, ctx.seed, self._vocab), chunks, c.decode_steps,
                             self._per_rank(pool.layout.kvp, n + c.decode_steps), c.block_size, ctx.seed, c.threads_per_rank)
         with ctx.window("generate") as w:
             res = pool.run(spec)
@@ -168,7 +172,7 @@ class LongContextStudy(Study):
 
         c, pool = self.cfg, ctx.resource
         n = int(params["context"])
-        shorts = [random_prompt(c.mixed_prompt_tokens, ctx.seed + 1 + i) for i in range(c.mixed_decodes)]
+        shorts = [random_prompt(c.mixed_prompt_tokens, ctx.seed + 1 + i, self._vocab) for i in range(c.mixed_decodes)]
         # a short request has produced one token (its prefill) before the long prompt arrives
         sched = chunk_schedule(params["chunk"], n, [c.mixed_prompt_tokens + 1] * c.mixed_decodes, self._predictor,
                                c.tbt_slo_ms / 1e3, c.min_chunk, max_chunk=max(n, c.min_chunk))
@@ -176,7 +180,7 @@ class LongContextStudy(Study):
         # the short requests decode through the whole prefill and a few steps past it
         co_new = len(sched.chunks) + 2 * stages + 4
         longest = max(n + 4, c.mixed_prompt_tokens + co_new)
-        spec = GenerateSpec(c.model, random_prompt(n, ctx.seed), sched.chunks, 4, self._per_rank(pool.layout.kvp, longest),
+        spec = GenerateSpec(c.model, random_prompt(n, ctx.seed, self._vocab), sched.chunks, 4, self._per_rank(pool.layout.kvp, longest),
                             c.block_size, ctx.seed, c.threads_per_rank, co_prompts=shorts, co_new_tokens=co_new)
         with ctx.window("generate") as w:
             res = pool.run(spec)
@@ -262,9 +266,9 @@ def _sample(d: dict[str, Any]) -> Any:
 
 def _weight_bytes(model: str, layout: Any, rank: int) -> int:
     """fp32 weight bytes rank ``rank`` holds: its stage's layers / tp, the embedding, the head on the last stage."""
-    from charbench.engine.model import get_preset
+    from charbench.engine.runner import resolve_model_config
 
-    cfg = get_preset(model)
+    cfg = resolve_model_config(model)
     spp_i, _, _ = layout.coords(rank)
     layers = len(layout.stage_layers(cfg.num_layers, spp_i))
     h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim

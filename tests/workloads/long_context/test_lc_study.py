@@ -86,3 +86,23 @@ def test_kvp_and_spp_ranks_are_started_once_per_layout(tmp_path: Path, capsys: p
     both = mem[(mem["parallel"] == "1x1x2") & (mem["context"] == 256)]
     # contiguous shards of ceil((256 + 3) / 2) = 130 tokens: rank 1 holds the newest ones (256 + 3 - 1 in use at the end)
     assert list(both["kv_tokens"]) == [130, 256 + 3 - 1 - 130]
+
+
+def test_hf_checkpoint_with_llama3_rope_scaling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A local Hugging Face folder runs too (the shipped cache-reuse base, given Llama-3.1's rope scaling)."""
+    from charbench.engine.runner import resolve_model_config
+    from charbench.workloads.cache_reuse.run import materialize_shipped
+
+    materialize_shipped(tmp_path / "ckpt")
+    folder = tmp_path / "ckpt" / "base"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(max_position_embeddings=131072, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 256})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert resolve_model_config(str(folder)).rope_scaling["rope_type"] == "llama3"
+    run = _run(tmp_path, capsys, ["--model", str(folder), "--context", "300", "--parallel", "1x1x1", "--prefill-chunk", "100",
+                                  "--decode-steps", "3", "--mixed-context", "0", "--json"])
+    (rec,) = RunStore.open(run).records()
+    assert rec["model"] == str(folder) and rec["chunk_count"] == 3 and rec["ttft_ms"] > 0
+    # 6 layers x K,V x 2 KV heads x 16 x fp32 per token, prompt + decodes but the last one
+    assert rec["max_kv_bytes"] == (300 + 3 - 1) * 6 * 2 * 2 * 16 * 4
