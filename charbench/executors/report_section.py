@@ -129,32 +129,49 @@ def _parse_times(col: Any) -> Any:
     return pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")
 
 
-def timeline_figure_section(results: Any) -> Section | None:
-    """Which node ran which point, from start to end (one bar per point); None without time stamps."""
+def timeline_frame(results: Any) -> tuple[Any, int] | None:
+    """One row per point with its ``node``, ``point_key``, ``start_s`` (since the first start) and ``duration_s``, and how many had no times.
+
+    None when no record has both time stamps. Times are parsed with their UTC offsets, so
+    nodes in different time zones line up.
+    """
+    import pandas as pd
+
     if results is None or not len(results) or not {"point_started_at", "point_ended_at", "node"} <= set(results.columns):
         return None
-    import plotly.graph_objects as go
-
     per_point = results.drop_duplicates("point_key") if "point_key" in results else results
     start, end = _parse_times(per_point["point_started_at"]), _parse_times(per_point["point_ended_at"])
     ok = start.notna() & end.notna()
     if not ok.any():
         return None
     t0 = start[ok].min()
-    s = (start[ok] - t0).dt.total_seconds()
-    d = (end[ok] - start[ok]).dt.total_seconds().clip(lower=0)
-    nodes = per_point["node"][ok].fillna("(unknown)").astype(str)
-    keys = per_point["point_key"][ok].astype(str) if "point_key" in per_point else nodes
+    frame = pd.DataFrame({
+        "node": per_point["node"][ok].fillna("(unknown)").astype(str).to_numpy(),
+        "point_key": (per_point["point_key"][ok] if "point_key" in per_point else per_point["node"][ok]).astype(str).to_numpy(),
+        "start_s": (start[ok] - t0).dt.total_seconds().to_numpy(),
+        "duration_s": (end[ok] - start[ok]).dt.total_seconds().clip(lower=0).to_numpy(),
+    })
+    return frame, int((~ok).sum())
+
+
+def timeline_figure_section(results: Any) -> Section | None:
+    """Which node ran which point, from start to end (one bar per point); None without time stamps."""
+    found = timeline_frame(results)
+    if found is None:
+        return None
+    frame, missing = found
+    import plotly.graph_objects as go
+
     fig = go.Figure()
-    for i, node in enumerate(sorted(nodes.unique())):
-        m = nodes == node
-        fig.add_trace(go.Bar(y=nodes[m], x=d[m], base=s[m], orientation="h", name=node, text=keys[m], textposition="inside",
+    for node in sorted(frame["node"].unique()):
+        m = frame[frame["node"] == node]
+        fig.add_trace(go.Bar(y=m["node"], x=m["duration_s"], base=m["start_s"], orientation="h", name=node, text=m["point_key"],
+                             textposition="inside",
                              hovertemplate="%{text}<br>start %{base:.2f} s, %{x:.2f} s long<extra>" + html_escape(node) + "</extra>"))
     fig.update_layout(barmode="overlay", xaxis_title="seconds since the first point started", yaxis_title="node")
-    missing = int((~ok).sum())
     note = ("Each node's own wall clock (clocks of different machines may disagree by their skew). "
             + (f"{missing} point(s) without time stamps (written by an older charbench) are left out." if missing else ""))
-    height = max(220, 120 + 60 * nodes.nunique())
+    height = max(220, 120 + 60 * frame["node"].nunique())
     return Section("Which node ran which point", figure_html(fig, height=height), note=note.strip(), anchor="node-timeline")
 
 
