@@ -53,8 +53,8 @@ def polca_servers_gain(records: list[dict[str, Any]], max_p99_loss_pct: float = 
     best = 0.0
     for r in sorted(polca, key=lambda r: r["polca_oversubscription"]):
         ok = all(r.get(k) is not None and static.get(k) and r[k] <= static[k] * (1 + max_p99_loss_pct / 100) for k in ("p99_ttft_ms", "p99_tbt_ms"))
-        if ok:
-            best = max(best, float(r["polca_oversubscription"]))
+        if ok:  # the servers actually added (instances are whole), else the requested fraction
+            best = max(best, float(r.get("polca_added_servers_frac", r["polca_oversubscription"])))
     return {"servers_gain_pct": best * 100.0, "max_p99_loss_pct": max_p99_loss_pct}
 
 

@@ -1,7 +1,7 @@
 """``polca``: power oversubscription with frequency capping (Patel et al., ASPLOS'24, arXiv 2308.12908).
 
-POLCA deploys ``polca_oversubscription`` more servers (each with its share of load: the
-offered load grows by the same factor) under the power budget of the static cluster's
+POLCA deploys ``polca_oversubscription`` more servers (whole instances; each with its share
+of load: the offered load grows by the instances actually added) under the power budget of the static cluster's
 servers (``polca_budget_w``; default: static's instances at full prefill power, i.e. their
 provisioned peak). Every ``polca_period_s`` it reads each row's power as telemetry reports
 it, the mean over the last period (the row's energy counter difference / period; an
@@ -35,8 +35,9 @@ class PolcaPolicy(Policy):
 
     def __init__(self, profile: Any, cfg: Any) -> None:
         super().__init__(profile, cfg)
-        self.load_factor = 1.0 + cfg.polca_oversubscription
-        self.n = max(1, round(cfg.instances * self.load_factor))
+        self.n = max(1, round(cfg.instances * (1.0 + cfg.polca_oversubscription)))
+        # the load grows with the servers actually added (8 instances + 5% is still 8)
+        self.load_factor = self.n / cfg.instances
         self.throttle_events = 0
         self.brake_events = 0
         self.level_time: dict[int, float] = {1: 0.0, 2: 0.0, 3: 0.0}
@@ -127,6 +128,7 @@ class PolcaPolicy(Policy):
                 self.since[row] = sim.t
         return {
             "servers": self.n * self.cfg.tp / 8,
+            "polca_added_servers_frac": self.n / self.cfg.instances - 1.0,
             "power_budget_w": self.budget_w,
             "throttle_events": self.throttle_events,
             "power_brake_events": self.brake_events,
