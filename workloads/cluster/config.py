@@ -3,8 +3,9 @@
 Presets:
 
 * ``quick`` (default): a 1-hour synthetic conversation-like trace (20 req/s mean, peak/mean 1.7,
-  bursts), llama-2-70b on the analytic H100 profile, all four policies. About 70k requests per
-  policy; under a minute on 2 cores.
+  bursts), llama-2-70b on the analytic H100 profile, all four policies. About 106k requests per
+  policy (POLCA: 25% more); 16 s of CPU time (measured 2026-12-04; 142 s wall on a shared
+  2-core box at load average 15-17, so the wall time on an idle one is not measured here).
 * ``dynamollm``: the paper's setting as far as published [S]: llama-2-70b on DGX-H100, 9 pools,
   controller periods 1800/300/5 s, TP 2/4/8, 800-1980 MHz; a 4-hour conversation-like trace
   (peak/mean 1.7) and policies static and dynamollm.
