@@ -42,3 +42,27 @@ def test_plain_lines_show_the_varying_values_and_a_start_line_after_a_long_point
         "[charbench] 2/3 dtype=fp32 repeat=1 value=8.0",
         "[charbench] 3/3 dtype=bf16 repeat=0 value=8.0",  # the second took 1 s: no start line
     ]
+
+
+def test_run_summary_pools_repeats_into_one_row_per_setting(tmp_path, monkeypatch) -> None:
+    import datetime as dt
+    import importlib.util
+    from pathlib import Path
+
+    from charbench.run_summary import print_summary
+
+    spec = importlib.util.spec_from_file_location("charbench_test_fakeruns_summary", Path(__file__).parent / "browser" / "fakeruns.py")
+    fakeruns = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fakeruns)  # type: ignore[union-attr]
+    monkeypatch.setenv("CI", "true")
+    pts = [{"experiment": e, "param": {"sigma": "sigma", "p": "p"}[e], "value": 1.0, "repeat": r} for e in ("sigma", "p") for r in range(3)]
+    run = fakeruns.make_run(tmp_path, "gemm-power", pts, lambda p: {"time_per_gemm_ms": 1.0 + p["repeat"]}, now=dt.datetime(2026, 1, 1))
+    out = io.StringIO()
+    print_summary(run, out)
+    assert out.getvalue().splitlines() == [
+        "gemm-power: 2 point(s)",
+        "experiment  n  mean time_per_gemm_ms",
+        "----------  -  ---------------------",
+        "sigma       3  2",
+        "p           3  2",
+    ]
