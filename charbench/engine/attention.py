@@ -7,7 +7,10 @@ mapping, padded block tables, lengths, masks), shared by every layer. A
 
 * batched decode over all single-token chunks (torch gather+matmul, or the Triton
   split-K kernel), and
-* per prefill chunk, SDPA against the cached prefix with a lower-right causal bias.
+* per prefill chunk, SDPA against the cached prefix with a lower-right causal bias (on CPU
+  in fp32/bf16, a chunk with a cached prefix runs ``engine.kvp.partial_attention``'s
+  flash-kernel split instead: the unmasked prefix and the causal square merged by their
+  LSEs, reading the prefix as a view when its blocks are one ascending run).
 
 Example::
 
@@ -35,6 +38,9 @@ from charbench.kernels.attention.paged_torch import (
 
 BACKENDS = ("torch", "triton")
 
+#: torch's flash-attention CPU kernel (returns the LSE), when this torch has it
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
 
 class ChunkLike(Protocol):
     """What :func:`build_metadata` reads from a chunk (``runner.SeqChunk`` fits)."""
@@ -54,7 +60,10 @@ class PrefillSpan:
         start_pos: tokens already cached before the chunk.
         block_table: long ``[n_blocks]`` on the device.
         mask: bool ``[num_tokens, start_pos + num_tokens]`` causal mask against the prefix
-            (CPU only, built once for all layers; None on GPU or without a prefix).
+            (CPU only, built once for all layers; None on GPU, without a prefix, or on the
+            flash split path).
+        first_block: the first block when the table is one ascending run (else None).
+        split: run the CPU flash split (fp32/bf16 with a cached prefix).
     """
 
     token_start: int
@@ -62,6 +71,8 @@ class PrefillSpan:
     start_pos: int
     block_table: torch.Tensor
     mask: torch.Tensor | None = None
+    first_block: int | None = None
+    split: bool = False
 
 
 @dataclass
@@ -165,11 +176,15 @@ def build_metadata(
     dec_bt = packed[o : o + num_decode * max_blocks].view(num_decode, max_blocks)
     o += num_decode * max_blocks
     on_cpu = packed.device.type == "cpu"
-    prefills = [
-        PrefillSpan(ts, n, start, packed[o + off : o + off + nb],
-                    prefix_causal_mask(n, start + n, packed.device) if on_cpu and start else None)
-        for ts, n, start, off, nb in spans
-    ]
+    split = on_cpu and dtype in (torch.float32, torch.bfloat16) and _FLASH_CPU is not None
+    prefills = []
+    for ts, n, start, off, nb in spans:
+        table = tables_flat[off : off + nb]
+        run = table[-1] - table[0] == nb - 1 and table == list(range(table[0], table[0] + nb))
+        prefills.append(PrefillSpan(
+            ts, n, start, packed[o + off : o + off + nb],
+            prefix_causal_mask(n, start + n, packed.device) if on_cpu and start and not split else None,
+            table[0] if run else None, bool(split and start)))
     bias = None
     if num_decode and backend == "torch":
         bias = decode_attn_bias(decode_valid_mask(dec_lens_t, max_blocks * block_size), dtype)
@@ -255,21 +270,34 @@ class PagedAttention:
         if nd and not meta.prefills:
             return self._decode(q, k_cache, v_cache, meta)
         if not nd and len(meta.prefills) == 1:
-            sp = meta.prefills[0]
-            return paged_prefill_torch(
-                q, k_cache, v_cache, sp.block_table, sp.start_pos, self.scale,
-                k_new=k, v_new=v, mask=sp.mask,
-            )
+            return self._prefill(q, k, v, k_cache, v_cache, meta.prefills[0])
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         if nd:
             out[:nd] = self._decode(q[:nd], k_cache, v_cache, meta)
         for sp in meta.prefills:
             s, e = sp.token_start, sp.token_start + sp.num_tokens
-            out[s:e] = paged_prefill_torch(
-                q[s:e], k_cache, v_cache, sp.block_table, sp.start_pos, self.scale,
-                k_new=k[s:e], v_new=v[s:e], mask=sp.mask,
-            )
+            out[s:e] = self._prefill(q[s:e], k[s:e], v[s:e], k_cache, v_cache, sp)
         return out
+
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, sp: PrefillSpan) -> torch.Tensor:
+        if not sp.split:
+            return paged_prefill_torch(
+                q, k_cache, v_cache, sp.block_table, sp.start_pos, self.scale, k_new=k, v_new=v, mask=sp.mask,
+            )
+        from charbench.engine.kvp import partial_attention
+
+        total = sp.start_pos + sp.num_tokens
+        kvh, d = k_cache.shape[2], k_cache.shape[3]
+        if sp.first_block is not None:  # a view, no gather
+            nb = sp.block_table.numel()
+            keys = k_cache[sp.first_block : sp.first_block + nb].view(-1, kvh, d)[:total]
+            vals = v_cache[sp.first_block : sp.first_block + nb].view(-1, kvh, d)[:total]
+        else:
+            keys = k_cache[sp.block_table].view(-1, kvh, d)[:total]
+            vals = v_cache[sp.block_table].view(-1, kvh, d)[:total]
+        q_pos = torch.arange(sp.start_pos, total, device=q.device)
+        return partial_attention(q, keys, vals, q_pos, 0, self.scale)[0]
 
     def _decode(
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
