@@ -15,6 +15,8 @@ from charbench.workloads.cluster import STUDY
 from charbench.workloads.cluster.config import ClusterSimConfig
 
 
+#: a power budget no cluster reaches (POLCA's uncapped twin)
+UNCAPPED_W = 1e18
 #: rows per part of the per-request table
 REQUEST_PART = 200_000
 #: metrics that need the profile's power (null when a measured profile has none)
@@ -116,6 +118,11 @@ class ClusterSimStudy(Study):
         price = c.gpu_usd_per_h if c.gpu_usd_per_h is not None else GPU_USD_PER_H.get(self.profile.gpu, GPU_USD_PER_H["unknown"])
         costs = Costs(pc.slo_ttft_s, pc.slo_tbt_s, price, c.electricity_usd_per_kwh if c.electricity_usd_per_kwh is not None else ELECTRICITY_USD_PER_KWH)
         rec: dict[str, Any] = summarize(res, costs, self.intensity)
+        if name == "polca":  # its uncapped twin: what the power capping itself costs (POLCA's measure)
+            twin = simulate(self.profile, self._wl, policy_class(name)(self.profile, dataclasses.replace(pc, polca_budget_w=UNCAPPED_W)),
+                            dataclasses.replace(settings, progress=None))
+            rec["p99_uncapped_ttft_ms"] = float(np.percentile(twin.ttft_s, 99)) * 1000
+            rec["p99_uncapped_tbt_ms"] = float(np.percentile(twin.tpot_s, 99)) * 1000
         if not self.profile.power_measured:  # a measured profile without power: energy is unknown, not 0
             for k in POWER_METRICS:
                 rec[k] = None

@@ -40,7 +40,11 @@ def test_comparison_deltas_and_polca_gain() -> None:
     t = comparison(recs)
     assert t["policy"].tolist() == ["static", "dynamollm", "polca+0.2", "polca+0.4"]
     assert t["energy_delta_pct"].tolist() == [0.0, -50.0, pytest.approx(10.0), pytest.approx(20.0)]
-    assert polca_servers_gain(recs) == {"servers_gain_pct": 20.0, "max_p99_loss_pct": 5.0}
+    assert polca_servers_gain(recs) == {"servers_gain_pct": 20.0, "basis": "static", "servers_gain_vs_static_pct": 20.0, "max_p99_loss_pct": 5.0}
+    # with uncapped twins: the capping's own cost decides (0.4 loses 30% TTFT to static, 4% to its twin)
+    recs[2].update(p99_uncapped_ttft_ms=100.0, p99_uncapped_tbt_ms=50.0)
+    recs[3].update(p99_uncapped_ttft_ms=125.0, p99_uncapped_tbt_ms=50.0, polca_added_servers_frac=0.375)
+    assert polca_servers_gain(recs) == {"servers_gain_pct": 37.5, "basis": "capping", "servers_gain_vs_static_pct": 20.0, "max_p99_loss_pct": 5.0}
 
 
 def test_claims_direction() -> None:
