@@ -32,6 +32,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return sorted(RunStore.open(run_dir).records(), key=lambda r: r["x"])
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_slurm_local_gives_the_local_points_with_node_names(tmp_path: Path) -> None:
     local = run_study(ToyStudy(4), _common(tmp_path), SETTINGS, executor=LocalExecutor())
     remote = run_study(ToyStudy(4), _common(tmp_path, executor="slurm-local"), SETTINGS, executor=SlurmExecutor(local=True))
@@ -45,6 +46,7 @@ def test_slurm_local_gives_the_local_points_with_node_names(tmp_path: Path) -> N
     assert list(nodes) == [socket.gethostname()] and nodes[socket.gethostname()]["env"]["hostname"] == socket.gethostname()
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_detach_then_resume_collects_finished_jobs_and_resubmits_missing(tmp_path: Path) -> None:
     ex = SlurmExecutor(local=True, detach=True)
     with pytest.raises(Detached, match=r"4 job\(s\) keep running; collect them with --resume"):
@@ -74,6 +76,7 @@ def test_detach_then_resume_collects_finished_jobs_and_resubmits_missing(tmp_pat
     assert resubmitted == [lost_unit] and after[lost_unit]["attempt"] == 1
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_killed_job_is_retried_and_no_point_is_lost_or_doubled(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -85,6 +88,7 @@ def test_killed_job_is_retried_and_no_point_is_lost_or_doubled(tmp_path: Path) -
     assert rows[0]["pid"] != rows[1]["pid"] and rows[2]["pid"] == rows[3]["pid"]
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_killed_job_past_its_retries_is_a_failure_naming_node_and_exit(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -139,6 +143,7 @@ def _wait_for(pred, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_serve_sweep_builds_its_engine_once_per_group_job(tmp_path: Path) -> None:
     from charbench.workloads.serving.config import ServeSweepConfig
     from charbench.workloads.serving.run import ServeSweepStudy
@@ -158,6 +163,7 @@ def test_serve_sweep_builds_its_engine_once_per_group_job(tmp_path: Path) -> Non
     assert len(tables) == 4 and all((res.run_dir / r["requests_file"]).is_file() for r in rows)  # per-request tables came back
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_driver_killed_mid_sweep_then_resume_reattaches_and_completes(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     run_dir = kill_driver_after(["slurm-local", str(out), "5", "0.5"], out, done_at_least=1)
@@ -171,6 +177,7 @@ def test_driver_killed_mid_sweep_then_resume_reattaches_and_completes(tmp_path: 
     assert all(after[u]["job_id"] == e["job_id"] for u, e in ledger.items())
 
 
+@pytest.mark.slow  # local jobs: one Python process each
 def test_ctrl_c_cancels_jobs_restores_clocks_and_resume_finishes_the_run(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
