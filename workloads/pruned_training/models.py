@@ -9,7 +9,9 @@ must therefore be pruned as one (PruneTrain's channel union):
   input and output, the projection shortcut's output), and ``b<i>.<j>.a`` (``.b``), the
   inside of block ``j`` of stage ``i``.
 
-``input`` (the image channels) and ``classes`` (the logits) are fixed spaces.
+``input`` (the image channels) and ``classes`` (the logits) are fixed spaces. A block
+whose last inner space has width 0 is an :class:`EmptyBlock` (PruneTrain's empty-block
+removal: its convolutions are gone, only its last BN's constant output is left).
 Every prunable tensor knows which space each of its dimensions lives in
 (:func:`param_spaces`), which is all reconfiguration needs::
 
@@ -146,6 +148,27 @@ class Block(nn.Module):
         return torch.relu(out + res)
 
 
+class EmptyBlock(nn.Module):
+    """A residual block whose branch lost every channel: ``relu(x + bn(0))``.
+
+    With no channel left, the branch's last conv outputs exact zeros, so the branch adds
+    its last BN applied to zeros: ``beta`` in training (batch statistics of zeros are 0),
+    ``beta - gamma * mean / sqrt(var + eps)`` in eval. That BN is kept (renamed ``bn``) and
+    applied to a ``[2, C, 1, 1]`` zero tensor, which gives the same output and the same
+    running-statistics update as the full branch did, without its convolutions. Only
+    blocks with an identity shortcut become empty (a projection shortcut would still need
+    its conv, so such a block keeps one channel).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(2, x.shape[1], 1, 1, dtype=x.dtype, device=x.device)
+        return torch.relu(x + self.bn(zeros)[:1])
+
+
 class Net(nn.Module):
     """A ResNet or VGG built from an :class:`Arch` (its ``arch`` attribute)."""
 
@@ -166,6 +189,7 @@ class Net(nn.Module):
                     prev = space
             self.stem = nn.Sequential(*feats)
             self.blocks = nn.Sequential()
+            self.block_spaces: list[tuple[str, list[str], bool]] = []
         else:
             k, s = (7, 2) if arch.imagenet_stem else (3, 1)
             stem: list[nn.Module] = [ConvBN(INPUT, "s0", arch.in_channels, w["s0"], k, s), nn.ReLU()]
@@ -173,6 +197,8 @@ class Net(nn.Module):
                 stem.append(nn.MaxPool2d(3, stride=2, padding=1))
             self.stem = nn.Sequential(*stem)
             blocks: list[nn.Module] = []
+            #: per block: its module name, its inner spaces (last one last), identity shortcut?
+            self.block_spaces = []
             prev = "s0"
             for i, n in enumerate(arch.stages):
                 stream = f"s{i + 1}"
@@ -184,15 +210,22 @@ class Net(nn.Module):
         self.last_space = prev
         self.fc = nn.Linear(w[prev], arch.num_classes)
 
-    def _block(self, src: str, dst: str, name: str, stride: int) -> Block:
+    def _block(self, src: str, dst: str, name: str, stride: int) -> nn.Module:
         w = self.arch.widths
+        inner = [f"{name}.a", f"{name}.b"] if self.arch.bottleneck else [f"{name}.a"]
+        identity = (src == dst or self._same_stream(src, dst)) and stride == 1
+        self.block_spaces.append((f"blocks.{len(self.block_spaces)}", inner, identity))
+        if w[inner[-1]] == 0:
+            if not identity:
+                raise ValueError(f"block {name}: only a block with an identity shortcut can be empty")
+            return EmptyBlock(w[dst])
         if self.arch.bottleneck:
             a, b = f"{name}.a", f"{name}.b"
             layers = [ConvBN(src, a, w[src], w[a], 1), ConvBN(a, b, w[a], w[b], 3, stride), ConvBN(b, dst, w[b], w[dst], 1)]
         else:
             a = f"{name}.a"
             layers = [ConvBN(src, a, w[src], w[a], 3, stride), ConvBN(a, dst, w[a], w[dst], 3)]
-        shortcut = None if (src == dst or self._same_stream(src, dst)) and stride == 1 else ConvBN(src, dst, w[src], w[dst], 1, stride)
+        shortcut = None if identity else ConvBN(src, dst, w[src], w[dst], 1, stride)
         return Block(layers, shortcut)
 
     def _same_stream(self, src: str, dst: str) -> bool:
@@ -242,6 +275,14 @@ def build(arch: Arch) -> Net:
     return net
 
 
+def _block_stream(net: Net, block_name: str) -> str:
+    """The residual stream space an empty block adds to (its stage's ``s<i>``)."""
+    for name, inner, _ in net.block_spaces:
+        if name == block_name:
+            return "s" + inner[0][1:].split(".")[0]
+    raise KeyError(block_name)
+
+
 def param_spaces(net: Net) -> dict[str, tuple[str | None, ...]]:
     """For every state_dict entry, the channel space of each dimension (None: not a channel dim).
 
@@ -257,6 +298,11 @@ def param_spaces(net: Net) -> dict[str, tuple[str | None, ...]]:
             out[f"{name}.conv.weight"] = (o, i, None, None)
             for t in ("weight", "bias", "running_mean", "running_var"):
                 out[f"{name}.bn.{t}"] = (o,)
+            out[f"{name}.bn.num_batches_tracked"] = ()
+        elif isinstance(m, EmptyBlock):
+            stream = rep(_block_stream(net, name))
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                out[f"{name}.bn.{t}"] = (stream,)
             out[f"{name}.bn.num_batches_tracked"] = ()
     out["fc.weight"] = (CLASSES, rep(net.last_space))
     out["fc.bias"] = (CLASSES,)

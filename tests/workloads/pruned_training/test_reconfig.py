@@ -101,3 +101,42 @@ def test_a_step_after_reconfiguration_equals_the_step_on_the_masked_dense_model(
     for name, p in small.named_parameters():
         expect = slice_state({name: dense_opt.state[dense_params[name]]["momentum_buffer"]}, spaces, rec.keep)[name]
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], expect, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_block_whose_branch_lost_every_channel_becomes_empty_and_the_output_is_kept() -> None:
+    from charbench.workloads.pruned_training.models import EmptyBlock, Net, param_spaces
+
+    net, opt = _trained("resnet20")
+    _kill(net, "b2.1.a", list(range(32)))  # an identity-shortcut block: removable
+    _kill(net, "b2.0.a", list(range(32)))  # the stage's first block has a projection shortcut: keeps one channel
+    sparsify(net, 1e-4)
+    x, y = _batch()
+    dense = copy.deepcopy(net)
+    dense_opt = make_sgd(dense, PruneTrainConfig())
+    dense_opt.load_state_dict(opt.state_dict())
+    net.eval()
+    before = net(x)
+    small, rec = reconfigure(net, opt, 1e-4)
+    small.eval()
+    assert isinstance(small.blocks[4], EmptyBlock) and not any(isinstance(b, EmptyBlock) for i, b in enumerate(small.blocks) if i != 4)
+    assert rec.widths_after["b2.1.a"] == 0 and rec.widths_after["b2.0.a"] == 1
+    assert not any(n.startswith("blocks.4.layers") for n in small.state_dict())
+    torch.testing.assert_close(small(x), before, rtol=1e-5, atol=1e-5)
+    # a training step (batch statistics, running-statistics update, momentum) matches the masked dense net
+    # on the kept BN (the dense net's zeroed weights get gradients and revive, so outputs are not compared)
+    for model, o in ((dense, dense_opt), (small, opt)):
+        model.train()
+        o.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        o.step()
+    kept, orig = small.blocks[4].bn, dense.blocks[4].layers[1].bn
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        torch.testing.assert_close(getattr(kept, name), getattr(orig, name), rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(opt.state[kept.weight]["momentum_buffer"], dense_opt.state[orig.weight]["momentum_buffer"],
+                               rtol=1e-5, atol=1e-6)
+    # the small net rebuilds from its arch (checkpoint restore) and reconfigures again
+    again = Net(small.arch)
+    again.load_state_dict(small.state_dict())
+    assert set(param_spaces(again)) == set(again.state_dict())
+    smaller, rec2 = reconfigure(again, None, 1e-4)
+    assert rec2.widths_after["b2.1.a"] == 0 and isinstance(smaller.blocks[4], EmptyBlock)
