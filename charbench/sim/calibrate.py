@@ -60,7 +60,6 @@ def _overloaded(e: dict[str, Any]) -> bool:
 def _replay(op: Any, e: dict[str, Any], max_batch: int, chunk_tokens: int, seed: int) -> tuple[float, float, float]:
     """(median TTFT s, median TPOT s, mean decode batch) of one instance under the entry's load."""
     from charbench.sim.engine import SimSettings, Simulator, Workload
-    from charbench.sim.policies.base import Policy, PolicyConfig
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 31]))
     n = CAL_REQUESTS
@@ -68,10 +67,38 @@ def _replay(op: Any, e: dict[str, Any], max_batch: int, chunk_tokens: int, seed:
     t = np.cumsum(rng.exponential(1.0 / rate, n)) if math.isfinite(rate) else np.zeros(n)  # inf: all at once
     wl = Workload(t, np.full(n, int(e["input_len"])), np.full(n, int(e["output_len"])), max(1e-9, float(t[-1])), "calibration")
     prof = _OneOp(op)
-    policy = Policy(prof, PolicyConfig(tp=op.tp, instances=1))  # one instance at the operating point
+    policy = _OneInstance(op)
     res = Simulator(prof, wl, policy, SimSettings(max_num_seqs=max_batch, chunk_tokens=max(chunk_tokens, max_batch + 1))).run()
     decode_s = float(np.sum(res.finish_s - res.first_token_s))
     return float(np.median(res.ttft_s)), float(np.median(res.tpot_s)), max(1.0, decode_s / max(1e-12, res.end_s))
+
+
+class _OneInstance:
+    """The policy of a calibration replay: one instance at the operating point, nothing else.
+
+    (Not :class:`charbench.sim.policies.Policy`: the policies import the planner, which imports
+    the profiles, which calibrate here.)
+    """
+
+    name, num_pools, load_factor, initial_gpus = "calibration", 1, 1.0, 1
+
+    def __init__(self, op: Any) -> None:
+        self.op = op
+
+    def assign_pools(self, workload: Any) -> np.ndarray:
+        return np.zeros(len(workload), dtype=np.int64)
+
+    def setup(self, sim: Any) -> None:
+        sim.add_instance(0, self.op.tp, self.op.freq_mhz)
+
+    def periods(self) -> list[Any]:
+        return []
+
+    def on_ready(self, sim: Any, inst: Any) -> None:
+        """Nothing to do (the instance serves from the start)."""
+
+    def summary(self, sim: Any) -> dict[str, Any]:
+        return {}
 
 
 class _OneOp:

@@ -30,12 +30,14 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from charbench.sim.profiles import OperatingPoint, Profile
 from charbench.sim.timeline import Bins
+
+if TYPE_CHECKING:  # annotations only: profiles calibrates with this engine (charbench.sim.calibrate)
+    from charbench.sim.profiles import OperatingPoint, Profile
 
 ROUTINGS: tuple[str, ...] = ("least-outstanding", "round-robin")
 
