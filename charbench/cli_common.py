@@ -47,6 +47,8 @@ SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", h
 SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="Time limit of each SLURM job, minutes.")]
 SlurmGpusOpt = Annotated[int, typer.Option("--slurm-gpus", help="GPUs per SLURM job.")]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Send a unit again this often when its worker or node is lost.")]
+RayResourceOpt = Annotated[Optional[list[str]], typer.Option("--ray-resource", help="Ray: NAME=AMOUNT of a custom resource each unit needs, e.g. A100=1 (repeatable).")]
+SlurmOptionOpt = Annotated[Optional[list[str]], typer.Option("--slurm-option", help="SLURM: KEY=VALUE sbatch setting by submitit's name, e.g. account=proj42 (repeatable).")]
 DetachOpt = Annotated[bool, typer.Option("--detach", metavar=FLAG, help="SLURM: submit the jobs and return; --resume RUN_DIR collects them.")]
 IdleOpt = Annotated[Optional[float], typer.Option("--idle-baseline", help="Seconds of idle power to measure before the sweep (0 = skip; default: the study's for the preset and device).")]
 CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown", help="Seconds to sleep between points (default: the study's for the preset and device).")]
@@ -83,7 +85,13 @@ def common_options(
             option or runner setting.
     """
     from charbench.config import apply_overrides
+    from charbench.executors import parse_ray_resources, parse_slurm_options
 
+    # repeatable NAME=VALUE options arrive as lists (from the CLI) or already parsed
+    if not isinstance(dispatch.get("ray_resources"), dict):
+        dispatch["ray_resources"] = parse_ray_resources(dispatch.get("ray_resources"))
+    if not isinstance(dispatch.get("slurm_options"), dict):
+        dispatch["slurm_options"] = parse_slurm_options(dispatch.get("slurm_options"))
     given_settings = {k: v for k, v in (settings or {}).items() if v is not None}
     apply_overrides(RunSettings(), given_settings, source=None)  # errors name the option (--cooldown)
     if config is not None and not config.is_file():
@@ -113,10 +121,12 @@ COMMON_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
     ("idle_baseline", IdleOpt, None), ("cooldown", CooldownOpt, None), ("shuffle", ShuffleOpt, False),
     ("executor", ExecutorOpt, "local"), ("ray_address", RayAddressOpt, None), ("slurm_partition", SlurmPartitionOpt, None),
     ("slurm_time", SlurmTimeOpt, 60), ("slurm_gpus", SlurmGpusOpt, 0), ("max_retries", MaxRetriesOpt, 1), ("detach", DetachOpt, False),
+    ("ray_resource", RayResourceOpt, None), ("slurm_option", SlurmOptionOpt, None),
 )
 #: the dispatch parameters -> their CommonOptions field
 _DISPATCH = {"executor": "executor", "ray_address": "ray_address", "slurm_partition": "slurm_partition",
-             "slurm_time": "slurm_time_min", "slurm_gpus": "slurm_gpus", "max_retries": "max_retries", "detach": "detach"}
+             "slurm_time": "slurm_time_min", "slurm_gpus": "slurm_gpus", "max_retries": "max_retries", "detach": "detach",
+             "ray_resource": "ray_resources", "slurm_option": "slurm_options"}
 #: the runner-setting parameters -> their RunSettings field
 _SETTINGS = {"idle_baseline": "idle_baseline_s", "cooldown": "cooldown_s", "shuffle": "shuffle"}
 

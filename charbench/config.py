@@ -224,6 +224,8 @@ class CommonOptions:
         slurm_gpus: GPUs per SLURM job.
         max_retries: how often a unit whose worker or node was lost is sent again.
         detach: submit the SLURM jobs and return; ``--resume`` collects them.
+        ray_resources: custom Ray resources each unit asks for (``--ray-resource A100=1``).
+        slurm_options: further sbatch settings by submitit's names (``--slurm-option account=proj42``).
         settings: runner settings given as options (``--idle-baseline``, ``--cooldown``,
             ``--shuffle``: :class:`charbench.settings.RunSettings` field -> value), checked
             when the options are read; the run's resolved settings add the study's defaults
@@ -246,6 +248,8 @@ class CommonOptions:
     slurm_gpus: int = field(default=0, metadata=check("--slurm-gpus", ge=0, le=64))
     max_retries: int = field(default=1, metadata=check("--max-retries", ge=0, le=100))
     detach: bool = False
+    ray_resources: dict[str, float] = field(default_factory=dict)
+    slurm_options: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

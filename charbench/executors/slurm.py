@@ -73,7 +73,12 @@ class SlurmExecutor(RemoteExecutor):
         if not self.local and shutil.which("sbatch") is None:
             raise ConfigError("--executor slurm: sbatch is not on PATH (this machine is not a SLURM submit node); "
                               "run from a login node, or use --executor slurm-local to run the same jobs as local processes")
-        import_submitit()
+        submitit = import_submitit()
+        valid = submitit.SlurmExecutor._valid_parameters()
+        unknown = sorted(k for k in self.extra if k not in valid)
+        if unknown:
+            raise ConfigError(f"--slurm-option {unknown[0]}: not an sbatch setting submitit knows; use one of "
+                              f"{', '.join(sorted(valid))}, or additional_parameters for the rest")
 
     def start(self, store: Any, log: Any) -> None:
         """Make submitit's executor with its folder in the run folder."""
@@ -84,6 +89,8 @@ class SlurmExecutor(RemoteExecutor):
         if self.local:
             ex = submitit.LocalExecutor(folder=self._folder / "jobs" / "%j")
             ex.update_parameters(timeout_min=self.time_min)
+            if self.extra:
+                log(f"note: --slurm-option {', '.join(sorted(self.extra))}: not applied by slurm-local (local processes have no sbatch)")
         else:
             ex = submitit.SlurmExecutor(folder=self._folder / "jobs" / "%j")
             params: dict[str, Any] = {"time": self.time_min, "ntasks_per_node": 1}

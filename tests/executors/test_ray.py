@@ -48,8 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     # fast health checks: a removed node is declared dead in about 2 s instead of about 30
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health})
-    for _ in range(2):
-        c.add_node(num_cpus=1, object_store_memory=100 << 20)
+    for tag in ("model_a", "model_b"):  # a custom resource per node, as a GPU model's tag would be
+        c.add_node(num_cpus=1, object_store_memory=100 << 20, resources={tag: 1})
     ray.init(address=c.address, logging_level="error", log_to_driver=False)
     yield c
     ray.shutdown()
@@ -147,12 +147,15 @@ def test_killed_node_loses_no_finished_point_and_its_unfinished_one_is_retried(t
 
     killer = threading.Thread(target=kill_the_node_running_x1, daemon=True)
     killer.start()
+    tags = {n["NodeID"]: [k for k in n["Resources"] if k.startswith("model_")] for n in ray.nodes() if n["Alive"]}
     try:
         res = run_study(ToyStudy(4, marks=str(marks), group_by=("pair",), hang_at=(1,)), _ray_common(tmp_path), SETTINGS,
                         executor=RayExecutor(max_retries=1))
     finally:
         killer.join(timeout=60)
-        cluster.add_node(num_cpus=1, object_store_memory=100 << 20)  # two nodes again for the other tests
+        lost_tags = tags.get(killed[0], ["model_a"]) if killed else []
+        if killed:  # two nodes again for the other tests, with the lost one's tag
+            cluster.add_node(num_cpus=1, object_store_memory=100 << 20, resources={t: 1 for t in lost_tags})
     assert killed and res.status == "completed" and res.points_failed == 0
     rows = sorted(RunStore.open(res.run_dir).records(), key=lambda r: r["x"])
     assert [r["x"] for r in rows] == [0, 1, 2, 3]  # none lost, none doubled
@@ -210,3 +213,10 @@ def test_ctrl_c_cancels_remote_work_restores_clocks_on_every_node_and_the_run_fi
     rows = sorted(RunStore.open(run_dir).records(), key=lambda r: r["x"])
     assert [r["x"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert all("/" in r["node"] for r in rows[:2]) and {r["node"] for r in rows[2:]} == {socket.gethostname()}
+
+
+def test_ray_resource_sends_every_unit_to_the_nodes_that_have_it(tmp_path: Path, cluster) -> None:
+    [tagged] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "model_b" in n["Resources"]]
+    res = run_study(ToyStudy(4), _ray_common(tmp_path, ray_resources={"model_b": 1.0}), SETTINGS, executor=RayExecutor(resources={"model_b": 1.0}))
+    assert res.points_done == 4
+    assert {r["node"].split("/")[-1] for r in RunStore.open(res.run_dir).records()} == {tagged[:8]}

@@ -197,3 +197,43 @@ def test_ctrl_c_cancels_jobs_restores_clocks_and_resume_finishes_the_run(tmp_pat
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     res = run_study(ToyStudy(4), _common(tmp_path, executor="slurm-local", resume=run_dir), SETTINGS, executor=SlurmExecutor(local=True))
     assert res.status == "completed" and res.points_done == 4 and [r["x"] for r in _rows(run_dir)] == [0, 1, 2, 3]
+
+
+def test_ray_resource_and_slurm_option_are_parsed_and_checked() -> None:
+    from charbench.cli_common import common_options
+
+    def opts(**dispatch):
+        return common_options(None, "", None, "cpu", 0, None, None, False, False, **dispatch)
+
+    c = opts(executor="ray", ray_resources=["A100=1", "fast=0.5"])
+    assert c.ray_resources == {"A100": 1.0, "fast": 0.5} and make_executor(c).resources == {"A100": 1.0, "fast": 0.5}
+    c = opts(executor="slurm-local", slurm_options=["account=proj42", "cpus-per-task=8"])
+    assert make_executor(c).extra == {"account": "proj42", "cpus_per_task": "8"}
+    with pytest.raises(ConfigError, match=r"^--ray-resource: expected NAME=AMOUNT with an amount > 0, got 'A100=nan'; e\.g\. --ray-resource A100=1"):
+        opts(executor="ray", ray_resources=["A100=nan"])
+    with pytest.raises(ConfigError, match=r"^--slurm-option time: set by charbench itself; use --slurm-time$"):
+        opts(executor="slurm", slurm_options=["time=5"])
+    with pytest.raises(ConfigError, match=r"^--slurm-option: expected KEY=VALUE, got 'account'; e\.g\. --slurm-option account=proj42"):
+        opts(executor="slurm", slurm_options=["account"])
+    with pytest.raises(ConfigError, match=r"^--ray-resource: only --executor ray schedules on Ray resources \(this run uses --executor slurm\)"):
+        make_executor(opts(executor="slurm", ray_resources=["A100=1"]))
+    with pytest.raises(ConfigError, match=r"^--slurm-option: only --executor slurm/slurm-local submit jobs \(this run uses --executor ray\)"):
+        make_executor(opts(executor="ray", slurm_options=["account=x"]))
+
+
+def test_slurm_option_reaches_the_sbatch_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("srun", "sbatch"):  # stand-ins: submitit looks for srun when it is made; nothing is submitted here
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    ex = SlurmExecutor(local=False, partition="gpu", gpus=2, time_min=30, extra={"account": "proj42", "constraint": "a100"})
+    ex.check(ToyStudy(1))
+    ex.start(SimpleNamespace(path=tmp_path / "run"), print)
+    assert ex._ex.parameters == {"time": 30, "ntasks_per_node": 1, "partition": "gpu", "gpus_per_node": 2, "account": "proj42",
+                                 "constraint": "a100"}
+    with pytest.raises(ConfigError, match=r"^--slurm-option colour: not an sbatch setting submitit knows; use one of account, "):
+        SlurmExecutor(local=False, extra={"colour": "red"}).check(ToyStudy(1))
