@@ -182,6 +182,10 @@ class AdaptiveChunkPolicy:
             the scheduler serves running and waiting prefills in the order it returns.
         long_prefill_tokens: a sequence at least this long is a long prefill; Alg. 2 gives a
             second long prefill in the same batch no chunk (None: no limit).
+        online_correction: EWMA weight in [0, 1) of the measured/predicted ratio of past
+            iterations (the engine reports them through :meth:`observe_iteration`);
+            predictions are scaled by it, so a predictor profiled on a quieter (or busier)
+            machine state still holds the budget. 0 (default) keeps the fitted model as is.
 
     Attributes:
         history: ``(kv_context, chunk)`` chosen per call, in order (for the report).
@@ -196,6 +200,7 @@ class AdaptiveChunkPolicy:
         slack_of: Callable[[ChunkableSeq], float] | None = None,
         prefill_order: Callable[[list[Any]], list[Any]] | None = None,
         long_prefill_tokens: int | None = None,
+        online_correction: float = 0.0,
     ) -> None:
         if not tbt_slo_s > 0 or tbt_slo_s == float("inf"):
             raise ConfigError(f"--tbt-slo-ms: must be a finite number > 0, got {tbt_slo_s * 1000:g}")
@@ -208,6 +213,11 @@ class AdaptiveChunkPolicy:
         if long_prefill_tokens is not None and long_prefill_tokens < 1:
             raise ConfigError(f"--chunk adaptive: long prefill threshold must be >= 1 token, got {long_prefill_tokens}")
         self.long_prefill_tokens = long_prefill_tokens
+        if not 0.0 <= online_correction < 1.0:
+            raise ConfigError(f"--chunk adaptive: online correction weight must be in [0, 1), got {online_correction:g}")
+        self.online_correction = online_correction
+        self.correction = 1.0
+        self._batch_raw_s = 0.0
         self._long_in_batch = False
         self._decodes = 0
         self._decode_context = 0
@@ -220,11 +230,12 @@ class AdaptiveChunkPolicy:
         self._decode_context = sum(s.num_tokens for s in decoding)
         self._extra_s = 0.0
         self._long_in_batch = False
+        self._batch_raw_s = self.predictor.predict(IterationSample(0, 0, self._decodes, self._decode_context))
 
     def batch_time(self, chunk: int, context: int) -> float:
         """Predicted time of this iteration with a ``chunk``-token prefill at ``context``."""
         sample = IterationSample(chunk, context, self._decodes, self._decode_context)
-        return self.predictor.predict(sample) + self._extra_s
+        return self.correction * (self.predictor.predict(sample) + self._extra_s)
 
     def budget_s(self, seq: ChunkableSeq) -> float:
         """The iteration budget left to ``seq`` (Alg. 2: ``t_target * (1 - rho)``)."""
@@ -243,10 +254,19 @@ class AdaptiveChunkPolicy:
         n = largest_fitting(lambda c: self.batch_time(c, context) <= budget, max(lo, 1), hi)
         if n:
             # later prefills in the same batch see this chunk's time as already spent
-            self._extra_s += self.batch_time(n, context) - self.batch_time(0, context)
+            raw = self.predictor.predict(IterationSample(n, context, 0, 0)) - self.predictor.predict(IterationSample(0, context, 0, 0))
+            self._extra_s += raw
+            self._batch_raw_s += raw
             self.history.append((context, n))
             self._long_in_batch = self._long_in_batch or is_long
         return n
+
+    def observe_iteration(self, elapsed_s: float) -> None:
+        """The engine reports the measured time of the batch last planned."""
+        if self.online_correction and self._batch_raw_s > 0 and elapsed_s > 0:
+            ratio = elapsed_s / self._batch_raw_s
+            a = self.online_correction
+            self.correction = min(max((1 - a) * self.correction + a * ratio, 0.25), 8.0)
 
     def __repr__(self) -> str:
         return f"AdaptiveChunkPolicy(tbt_slo_s={self.tbt_slo_s}, min={self.min_chunk}, max={self.max_chunk})"

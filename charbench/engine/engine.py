@@ -338,6 +338,7 @@ class LLMEngine:
         """
         if self._closed:
             raise EngineDeadError("the engine was shut down")
+        t_step = time.perf_counter()
         try:
             sched = self.scheduler.schedule()
         except Exception as exc:  # its state is suspect and no request can be blamed: fail all
@@ -382,6 +383,9 @@ class LLMEngine:
         ]
         tokens = self._sample(logits, rows)
         t = time.perf_counter()  # tokens are host ints now: the device has finished
+        observe = getattr(self.scheduler.chunk_policy, "observe_iteration", None)
+        if observe is not None:  # batch-time policies may correct their model online
+            observe(t - t_step)
         for req, tok in zip(reqs, tokens):
             if isinstance(tok, Exception):
                 outputs.append(self._fail(req, tok, "sampling"))

@@ -152,6 +152,28 @@ def test_one_long_prefill_per_batch():
         AdaptiveChunkPolicy(BatchTimePredictor(TRUE), 0.5, long_prefill_tokens=0)
 
 
+def test_online_correction_scales_the_model_to_measured_iterations():
+    pred = BatchTimePredictor(TRUE)
+    policy = AdaptiveChunkPolicy(pred, tbt_slo_s=0.05, online_correction=0.5)
+    decodes = [_Seq(1000, 999)] * 8
+    policy.begin_batch(decodes)
+    n0 = policy.chunk_size(_Seq(100_000, 20_000), 8192)
+    planned = pred.predict(IterationSample(n0, 20_000, 8, 8000))
+    policy.observe_iteration(3 * planned)  # the machine runs 3x slower than profiled
+    assert policy.correction == pytest.approx(0.5 + 0.5 * 3)
+    policy.begin_batch(decodes)
+    n1 = policy.chunk_size(_Seq(100_000, 20_000), 8192)
+    policy.begin_batch(decodes)
+    assert n1 < n0 and policy.batch_time(n1, 20_000) <= 0.05 < policy.batch_time(n1 + 1, 20_000)
+    off = AdaptiveChunkPolicy(pred, tbt_slo_s=0.05)
+    off.begin_batch(decodes)
+    off.chunk_size(_Seq(100_000, 20_000), 8192)
+    off.observe_iteration(1.0)
+    assert off.correction == 1.0
+    with pytest.raises(ConfigError, match=r"--chunk adaptive: online correction weight must be in \[0, 1\), got 1"):
+        AdaptiveChunkPolicy(pred, 0.05, online_correction=1.0)
+
+
 def test_largest_fitting_is_exact():
     assert largest_fitting(lambda n: n <= 777, 32, 4096) == 777
     assert largest_fitting(lambda n: n <= 10, 32, 4096) == 0
@@ -209,3 +231,31 @@ def test_lars_paper_example():
     # has the lower rho) and finish 1.0 s of work by 6.2; the long still meets its deadline
     assert lars == pytest.approx({"short1": 6.2, "short2": 6.2, "long": 11.0}, abs=0.011)
     assert lars["long"] <= 16.0
+
+
+def test_engine_reports_each_iteration_time_to_the_policy():
+    from charbench.engine.api import EngineConfig, SamplingParams
+    from charbench.engine.chunking import FixedChunkPolicy
+    from charbench.engine.engine import LLMEngine
+
+    class Recording(FixedChunkPolicy):
+        def __init__(self) -> None:
+            super().__init__(8)
+            self.seen: list[float] = []
+
+        def observe_iteration(self, elapsed_s: float) -> None:
+            self.seen.append(elapsed_s)
+
+    policy = Recording()
+    eng = LLMEngine(EngineConfig(model="tiny", kv_cache_gb=0.01, max_num_seqs=2, max_num_batched_tokens=16),
+                    chunk_policy=policy)
+    try:
+        eng.add_request("r", list(range(20)), SamplingParams(max_tokens=3, ignore_eos=True))
+        steps = 0
+        while eng.has_unfinished():
+            eng.step()
+            steps += 1
+    finally:
+        eng.shutdown()
+    assert steps == 5  # 8 + 8 + 4 prompt tokens (the last chunk samples), then 2 decodes
+    assert len(policy.seen) == 5 and all(t > 0 for t in policy.seen)
