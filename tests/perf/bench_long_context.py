@@ -134,11 +134,13 @@ def bench_adaptive_ttft(args: argparse.Namespace) -> dict[str, Any]:
     got = _predictor(args)
     n = args.ttft_context
     one_shot = _ttft(FixedChunkPolicy(None), n, n)
-    policy = AdaptiveChunkPolicy(got.predictor, args.tbt_slo_ms / 1e3, min_chunk=32, max_chunk=8192)
+    policy = AdaptiveChunkPolicy(got.predictor, args.tbt_slo_ms / 1e3, min_chunk=32, max_chunk=8192,
+                                 online_correction=args.online_correction)
     adaptive = _ttft(policy, n, 8192)
+    adaptive["final_correction"] = policy.correction
     adaptive["chunks"] = [c for _, c in policy.history]
     cost = adaptive["ttft_ms"] / one_shot["ttft_ms"] - 1
-    return {"context": n, "tbt_slo_ms": args.tbt_slo_ms, "one_shot": one_shot, "adaptive": adaptive,
+    return {"context": n, "tbt_slo_ms": args.tbt_slo_ms, "online_correction": args.online_correction, "one_shot": one_shot, "adaptive": adaptive,
             "adaptive_ttft_cost_frac": cost, "target": "<= 0.10", "met": cost <= 0.10,
             "predictor": {"coef": got.predictor.coef, "fit_error": got.error, "cache_hit": got.hit}}
 
@@ -178,12 +180,15 @@ def bench_mixed_tbt(args: argparse.Namespace) -> dict[str, Any]:
     """A 32K prefill arriving during 8 decodes: adaptive vs fixed 2048-token chunks."""
     got = _predictor(args)
     slo = args.tbt_slo_ms
-    policy = AdaptiveChunkPolicy(got.predictor, slo / 1e3, min_chunk=32, max_chunk=8192)
+    policy = AdaptiveChunkPolicy(got.predictor, slo / 1e3, min_chunk=32, max_chunk=8192,
+                                 online_correction=args.online_correction)
     adaptive = _mixed(policy, args.mixed_context, args.decodes, 8192)
+    adaptive["final_correction"] = policy.correction
     hist = policy.history
     adaptive["chunk_vs_kv"] = hist[:: max(1, len(hist) // 20)] + hist[-1:]
     fixed = _mixed(FixedChunkPolicy(2048), args.mixed_context, args.decodes, 2048 + args.decodes)
     return {"context": args.mixed_context, "decodes": args.decodes, "tbt_slo_ms": slo,
+            "online_correction": args.online_correction,
             "adaptive": adaptive, "fixed_2048": fixed,
             "adaptive_within_slo": adaptive["p99_tbt_ms"] is not None and adaptive["p99_tbt_ms"] <= slo,
             "fixed_exceeds_slo": fixed["p99_tbt_ms"] is not None and fixed["p99_tbt_ms"] > slo}
@@ -213,6 +218,7 @@ def main() -> None:
     ap.add_argument("--mixed-context", type=int, default=32768)
     ap.add_argument("--decodes", type=int, default=8)
     ap.add_argument("--tbt-slo-ms", type=float, default=1000.0)
+    ap.add_argument("--online-correction", type=float, default=0.3, help="adaptive policy's EWMA weight (0 = off)")
     ap.add_argument("--long-context", type=int, default=131072)
     ap.add_argument("--long-chunk", type=int, default=4096)
     ap.add_argument("--long-synthetic", action="store_true", help="random KV instead of the 128K prefill (decode + memory only)")
