@@ -7,8 +7,9 @@ keys is the online-softmax merge (``kernels/attention/lse_merge.py``)::
 
     lse = log(sum_j exp(lse_j));  o = sum_j exp(lse_j - lse) * o_j
 
-Across processes the merge gathers only the LSEs (``[T, heads]`` floats) and sums the
-rescaled outputs with one all-reduce (vLLM's ``cp_lse_ag_out_rs`` without the scatter).
+Across processes the merge is one all-gather of every rank's ``[out | lse]`` rows, merged
+locally by the same weights (vLLM's ``cp_lse_ag_out_rs`` gathers the LSEs and reduces the
+outputs: two collectives; one is cheaper when the step is latency-bound, as a decode is).
 A rank whose keys all precede the queries attends without a mask; only a rank holding keys
 at or after the first query position (the owner of the newest tokens) applies the causal
 mask. An empty shard has ``lse = -inf`` and contributes nothing. Example::
@@ -177,6 +178,11 @@ class CommCounter:
         if world > 1:
             self.bytes_by_kind[kind] += int(2 * (world - 1) * t.numel() * t.element_size() // world)
 
+    def add_gather(self, kind: str, t: torch.Tensor, world: int) -> None:
+        """Count one all-gather of ``t`` per rank over ``world`` ranks (ring: ``n - 1`` of ``t``)."""
+        if world > 1:
+            self.bytes_by_kind[kind] += int((world - 1) * t.numel() * t.element_size())
+
     def add_p2p(self, t: torch.Tensor) -> None:
         """Count one pipeline send."""
         self.bytes_by_kind["spp"] += t.numel() * t.element_size()
@@ -209,15 +215,21 @@ def kvp_merge(
     """
     if world == 1:
         return out
-    gathered = [torch.empty_like(lse) for _ in range(world)]
-    dist.all_gather(gathered, lse.contiguous(), group=group)
-    w = merge_weights(torch.stack(gathered), rank)
-    scaled = (out.float() * w[..., None]).contiguous()
-    dist.all_reduce(scaled, group=group)
+    t, heads, d = out.shape
+    # one collective per call: every rank's [out | lse] rows, merged locally (a decode step's
+    # latency is the collectives' count, not their bytes)
+    packed = torch.cat([out.float().reshape(t, heads * d), lse.reshape(t, heads)], dim=1).contiguous()
+    gathered = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(gathered, packed, group=group)
     if comm is not None:
-        comm.add("kvp", lse, world)
-        comm.add("kvp", scaled, world)
-    return scaled.to(out.dtype)
+        comm.add_gather("kvp", packed, world)
+    parts = torch.stack(gathered)  # [world, T, H*D + H]
+    all_lse = parts[:, :, heads * d:]
+    merged = torch.zeros(t, heads, d)
+    for r in range(world):
+        w = merge_weights(all_lse, r)  # [T, H]
+        merged += parts[r, :, : heads * d].reshape(t, heads, d) * w[..., None]
+    return merged.to(out.dtype)
 
 
 @dataclass(frozen=True)
