@@ -34,6 +34,9 @@ from charbench.engine.api import EngineConfig
 from charbench.errors import ConfigError
 from charbench.prepare_cache import CacheEntry, PrepareCache
 
+#: bump when the engine's iteration cost changes (a kernel), so old profiles are not reused
+PROFILE_VERSION = "2"  # 2: CPU flash split for prefill chunks with a prefix
+
 PREDICTOR_FILE = "predictor.json"
 SAMPLES_FILE = "samples.json"
 
@@ -202,7 +205,7 @@ def cached_predictor(
         make_runner: builds the runner (default ``charbench.engine.runner.make_runner``).
         log: progress lines.
     """
-    entry = cache.entry(cache_inputs(cfg, grid), version="1")
+    entry = cache.entry(cache_inputs(cfg, grid), version=PROFILE_VERSION)
     hit = entry.hit
     if not hit:
         if make_runner is None:
