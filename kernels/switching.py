@@ -195,3 +195,71 @@ def switching_stats(a: Any, b: Any, spec: DTypeSpec) -> dict[str, float]:
 
 #: features of the power model, in order (all fractions in [0, 1])
 MODEL_FEATURES = ("toggle_k_frac", "hamming_frac", "zero_operand_frac")
+
+
+# --- bit-field-aware, per-operand statistics (the switching model's feature set) -------------
+
+#: bit fields per storage format: name -> (lowest bit, width); int8: sign, high 3, low 4 bits
+FIELDS = {
+    "float32": {"sign": (31, 1), "exp": (23, 8), "man": (0, 23)},
+    "float16": {"sign": (15, 1), "exp": (10, 5), "man": (0, 10)},
+    "bfloat16": {"sign": (15, 1), "exp": (7, 8), "man": (0, 7)},
+    "float8_e4m3fn": {"sign": (7, 1), "exp": (3, 4), "man": (0, 3)},
+    "float8_e5m2": {"sign": (7, 1), "exp": (2, 5), "man": (0, 2)},
+    "int8": {"sign": (7, 1), "hi": (4, 3), "lo": (0, 4)},
+}
+
+
+def _np_words(t: Any, spec: DTypeSpec) -> Any:
+    """(rows, cols) unsigned numpy words of a 2-D operand (a copy in logical order)."""
+    import numpy as np
+
+    u = {8: np.uint8, 16: np.uint16, 32: np.uint32}[spec.storage_bits]
+    return np.ascontiguousarray(t.contiguous().view(int_view_dtype(spec)).cpu().numpy()).view(u)
+
+
+def field_switching_stats(a: Any, b: Any, spec: DTypeSpec) -> dict[str, float]:
+    """Per-operand, per-bit-field Hamming weights and toggle rates, and zero fractions.
+
+    For operand ``x`` in (a, b) and each field ``f`` of the format (floats: sign, exp, man;
+    int8: sign, hi = bits 4-6, lo = bits 0-3):
+
+    * ``hw_x_f_frac``: mean set bits of the field, per field bit;
+    * ``tog_x_k_f_frac``: mean flipped field bits between neighbours along K (the order the
+      dot products consume them), per field bit; ``tog_x_mn_f_frac``: the same along M (A)
+      or N (B);
+    * ``zero_x_frac``: fraction of elements equal to zero (+0 and -0 for floats).
+
+    Args:
+        a: (M, K) operand; b: (K, N) operand (any strides), in the storage dtype.
+        spec: the dtype.
+    """
+    import numpy as np
+
+    fields = FIELDS[spec.storage]
+    out: dict[str, float] = {}
+    wa = _np_words(a, spec)      # (M, K)
+    wb = _np_words(b.t(), spec)  # (N, K): K along the rows for both
+    for name, w in (("a", wa), ("b", wb)):
+        along_k = w[:, 1:] ^ w[:, :-1]
+        along_mn = w[1:, :] ^ w[:-1, :]
+        for f, (lo, width) in fields.items():
+            mask = w.dtype.type(((1 << width) - 1) << lo)
+            out[f"hw_{name}_{f}_frac"] = float(np.bitwise_count(w & mask).sum(dtype=np.int64)) / (w.size * width)
+            out[f"tog_{name}_k_{f}_frac"] = (float(np.bitwise_count(along_k & mask).sum(dtype=np.int64)) / (along_k.size * width)
+                                             if along_k.size else 0.0)
+            out[f"tog_{name}_mn_{f}_frac"] = (float(np.bitwise_count(along_mn & mask).sum(dtype=np.int64)) / (along_mn.size * width)
+                                              if along_mn.size else 0.0)
+        mag = w if spec.sign_bit is None else (w & w.dtype.type(((1 << spec.storage_bits) - 1) & ~(1 << spec.sign_bit)))
+        out[f"zero_{name}_frac"] = float((mag == 0).sum()) / w.size
+    return out
+
+
+def field_feature_names(spec: DTypeSpec) -> list[str]:
+    """The names :func:`field_switching_stats` returns for ``spec``, in order."""
+    names = []
+    for x in ("a", "b"):
+        for f in FIELDS[spec.storage]:
+            names += [f"hw_{x}_{f}_frac", f"tog_{x}_k_{f}_frac", f"tog_{x}_mn_{f}_frac"]
+        names.append(f"zero_{x}_frac")
+    return names

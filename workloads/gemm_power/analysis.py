@@ -283,3 +283,159 @@ def paper_a100() -> dict[str, Any]:
     """The paper's A100 numbers shipped with charbench (``data/paper_a100.json``)."""
     text = resources.files("charbench.workloads.gemm_power").joinpath("data", "paper_a100.json").read_text()
     return json.loads(text)
+
+
+# --- one honest headline ------------------------------------------------------------------
+
+#: experiments that are not GEMMs (memory contents, the bit-flip kernel, idle): not in the headline
+NON_GEMM = ("memory-ones", "memory-zeros", "bit-flips", "idle")
+
+
+def headline(df: Any, metric: str) -> Any:
+    """Per (dtype, backend): the paper's swing and (max - min) / max, with the run's own noise.
+
+    * ``swing_paper_pct`` = (baseline - lowest) / baseline (the paper's definition; needs the
+      ``baseline`` experiment, else None with ``why``);
+    * ``swing_maxmin_pct`` = (max - min) / max over all GEMM points;
+    * ``noise`` = the larger min-max spread over seeds and repeats of the baseline and the
+      lowest point (None with one sample per point); ``beyond_noise`` says whether
+      baseline - lowest exceeds it (None when the noise is unknown).
+
+    Points are averaged over seeds and repeats first; non-GEMM experiments are left out.
+    """
+    import pandas as pd
+
+    cols = ["dtype", "backend", "baseline", "lowest", "at_lowest", "highest", "at_highest", "swing_paper_pct",
+            "swing_maxmin_pct", "noise", "beyond_noise", "why"]
+    if df is None or len(df) == 0 or metric not in df.columns:
+        return pd.DataFrame(columns=cols)
+    d = df[df[metric].notna() & ~df["experiment"].isin(NON_GEMM)]
+    rows = []
+    for (dt, be), grp in d.groupby(["dtype", "backend"], sort=True):
+        by = grp.groupby(["experiment", "value"], sort=True)[metric]
+        mean, spread, count = by.mean(), by.max() - by.min(), by.count()
+        lo_k, hi_k = mean.idxmin(), mean.idxmax()
+        row: dict[str, Any] = {"dtype": dt, "backend": be, "lowest": float(mean[lo_k]), "at_lowest": f"{lo_k[0]}={lo_k[1]:g}",
+                               "highest": float(mean[hi_k]), "at_highest": f"{hi_k[0]}={hi_k[1]:g}",
+                               "swing_maxmin_pct": 100.0 * float(mean[hi_k] - mean[lo_k]) / float(mean[hi_k]) if mean[hi_k] else None,
+                               "baseline": None, "swing_paper_pct": None, "noise": None, "beyond_noise": None, "why": ""}
+        base_keys = [k for k in mean.index if k[0] == "baseline"]
+        if not base_keys:
+            row["why"] = "no baseline experiment in this run (add --experiments baseline)"
+        else:
+            bk = base_keys[0]
+            base = float(mean[bk])
+            row["baseline"] = base
+            row["swing_paper_pct"] = 100.0 * (base - row["lowest"]) / base if base else None
+            if min(int(count[bk]), int(count[lo_k])) < 2:
+                row["why"] = "one sample per point: the run's noise is unknown (use --seeds or --repeats)"
+            else:
+                noise = float(max(spread[bk], spread[lo_k]))
+                row["noise"] = noise
+                row["beyond_noise"] = bool(base - row["lowest"] > noise)
+                if not row["beyond_noise"]:
+                    row["why"] = f"baseline - lowest ({base - row['lowest']:.3g}) is within the run's noise ({noise:.3g})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paper_headline(dtype: str) -> dict[str, Any] | None:
+    """The paper's A100 numbers for a charbench dtype (same two definitions), or None."""
+    return paper_a100()["dtypes"].get(dtype)
+
+
+# --- the switching model: per-operand, bit-field features chosen by held-out error ----------
+
+@dataclass
+class SwitchingModel:
+    """A linear power model over features chosen by leave-one-experiment-out error."""
+
+    dtype: str
+    backend: str
+    features: list[str]
+    coef: list[float]
+    r2: float | None
+    loeo_mae_w: float | None
+    n_points: int
+    baseline_r2: dict[str, float | None] = field(default_factory=dict)
+    path: list[dict[str, Any]] = field(default_factory=list)
+
+    def predict(self, feats: dict[str, float]) -> float:
+        """Power (W) for one input pair's features."""
+        return self.coef[0] + sum(c * float(feats[f]) for c, f in zip(self.coef[1:], self.features))
+
+
+def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], max_features: int = 6) -> tuple[list[int], list[dict[str, Any]]]:
+    """Forward selection: add the feature that lowers the leave-one-experiment-out MAE most.
+
+    Stops when no feature lowers the held-out MAE by at least 0.1 W, or at ``max_features``.
+
+    Returns:
+        (chosen column indices, the path: one dict per step with ``feature``, ``loeo_mae_w``, ``r2``).
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    chosen: list[int] = []
+    path: list[dict[str, Any]] = []
+    best_mae = math.inf
+    while len(chosen) < max_features:
+        trial = None
+        for j in range(x.shape[1]):
+            if j in chosen or np.ptp(x[:, j]) == 0:
+                continue
+            cols = chosen + [j]
+            mae, _, _ = loo_experiment_error(x[:, cols], y, groups)
+            if mae is not None and (trial is None or mae < trial[0]):
+                trial = (mae, j)
+        if trial is None or trial[0] > best_mae - 0.1:
+            break
+        best_mae = trial[0]
+        chosen.append(trial[1])
+        _, r2, _ = fit_linear(x[:, chosen], y)
+        path.append({"feature": names[trial[1]], "loeo_mae_w": trial[0], "r2": r2})
+    return chosen, path
+
+
+def fit_switching_models(df: Any, max_features: int = 6) -> tuple[list[SwitchingModel], list[str]]:
+    """One selected model per (dtype, backend) with power, over seed-averaged GEMM points.
+
+    Candidate features: every ``hw_*``, ``tog_*`` and ``zero_*`` column (per operand, per
+    bit field; :func:`charbench.kernels.switching.field_switching_stats`). The report shows
+    the chosen features, coefficients, R^2 and LOEO MAE, beside the R^2 of Hamming weight
+    alone (the paper's hypothesis) and of the three-feature model.
+    """
+    import numpy as np
+
+    notes: list[str] = []
+    col = power_column(df) if df is not None and len(df) else None
+    if col is None:
+        return [], ["no power data to fit"]
+    import re
+
+    per_operand = re.compile(r"^(hw_[ab]_\w+|tog_[ab]_(k|mn)_\w+|zero_[ab])_frac$")
+    cand = sorted(c for c in df.columns if per_operand.match(c) and df[c].notna().any())
+    if not cand:
+        return [], ["no per-operand switching features in the results"]
+    d = df[df[col].notna() & ~df["experiment"].isin(NON_GEMM)]
+    models = []
+    for (dt, be), grp in d.groupby(["dtype", "backend"], sort=True):
+        feats = [c for c in cand if grp[c].notna().all()]
+        extra = [f for f in (*MODEL_FEATURES, "hamming_frac") if f in grp.columns and f not in feats]
+        g = grp.groupby(["experiment", "value"], sort=True)[list(dict.fromkeys([col, *feats, *extra]))].mean().reset_index()
+        if len(g) < MIN_POINTS:
+            notes.append(f"{dt}/{be}: {len(g)} point(s); a fit needs {MIN_POINTS}")
+            continue
+        y = g[col].to_numpy(dtype=float)
+        x = g[feats].to_numpy(dtype=float)
+        groups = [str(e) for e in g["experiment"]]
+        idx, path = select_switching_model(x, y, groups, feats, max_features)
+        coef, r2, _ = fit_linear(x[:, idx], y) if idx else ([float(np.mean(y))], 0.0, 1)
+        mae = path[-1]["loeo_mae_w"] if path else None
+        base: dict[str, float | None] = {}
+        if "hamming_frac" in g.columns:
+            base["hamming_frac"] = fit_linear(g[["hamming_frac"]].to_numpy(dtype=float), y)[1]
+        if all(f in g.columns for f in MODEL_FEATURES):
+            base["three_feature"] = fit_linear(g[list(MODEL_FEATURES)].to_numpy(dtype=float), y)[1]
+        models.append(SwitchingModel(str(dt), str(be), [feats[i] for i in idx], coef, r2, mae, int(len(g)), base, path))
+    return models, notes

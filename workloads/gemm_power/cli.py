@@ -25,6 +25,9 @@ SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Input seeds: 1
 RepeatsOpt = Annotated[Optional[int], typer.Option("--repeats", help="Measured repeats per (point, seed).")]
 DurationOpt = Annotated[Optional[float], typer.Option("--duration", help="Seconds each point keeps the GEMM running (default 5 on GPU).")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="quick (default, CPU-friendly) or paper (the full table, 10 seeds).")]
+GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", help="paper (the paper's host inputs bit for bit, column-major; paper preset) or charbench (torch on the device, fill along K; quick preset).")]
+AccumulateOpt = Annotated[Optional[str], typer.Option("--accumulate", help="out (accumulate in the output type, as CUTLASS defaults: fp16 for FP16; paper preset) or fp32.")]
+ImportDcgmOpt = Annotated[Optional[Path], typer.Option("--import-dcgm", help="Import dcgmi dmon traces (the paper's <gpu>_expt_results/<dtype>/<n-name>/<seed>_<param>.tsv layout, or a folder with mapping.csv) into a run folder; nothing is measured.")]
 PredictOpt = Annotated[Optional[Path], typer.Option("--predict", help="Calibration file from a GPU run: add estimated power to every point.")]
 
 
@@ -89,12 +92,15 @@ def gemm_power(
     duration: DurationOpt = None,
     preset: PresetOpt = "quick",
     predict: PredictOpt = None,
+    generator: GeneratorOpt = None,
+    accumulate: AccumulateOpt = None,
+    import_dcgm: ImportDcgmOpt = None,
     *,
     common: CommonOptions,
 ) -> None:
     """Input-dependent GEMM power: values, bits, placement and sparsity vs power, per dtype and kernel.
 
-    Reproduces Gregersen et al. (SC24) experiments 1-15. With no options on a CPU-only machine: the quick preset (about 30 s on 2 cores), timing of every input variation, and power where RAPL is readable.
+    Reproduces Gregersen et al. (SC24) experiments 1-18 (16-18: --experiments memory-ones,memory-zeros,bit-flips). With no options on a CPU-only machine: the quick preset (about 30 s on 2 cores), timing of every input variation, and power where RAPL is readable.
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """
@@ -122,6 +128,19 @@ def gemm_power(
         changes["duration_s"] = duration
     if predict is not None:
         changes["predict"] = str(predict)
+    if generator is not None:
+        changes["generator"] = generator
+    if accumulate is not None:
+        changes["accumulate"] = accumulate
+    if import_dcgm is not None:
+        from charbench.workloads.gemm_power.dcgm_import import DcgmImportStudy, entries_for
+
+        # the traces say what was run: only --dtypes/--experiments (filters) and --size (of the regenerated inputs) apply
+        entries = entries_for(import_dcgm, changes.get("dtypes"), changes.get("experiments"))  # type: ignore[arg-type]
+        sz = changes.get("size")
+        imp = study_inputs(PRESETS, preset, common, {}, study="gemm-power", given=given_options(ctx), finish=_finish)
+        run_and_emit(DcgmImportStudy(import_dcgm, entries, feature_size=int(sz[0]) if sz else 2048), imp)  # type: ignore[index]
+        return
     # preset + --config + these options (type and range checked), or with --resume the run's saved config
     inputs = study_inputs(PRESETS, preset, common, changes, study="gemm-power", given=given_options(ctx), finish=_finish)
     dev = resolve_device(inputs.common.device)

@@ -33,12 +33,18 @@ class GemmPowerConfig:
         backends: backend names; None = ``torch`` (plus ``cuda-simt`` on a GPU for the paper preset).
         size: ``[M, N, K]``; None = 2048^3 on a GPU, 256^3 on a CPU.
         seeds: input seeds (each seed is a separate point).
-        repeats: measured repeats of every (point, seed).
+        repeats: measured repeats of every (point, seed); None = :data:`SHORT_POINT_REPEATS` when a point
+            lasts under :data:`SHORT_POINT_S` (a CPU's fraction of a second, which the machine's other work
+            can swamp: the repeats' spread is the noise the report shows), else 1.
         duration_s: minimum measured time per point; None = 5 s on a GPU, ``cpu_duration_s`` on a CPU.
         cpu_duration_s: the CPU default of ``duration_s``.
         warmup_s: un-measured warm-up before each point; None = 1 s on a GPU, 0.02 s on a CPU.
         check_correctness: check every (dtype, backend) against float64 before measuring.
         predict: calibration file: add ``power_estimated_w`` (labeled estimated) to every point.
+        generator: ``paper`` (the paper's host inputs bit for bit, column-major; the paper
+            preset's default) or ``charbench`` (torch on the device, along K; quick's default).
+        accumulate: ``out`` (accumulate in the output type, as CUTLASS defaults: fp16 for
+            FP16, int32 for INT8) or ``fp32`` (fp32 accumulation for 16-bit floats).
 
     The runner settings (idle baseline 30 s and cooldown 1 s, paper 2 s, on a GPU; none on a
     CPU) are the spine's: ``STUDY.settings`` in ``__init__.py``, ``[settings]`` in ``--config``.
@@ -51,13 +57,19 @@ class GemmPowerConfig:
     backends: list[str] | None = None
     size: list[int] | None = None
     seeds: list[int] = field(default_factory=lambda: [1])
-    repeats: int = field(default=1, metadata=check("--repeats", ge=1))
+    repeats: int | None = field(default=None, metadata=check("--repeats", ge=1))
     duration_s: float | None = field(default=None, metadata=check("--duration", gt=0, le=MAX_WAIT_S))
-    cpu_duration_s: float = field(default=0.25, metadata=check(gt=0, le=MAX_WAIT_S))
+    cpu_duration_s: float = field(default=0.1, metadata=check(gt=0, le=MAX_WAIT_S))
     warmup_s: float | None = field(default=None, metadata=check(ge=0, le=MAX_WAIT_S))
     check_correctness: bool = True
     predict: str | None = None
+    generator: str = "charbench"
+    accumulate: str = "fp32"
 
+
+#: a point shorter than this (s) is repeated :data:`SHORT_POINT_REPEATS` times unless --repeats says otherwise
+SHORT_POINT_S = 1.0
+SHORT_POINT_REPEATS = 3
 
 PRESETS: dict[str, GemmPowerConfig] = {
     "quick": GemmPowerConfig(),
@@ -68,6 +80,8 @@ PRESETS: dict[str, GemmPowerConfig] = {
         size=[2048, 2048, 2048],
         seeds=list(range(1, 11)),
         cpu_duration_s=1.0,
+        generator="paper",
+        accumulate="out",
     ),
 }
 
@@ -100,6 +114,9 @@ def resolve(cfg: GemmPowerConfig, device: str) -> GemmPowerConfig:
         changes["size"] = [2048, 2048, 2048] if gpu else [256, 256, 256]
     if cfg.duration_s is None:
         changes["duration_s"] = 5.0 if gpu else cfg.cpu_duration_s
+    if cfg.repeats is None:
+        duration = changes.get("duration_s", cfg.duration_s)
+        changes["repeats"] = SHORT_POINT_REPEATS if float(duration) < SHORT_POINT_S else 1  # type: ignore[arg-type]
     if cfg.warmup_s is None:
         changes["warmup_s"] = 1.0 if gpu else 0.02
     out = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
@@ -138,6 +155,16 @@ def validate(cfg: GemmPowerConfig) -> None:
     if cfg.size is not None:
         if len(cfg.size) != 3 or any(int(v) < 1 for v in cfg.size):
             raise ConfigError(f"--size: expected three positive integers M,N,K, got {cfg.size}")
+    if cfg.generator not in ("paper", "charbench"):
+        raise ConfigError(f"--generator: unknown generator {cfg.generator!r}; valid: paper, charbench")
+    if cfg.accumulate not in ("out", "fp32"):
+        raise ConfigError(f"--accumulate: unknown accumulation {cfg.accumulate!r}; valid: out, fp32")
+    if cfg.generator == "paper":
+        from charbench.kernels.gemm import get_dtype
+        from charbench.workloads.gemm_power.paper_generators import check_supported
+
+        for dt in cfg.dtypes or []:
+            check_supported(get_dtype(dt))
     if not cfg.seeds:
         raise ConfigError("--seeds: give at least one seed, e.g. --seeds 1,2,3")
     for name in cfg.experiments:

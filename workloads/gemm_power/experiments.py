@@ -1,7 +1,7 @@
 """The experiment table of Gregersen et al. (SC24), as a registry: name -> generator and sweep.
 
-Numbers follow the paper's ``paper_expts.py`` (1-15; 16-18 are not GEMM experiments and are
-not part of this command). Sweep values depend on the dtype's family: ``fp`` (fp32, tf32,
+Numbers follow the paper's ``paper_expts.py``: 1-15 are GEMM inputs; 16-18 and ``idle`` run
+no GEMM (memory filled with ones / zeros, an XOR bit-flip kernel, the idle GPU). Sweep values depend on the dtype's family: ``fp`` (fp32, tf32,
 fp16, fp16-simt, bf16), ``int8`` (the paper's INT8 settings) and ``fp8`` (charbench's own
 choice: the paper has no FP8, so values are scaled to E4M3's +-448 range)::
 
@@ -9,9 +9,20 @@ choice: the paper has no FP8, so values are scaled to E4M3's +-448 range)::
     exp.values("fp", "paper")   # [0.0, 0.1, ..., 1.0]
     exp.values("fp", "quick")   # [0.0, 0.5, 0.9, 1.0]
 
-Frame (charbench): A is (M, K) row-major; B is (K, N). "B transposed" (the paper's default)
-means B is generated and stored as (N, K), so its fill order runs along K like A's; without
-the transpose (experiment 13) B is generated as (K, N) and patterns run along N.
+Fill order, by GEMM index (which of M, N, K a generated sequence, and so a sort, runs along):
+
+=====================  ===========================  ==================================
+experiment             ``--generator paper``        ``--generator charbench``
+=====================  ===========================  ==================================
+most (1-8, 10-12, 14)  A along M, B along N         A along K, B along K
+sort-cols (9)          A along K, B along K         A along M, B along N
+no-transpose (13)      A along M, B along K         A along K, B along N
+=====================  ===========================  ==================================
+
+The paper's CUTLASS GEMM is column-major (A with lda = M, B with ldb = K, B transposed at
+init), so its "rows" run along M and N; charbench's own generators fill (M, K) and (N, K)
+row-major, so its ``sort-rows`` is the paper's 9 and its ``sort-cols`` the paper's 8
+(:func:`fill_order` says which for a run).
 """
 
 from __future__ import annotations
@@ -76,7 +87,8 @@ class Experiment:
     def _full(self, family: str, bits: int) -> list[float]:
         g = self.generator
         if g == "gaussian_sigma":
-            return {"fp": _pow2(-5, 10), "int8": _pow2(0, 6), "fp8": _pow2(-5, 6)}[family]
+            # the paper passes np.round(2**n, 4): sigma 2^-5 is 0.0312 (IDP paper_expts.py)
+            return [round(v, 4) for v in {"fp": _pow2(-5, 10), "int8": _pow2(0, 6), "fp8": _pow2(-5, 6)}[family]]
         if g in ("gaussian_mean", "sorted_mean"):
             return {"fp": _pow2(0, 14), "int8": _pow2(0, 6), "fp8": _pow2(0, 8)}[family]
         if g == "unique":
@@ -85,8 +97,10 @@ class Experiment:
             return [float(n) for n in range(0, min(MAX_BITS[family], bits) + 1)]
         if g in ("sort_rows", "sort_cols", "sort_within_rows", "sparsity", "sorted_sparsity"):
             return _fractions()
-        if g == "baseline":
+        if g in ("baseline", "memory_ones", "memory_zeros", "idle"):
             return [0.0]
+        if g == "bit_flips":
+            return [float(n) for n in range(0, 33)]
         raise ValueError(f"unknown generator {g}")
 
     def _quick(self, family: str, bits: int, full: list[float]) -> list[float]:
@@ -100,8 +114,10 @@ class Experiment:
             return [0.0, 0.5, 1.0]
         if g == "unique":
             return [1.0, 4.0, 512.0]
-        if g == "baseline":
+        if g in ("baseline", "memory_ones", "memory_zeros", "idle"):
             return [0.0]
+        if g == "bit_flips":
+            return [0.0, 4.0, 8.0, 32.0]
         return [full[0], full[len(full) // 2], full[-1]]
 
 
@@ -124,8 +140,16 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("zero-low-bits", 14, "baseline with the n lowest bits zeroed", "n_bits", "zero_low"),
         Experiment("zero-high-bits", 15, "baseline with the n highest bits zeroed", "n_bits", "zero_high"),
         Experiment("baseline", 0, "baseline N(0, sigma_base)", "none", "baseline"),
+        # not GEMMs (IDP other_expt.cu): memory contents alone, the bit-flip kernel, idle
+        Experiment("memory-ones", 16, "int8 memory filled with ones (0xFF), resident, nothing running", "none", "memory_ones"),
+        Experiment("memory-zeros", 17, "int8 memory filled with zeros, resident, nothing running", "none", "memory_zeros"),
+        Experiment("bit-flips", 18, "XOR kernel: n low bits of every int8 flipped per launch", "n_bits", "bit_flips"),
+        Experiment("idle", -1, "idle GPU (the paper's 300 s idle measurement)", "none", "idle"),
     ]
 }
+
+#: experiments that run no GEMM (see run.py: their own kernels, their own figures)
+NON_GEMM_GENERATORS = ("memory_ones", "memory_zeros", "bit_flips", "idle")
 
 #: the quick preset's subset: every family (distribution, uniqueness, bit randomization,
 #: bit zeroing, sorting, sparsity, transposition), 2-4 values each
@@ -133,6 +157,20 @@ QUICK_EXPERIMENTS = (
     "sigma", "mu", "unique", "bits-random", "bits-low", "bits-high", "zero-low-bits",
     "sort-rows", "sort-within-rows", "sparsity", "sorted-sparsity", "sort-rows-no-transpose",
 )
+
+
+def fill_order(exp: Experiment, generator: str) -> str:
+    """Which GEMM index each operand's generated sequence runs along (see the module table)."""
+    if generator == "paper":
+        if exp.generator == "sort_cols":
+            return "A along K, B along K"
+        return "A along M, B along " + ("N" if exp.transpose_b else "K")
+    if exp.generator == "sort_cols":
+        return "A along M, B along " + ("N" if exp.transpose_b else "K")
+    return "A along K, B along " + ("K" if exp.transpose_b else "N")
+
+
+GENERATORS = ("paper", "charbench")
 
 
 def experiment_names() -> list[str]:

@@ -22,6 +22,9 @@ Conventions (charbench's frame; see :mod:`.experiments`):
   largest finite binade), so outputs stay finite; the fraction fixed is reported as
   ``nonfinite_fixed_frac``. (The paper kept such values, which turns the GEMM's output into
   NaN.)
+* Fill order by GEMM index: both operands' sequences run along **K** (see the table in
+  :mod:`.experiments`); ``--generator paper`` (:mod:`.paper_generators`) follows the paper's
+  column-major layout instead.
 * A uses seed stream ``(base_seed, seed, 0)``, B ``(base_seed, seed, 1)`` (the paper: seed and
   seed + 1); the same seed gives the same base matrix for every value of a sweep.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from charbench.errors import ConfigError
 from charbench.kernels.gemm.dtypes import DTypeSpec, int_view_dtype, to_dtype, to_signed, torch_dtype
 from charbench.workloads.gemm_power.experiments import BASE_SIGMA, MEAN_SWEEP_SIGMA, Experiment
 
@@ -296,12 +300,29 @@ def generate_matrix(exp: Experiment, value: float, spec: DTypeSpec, rows: int, c
     return t, info
 
 
-def generate_pair(exp: Experiment, value: float, spec: DTypeSpec, m: int, n: int, k: int, seed: int, device: Any, base_seed: int = 0) -> tuple[Any, Any, dict[str, Any]]:
-    """Operands A (M, K) and B (K, N) of one point; B is a K-major view when ``exp.transpose_b``.
+def generate_pair(exp: Experiment, value: float, spec: DTypeSpec, m: int, n: int, k: int, seed: int, device: Any,
+                  base_seed: int = 0, generator: str = "charbench") -> tuple[Any, Any, dict[str, Any]]:
+    """Operands A (M, K) and B (K, N) of one point.
+
+    Args:
+        generator: ``charbench`` (this module: torch on the device, fill along K, finite
+            values) or ``paper`` (:mod:`.paper_generators`: the paper's host inputs bit for
+            bit, column-major, seeds ``seed`` and ``seed + 1``; ``base_seed`` unused).
 
     Returns:
-        ``(a, b, info)`` where info has ``nonfinite_fixed_frac`` and ``b_layout``.
+        ``(a, b, info)`` where info has ``nonfinite_fixed_frac``, ``b_layout``,
+        ``fill_order`` and ``generator``.
     """
+    from charbench.workloads.gemm_power.experiments import fill_order
+
+    if generator == "paper":
+        from charbench.workloads.gemm_power.paper_generators import paper_pair
+
+        a, b, info = paper_pair(exp, value, spec, m, n, k, seed, device)
+        return a, b, {"nonfinite_fixed_frac": 0.0, "nonfinite_input_frac": info["nonfinite_frac"], "b_layout": info["b_layout"],
+                      "fill_order": info["fill_order"], "generator": "paper"}
+    if generator != "charbench":
+        raise ConfigError(f"--generator: unknown generator {generator!r}; valid: paper, charbench")
     a, ia = generate_matrix(exp, value, spec, m, k, stream_seed(base_seed, seed, 0), device)
     if exp.transpose_b:
         bt, ib = generate_matrix(exp, value, spec, n, k, stream_seed(base_seed, seed, 1), device)
@@ -309,4 +330,6 @@ def generate_pair(exp: Experiment, value: float, spec: DTypeSpec, m: int, n: int
     else:
         b, ib = generate_matrix(exp, value, spec, k, n, stream_seed(base_seed, seed, 1), device)
     fixed = (ia.nonfinite_fixed + ib.nonfinite_fixed) / float(m * k + k * n)
-    return a, b, {"nonfinite_fixed_frac": fixed, "b_layout": "K-major (transposed)" if exp.transpose_b else "row-major (not transposed)"}
+    return a, b, {"nonfinite_fixed_frac": fixed, "nonfinite_input_frac": 0.0,
+                  "b_layout": "K-major (transposed)" if exp.transpose_b else "row-major (not transposed)",
+                  "fill_order": fill_order(exp, "charbench"), "generator": "charbench"}

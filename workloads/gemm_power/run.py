@@ -22,9 +22,11 @@ from charbench.record import Record
 from charbench.study import Context, Study
 from charbench.workloads.gemm_power import STUDY
 from charbench.workloads.gemm_power.config import GemmPowerConfig
-from charbench.workloads.gemm_power.experiments import get_experiment
+from charbench.workloads.gemm_power.experiments import NON_GEMM_GENERATORS, get_experiment
 
 GIB = 1024.0**3
+#: the backend label of experiments 16-18 and idle (no GEMM runs)
+NON_GEMM_BACKEND = "non-gemm"
 #: a sweep larger than this is a typo (e.g. --repeats 100000000), not a measurement plan
 MAX_POINTS = 1_000_000
 
@@ -150,18 +152,32 @@ class GemmPowerStudy(Study):
         self._inputs: tuple[tuple[Any, ...], Any] | None = None
         self._device_name = ""
 
+    def _gemm_experiments(self) -> list[str]:
+        return [n for n in self.cfg.experiments if get_experiment(n).generator not in NON_GEMM_GENERATORS]
+
+    def _other_experiments(self) -> list[str]:
+        return [n for n in self.cfg.experiments if get_experiment(n).generator in NON_GEMM_GENERATORS]
+
     def point_count(self) -> int:
         """How many points :meth:`points` would make (computed without building them)."""
         per_pair = {dt: sum(len(get_experiment(name).values(get_dtype(dt).family, self.cfg.sweep, get_dtype(dt).bits))
-                            for name in self.cfg.experiments) for dt, _ in self.pairs}
-        return sum(per_pair[dt] for dt, _ in self.pairs) * len(self.cfg.seeds) * int(self.cfg.repeats)
+                            for name in self._gemm_experiments()) for dt, _ in self.pairs}
+        others = sum(len(get_experiment(n).values("int8", self.cfg.sweep, 8)) for n in self._other_experiments())
+        return (sum(per_pair[dt] for dt, _ in self.pairs) * len(self.cfg.seeds) + others) * int(self.cfg.repeats)
 
     def points(self) -> list[dict[str, Any]]:
         """Every (dtype, backend, experiment, value, seed, repeat), grouped by dtype/backend."""
         pts = []
+        # experiments 16-18 and idle: once per run (int8 memory, no GEMM, no seed)
+        for name in self._other_experiments():
+            exp = get_experiment(name)
+            for v in exp.values("int8", self.cfg.sweep, 8):
+                for rep in range(self.cfg.repeats):
+                    pts.append({"dtype": "int8", "backend": NON_GEMM_BACKEND, "experiment": name, "param": exp.param,
+                                "value": float(v), "seed": 0, "repeat": rep})
         for dt, be in self.pairs:
             spec = get_dtype(dt)
-            for name in self.cfg.experiments:
+            for name in self._gemm_experiments():
                 exp = get_experiment(name)
                 for v in exp.values(spec.family, self.cfg.sweep, spec.bits):
                     for seed in self.cfg.seeds:
@@ -193,11 +209,64 @@ class GemmPowerStudy(Study):
             for (dt, be), r in self.checks.items()
         })
 
+    def _other_size(self) -> tuple[int, int]:
+        """Rows, cols of the int8 matrix of experiments 16-18: the paper's on a GPU with the paper sweep, else M x N."""
+        m, n, _ = (int(v) for v in self.cfg.size or [256, 256, 256])
+        return m, n
+
+    def _run_other(self, params: dict[str, Any], ctx: Context) -> Record:
+        """Experiments 16-18 and idle: memory resident / the XOR kernel / nothing, inside one window."""
+        import time
+
+        import torch
+
+        from charbench.kernels.bitflip import get_flipper
+
+        g = get_experiment(params["experiment"]).generator
+        rows, cols = self._other_size()
+        if g == "bit_flips" and self.device.startswith("cuda") and self.cfg.sweep == "paper":
+            rows = cols = 16384  # IDP paper_expts.py: N = 2**14
+        if g in ("memory_ones", "memory_zeros") and self.device.startswith("cuda") and self.cfg.sweep == "paper":
+            rows = cols = 65536  # 2**16 int8: 4 GiB resident
+        duration = float(self.cfg.duration_s or 1.0)
+        rec: Record
+        extra: dict[str, Any] = {"m": rows, "n": cols, "device_name": self._device_name}
+        if g == "idle":
+            with ctx.window("gemm") as w:
+                time.sleep(duration)
+            rec = w.fields()
+        elif g in ("memory_ones", "memory_zeros"):
+            t0 = time.perf_counter()
+            x = torch.full((rows, cols), -1 if g == "memory_ones" else 0, dtype=torch.int8, device=self.device)  # a memory-write kernel
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            extra["fill_ms"] = (time.perf_counter() - t0) * 1e3
+            with ctx.window("gemm") as w:
+                time.sleep(duration)  # resident, untouched: what the paper measured for 300 s
+            rec = w.fields()
+            extra["resident_bytes"] = int(x.numel())
+            del x
+        else:
+            x = torch.zeros((rows, cols), dtype=torch.int8, device=self.device)
+            flip, kernel = get_flipper(x, int(params["value"]))
+            if self.cfg.warmup_s:
+                ctx.timer.run_for_at_least(flip, float(self.cfg.warmup_s), warmup=1)
+            with ctx.window("gemm") as w:
+                loop = ctx.timer.run_for_at_least(flip, duration, warmup=0)
+            rec = w.fields()
+            extra.update({"kernel": kernel, "iteration_count": loop.iterations, "loop_s": loop.elapsed_s,
+                          "time_per_launch_ms": loop.per_iter_s * 1e3,
+                          "bytes_per_launch": 2 * rows * cols})  # read + write of every byte
+        rec.update(extra)
+        return rec
+
     def run_point(self, params: dict[str, Any], ctx: Context) -> Record:
         """Generate, analyse, warm up, measure one point; raises PointFailedError on a bad output."""
-        from charbench.kernels.switching import switching_stats
+        from charbench.kernels.switching import field_switching_stats, switching_stats
         from charbench.workloads.gemm_power.generators import generate_pair
 
+        if params["backend"] == NON_GEMM_BACKEND:
+            return self._run_other(params, ctx)
         dt, be_name = params["dtype"], params["backend"]
         check = self.checks.get((dt, be_name))
         if check is not None and (isinstance(check, Exception) or not check.ok):
@@ -211,8 +280,10 @@ class GemmPowerStudy(Study):
             a, b, info, feats, alpha = self._inputs[1]
         else:
             self._inputs = None  # free the previous point's matrices before making new ones
-            a, b, info = generate_pair(exp, params["value"], spec, m, n, k, params["seed"], self.device, base_seed=ctx.seed)
+            a, b, info = generate_pair(exp, params["value"], spec, m, n, k, params["seed"], self.device, base_seed=ctx.seed,
+                                   generator=self.cfg.generator)
             feats = switching_stats(a, b, spec)
+            feats.update(field_switching_stats(a, b, spec))
             alpha = output_scale(a, b, spec)
             self._inputs = (ident, (a, b, info, feats, alpha))
         backend = get_backend(be_name)
@@ -237,6 +308,9 @@ class GemmPowerStudy(Study):
             "work_per_gemm_flop": flops,
             "alpha": alpha,
             "b_layout": info["b_layout"],
+            "generator": info["generator"],
+            "fill_order": info["fill_order"],
+            "nonfinite_input_frac": info["nonfinite_input_frac"],
             "kernel_layout": gemm.layout,
             "nonfinite_fixed_frac": info["nonfinite_fixed_frac"],
             "output_nonfinite_frac": nonfinite_frac,
@@ -291,28 +365,42 @@ class GemmPowerStudy(Study):
 
     def finalize(self, store: Any, ctx: Context) -> dict[str, Any]:
         """Fit the power models, save the calibration, summarize swings."""
-        from charbench.workloads.gemm_power.analysis import fit_power_models, largest_swings, power_column, save_calibration
+        return finalize_run(store)
 
-        df = store.results_frame()
-        summary: dict[str, Any] = {"points": int(len(df))}
-        models, notes = fit_power_models(df)
-        summary["model_notes"] = notes
-        if models:
-            path = save_calibration(models, store.path / "power_calibration.json", source=store.meta.get("run_id", ""))
-            summary["calibration"] = str(path)
-            summary["models"] = [
-                {"dtype": m.dtype, "backend": m.backend, "r2": m.r2, "loo_mae_w": m.loo_mae_w, **m.coefficients()} for m in models
-            ]
-        metric = power_column(df) if len(df) else None
-        if metric is None and len(df) and "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
-            metric = "power_estimated_w"
-        if metric is None:
-            metric = "time_per_gemm_ms"
-        sw = largest_swings(df, metric) if len(df) else None
-        if sw is not None and len(sw):
-            summary["largest_swing_metric"] = metric
-            summary["largest_swings"] = [
-                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-                for row in sw.to_dict("records")
-            ]
-        return summary
+
+def finalize_run(store: Any) -> dict[str, Any]:
+    """Fits, calibration, switching models and the headline of a run folder (measured or imported)."""
+    from charbench.workloads.gemm_power.analysis import fit_power_models, fit_switching_models, headline, largest_swings, power_column, save_calibration
+
+    df = store.results_frame()
+    summary: dict[str, Any] = {"points": int(len(df))}
+    models, notes = fit_power_models(df)
+    summary["model_notes"] = notes
+    if models:
+        path = save_calibration(models, store.path / "power_calibration.json", source=store.meta.get("run_id", ""))
+        summary["calibration"] = str(path)
+        summary["models"] = [
+            {"dtype": m.dtype, "backend": m.backend, "r2": m.r2, "loo_mae_w": m.loo_mae_w, **m.coefficients()} for m in models
+        ]
+    metric = power_column(df) if len(df) else None
+    if metric is None and len(df) and "power_estimated_w" in df.columns and df["power_estimated_w"].notna().any():
+        metric = "power_estimated_w"
+    if metric is None:
+        metric = "time_per_gemm_ms"
+    sw = largest_swings(df, metric) if len(df) else None
+    if len(df):
+        sms, sm_notes = fit_switching_models(df)
+        summary["switching_models"] = [{"dtype": m.dtype, "backend": m.backend, "features": m.features, "coef": m.coef, "r2": m.r2,
+                                        "loeo_mae_w": m.loeo_mae_w, "n_points": m.n_points, "baseline_r2": m.baseline_r2} for m in sms]
+        summary["model_notes"] = list(summary.get("model_notes", [])) + sm_notes
+        hd = headline(df, metric)
+        summary["headline_metric"] = metric
+        summary["headline"] = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                               for r in hd.to_dict("records")]
+    if sw is not None and len(sw):
+        summary["largest_swing_metric"] = metric
+        summary["largest_swings"] = [
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            for row in sw.to_dict("records")
+        ]
+    return summary

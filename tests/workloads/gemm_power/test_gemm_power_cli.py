@@ -167,7 +167,7 @@ def test_nan_output_fails_the_point_with_the_reason(charbench_home: Path, monkey
     (["--experiments", "sparsity,bogus"],
      "Error: --experiments: unknown name 'bogus'; valid: sigma, mu, unique, bits-random, bits-low, bits-high, sorted-mu, "
      "sort-rows, sort-cols, sort-within-rows, sparsity, sorted-sparsity, sort-rows-no-transpose, zero-low-bits, "
-     "zero-high-bits, baseline or all"),
+     "zero-high-bits, baseline, memory-ones, memory-zeros, bit-flips, idle or all"),
     (["--dtypes", "fp64"],
      "Error: --dtypes: unknown name 'fp64'; valid: fp32, tf32, fp16, fp16-simt, bf16, int8, fp8-e4m3, fp8-e5m2 or all"),
     (["--backends", "cutlass"], "Error: --backends: unknown name 'cutlass'; valid: torch, cupy, cuda-simt, cuda-tc, triton or all"),

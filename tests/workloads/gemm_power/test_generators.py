@@ -157,7 +157,11 @@ def test_conversion_happens_before_bit_edits() -> None:
 
 def test_generate_pair_is_deterministic_and_b_is_kmajor() -> None:
     spec = get_dtype("fp16")
+    from charbench.workloads.gemm_power.experiments import NON_GEMM_GENERATORS
+
     for name, exp in EXPERIMENTS.items():
+        if exp.generator in NON_GEMM_GENERATORS:  # 16-18, idle: no operands
+            continue
         v = exp.values(spec.family, "quick", spec.bits)[-1]
         a1, b1, info = G.generate_pair(exp, v, spec, 16, 24, 32, seed=3, device="cpu")
         a2, b2, _ = G.generate_pair(exp, v, spec, 16, 24, 32, seed=3, device="cpu")
@@ -188,7 +192,7 @@ def test_unique_values_and_distribution_parameters() -> None:
 
 def test_sweeps_follow_the_paper() -> None:
     e = EXPERIMENTS
-    assert e["sigma"].values("fp") == [2.0**i for i in range(-5, 11)]
+    assert e["sigma"].values("fp") == [round(2.0**i, 4) for i in range(-5, 11)]  # the paper passes np.round(2**n, 4): 0.0312
     assert e["sigma"].values("int8") == [2.0**i for i in range(0, 7)]
     assert e["mu"].values("fp")[-1] == 2.0**14
     assert e["sparsity"].values("fp") == [round(0.1 * i, 1) for i in range(11)]
