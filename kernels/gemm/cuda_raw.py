@@ -30,7 +30,7 @@ from charbench.errors import ConfigError
 from charbench.kernels.gemm.base import GemmBackend, PreparedGemm, check_shape
 from charbench.kernels.gemm.dtypes import DTypeSpec
 
-CU_FILES = ("gemm_simt.cu", "gemm_tc.cu")
+CU_FILES = ("gemm_simt.cu", "gemm_tc.cu", "gemm_simt_acc.cu")
 
 
 def cuda_source(name: str) -> str:
@@ -126,16 +126,35 @@ class SimtGemm(_RawBackend):
     """Tiled shared-memory SIMT GEMM on CUDA cores (``kernels/cuda/gemm_simt.cu``)."""
 
     name = "cuda-simt"
-    description = "charbench CUDA-core kernel: 128x128x8 tiles, 8x8 per thread, fp32 FFMA"
-    dtypes = ("fp32", "fp16-simt")
+    description = "charbench CUDA-core kernel: 128x128x8 tiles, 8x8 per thread, fp32 FFMA (fp16 HFMA / int8 dp4a: gemm_simt_acc.cu)"
+    dtypes = ("fp32", "fp16-simt", "int8")
     source = "gemm_simt.cu"
     kernels = {"fp32": "gemm_simt_f32", "fp16-simt": "gemm_simt_f16"}
+    #: (dtype, --accumulate) -> (source, kernel, accumulator); int8 is always dp4a into int32
+    variants = {
+        ("fp32", "fp32"): ("gemm_simt.cu", "gemm_simt_f32", "fp32"), ("fp32", "out"): ("gemm_simt.cu", "gemm_simt_f32", "fp32"),
+        ("fp16-simt", "fp32"): ("gemm_simt.cu", "gemm_simt_f16", "fp32"),
+        ("fp16-simt", "out"): ("gemm_simt_acc.cu", "gemm_simt_f16_acc16", "fp16"),
+        ("int8", "fp32"): ("gemm_simt_acc.cu", "gemm_simt_i8_dp4a", "int32 (dp4a)"),
+        ("int8", "out"): ("gemm_simt_acc.cu", "gemm_simt_i8_dp4a", "int32 (dp4a)"),
+    }
 
-    def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0) -> PreparedGemm:
-        """Prepare a launch; B is made row-major (K, N) if it is not."""
+    @classmethod
+    def accumulator(cls, spec: DTypeSpec, accumulate: str) -> str:
+        """The accumulator type this backend uses for ``spec`` under ``--accumulate``."""
+        return cls.variants[(spec.name, accumulate)][2]
+
+    def prepare(self, a: Any, b: Any, spec: DTypeSpec, *, alpha: float = 1.0, accumulate: str = "fp32") -> PreparedGemm:
+        """Prepare a launch; B is made row-major (K, N) if it is not.
+
+        Args:
+            accumulate: ``fp32`` or ``out`` (fp16 HFMA accumulation for fp16-simt, as CUTLASS's default).
+        """
         import cupy
         import numpy as np
         import torch
+
+        src, kname, _acc = self.variants[(spec.name, accumulate)]
 
         m, n, k = check_shape(a, b)
         why = self.size_reason(m, n, k)
@@ -144,10 +163,12 @@ class SimtGemm(_RawBackend):
         a_c = a.contiguous()
         b_c = b.contiguous()
         layout = "A row-major, B row-major" + (" (copied)" if b_c.data_ptr() != b.data_ptr() else "")
-        out = torch.empty(m, n, dtype=a.dtype, device=a.device)
-        kernel, dev = self._launch_setup(spec, a)
+        out = torch.empty(m, n, dtype=torch.int32 if spec.name == "int8" else a.dtype, device=a.device)
+        dev = a.device.index or 0
+        kernel = _module(src, dev).get_function(kname)
         args = (_as_cupy(a_c), _as_cupy(b_c), _as_cupy(out), np.int32(m), np.int32(n), np.int32(k), np.float32(alpha))
-        grid, block = (n // 128, m // 128), (256,)
+        tile = 128 if src == "gemm_simt.cu" else 64
+        grid, block = (n // tile, m // tile), (256,)
 
         cupy.cuda.Device(dev).use()  # once here, not per launch
 

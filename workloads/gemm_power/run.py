@@ -287,7 +287,11 @@ class GemmPowerStudy(Study):
             alpha = output_scale(a, b, spec)
             self._inputs = (ident, (a, b, info, feats, alpha))
         backend = get_backend(be_name)
-        gemm = backend.prepare(a, b, spec, alpha=alpha)
+        acc_name, acc_why = accumulation(backend, spec, self.cfg.accumulate, self.device)
+        if hasattr(backend, "accumulator"):
+            gemm = backend.prepare(a, b, spec, alpha=alpha, accumulate=self.cfg.accumulate)
+        else:
+            gemm = backend.prepare(a, b, spec, alpha=alpha)
         duration = float(self.cfg.duration_s or 1.0)
         with gemm:
             # warm-up outside the measured window: clocks ramp, library heuristics settle
@@ -309,6 +313,7 @@ class GemmPowerStudy(Study):
             "alpha": alpha,
             "b_layout": info["b_layout"],
             "generator": info["generator"],
+            "accumulate": self.cfg.accumulate,
             "fill_order": info["fill_order"],
             "nonfinite_input_frac": info["nonfinite_input_frac"],
             "kernel_layout": gemm.layout,
@@ -324,6 +329,10 @@ class GemmPowerStudy(Study):
             # null with the energy's reason, provenance inherited from it
             rec.derive(f"{stem}_per_gemm_j", lambda e: e / iters, energy, formula="per GEMM")
             rec.derive(f"{stem}_per_flop_pj", lambda e: e / iters / flops * 1e12, energy, formula="per FLOP")
+        if acc_name is None:
+            rec.null("accumulator", acc_why)
+        else:
+            rec.set("accumulator", acc_name)
         check_res = self.checks.get((dt, be_name))
         if check_res is None:
             rec.null("correctness_rel_error_frac", "correctness check disabled (check_correctness = false)")
@@ -366,6 +375,22 @@ class GemmPowerStudy(Study):
     def finalize(self, store: Any, ctx: Context) -> dict[str, Any]:
         """Fit the power models, save the calibration, summarize swings."""
         return finalize_run(store)
+
+
+def accumulation(backend: Any, spec: DTypeSpec, accumulate: str, device: str) -> tuple[str | None, str]:
+    """(the accumulator type the GEMM uses, or None, and why not) for ``--accumulate``.
+
+    charbench's CUDA-core kernel honours both settings (fp16 HFMA accumulation, int8 dp4a);
+    torch/cuBLAS and the other backends accumulate 16-bit floats in fp32 and int8 in int32,
+    so ``--accumulate out`` for a 16-bit float on them is recorded as not honoured.
+    """
+    if hasattr(backend, "accumulator"):
+        return backend.accumulator(spec, accumulate), ""
+    default = {"int8": "int32"}.get(spec.family, "fp32")
+    if spec.name == "fp32" or spec.family == "int8" or accumulate == "fp32":
+        return default, ""
+    return None, (f"--accumulate out: {backend.name} accumulates {spec.name} in fp32 on {device} (no output-type accumulation to select); "
+                  "--backends cuda-simt --dtypes fp16-simt accumulates in fp16 as the paper's CUTLASS kernel did")
 
 
 def finalize_run(store: Any) -> dict[str, Any]:

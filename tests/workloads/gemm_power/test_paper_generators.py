@@ -8,6 +8,7 @@ buffer before B's transpose for the alignment, so the checks build B untranspose
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -188,3 +189,26 @@ def test_unsupported_dtype_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="--generator paper: dtype fp8-e4m3"):
         check_supported(get_dtype("fp8-e4m3"))
+
+
+def test_cli_generator_and_accumulate(charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from charbench.cli import main
+
+    base = ["gemm-power", "--device", "cpu", "--experiments", "sort-rows,bit-flips", "--dtypes", "bf16", "--size", "32",
+            "--duration", "0.01", "--repeats", "1"]
+    assert main([*base, "--generator", "paper", "--accumulate", "out"]) == 0
+    capsys.readouterr()
+    run = sorted((charbench_home / "gemm-power").iterdir())[-1]
+    df = pd.read_parquet(run / "results.parquet")
+    gemm = df[df["experiment"] == "sort-rows"]
+    assert set(gemm["generator"]) == {"paper"} and set(gemm["fill_order"]) == {"A along M, B along N"}
+    assert gemm["accumulator"].isna().all()
+    assert json.loads(gemm["null_reasons"].iloc[0])["accumulator"].startswith("--accumulate out: torch accumulates bf16 in fp32 on cpu")
+    flips = df[df["experiment"] == "bit-flips"]
+    assert sorted(flips["value"]) == [0.0, 4.0, 8.0, 32.0] and (flips["time_per_launch_ms"] > 0).all()
+    assert main([*base, "--generator", "bogus"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "Error: --generator: unknown generator 'bogus'; valid: paper, charbench"
+    assert main([*base, "--accumulate", "fp8"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "Error: --accumulate: unknown accumulation 'fp8'; valid: out, fp32"
