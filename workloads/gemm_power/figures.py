@@ -206,16 +206,58 @@ def _switching_model_section(data: RunData) -> Section | None:
     return Section("Switching model (per operand, per bit field)", table_html(pd.DataFrame(rows)), note=note, anchor="gemm-switching")
 
 
+def _other_section(data: RunData) -> Section | None:
+    """Experiments 16-18 and idle: memory contents, the bit-flip kernel, the idle GPU, beside the paper's A100."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from charbench.workloads.gemm_power.analysis import NON_GEMM, paper_a100
+
+    df = data.results
+    d = df[df["experiment"].isin(NON_GEMM)]
+    if len(d) == 0:
+        return None
+    pmetric, plabel = _power_metric(d)
+    other = paper_a100().get("other_experiments_int8", {})
+    parts: list[str] = []
+    flips = d[d["experiment"] == "bit-flips"]
+    if len(flips):
+        metric, label = (pmetric, plabel) if pmetric else ("time_per_launch_ms", "time per launch (ms)")
+        if metric in flips.columns and flips[metric].notna().any():
+            g = flips.groupby("value", sort=True)[metric].agg(["mean", "min", "max"]).reset_index()
+            fig = go.Figure(go.Scatter(x=g["value"], y=g["mean"], mode="lines+markers", name=f"this run ({label})",
+                                       error_y=dict(type="data", symmetric=False, array=g["max"] - g["mean"], arrayminus=g["mean"] - g["min"])))
+            if pmetric and other.get("bit_flips_w"):
+                fig.add_trace(go.Scatter(x=[p[0] for p in other["bit_flips_w"]], y=[p[1] for p in other["bit_flips_w"]],
+                                         mode="lines+markers", name="paper A100 (DCGM, W)"))
+            fig.update_layout(xaxis_title="bits in the XOR mask (the paper's n; >= 8 flips the whole int8)", yaxis_title=label)
+            parts.append(figure_html(fig, height=380))
+    rest = d[d["experiment"] != "bit-flips"]
+    if len(rest):
+        rows = []
+        paper_w = {"memory-ones": other.get("memory_ones_w"), "memory-zeros": other.get("memory_zeros_w"), "idle": other.get("idle_w")}
+        for name, grp in rest.groupby("experiment", sort=True):
+            rows.append({"experiment": name, f"mean {plabel}" if pmetric else "power": grp[pmetric].mean() if pmetric else None,
+                         "fill time (ms)": grp["fill_ms"].mean() if "fill_ms" in grp.columns else None,
+                         "paper A100 (W)": paper_w.get(str(name))})
+        parts.append(table_html(pd.DataFrame(rows)))
+    note = ("IDP other_expt.cu: 16/17 keep a 65536^2 int8 matrix of ones/zeros resident for 300 s with nothing running; 18 launches "
+            "A ^= mask over a 16384^2 int8 matrix 10,000 times (mask of n ones, truncated to the byte); idle: 300 s with nothing. "
+            "On a GPU with the paper sweep charbench uses those sizes; otherwise the run's M x N. Without a power meter only "
+            "time is measured (time per launch; the memory fill time).")
+    return Section("Experiments 16-18 and idle (no GEMM)", "\n".join(parts), note=note, anchor="gemm-other")
+
+
 def _experiment_section(data: RunData, name: str) -> Section | None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from charbench.workloads.gemm_power.analysis import paper_a100
+    from charbench.workloads.gemm_power.analysis import NON_GEMM, paper_a100
     from charbench.workloads.gemm_power.experiments import EXPERIMENTS
 
     df = data.results
     d = df[df["experiment"] == name]
-    if len(d) == 0:
+    if len(d) == 0 or name in NON_GEMM:
         return None
     exp = EXPERIMENTS.get(name)
     gpu = "throughput_tflop_s" in d.columns and str(data.meta.get("device", "")).startswith("cuda")
@@ -348,6 +390,9 @@ def report_sections(data: RunData) -> list[Section]:
         s = _experiment_section(data, name)
         if s is not None:
             sections.append(s)
+    oth = _other_section(data)
+    if oth is not None:
+        sections.append(oth)
     sections.append(_model_section(data))
     sm = _switching_model_section(data)
     if sm is not None:

@@ -179,3 +179,20 @@ def test_not_measured_experiment_figure_has_no_power_row(tmp_path: Path) -> None
     x, y = _traces(fig, "y")["bf16 / torch"]
     assert x == unique and np.allclose(y, [0.01 * (1 + v) for v in unique])
     assert sec.note.endswith("Power was not measured on this machine; time per GEMM and GFLOP/s are measured.")
+
+
+def test_other_experiments_have_their_own_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from charbench.workloads.gemm_power import figures
+
+    class _D:
+        results = pd.DataFrame([
+            {"dtype": "int8", "backend": "non-gemm", "experiment": "bit-flips", "value": v, "seed": 0, "time_per_launch_ms": t}
+            for v, t in ((0.0, 1.0), (4.0, 2.0), (4.0, 4.0))
+        ] + [{"dtype": "int8", "backend": "non-gemm", "experiment": "memory-ones", "value": 0.0, "seed": 0, "fill_ms": 5.0}])
+
+    sec = figures._other_section(_D())  # type: ignore[arg-type]
+    assert sec is not None and sec.title == "Experiments 16-18 and idle (no GEMM)"
+    assert "time per launch (ms)" in sec.html and "memory-ones" in sec.html
+    assert figures._experiment_section(_D(), "bit-flips") is None  # type: ignore[arg-type]
