@@ -11,7 +11,8 @@ Given the sweep's point keys, a point is named by the knobs that vary across the
 (``experiment=sigma value=8.0 dtype=bf16``), not by the whole key, whose varying values a
 terminal would cut off. A plain log says when the first point starts (a long setup, such as
 an engine starting and warming up, would otherwise print nothing for many seconds) and when
-a point starts after one that took :data:`LONG_POINT_S` or more.
+a point starts after one that took :data:`LONG_POINT_S` or more, or while points have taken
+that long on average (a new resource group's first point may restart an engine).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class Progress:
         if self._rich is not None:
             # the varying values come first: a cut loses fixed knobs, never the one that varies
             self._rich.update(self._task, description=self.current[:80])
-        elif self.enabled and (self.done == 0 or self._last_point_s >= LONG_POINT_S):
+        elif self.enabled and (self.done == 0 or self._last_point_s >= LONG_POINT_S
+                               or (now - self._t0) / self.done >= LONG_POINT_S):  # points are long on average (engine restarts)
             print(f"[charbench] {self.done + 1}/{self.total} started: {self.current}", file=self.stream, flush=True)
         self._point_t0 = now
 
