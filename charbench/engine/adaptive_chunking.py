@@ -218,6 +218,7 @@ class AdaptiveChunkPolicy:
         self.online_correction = online_correction
         self.correction = 1.0
         self._batch_raw_s = 0.0
+        self._chunked = False
         self._long_in_batch = False
         self._decodes = 0
         self._decode_context = 0
@@ -231,6 +232,7 @@ class AdaptiveChunkPolicy:
         self._extra_s = 0.0
         self._long_in_batch = False
         self._batch_raw_s = self.predictor.predict(IterationSample(0, 0, self._decodes, self._decode_context))
+        self._chunked = False
 
     def batch_time(self, chunk: int, context: int) -> float:
         """Predicted time of this iteration with a ``chunk``-token prefill at ``context``."""
@@ -257,13 +259,19 @@ class AdaptiveChunkPolicy:
             raw = self.predictor.predict(IterationSample(n, context, 0, 0)) - self.predictor.predict(IterationSample(0, context, 0, 0))
             self._extra_s += raw
             self._batch_raw_s += raw
+            self._chunked = True
             self.history.append((context, n))
             self._long_in_batch = self._long_in_batch or is_long
         return n
 
     def observe_iteration(self, elapsed_s: float) -> None:
-        """The engine reports the measured time of the batch last planned."""
-        if self.online_correction and self._batch_raw_s > 0 and elapsed_s > 0:
+        """The engine reports the measured time of the batch last planned.
+
+        Only batches this policy gave a prefill chunk count: a decode-only batch's
+        prediction may be ~0 where the fit dropped the decode terms, and its ratio would
+        say nothing about the chunks the policy sizes.
+        """
+        if self.online_correction and self._chunked and self._batch_raw_s > 0 and elapsed_s > 0:
             ratio = elapsed_s / self._batch_raw_s
             a = self.online_correction
             self.correction = min(max((1 - a) * self.correction + a * ratio, 0.25), 8.0)

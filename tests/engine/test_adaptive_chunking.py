@@ -165,6 +165,9 @@ def test_online_correction_scales_the_model_to_measured_iterations():
     n1 = policy.chunk_size(_Seq(100_000, 20_000), 8192)
     policy.begin_batch(decodes)
     assert n1 < n0 and policy.batch_time(n1, 20_000) <= 0.05 < policy.batch_time(n1 + 1, 20_000)
+    policy.begin_batch(decodes)  # a decode-only batch says nothing about chunks
+    policy.observe_iteration(100.0)
+    assert policy.correction == pytest.approx(2.0)
     off = AdaptiveChunkPolicy(pred, tbt_slo_s=0.05)
     off.begin_batch(decodes)
     off.chunk_size(_Seq(100_000, 20_000), 8192)

@@ -186,7 +186,8 @@ def bench_mixed_tbt(args: argparse.Namespace) -> dict[str, Any]:
     adaptive["final_correction"] = policy.correction
     hist = policy.history
     adaptive["chunk_vs_kv"] = hist[:: max(1, len(hist) // 20)] + hist[-1:]
-    fixed = _mixed(FixedChunkPolicy(2048), args.mixed_context, args.decodes, 2048 + args.decodes)
+    fixed = (_mixed(FixedChunkPolicy(2048), args.mixed_context, args.decodes, 2048 + args.decodes)
+             if not args.mixed_adaptive_only else {"p99_tbt_ms": None, "skipped": "--mixed-adaptive-only"})
     return {"context": args.mixed_context, "decodes": args.decodes, "tbt_slo_ms": slo,
             "online_correction": args.online_correction,
             "adaptive": adaptive, "fixed_2048": fixed,
@@ -217,6 +218,7 @@ def main() -> None:
     ap.add_argument("--ttft-context", type=int, default=16384)
     ap.add_argument("--mixed-context", type=int, default=32768)
     ap.add_argument("--decodes", type=int, default=8)
+    ap.add_argument("--mixed-adaptive-only", action="store_true", help="skip the fixed-2048 run")
     ap.add_argument("--tbt-slo-ms", type=float, default=1000.0)
     ap.add_argument("--online-correction", type=float, default=0.3, help="adaptive policy's EWMA weight (0 = off)")
     ap.add_argument("--long-context", type=int, default=131072)
