@@ -413,7 +413,8 @@ def fit_switching_models(df: Any, max_features: int = 6) -> tuple[list[Switching
         return [], ["no power data to fit"]
     import re
 
-    per_operand = re.compile(r"^(hw_[ab]_\w+|tog_[ab]_(k|mn)_\w+|zero_[ab])_frac$")
+    # per operand and bit field, plus the fraction of zero products (both operands' zeros at once)
+    per_operand = re.compile(r"^(hw_[ab]_\w+|tog_[ab]_(k|mn)_\w+|zero_[ab]|zero_product)_frac$")
     cand = sorted(c for c in df.columns if per_operand.match(c) and df[c].notna().any())
     if not cand:
         return [], ["no per-operand switching features in the results"]
