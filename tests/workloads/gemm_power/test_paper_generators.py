@@ -212,3 +212,17 @@ def test_cli_generator_and_accumulate(charbench_home: Path, capsys: pytest.Captu
     assert capsys.readouterr().err.strip().splitlines()[-1] == "Error: --generator: unknown generator 'bogus'; valid: paper, charbench"
     assert main([*base, "--accumulate", "fp8"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "Error: --accumulate: unknown accumulation 'fp8'; valid: out, fp32"
+
+
+def test_bits_random_composes_the_persistent_shuffles() -> None:
+    from charbench.workloads.gemm_power.paper_generators import bits_random
+
+    w = np.full(3000, 0x3C00, np.uint16)
+    got = bits_random(w.copy(), 16, 3, R.MinStdRand0(9))
+    e = R.MinStdRand0(9)
+    bits = np.arange(16)[None, :].copy()  # MatrixBits' vector: shuffled per element, never reset
+    want = []
+    for x in w:
+        R.shuffle_small(e, bits)
+        want.append(int(x) ^ sum(1 << int(bits[0, j]) for j in range(3)))
+    assert got.astype(int).tolist() == want
