@@ -75,3 +75,15 @@ def test_no_same_environment_claim_when_a_run_was_busy(tmp_path: Path) -> None:
     text = compare_page._differences(cmp)
     assert "Same configuration and environment" not in text
     assert "the candidate ran on a busy machine (at its start; load up to 7.50 on 2 CPUs)" in text
+
+
+def test_a_fixed_setting_the_records_repeat_is_not_compared_as_a_metric(tmp_path: Path) -> None:
+    # the records carry the setting (as serve-sweep's carry max_duration_s), under a unit-suffixed name
+    b2 = make_run(tmp_path / "x", "toy-study", POINTS, lambda p: {"latency_ms": 10.0, "max_duration_s": 10.0}, label="b")
+    c2 = make_run(tmp_path / "x", "toy-study", POINTS, lambda p: {"latency_ms": 10.0, "max_duration_s": 20.0}, label="c")
+    assert "max_duration_s" in {m.name for m in cm.compare_runs(b2, c2).metrics}  # no config saying it is a setting
+    for run in (b2, c2):
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["study_config"] = {"max_duration_s": None}
+        (run / "config.json").write_text(json.dumps(cfg))
+    assert {m.name for m in cm.compare_runs(b2, c2).metrics} == {"latency_ms"}

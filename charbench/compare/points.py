@@ -28,6 +28,7 @@ from charbench.compare.columns import (
     parse_point_key,
 )
 from charbench.errors import ConfigError
+from charbench.record import run_knobs
 from charbench.results import RunStore
 
 
@@ -89,6 +90,14 @@ def _varying_in_point(rows: list[dict[str, Any]], exclude: set[str]) -> set[str]
     return out
 
 
+def _config_keys(store: RunStore) -> list[str]:
+    """The fields of the run's study config (none when config.json is missing or unreadable)."""
+    try:
+        return list(((store.config() or {}).get("study_config") or {}).keys())
+    except Exception:  # noqa: BLE001 - a damaged config.json must not stop a comparison of the results
+        return []
+
+
 def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = (), ignore_knobs: Iterable[str] = ()) -> RunPoints:
     """Read a run folder and group its rows by point identity.
 
@@ -106,7 +115,9 @@ def load_points(run_dir: Path | RunStore, identity_columns: Iterable[str] = (), 
     if not rows:
         raise ConfigError(f"compare: run {store.path} has no completed points (status {store.meta.get('status')}); pick a run with results")
     knobs = knob_names(rows)
-    metrics = metric_columns(rows, set(knobs))
+    # fixed settings a record repeats (idle_baseline_s, max_duration_s) are knobs too: set, not measured
+    # (the record schema's rule, charbench.record.run_knobs), so they are never compared as metrics
+    metrics = metric_columns(rows, set(run_knobs((), _config_keys(store))) | set(knobs))
     extra = sorted(set(identity_columns) | _varying_in_point(rows, set(knobs) | set(metrics)))
     ignored = set(ignore_knobs)
     groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
