@@ -43,7 +43,8 @@ class CacheReuseConfig:
         timing_repeats: timed prefills of each timing context per mode.
         timing_count: contexts timed per mode.
         timing_tokens: timed contexts are profiling contexts tiled to this many tokens (the
-            synthetic ones are short enough for per-call overhead to hide the per-layer cost);
+            synthetic ones are short enough for per-call overhead to hide the per-layer cost;
+            the default models take 4096 positions);
             None times the profiling contexts as they are (the ``paper`` preset).
         max_new_tokens: greedy tokens generated per answer (the synthetic answers are one word).
         max_context_tokens: longer contexts are cut in the middle (LongBench's truncation).
@@ -69,7 +70,7 @@ class CacheReuseConfig:
     tolerance: float = field(default=0.01, metadata=check("--tolerance", ge=0, lt=1))
     timing_repeats: int = field(default=5, metadata=check("--timing-repeats", ge=1, le=10_000))
     timing_count: int = field(default=10, metadata=check("--timing-count", ge=1, le=100_000))
-    timing_tokens: int | None = field(default=240, metadata=check("--timing-tokens", ge=2, le=10_000_000))
+    timing_tokens: int | None = field(default=1024, metadata=check("--timing-tokens", ge=2, le=10_000_000))
     max_new_tokens: int = field(default=1, metadata=check("--max-new-tokens", ge=1, le=4096))
     max_context_tokens: int = field(default=8192, metadata=check("--max-context-tokens", ge=8, le=10_000_000))
     link_gbps: float = field(default=200.0, metadata=check("--link-gbps", gt=0, le=1e6))

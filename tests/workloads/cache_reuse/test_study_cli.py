@@ -177,3 +177,31 @@ def test_targets_are_not_judged_when_their_premise_fails() -> None:
     strong = dict(weak, receiver_quality_pct=92.0, full_reuse_drop_pts=20.0, best_single_layer={"gap_recovered_frac": 0.7, "speedup": 6.0})
     assert targets("all_blocks", strong)[TARGETS[2]] is True
     assert targets("middle", strong)[TARGETS[3]] is True
+
+
+def test_training_rows_carry_several_queries_each_followed_by_its_answer() -> None:
+    import random
+
+    from charbench.workloads.cache_reuse.tasks import vocabulary
+    from charbench.workloads.cache_reuse.train import training_batch
+
+    vocab = vocabulary()
+    word_id = {w: i for i, w in enumerate(vocab)}
+    spec = TrainSpec(pairs=3, queries=2, batch_size=2)
+    ids, where, ans = training_batch("get", spec, random.Random(0), word_id)
+    assert ids.shape == (2, 1 + 3 + 2 * 3 - 1) and where.tolist() == [[5, 8], [5, 8]]
+    for row, pos, a in zip(ids.tolist(), where.tolist(), ans.tolist()):
+        words = [vocab[i] for i in row]
+        assert words[0] == "<s>" and words[4] == "get" == words[7] and words[6] == vocab[a[0]]
+        facts = dict(w.split(":") for w in words[1:4])
+        assert [facts[words[p]] for p in pos] == [vocab[x] for x in a]  # each answer is the asked key's value
+
+
+def test_fact_tokens_start_as_the_sum_of_their_key_and_value() -> None:
+    from charbench.workloads.cache_reuse.tasks import vocabulary
+    from charbench.workloads.cache_reuse.train import _fresh
+
+    word_id = {w: i for i, w in enumerate(vocabulary())}
+    e = _fresh(SPEC).embed
+    assert len(vocabulary()) == 6 + 16 + 16 + 16 * 16
+    assert torch.equal(e[word_id["k3:v9"]], e[word_id["k3"]] + e[word_id["v9"]])
