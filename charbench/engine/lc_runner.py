@@ -364,7 +364,12 @@ def generate(spec: GenerateSpec, groups: ParallelGroups) -> GenerateResult:
         if 0 <= j < len(plan):
             sampling = [it for it in plan[j] if it.need_logits]
             if sampling:
-                got = w.broadcast_logits(logits, rows=len(sampling))
+                if stages == 1 and logits is not None:
+                    # one stage: every rank computed the same logits (the TP all-reduce and the
+                    # KVP merge give all ranks the same values), so no broadcast is needed
+                    got = logits
+                else:
+                    got = w.broadcast_logits(logits, rows=len(sampling))
                 now = time.perf_counter()
                 for it, row in zip(sampling, got):
                     tok = int(row.argmax())  # greedy
