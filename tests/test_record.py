@@ -103,6 +103,7 @@ KNOBS = {
     "load_kind", "offered_load", "arrival", "burstiness", "max_concurrency", "length_dist", "truncated", "target", "target_kind",
     "engine_model", "engine_device", "engine_weights", "max_model_len", "workload_class", "prompt_format", "prompt_tokens_exact",
     "requests_file", "slo_search_best", "slo_search_note", "max_duration_s",
+    "generator", "accumulate", "accumulator", "fill_order",  # gemm-power: input generator, accumulation knob, what ran, sort axis
 }
 #: the runner's bookkeeping columns
 BOOKKEEPING = {"point_key", "point_index", "null_reasons", "provenance", "warnings", "completed_at"}
