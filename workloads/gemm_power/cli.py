@@ -100,7 +100,7 @@ def gemm_power(
 ) -> None:
     """Input-dependent GEMM power: values, bits, placement and sparsity vs power, per dtype and kernel.
 
-    Reproduces Gregersen et al. (SC24) experiments 1-18 (16-18: --experiments memory-ones,memory-zeros,bit-flips). With no options on a CPU-only machine: the quick preset (each point 0.1 s, repeated 3 times: the spread is the noise the report shows; 163 s measured on 2 busy cores), timing of every input variation, and power where RAPL is readable.
+    Reproduces Gregersen et al. (SC24) experiments 1-18 (16-18: --experiments memory-ones,memory-zeros,bit-flips). With no options on a CPU-only machine: the quick preset (each point 0.1 s, repeated 3 times: the spread is the noise the report shows; about 31 s on 2 quiet cores, 163 s on 2 busy ones), timing of every input variation, and power where RAPL is readable.
 
     On a GPU each point keeps the GEMM running for 5 s (--duration) and records NVML energy, power, SM clock, temperature and throttle reasons; the run fits power = a + b*toggle + c*hamming + d*zeros and saves power_calibration.json for --predict.
     """
