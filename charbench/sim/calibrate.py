@@ -12,7 +12,8 @@ Each open-loop entry (``load_kind`` rate, finite ``request_rate_rps``, central
 ``input_len``/``output_len``) is replayed as a seeded Poisson load of :data:`CAL_REQUESTS`
 fixed-length requests on one instance (``inf``: all at once), and three coefficients
 (decode iteration fixed and per-sequence time, prefill time per token) are fitted so that the
-simulated median TPOT and TTFT match the measured ones (Levenberg-Marquardt in log space).
+simulated median TPOT and TTFT match the measured ones (Levenberg-Marquardt in log space;
+the fixed part is one per forward: a prefill-only iteration pays it as a decode one does).
 An overloaded load (served below :data:`OVERLOAD_FRAC` of its rate, or all at once)
 contributes its TPOT only: its TTFT is the backlog of that run's length. Entries without an
 open-loop load (closed loop, traces) are left to the closed-form first guess.
@@ -114,7 +115,8 @@ class _OneOp:
 def _residuals(op: Any, x: np.ndarray, use: list[dict[str, Any]], max_batch: int, chunk_tokens: int) -> tuple[np.ndarray, Any, list[tuple[float, float, float]]]:
     """log(simulated / measured) median TPOT and TTFT of every entry at log-parameters ``x``."""
     d0, d1, p1 = np.exp(x)
-    cand = replace(op, decode_fixed_s=float(d0), decode_per_seq_s=float(d1), prefill_per_token_s=float(p1))
+    # one fixed cost per forward, prefill or decode (the engine runs either as one model call)
+    cand = replace(op, decode_fixed_s=float(d0), prefill_fixed_s=float(d0), decode_per_seq_s=float(d1), prefill_per_token_s=float(p1))
     sims = [_replay(cand, e, max_batch, chunk_tokens, i) for i, e in enumerate(use)]
     r = []
     for e, (ttft, tpot, _) in zip(use, sims):

@@ -7,7 +7,10 @@
 
 Each instance runs iterations like vLLM with chunked prefill (Sarathi): an iteration with
 prefill work carries every running decode plus up to ``chunk_tokens - B`` prompt tokens; an
-iteration without it decodes the ``B`` running sequences. Consecutive decode iterations
+iteration without it decodes the ``B`` running sequences. Every iteration is one forward and
+pays the fixed cost once: a prefill-only one ``prefill_fixed_s + P * prefill_per_token_s``, a
+hybrid one ``max(prefill_fixed_s, decode_fixed_s) + P * prefill_per_token_s + B *
+decode_per_seq_s + C * decode_per_ctx_token_s``, a decode one the same without ``P``. Consecutive decode iterations
 with the same batch are one event (a "macro-step"): their times form an arithmetic series
 (each iteration reads ``B`` more KV tokens), so the end of ``k`` iterations is closed-form
 and an arrival or a frequency change cuts the macro-step at the iteration in flight. Events
@@ -466,14 +469,18 @@ class Simulator:
                 b = len(run)
             budget = max(1, self.s.chunk_tokens - b)
             ptoks = min(budget, sum(e[1] for e in inst.prefill))
-            dur = op.prefill_fixed_s + ptoks * op.prefill_per_token_s
             power = op.prefill_w
             if b:
-                dec = op.decode_fixed_s + b * op.decode_per_seq_s + inst.kv_run * op.decode_per_ctx_token_s
+                # one forward: its fixed cost (launch/framework overhead, all-reduce latency, the
+                # weight read) is paid once, not once for the prefill part and again for the decodes
+                dur = ptoks * op.prefill_per_token_s
+                dec = max(op.prefill_fixed_s, op.decode_fixed_s) + b * op.decode_per_seq_s + inst.kv_run * op.decode_per_ctx_token_s
                 # a hybrid iteration's energy is its prefill part at prefill power plus its decode
                 # part at decode power: a chunk carrying a few prompt tokens draws about decode power
                 power = (dur * op.prefill_w + dec * op.decode_power_w(b)) / (dur + dec)
                 dur += dec
+            else:
+                dur = op.prefill_fixed_s + ptoks * op.prefill_per_token_s
             inst.kind, inst.ptoks, inst.busy = 1, ptoks, True
             self._power_change(inst, t, power)
             inst.version += 1

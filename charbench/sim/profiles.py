@@ -40,7 +40,9 @@ class OperatingPoint:
 
     Iteration time: a chunk of ``n`` prefill tokens costs ``prefill_fixed_s + n *
     prefill_per_token_s``; a decode iteration over ``B`` sequences holding ``C`` context tokens
-    in all costs ``decode_fixed_s + B * decode_per_seq_s + C * decode_per_ctx_token_s``.
+    in all costs ``decode_fixed_s + B * decode_per_seq_s + C * decode_per_ctx_token_s``; an
+    iteration carrying both is one forward and pays ``max(prefill_fixed_s, decode_fixed_s)`` once
+    (:mod:`charbench.sim.engine`).
     Power (the whole instance): idle, prefilling, decoding ``B`` sequences
     (``min(decode_max_w, decode_base_w + B * decode_per_seq_w)``).
     """
@@ -238,8 +240,11 @@ def _coeffs_from_entries(entries: list[dict[str, Any]], path: Path, chunk_tokens
               "decode_per_seq_w": max(0.0, p1), "decode_max_w": max(p for _, p in measured_power)}
     else:  # not measured: NaN, so every energy figure of the simulation is null with that reason
         pw = {k: math.nan for k in ("idle_w", "prefill_w", "decode_base_w", "decode_per_seq_w", "decode_max_w")}
-    first = OperatingPoint(tp=int(entries[0].get("tp") or 1), freq_mhz=0.0, prefill_fixed_s=0.0,
-                           prefill_per_token_s=max(0.0, ttft - tpot[light]) / inp, decode_fixed_s=max(1e-6, d0),
+    # the engine runs a prefill in one forward, which pays the same fixed cost as a decode one
+    # (framework and launch overhead): a lone prompt's TTFT is decode_fixed + prompt x per-token
+    d0 = max(1e-6, d0)
+    first = OperatingPoint(tp=int(entries[0].get("tp") or 1), freq_mhz=0.0, prefill_fixed_s=d0,
+                           prefill_per_token_s=max(0.0, ttft - d0) / inp, decode_fixed_s=d0,
                            decode_per_seq_s=max(0.0, d1), decode_per_ctx_token_s=0.0, kv_capacity_tokens=1 << 40,
                            max_batch=max_batch, **pw)
     op, report = calibrate(entries, first, max_batch, chunk_tokens)
@@ -269,7 +274,8 @@ def measured_profile(path: Path, kv_capacity_tokens: int, model: str | None = No
 
     Per (tp, SM frequency) group: a first guess in closed form (decode iteration time linear
     in the decode batch, which is throughput x (median E2E - median TTFT) by Little's law,
-    fitted to median TPOT; prefill time per token from the lightest load's median TTFT), then
+    fitted to median TPOT; every forward, prefill or decode, pays that fit's intercept as its
+    fixed cost; prefill time per token from the lightest load's median TTFT less it), then
     calibrated against the simulator on the group's open-loop loads
     (:mod:`charbench.sim.calibrate`): the simulated median TPOT and TTFT of each load are
     brought to the measured ones. ``chunk_tokens`` is the serving engine's token budget per

@@ -102,6 +102,18 @@ def test_decode_macro_steps_match_single_iterations() -> None:
     assert res.e2e_s[0] == pytest.approx(ttft + dec, rel=1e-12)
 
 
+def test_a_hybrid_iteration_pays_the_fixed_cost_once() -> None:
+    """A prompt arriving during a decode waits for the iteration in flight, then runs with it in one forward."""
+    op = PROF.point(8, 1980)
+    ttft0 = op.prefill_fixed_s + 100 * op.prefill_per_token_s
+    t1 = ttft0 + 1e-4
+    wl = Workload(np.array([0.0, t1]), np.array([100, 50]), np.array([11, 2]), 1.0)
+    res = simulate(PROF, wl, policy_class("static")(PROF, dataclasses.replace(CFG, instances=1)), SimSettings())
+    in_flight = op.decode_fixed_s + op.decode_per_seq_s + 101 * op.decode_per_ctx_token_s
+    hybrid = 50 * op.prefill_per_token_s + max(op.prefill_fixed_s, op.decode_fixed_s) + op.decode_per_seq_s + 102 * op.decode_per_ctx_token_s
+    assert res.ttft_s[1] == pytest.approx(ttft0 + in_flight + hybrid - t1, rel=1e-12)
+
+
 def test_profile_frequency_model_and_range_errors() -> None:
     hi, lo = PROF.point(8, 1980), PROF.point(8, 1000)
     compute_hi = 2 * 69.0e9 / (8 * 989e12 * 0.5)  # the clock-scaled part of a prefill token (NVLink time is not)
@@ -134,7 +146,9 @@ def test_measured_profile_from_a_serve_sweep_export(tmp_path: Path) -> None:
     b_hi = 4.0 * (1000 - 62) / 1000
     slope = (30 - 20) / (b_hi - 1.0) / 1000
     assert op.decode_per_seq_s == pytest.approx(slope) and op.decode_fixed_s == pytest.approx(0.020 - slope)
-    assert op.prefill_per_token_s == pytest.approx(0.5 / 1000) and op.max_batch == 16 and prof.power_measured
+    # one fixed cost per forward: a lone 64-token prompt's TTFT (the lightest load's, 52 ms) is decode_fixed + 64 x per-token
+    assert op.prefill_fixed_s == op.decode_fixed_s and op.prefill_per_token_s == pytest.approx((0.052 - op.decode_fixed_s) / 64)
+    assert op.max_batch == 16 and prof.power_measured
     assert prof.calibration["tp1@1000MHz"] == {"calibrated_entries": 0}
     mid = prof.point(1, 1500)
     assert mid.decode_base_w == pytest.approx((op.decode_base_w + prof.point(1, 2000).decode_base_w) / 2)
@@ -147,7 +161,7 @@ def test_measured_profile_calibration_recovers_a_known_engine(tmp_path: Path) ->
     from charbench.profiles import write_profile
     from charbench.sim import calibrate
 
-    truth = dataclasses.replace(PROF.point(8, 1980), tp=1, freq_mhz=0.0, prefill_fixed_s=0.0, prefill_per_token_s=3e-4, decode_fixed_s=4e-3,
+    truth = dataclasses.replace(PROF.point(8, 1980), tp=1, freq_mhz=0.0, prefill_fixed_s=4e-3, prefill_per_token_s=3e-4, decode_fixed_s=4e-3,
                                 decode_per_seq_s=1.2e-3, decode_per_ctx_token_s=0.0, kv_capacity_tokens=1 << 30, max_batch=8)
     entries = []
     for i, rate in enumerate((3.0, 8.0, float("inf"))):
