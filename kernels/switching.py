@@ -263,3 +263,76 @@ def field_feature_names(spec: DTypeSpec) -> list[str]:
             names += [f"hw_{x}_{f}_frac", f"tog_{x}_k_{f}_frac", f"tog_{x}_mn_{f}_frac"]
         names.append(f"zero_{x}_frac")
     return names
+
+
+# --- per bit position: every field aggregate (and finer ones) derives from these ----------
+
+def _bit_counts(w: Any) -> Any:
+    """Set bits per bit position (index 0 = least significant) over a numpy array of uint words."""
+    import numpy as np
+
+    nbytes = w.dtype.itemsize
+    if w.size == 0:
+        return np.zeros(8 * nbytes, dtype=np.int64)
+    # little-endian words: byte j holds bits 8j..8j+7; bitorder "little" puts bit 0 first
+    bits = np.unpackbits(np.ascontiguousarray(w).reshape(-1).view(np.uint8).reshape(-1, nbytes), axis=1, bitorder="little")
+    return bits.sum(axis=0, dtype=np.int64)
+
+
+def bit_position_stats(a: Any, b: Any, spec: DTypeSpec) -> dict[str, float]:
+    """Per operand and bit position: set-bit rate and toggle rates along K and along M (A) / N (B).
+
+    Keys ``hw_{x}_b{j}``, ``togk_{x}_b{j}``, ``togmn_{x}_b{j}`` (x in a, b; j = bit index,
+    0 = least significant), each a fraction in [0, 1]: the share of elements (or neighbour
+    pairs) with that bit set (or flipped). The field statistics of
+    :func:`field_switching_stats` are averages of these over the field's bits; keeping every
+    position lets a model weigh bits unequally (a multiplier's mantissa array is not its
+    exponent adder).
+
+    Args:
+        a: (M, K) operand; b: (K, N) operand (any strides), in the storage dtype.
+        spec: the dtype.
+    """
+    import sys
+
+    if sys.byteorder != "little":  # the byte -> bit mapping of _bit_counts assumes it
+        raise RuntimeError("bit_position_stats needs a little-endian host")
+    out: dict[str, float] = {}
+    wa = _np_words(a, spec)      # (M, K)
+    wb = _np_words(b.t(), spec)  # (N, K): K along the rows for both
+    width = spec.storage_bits
+    for name, w in (("a", wa), ("b", wb)):
+        for key, arr in (("hw", w), ("togk", w[:, 1:] ^ w[:, :-1]), ("togmn", w[1:, :] ^ w[:-1, :])):
+            cnt = _bit_counts(arr)
+            for j in range(width):
+                out[f"{key}_{name}_b{j}"] = float(cnt[j]) / arr.size if arr.size else 0.0
+    return out
+
+
+def output_stats(a: Any, b: Any, rows: int = 64, out_max: float = 65504.0) -> dict[str, float]:
+    """Magnitude of the GEMM's output on an even sample of ``rows`` rows of C = A @ B.
+
+    The accumulator's bits switch with the size of the partial sums, and an fp16 accumulator
+    (the paper's CUTLASS default for FP16) overflows past ``out_max``. Computed in float64
+    on the sampled rows (rows / M of the full GEMM's work); the sample's standard error of a
+    row-mean statistic is at most its row-to-row standard deviation / sqrt(rows).
+
+    Returns:
+        ``out_log2_abs_mean`` (mean log2(1 + |c|) over finite outputs; 0 if none),
+        ``out_over_frac`` (fraction with |c| > out_max or non-finite).
+    """
+    import numpy as np
+    import torch
+
+    m = a.shape[0]
+    idx = torch.linspace(0, m - 1, steps=min(rows, m)).round().long()
+    af = a[idx].to(torch.float64)
+    bf = b.to(torch.float64)
+    with np.errstate(all="ignore"):
+        c = (af @ bf).numpy()
+    fin = np.isfinite(c)
+    over = (~fin) | (np.abs(np.where(fin, c, 0.0)) > out_max)
+    return {
+        "out_log2_abs_mean": float(np.log2(1.0 + np.abs(c[fin])).mean()) if fin.any() else 0.0,
+        "out_over_frac": float(over.mean()),
+    }

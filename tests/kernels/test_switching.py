@@ -103,3 +103,58 @@ def test_all_zero_and_constant_inputs_do_not_toggle() -> None:
     c = torch.full((8, 8), 3.25)
     s = switching_stats(c, c.t(), spec)
     assert s["toggle_k_frac"] == 0 and s["bit_alignment_frac"] == 1.0 and s["zero_operand_frac"] == 0
+
+
+def test_bit_position_stats_exact() -> None:
+    from charbench.kernels.switching import bit_position_stats
+
+    spec = get_dtype("fp16")
+    a = _i16([[0x0000, 0x0001, 0x0003], [0x8000, 0x0000, 0x00FF]])
+    b = _i16([[0x0001, 0x0000], [0x0001, 0x0000], [0x0000, 0x7FFF]])
+    s = bit_position_stats(a, b, spec)
+    assert len(s) == 2 * 3 * 16
+    # A's bit 0 is set in 0x0001, 0x0003, 0x00FF: 3 of 6; bit 15 in 0x8000 only
+    assert s["hw_a_b0"] == 3 / 6 and s["hw_a_b15"] == 1 / 6 and s["hw_a_b8"] == 0.0
+    # A along K: 0^1, 1^3, 8000^0, 0^FF -> bit 0 flips in 0^1, 0^FF; bit 1 in 1^3, 0^FF; bit 15 in 8000^0
+    assert (s["togk_a_b0"], s["togk_a_b1"], s["togk_a_b15"], s["togk_a_b7"]) == (2 / 4, 2 / 4, 1 / 4, 1 / 4)
+    # A along M: 0^8000, 1^0, 3^FF (= FC): bit 0 once, bit 2 once, bit 15 once
+    assert (s["togmn_a_b0"], s["togmn_a_b1"], s["togmn_a_b2"], s["togmn_a_b15"]) == (1 / 3, 0.0, 1 / 3, 1 / 3)
+    # B along K (its columns): 1^1, 1^0 | 0^0, 0^7FFF: bit 0 twice, bits 1-14 once, bit 15 never
+    assert (s["togk_b_b0"], s["togk_b_b14"], s["togk_b_b15"]) == (2 / 4, 1 / 4, 0.0)
+    # B along N (its rows): 1^0, 1^0, 0^7FFF
+    assert (s["togmn_b_b0"], s["togmn_b_b3"]) == (3 / 3, 1 / 3)
+
+
+def test_bit_position_stats_average_to_the_field_stats() -> None:
+    from charbench.kernels.switching import FIELDS, bit_position_stats, field_switching_stats
+
+    g = torch.Generator().manual_seed(3)
+    for name in ("fp16", "fp32", "int8"):
+        spec = get_dtype(name)
+        if name == "int8":
+            a = torch.randint(-128, 128, (9, 7), generator=g, dtype=torch.int8)
+            b = torch.randint(-128, 128, (5, 7), generator=g, dtype=torch.int8).t()
+        else:
+            a = torch.randn(9, 7, generator=g).to({"fp16": torch.float16, "fp32": torch.float32}[name])
+            b = torch.randn(5, 7, generator=g).to(a.dtype).t()
+        s, f = bit_position_stats(a, b, spec), field_switching_stats(a, b, spec)
+        for fld, (lo, width) in FIELDS[spec.storage].items():
+            for x in "ab":
+                for kind, key in (("hw", f"hw_{x}_{fld}_frac"), ("togk", f"tog_{x}_k_{fld}_frac"), ("togmn", f"tog_{x}_mn_{fld}_frac")):
+                    assert sum(s[f"{kind}_{x}_b{j}"] for j in range(lo, lo + width)) / width == pytest.approx(f[key], abs=1e-12)
+
+
+def test_output_stats_exact() -> None:
+    from charbench.kernels.switching import output_stats
+
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0], [300.0, 0.0]], dtype=torch.float16)
+    b = torch.tensor([[1.0, 0.0], [0.0, 300.0]], dtype=torch.float16)
+    # C = [[1, 600], [3, 1200], [300, 0]]; out_max 1000: one of six is over
+    s = output_stats(a, b, rows=3, out_max=1000.0)
+    assert s["out_over_frac"] == 1 / 6
+    import math
+
+    assert s["out_log2_abs_mean"] == pytest.approx(sum(math.log2(1 + v) for v in (1, 600, 3, 1200, 300, 0)) / 6)
+    inf = torch.tensor([[float("inf")]], dtype=torch.float16)
+    s = output_stats(inf, torch.ones(1, 1, dtype=torch.float16))
+    assert s == {"out_log2_abs_mean": 0.0, "out_over_frac": 1.0}

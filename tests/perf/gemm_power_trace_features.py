@@ -5,8 +5,13 @@ Writes one CSV row per point, so the model fit on the paper's A100 traces
 
     python tests/perf/gemm_power_trace_features.py OUT.csv --dtype fp16 --seed 1 [--size 2048]
 
-Slow by nature (every input of the paper's table at 2048^2; the partial sorts and
-experiment 4's per-element shuffles dominate): run it once, in the background.
+Per point: the switching statistics, the per-field statistics, the per-bit-position rates
+(:func:`~charbench.kernels.switching.bit_position_stats`) and the sampled output magnitude
+(:func:`~charbench.kernels.switching.output_stats`). The seeded normal and experiment 4's
+bit-position shuffles are computed once per operand and reused across a sweep (cached in
+:mod:`charbench.workloads.gemm_power.paper_generators`); the partial sorts' heap selection
+dominates what is left. Resumable: points already in OUT.csv are skipped. Run it with one
+thread and ``nice``.
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="experiments to skip (comma-separated)")
     args = ap.parse_args()
     from charbench.kernels.gemm import get_dtype
-    from charbench.kernels.switching import field_switching_stats, switching_stats
-    from charbench.workloads.gemm_power.experiments import EXPERIMENTS
+    import torch
+
+    from charbench.kernels.switching import bit_position_stats, field_switching_stats, output_stats, switching_stats
+    from charbench.workloads.gemm_power.experiments import EXPERIMENTS, NON_GEMM_GENERATORS
     from charbench.workloads.gemm_power.generators import generate_pair
 
+    torch.set_num_threads(1)
     spec = get_dtype(args.dtype)
     done = set()
     if os.path.exists(args.out):
@@ -41,7 +49,7 @@ def main() -> int:
     writer = None
     with open(args.out, "a", newline="") as fh:
         for exp in order:
-            if exp.name in skip:
+            if exp.name in skip or exp.generator in NON_GEMM_GENERATORS:
                 continue
             for v in exp.values(spec.family, "paper", spec.bits):
                 if (exp.name, float(v)) in done:
@@ -52,6 +60,8 @@ def main() -> int:
                 row = {"dtype": args.dtype, "experiment": exp.name, "value": float(v), "seed": args.seed}
                 row.update(switching_stats(a, b, spec))
                 row.update(field_switching_stats(a, b, spec))
+                row.update(bit_position_stats(a, b, spec))
+                row.update(output_stats(a, b))
                 row["nonfinite_input_frac"] = info["nonfinite_input_frac"]
                 if writer is None:
                     writer = csv.DictWriter(fh, fieldnames=list(row))

@@ -226,3 +226,29 @@ def test_bits_random_composes_the_persistent_shuffles() -> None:
         R.shuffle_small(e, bits)
         want.append(int(x) ^ sum(1 << int(bits[0, j]) for j in range(3)))
     assert got.astype(int).tolist() == want
+
+
+def test_cached_draws_give_the_same_buffers_in_any_order() -> None:
+    from charbench.workloads.gemm_power import paper_generators as P
+
+    spec = get_dtype("fp16")
+    names = [("baseline", 0.0), ("sort-rows", 0.3), ("sparsity", 0.5), ("zero-low-bits", 4.0), ("bits-random", 3.0), ("bits-random", 5.0)]
+
+    def build() -> list[np.ndarray]:
+        return [paper_buffer(get_experiment(e), v, spec, 24, 40, 7, transpose=True) for e, v in names]
+
+    P._normal_cached.cache_clear()
+    P._bit_positions.cache_clear()
+    first = build()  # fills the caches as it goes
+    again = build()  # every draw from the caches
+    fresh = []
+    for e, v in reversed(names):  # reversed order, cold caches per point
+        P._normal_cached.cache_clear()
+        P._bit_positions.cache_clear()
+        fresh.append(paper_buffer(get_experiment(e), v, spec, 24, 40, 7, transpose=True))
+    fresh.reverse()
+    for x, y, z in zip(first, again, fresh):
+        assert x.tolist() == y.tolist() == z.tolist()
+    x, _ = P._seeded_normal(7, 960, 0.0, 1024.0)
+    with pytest.raises(ValueError, match="read-only"):
+        x[0] = 1.0
