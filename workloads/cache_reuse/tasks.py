@@ -10,9 +10,11 @@ from the same base:
 * ``key``  (the all-blocks fine-tune): ``key v2`` -> the key of the first fact whose value is
   ``v2`` (matched on the value, the key copied: the sender's K/V carry the opposite roles, so
   full KV reuse misleads the receiver - DroidSpeak's hard case).
-* ``next`` (the middle-layers fine-tune): ``next k3`` -> the value of the fact *after* ``k3``'s
-  (each fact must first take in its predecessor's key, then the lookup runs: two steps the
-  fine-tuned layers learn together - DroidSpeak's favourable case, one block of layers).
+* ``next`` (the middle-layers fine-tune): ``next k3`` -> the value after ``k3``'s value
+  (``v9`` -> ``v10``, ``v15`` wraps to ``v0``): the base's lookup with the answer shifted,
+  which two middle layers learn in a few hundred steps - DroidSpeak's favourable case, one
+  block of layers. (This task's earlier form, the value of the fact *after* ``k3``'s, was
+  not learnt in 2000 steps even with every block trainable: 25%.)
 
 Examples are seeded and reproducible; :func:`examples` returns LongBench-style records
 (``context``, ``input``, ``answers``) so the study scores them like ``--data FILE``::
@@ -87,8 +89,8 @@ def draw_query(task: str, keys: list[int], values: list[int], rng: random.Random
         i = rng.randrange(n)
         return f"get k{keys[i]}", f"v{values[i]}"
     if task == "next":
-        i = rng.randrange(n - 1)  # the last fact has no next one
-        return f"next k{keys[i]}", f"v{values[i + 1]}"
+        i = rng.randrange(n)
+        return f"next k{keys[i]}", f"v{(values[i] + 1) % NUM_VALUES}"
     i = rng.randrange(n)
     first = values.index(values[i])  # "the first fact whose value is ...": unambiguous
     return f"key v{values[i]}", f"k{keys[first]}"

@@ -9,9 +9,9 @@ near 28% after 1500 steps; this form reaches 100% on ``get`` in 500): each fact 
 token whose embedding starts as the sum of its key's and its value's embeddings (so a
 query word and the facts that hold it share a direction from step 0), and every training
 context carries ``queries`` queries, each followed by its answer, with the loss at every
-query (the study evaluates one query per context, the first). The fine-tunes do not learn
-yet with the shipped schedule (400 steps: 8% on ``key``, 20% on ``next``; the manifest has
-the figures). Training runs the engine's own :class:`LlamaModel` (the
+query (the study evaluates one query per context, the first). The fine-tunes need more
+steps than the base: 1500 (``key`` sat at 8% after 400 steps, 88% after 1000, 97% after 1500); the
+manifest has the figures. Training runs the engine's own :class:`LlamaModel` (the
 layers are the ones inference uses) with a plain causal attention in place of the paged
 one, and writes each model as a Hugging Face Llama checkpoint folder (config.json,
 model.safetensors, tokenizer.json), so the study loads defaults and ``--sender DIR``
@@ -76,7 +76,7 @@ class TrainSpec:
     queries: int = 4
     batch_size: int = 32
     base_steps: int = 500
-    finetune_steps: int = 400
+    finetune_steps: int = 1500
     base_lr: float = 3e-3
     finetune_lr: float = 3e-3
     middle_layers: tuple[int, ...] = (2, 3)
