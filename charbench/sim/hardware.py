@@ -125,6 +125,12 @@ ASSUMPTIONS: dict[str, float] = {
     "iteration_overhead_s": 0.004,
     # latency of one all-reduce (two per layer under TP), s
     "allreduce_latency_s": 8e-6,
+    # share of a prefill's time that scales with the SM clock (f_max/f); the rest (HBM traffic,
+    # attention reads, synchronisation) does not. Equal to prefill_mfu: the tensor cores are busy
+    # that share of the time. Checks against POLCA's A100 characterization (down-clocking cuts
+    # peak power up to 20% for <= 7% performance loss, arXiv 2308.12908): here -20% prefill power
+    # at ~1240 MHz costs +6.6% prefill time (all of it clock-bound: +13.7%, twice the paper's)
+    "prefill_clock_bound_share": 0.5,
     # share of a memory-bound decode's time that does not scale with the SM clock
     "memory_bound_flat_share": 0.9,
     # fraction of HBM given to weights + KV cache (vLLM gpu_memory_utilization default)

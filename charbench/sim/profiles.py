@@ -8,7 +8,8 @@ state). Two sources::
     prof = measured_profile(Path("h100.json"), kv_capacity_tokens=200_000)   # serve-sweep --export-profile
     op = prof.point(tp=8, freq_mhz=1600)                   # ProfileRangeError outside the table
 
-Frequency model (analytic): compute-bound time scales as f_max/f; a memory-bound decode
+Frequency model (analytic): compute-bound time scales as f_max/f (a prefill's clock-bound
+share, ``prefill_clock_bound_share``, of it; the rest waits on memory); a memory-bound decode
 keeps ``memory_bound_flat_share`` of its time independent of f; core dynamic power scales as
 f * V(f)^2 with V linear in f between the lowest and the highest DVFS level; memory power does
 not scale with the SM clock.
@@ -131,6 +132,12 @@ def kv_capacity_tokens(gpu: GpuSpec, model: ModelSpec, tp: int) -> int:
     return int(free // model.kv_bytes_per_token)
 
 
+def prefill_slow(f_max_ratio: float) -> float:
+    """Prefill time at a clock ``f_max / f_max_ratio`` relative to the maximum clock's (its clock-bound share scales)."""
+    share = ASSUMPTIONS["prefill_clock_bound_share"]
+    return share * f_max_ratio + 1.0 - share
+
+
 def _analytic_point(gpu: GpuSpec, model: ModelSpec, max_batch: int, tp: int, f: float) -> OperatingPoint:
     a = ASSUMPTIONS
     slow = gpu.max_sm_freq_mhz / f  # compute-bound time ~ 1/f
@@ -148,7 +155,7 @@ def _analytic_point(gpu: GpuSpec, model: ModelSpec, max_batch: int, tp: int, f: 
         tp=tp,
         freq_mhz=f,
         prefill_fixed_s=a["iteration_overhead_s"] + comm_fixed,
-        prefill_per_token_s=flops_per_token / (tp * gpu.peak_bf16_flops * a["prefill_mfu"]) * slow + comm_per_token,
+        prefill_per_token_s=flops_per_token / (tp * gpu.peak_bf16_flops * a["prefill_mfu"]) * prefill_slow(f_max_ratio=slow) + comm_per_token,
         decode_fixed_s=model.weight_bytes / tp / bw * mem_slow + a["iteration_overhead_s"] + comm_fixed,
         decode_per_seq_s=flops_per_token / (tp * gpu.peak_bf16_flops * a["decode_mfu"]) * slow + comm_per_token,
         decode_per_ctx_token_s=model.kv_bytes_per_token / tp / bw * mem_slow,
@@ -179,7 +186,7 @@ def analytic_profile(gpu_name: str, model_name: str, max_batch: int = 256) -> Pr
     prov = {
         "gpu": gpu.source,
         "model": model.source,
-        "frequency_model": "compute time ~ f_max/f; memory-bound decode time nearly flat; core power ~ f*V(f)^2, V linear in f",
+        "frequency_model": "compute time ~ f_max/f (prefill: its clock-bound share); memory-bound decode time nearly flat; core power ~ f*V(f)^2, V linear in f",
         "assumptions": ", ".join(f"{k}={v:g}" for k, v in ASSUMPTIONS.items()),
     }
     builder = functools.lru_cache(maxsize=None)(functools.partial(_analytic_point, gpu, model, max_batch))
@@ -424,7 +431,7 @@ def vidur_profile(path: Path, gpu_name: str | None = None, model_name: str | Non
         mem_slow = a["memory_bound_flat_share"] + (1.0 - a["memory_bound_flat_share"]) * slow
         comm = base.prefill_fixed_s - a["iteration_overhead_s"]  # the analytic all-reduce latency (0 at tp 1)
         return dataclasses.replace(base, decode_fixed_s=d0 * mem_slow + comm + a["iteration_overhead_s"], decode_per_seq_s=d1 * slow,
-                                   prefill_fixed_s=p0 * mem_slow + comm + a["iteration_overhead_s"], prefill_per_token_s=p1 * slow)
+                                   prefill_fixed_s=p0 * mem_slow + comm + a["iteration_overhead_s"], prefill_per_token_s=p1 * prefill_slow(slow))
 
     levels = tuple(sorted(set(gpu.freq_levels_mhz)))
     prov = {
@@ -433,7 +440,7 @@ def vidur_profile(path: Path, gpu_name: str | None = None, model_name: str | Non
                           f"{VIDUR_DECODE_MAX_TOKENS} tokens, prefill above (measured by Vidur at the maximum clock)",
         "attention_and_comm": "analytic (KV bytes / HBM bandwidth; all-reduce model): Vidur's staged attention tables are synthetic",
         "power": "analytic (estimated): Vidur measures no power",
-        "frequency_model": "per-token part ~ f_max/f, fixed part memory-bound (nearly flat); core power ~ f*V(f)^2",
+        "frequency_model": "per-token part ~ f_max/f (prefill: its clock-bound share), fixed part memory-bound (nearly flat); core power ~ f*V(f)^2",
         "gpu": gpu.source,
         "model": model.source,
     }

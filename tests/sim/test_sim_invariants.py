@@ -117,7 +117,8 @@ def test_a_hybrid_iteration_pays_the_fixed_cost_once() -> None:
 def test_profile_frequency_model_and_range_errors() -> None:
     hi, lo = PROF.point(8, 1980), PROF.point(8, 1000)
     compute_hi = 2 * 69.0e9 / (8 * 989e12 * 0.5)  # the clock-scaled part of a prefill token (NVLink time is not)
-    assert lo.prefill_per_token_s - hi.prefill_per_token_s == pytest.approx(compute_hi * 0.98, rel=1e-9)  # compute-bound ~ 1/f
+    # the clock-bound share (prefill_clock_bound_share 0.5) of a prefill scales ~ 1/f
+    assert lo.prefill_per_token_s - hi.prefill_per_token_s == pytest.approx(compute_hi * 0.98 * 0.5, rel=1e-9)
     assert lo.decode_fixed_s < hi.decode_fixed_s * 1.15  # memory-bound nearly flat
     assert lo.prefill_w < hi.prefill_w
     with pytest.raises(ProfileRangeError, match=r"profile h100: sm_freq_mhz 2100 is outside the profile's range \[800, 1980\] MHz"):
