@@ -205,3 +205,16 @@ def test_fact_tokens_start_as_the_sum_of_their_key_and_value() -> None:
     e = _fresh(SPEC).embed
     assert len(vocabulary()) == 6 + 16 + 16 + 16 * 16
     assert torch.equal(e[word_id["k3:v9"]], e[word_id["k3"]] + e[word_id["v9"]])
+
+
+def test_each_task_answers_from_the_facts_as_documented() -> None:
+    import random
+
+    from charbench.workloads.cache_reuse.tasks import draw_query
+
+    keys, values = [7, 3, 5], [15, 2, 2]
+    rng = random.Random(0)
+    drawn = {draw_query(task, keys, values, rng) for task in ("get", "next", "key") for _ in range(60)}
+    assert drawn == {("get k7", "v15"), ("get k3", "v2"), ("get k5", "v2"),
+                     ("next k7", "v0"), ("next k3", "v3"), ("next k5", "v3"),  # value + 1, v15 wraps to v0
+                     ("key v15", "k7"), ("key v2", "k3")}  # the first fact holding the value
