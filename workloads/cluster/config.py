@@ -11,7 +11,8 @@ Presets:
   (peak/mean 1.7) and policies static and dynamollm.
 * ``polca``: POLCA's policy on A100 (T1 80%, T2 89%, caps 1275/1110/1305 MHz, 5% hysteresis),
   llama-2-13b (a model that fits one A100 server's memory comfortably; the paper's models are
-  not all public), oversubscription 5-30% (the paper's claim is 30%), and static.
+  not all public), oversubscription +1, +2 and +3 instances of the 8 static ones it provisions (12.5%, 25%,
+  37.5%: instances are whole, so other fractions repeat these; the paper's claim is 30%), and static.
 """
 
 from __future__ import annotations
@@ -144,5 +145,5 @@ PRESETS: dict[str, ClusterSimConfig] = {
     "quick": ClusterSimConfig(mean_rate_rps=20.0),
     "dynamollm": ClusterSimConfig(duration_s=4 * 3600.0, mean_rate_rps=8.0, policies=["static", "dynamollm"], start_hour=8.0),
     "polca": ClusterSimConfig(profile="a100", model="llama-2-13b", tp=2, policies=["static", "polca"], mean_rate_rps=8.0,
-                              polca_oversubscription=[0.05, 0.1, 0.15, 0.2, 0.3], slo_tbt_ms=150.0),
+                              polca_oversubscription=[0.125, 0.25, 0.375], slo_tbt_ms=150.0),
 }
