@@ -29,7 +29,7 @@ def main() -> int:
             continue
         s = steady_stats(parse_dmon(e.path))
         rows.append({"dtype": e.dtype, "backend": "cutlass", "experiment": e.experiment, "value": e.value, "seed": e.seed,
-                     "mean_power_w": s["mean_power_w"]})
+                     "mean_power_w": s["mean_power_w"], "mean_sm_clock_mhz": s["mean_sm_clock_mhz"]})
     power = pd.DataFrame(rows)
     storage = {"fp16": "fp16", "fp16-simt": "fp16", "fp32": "fp32", "int8": "int8"}
     frames = []
@@ -40,14 +40,15 @@ def main() -> int:
         feats = pd.read_csv(f).drop(columns=["dtype", "seed"])
         frames.append(power[power["dtype"] == dt].merge(feats, on=["experiment", "value"], how="inner"))
     df = pd.concat(frames, ignore_index=True)
-    models, notes = fit_switching_models(df)
-    print("| dtype | points | R^2 | LOEO MAE (W) | R^2 Hamming alone | R^2 toggle+hamming+zero | chosen features |")
-    print("|---|---|---|---|---|---|---|")
+    models, notes = fit_switching_models(df, nested=True)
+    print("| dtype | points | throttled (cap W) | R^2 | LOEO MAE (W) | nested LOEO MAE (W) | R^2 Hamming alone | R^2 toggle+hamming+zero | chosen features |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in models:
         total = power[power["dtype"] == m.dtype].groupby(["experiment", "value"]).ngroups
-        print(f"| {m.dtype} | {m.n_points}/{total} | {m.r2:.3f} | {m.loeo_mae_w:.1f} | {m.baseline_r2.get('hamming_frac', float('nan')):.3f} | "
+        cap = f"{m.n_throttled} ({m.power_cap_w:.0f})" if m.power_cap_w is not None else "0"
+        print(f"| {m.dtype} | {m.n_points}/{total} | {cap} | {m.r2:.3f} | {m.loeo_mae_w:.1f} | {m.nested_loeo_mae_w:.1f} | {m.baseline_r2.get('hamming_frac', float('nan')):.3f} | "
               f"{m.baseline_r2.get('three_feature', float('nan')):.3f} | " + ", ".join(f"{c:+.0f}*{f}" for c, f in zip(m.coef[1:], m.features))
-              + f" (+{m.coef[0]:.0f} W) |")
+              + f" (+{m.coef[0]:.0f} W" + (f", min with {m.power_cap_w:.0f} W" if m.power_cap_w is not None else "") + ") |")
     for n in notes:
         print("note:", n)
     hd = headline(power, "mean_power_w")

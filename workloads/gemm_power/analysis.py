@@ -346,9 +346,18 @@ def paper_headline(dtype: str) -> dict[str, Any] | None:
 
 # --- the switching model: per-operand, bit-field features chosen by held-out error ----------
 
+#: a point whose mean SM clock is below this share of the group's highest was throttled
+THROTTLE_CLOCK_SHARE = 0.99
+
+
 @dataclass
 class SwitchingModel:
-    """A linear power model over features chosen by leave-one-experiment-out error."""
+    """A linear power model over features chosen by leave-one-experiment-out error.
+
+    When some points ran at a throttled SM clock (the board's power limit), their power is
+    the limit, not what the inputs would draw: the fit treats them as censored (the model
+    may predict more) and predicts ``min(power_cap_w, linear)``.
+    """
 
     dtype: str
     backend: str
@@ -359,13 +368,85 @@ class SwitchingModel:
     n_points: int
     baseline_r2: dict[str, float | None] = field(default_factory=dict)
     path: list[dict[str, Any]] = field(default_factory=list)
+    power_cap_w: float | None = None
+    n_throttled: int = 0
+    nested_loeo_mae_w: float | None = None
 
     def predict(self, feats: dict[str, float]) -> float:
         """Power (W) for one input pair's features."""
-        return self.coef[0] + sum(c * float(feats[f]) for c, f in zip(self.coef[1:], self.features))
+        p = self.coef[0] + sum(c * float(feats[f]) for c, f in zip(self.coef[1:], self.features))
+        return min(p, self.power_cap_w) if self.power_cap_w is not None else p
 
 
-def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], max_features: int = 6) -> tuple[list[int], list[dict[str, Any]]]:
+def fit_capped(x: Any, y: Any, capped: Any, iters: int = 100) -> tuple[list[float], float | None]:
+    """Least squares with the ``capped`` points right-censored at the power limit.
+
+    A capped point's measured power is a lower bound of what the linear model should give
+    (the clock was lowered to hold the limit): it adds error only where the prediction is
+    below the measurement. Solved by iterating least squares on ``max(y, prediction)`` for
+    capped points (each step cannot raise the censored squared error). The cap is the mean
+    power of the capped points.
+
+    Returns:
+        (coefficients with the intercept first, cap in W or None when no point is capped).
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    capped = np.asarray(capped, dtype=bool)
+    coef, _, _ = fit_linear(x, y)
+    if not capped.any():
+        return coef, None
+    design = np.column_stack([np.ones(len(y)), x])
+    for _ in range(iters):
+        pred = design @ np.asarray(coef)
+        new, _, _ = fit_linear(x, np.where(capped, np.maximum(y, pred), y))
+        done = np.allclose(new, coef, rtol=0, atol=1e-9)
+        coef = new
+        if done:
+            break
+    return coef, float(y[capped].mean())
+
+
+def _predict(coef: list[float], cap: float | None, x: Any) -> Any:
+    import numpy as np
+
+    p = coef[0] + np.asarray(x, dtype=np.float64) @ np.asarray(coef[1:])
+    return np.minimum(p, cap) if cap is not None else p
+
+
+def _r2(y: Any, pred: Any) -> float | None:
+    import numpy as np
+
+    ss_tot = float(((y - np.mean(y)) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+
+
+def loeo_mae(x: Any, y: Any, groups: list[str], capped: Any = None) -> float | None:
+    """Mean absolute error (W) over all points, each experiment predicted by a fit of the others.
+
+    ``capped`` marks throttled points (:func:`fit_capped`); the held-out experiment's
+    throttling is not used to predict it (the prediction is ``min(training cap, linear)``).
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    g = np.asarray(groups)
+    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
+    errs: list[Any] = []
+    for name in sorted(set(groups)):
+        test = g == name
+        if (~test).sum() < 2:
+            continue
+        coef, cap = fit_capped(x[~test], y[~test], capped[~test])
+        errs.append(np.abs(_predict(coef, cap, x[test]) - y[test]))
+    return float(np.concatenate(errs).mean()) if errs else None
+
+
+def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], max_features: int = 6,
+                           capped: Any = None) -> tuple[list[int], list[dict[str, Any]]]:
     """Forward selection: add the feature that lowers the leave-one-experiment-out MAE most.
 
     Stops when no feature lowers the held-out MAE by at least 0.1 W, or at ``max_features``.
@@ -376,6 +457,8 @@ def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], 
     import numpy as np
 
     x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
     chosen: list[int] = []
     path: list[dict[str, Any]] = []
     best_mae = math.inf
@@ -384,59 +467,154 @@ def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], 
         for j in range(x.shape[1]):
             if j in chosen or np.ptp(x[:, j]) == 0:
                 continue
-            cols = chosen + [j]
-            mae, _, _ = loo_experiment_error(x[:, cols], y, groups)
+            mae = loeo_mae(x[:, chosen + [j]], y, groups, capped)
             if mae is not None and (trial is None or mae < trial[0]):
                 trial = (mae, j)
         if trial is None or trial[0] > best_mae - 0.1:
             break
         best_mae = trial[0]
         chosen.append(trial[1])
-        _, r2, _ = fit_linear(x[:, chosen], y)
-        path.append({"feature": names[trial[1]], "loeo_mae_w": trial[0], "r2": r2})
+        coef, cap = fit_capped(x[:, chosen], y, capped)
+        path.append({"feature": names[trial[1]], "loeo_mae_w": trial[0], "r2": _r2(y, _predict(coef, cap, x[:, chosen]))})
     return chosen, path
 
 
-def fit_switching_models(df: Any, max_features: int = 6) -> tuple[list[SwitchingModel], list[str]]:
+def nested_loeo_mae(x: Any, y: Any, groups: list[str], names: list[str], max_features: int = 6, capped: Any = None) -> float | None:
+    """LOEO MAE with the feature selection redone inside every fold (no held-out data in the choice).
+
+    The MAE of the selected model (``SwitchingModel.loeo_mae_w``) is optimistic: the
+    features were chosen to minimize it. Here each experiment is predicted by a model whose
+    features were selected on the other experiments alone.
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    g = np.asarray(groups)
+    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
+    errs: list[Any] = []
+    for name in sorted(set(groups)):
+        test = g == name
+        tr = ~test
+        if len(set(g[tr].tolist())) < 2:
+            continue
+        idx, _ = select_switching_model(x[tr], y[tr], g[tr].tolist(), names, max_features, capped[tr])
+        if idx:
+            coef, cap = fit_capped(x[tr][:, idx], y[tr], capped[tr])
+            pred = _predict(coef, cap, x[test][:, idx])
+        else:
+            pred = np.full(int(test.sum()), float(y[tr].mean()))
+        errs.append(np.abs(pred - y[test]))
+    return float(np.concatenate(errs).mean()) if errs else None
+
+
+#: bits of each storage format a multiplier's partial products take (floats: the mantissa;
+#: int8: the magnitude bits 0-6 of the two's complement word)
+_PRODUCT_FIELDS = {"float32": ("man",), "float16": ("man",), "bfloat16": ("man",), "float8_e4m3fn": ("man",),
+                   "float8_e5m2": ("man",), "int8": ("hi", "lo")}
+
+
+def add_product_toggle_features(df: Any, storage: str) -> Any:
+    """Add the expected toggle rate of the partial products ``a_i * b_j`` between neighbours.
+
+    For bits a (of A) and b (of B) with set rates h_a, h_b and toggle rates t_a, t_b, and
+    independent operands, the product bit toggles with probability
+    ``h_a t_b + h_b t_a - t_a t_b / 2`` (a stationary bit goes 0->1 and 1->0 at t/2 each).
+    Averaged over all pairs of the multiplier's input bits it needs only the field means:
+    ``pp_{k,mn}_man_frac`` over the mantissa (int8: bits 0-6), ``pp_{k,mn}_all_frac`` over
+    every bit of the word; ``k`` uses the toggles along K, ``mn`` along M (A) / N (B).
+    Returns a copy of ``df`` with the columns added (where the field columns exist).
+    """
+    from charbench.kernels.switching import FIELDS
+
+    fields = FIELDS.get(storage)
+    out = df.copy()
+    if not fields:
+        return out
+    groups = {"man": _PRODUCT_FIELDS[storage], "all": tuple(fields)}
+    new = {}
+    for dirn in ("k", "mn"):
+        for gname, names in groups.items():
+            cols = [f"hw_{x}_{f}_frac" for f in names for x in "ab"] + [f"tog_{x}_{dirn}_{f}_frac" for f in names for x in "ab"]
+            if not all(c in df.columns for c in cols):
+                continue
+            width = sum(fields[f][1] for f in names)
+
+            def mean(kind: str, x: str) -> Any:
+                col = (lambda f: f"hw_{x}_{f}_frac") if kind == "hw" else (lambda f: f"tog_{x}_{dirn}_{f}_frac")
+                return sum(df[col(f)] * fields[f][1] for f in names) / width
+
+            ha, hb, ta, tb = mean("hw", "a"), mean("hw", "b"), mean("tog", "a"), mean("tog", "b")
+            new[f"pp_{dirn}_{gname}_frac"] = ha * tb + hb * ta - ta * tb / 2
+    for k, v in new.items():
+        out[k] = v
+    return out
+
+
+def _storage_of(dtype: str) -> str | None:
+    from charbench.kernels.gemm import get_dtype
+
+    try:
+        return get_dtype(dtype).storage
+    except ConfigError:  # an imported dtype name charbench does not know: no derived features
+        return None
+
+
+def fit_switching_models(df: Any, max_features: int = 6, nested: bool = False) -> tuple[list[SwitchingModel], list[str]]:
     """One selected model per (dtype, backend) with power, over seed-averaged GEMM points.
 
     Candidate features: every ``hw_*``, ``tog_*`` and ``zero_*`` column (per operand, per
-    bit field; :func:`charbench.kernels.switching.field_switching_stats`). The report shows
-    the chosen features, coefficients, R^2 and LOEO MAE, beside the R^2 of Hamming weight
-    alone (the paper's hypothesis) and of the three-feature model.
+    bit field; :func:`charbench.kernels.switching.field_switching_stats`) and the partial
+    products' toggle rates (:func:`add_product_toggle_features`). Points whose mean SM clock
+    is below ``THROTTLE_CLOCK_SHARE`` of the group's highest ran at the power limit and are
+    censored (:func:`fit_capped`). The report shows the chosen features, coefficients, R^2
+    and LOEO MAE (and, with ``nested``, the LOEO MAE with selection inside each fold), beside
+    the R^2 of Hamming weight alone (the paper's hypothesis) and of the three-feature model.
     """
+    import re
+
     import numpy as np
 
     notes: list[str] = []
     col = power_column(df) if df is not None and len(df) else None
     if col is None:
         return [], ["no power data to fit"]
-    import re
-
-    # per operand and bit field, plus the fraction of zero products (both operands' zeros at once)
-    per_operand = re.compile(r"^(hw_[ab]_\w+|tog_[ab]_(k|mn)_\w+|zero_[ab]|zero_product)_frac$")
-    cand = sorted(c for c in df.columns if per_operand.match(c) and df[c].notna().any())
-    if not cand:
-        return [], ["no per-operand switching features in the results"]
+    per_operand = re.compile(r"^(hw_[ab]_\w+|tog_[ab]_(k|mn)_\w+|zero_[ab]|zero_product|pp_(k|mn)_\w+)_frac$")
     d = df[df[col].notna() & ~df["experiment"].isin(NON_GEMM)]
     models = []
     for (dt, be), grp in d.groupby(["dtype", "backend"], sort=True):
-        feats = [c for c in cand if grp[c].notna().all()]
-        extra = [f for f in (*MODEL_FEATURES, "hamming_frac") if f in grp.columns and f not in feats]
+        st = _storage_of(str(dt))
+        if st is not None:
+            grp = add_product_toggle_features(grp, st)
+        feats = sorted(c for c in grp.columns if per_operand.match(c) and grp[c].notna().all())
+        if not feats:
+            notes.append(f"{dt}/{be}: no per-operand switching features in the results")
+            continue
+        extra = [f for f in (*MODEL_FEATURES, "hamming_frac", "mean_sm_clock_mhz") if f in grp.columns and f not in feats]
         g = grp.groupby(["experiment", "value"], sort=True)[list(dict.fromkeys([col, *feats, *extra]))].mean().reset_index()
         if len(g) < MIN_POINTS:
             notes.append(f"{dt}/{be}: {len(g)} point(s); a fit needs {MIN_POINTS}")
             continue
         y = g[col].to_numpy(dtype=float)
         x = g[feats].to_numpy(dtype=float)
+        capped = np.zeros(len(y), dtype=bool)
+        if "mean_sm_clock_mhz" in g.columns and g["mean_sm_clock_mhz"].notna().all():
+            clk = g["mean_sm_clock_mhz"].to_numpy(dtype=float)
+            capped = clk < THROTTLE_CLOCK_SHARE * clk.max()
         groups = [str(e) for e in g["experiment"]]
-        idx, path = select_switching_model(x, y, groups, feats, max_features)
-        coef, r2, _ = fit_linear(x[:, idx], y) if idx else ([float(np.mean(y))], 0.0, 1)
+        idx, path = select_switching_model(x, y, groups, feats, max_features, capped)
+        if idx:
+            coef, cap = fit_capped(x[:, idx], y, capped)
+            r2 = _r2(y, _predict(coef, cap, x[:, idx]))
+        else:
+            coef, cap, r2 = [float(np.mean(y))], None, 0.0
         mae = path[-1]["loeo_mae_w"] if path else None
         base: dict[str, float | None] = {}
         if "hamming_frac" in g.columns:
             base["hamming_frac"] = fit_linear(g[["hamming_frac"]].to_numpy(dtype=float), y)[1]
         if all(f in g.columns for f in MODEL_FEATURES):
             base["three_feature"] = fit_linear(g[list(MODEL_FEATURES)].to_numpy(dtype=float), y)[1]
-        models.append(SwitchingModel(str(dt), str(be), [feats[i] for i in idx], coef, r2, mae, int(len(g)), base, path))
+        nmae = nested_loeo_mae(x, y, groups, feats, max_features, capped) if nested else None
+        models.append(SwitchingModel(str(dt), str(be), [feats[i] for i in idx], coef, r2, mae, int(len(g)), base, path,
+                                     power_cap_w=cap, n_throttled=int(capped.sum()), nested_loeo_mae_w=nmae))
     return models, notes
