@@ -590,7 +590,10 @@ def fit_switching_models(df: Any, max_features: int = 6, nested: bool = False) -
         if not feats:
             notes.append(f"{dt}/{be}: no per-operand switching features in the results")
             continue
-        extra = [f for f in (*MODEL_FEATURES, "hamming_frac", "mean_sm_clock_mhz") if f in grp.columns and f not in feats]
+        # the SM clock: imported traces' mean, else a measured run's sampler column (first GPU)
+        clock = next((c for c in ("mean_sm_clock_mhz", *sorted(c for c in grp.columns if re.match(r"^mean_gpu\d+_sm_clock_mhz$", c)))
+                      if c in grp.columns and grp[c].notna().all()), None)
+        extra = [f for f in (*MODEL_FEATURES, "hamming_frac", clock) if f and f in grp.columns and f not in feats]
         g = grp.groupby(["experiment", "value"], sort=True)[list(dict.fromkeys([col, *feats, *extra]))].mean().reset_index()
         if len(g) < MIN_POINTS:
             notes.append(f"{dt}/{be}: {len(g)} point(s); a fit needs {MIN_POINTS}")
@@ -598,8 +601,8 @@ def fit_switching_models(df: Any, max_features: int = 6, nested: bool = False) -
         y = g[col].to_numpy(dtype=float)
         x = g[feats].to_numpy(dtype=float)
         capped = np.zeros(len(y), dtype=bool)
-        if "mean_sm_clock_mhz" in g.columns and g["mean_sm_clock_mhz"].notna().all():
-            clk = g["mean_sm_clock_mhz"].to_numpy(dtype=float)
+        if clock is not None:
+            clk = g[clock].to_numpy(dtype=float)
             capped = clk < THROTTLE_CLOCK_SHARE * clk.max()
         groups = [str(e) for e in g["experiment"]]
         idx, path = select_switching_model(x, y, groups, feats, max_features, capped)

@@ -196,13 +196,18 @@ def _switching_model_section(data: RunData) -> Section | None:
         return Section("Switching model (per operand, per bit field)", '<p class="muted">' + escape("; ".join(notes)) + "</p>",
                        anchor="gemm-switching")
     rows = [{"dtype": m.dtype, "backend": m.backend, "points": m.n_points, "R^2": m.r2, "LOEO MAE (W)": m.loeo_mae_w,
+             "throttled points (power cap W)": f"{m.n_throttled} ({m.power_cap_w:.0f})" if m.power_cap_w is not None else "0",
              "R^2 Hamming weight alone (paper's metric)": m.baseline_r2.get("hamming_frac"),
              "R^2 toggle+hamming+zero": m.baseline_r2.get("three_feature"),
-             "model": f"{m.coef[0]:.1f} W" + "".join(f" {c:+.1f} W x {f}" for c, f in zip(m.coef[1:], m.features))} for m in models]
+             "model": ("min(" if m.power_cap_w is not None else "") + f"{m.coef[0]:.1f} W"
+             + "".join(f" {c:+.1f} W x {f}" for c, f in zip(m.coef[1:], m.features))
+             + (f", {m.power_cap_w:.0f} W)" if m.power_cap_w is not None else "")} for m in models]
     note = ("Features per operand (a = A, b = B) and bit field (sign, exp, man; int8: sign, hi, lo): hw = set bits per field bit, "
             "tog_x_k = flipped bits between neighbours along K, tog_x_mn = along M (A) / N (B), zero = zero elements. Forward "
-            "selection adds the feature that lowers the leave-one-experiment-out MAE most, while it drops by >= 0.1 W (at most 6). "
-            "Points are means over seeds.")
+            "selection adds the feature that lowers the leave-one-experiment-out MAE most, while it drops by >= 0.1 W (at most 6); "
+            "that MAE is optimistic (it chose the features). pp_k/pp_mn = the partial products' expected toggle rate. Points whose "
+            "SM clock was throttled (below 99% of the highest) ran at the power limit: the fit treats them as censored and "
+            "predicts min(cap, linear). Points are means over seeds.")
     return Section("Switching model (per operand, per bit field)", table_html(pd.DataFrame(rows)), note=note, anchor="gemm-switching")
 
 

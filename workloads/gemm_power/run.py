@@ -416,7 +416,8 @@ def finalize_run(store: Any) -> dict[str, Any]:
     if len(df):
         sms, sm_notes = fit_switching_models(df)
         summary["switching_models"] = [{"dtype": m.dtype, "backend": m.backend, "features": m.features, "coef": m.coef, "r2": m.r2,
-                                        "loeo_mae_w": m.loeo_mae_w, "n_points": m.n_points, "baseline_r2": m.baseline_r2} for m in sms]
+                                        "loeo_mae_w": m.loeo_mae_w, "n_points": m.n_points, "baseline_r2": m.baseline_r2,
+                                        "power_cap_w": m.power_cap_w, "n_throttled": m.n_throttled} for m in sms]
         summary["model_notes"] = list(summary.get("model_notes", [])) + sm_notes
         hd = headline(df, metric)
         summary["headline_metric"] = metric

@@ -149,3 +149,50 @@ def test_switching_model_selects_the_feature_that_predicts_held_out_experiments(
     assert m.features == ["tog_a_k_man_frac"] and notes == []
     assert abs(m.coef[0] - 100.0) < 1e-9 and abs(m.coef[1] - 50.0) < 1e-9
     assert abs(m.r2 - 1.0) < 1e-12 and m.loeo_mae_w < 1e-9
+
+
+def test_capped_fit_recovers_the_line_under_a_power_limit() -> None:
+    import numpy as np
+
+    x = np.linspace(0.0, 1.0, 21)[:, None]
+    true = 200.0 + 150.0 * x[:, 0]
+    y = np.minimum(true, 300.0)  # the board holds 300 W by lowering the clock
+    capped = true > 300.0
+    coef, cap = A.fit_capped(x, y, capped)
+    assert cap == 300.0
+    assert abs(coef[0] - 200.0) < 1e-6 and abs(coef[1] - 150.0) < 1e-6
+    # a plain fit bends the line; the censored one predicts the held-out top exactly
+    plain, _, _ = A.fit_linear(x, y)
+    assert abs(plain[1] - 150.0) > 10.0
+    assert A.fit_capped(x, y, np.zeros(21, dtype=bool))[1] is None
+
+
+def test_switching_model_censors_throttled_points_and_reports_nested_error() -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for e in ("e1", "e2", "e3", "e4"):
+        for v in range(6):
+            f1, f2 = rng.random(), rng.random()
+            p = 200.0 + 150.0 * f1
+            rows.append({"dtype": "fp16", "backend": "b", "experiment": e, "value": float(v), "mean_power_w": min(p, 300.0),
+                         "mean_sm_clock_mhz": 1350.0 if p > 300.0 else 1410.0, "tog_a_k_man_frac": f1, "hw_b_exp_frac": f2})
+    (m,), _ = A.fit_switching_models(pd.DataFrame(rows), nested=True)
+    assert m.features == ["tog_a_k_man_frac"] and m.power_cap_w == 300.0 and m.n_throttled == sum(r["mean_sm_clock_mhz"] < 1400 for r in rows)
+    assert abs(m.coef[1] - 150.0) < 1e-6 and m.loeo_mae_w < 1e-6 and m.nested_loeo_mae_w < 1e-6
+    assert m.predict({"tog_a_k_man_frac": 1.0}) == 300.0
+
+
+def test_partial_product_toggle_rate() -> None:
+    import pandas as pd
+
+    # fp16 mantissa only: h_a = 0.5, h_b = 0.25, t_a = 0.2, t_b = 0.4 -> 0.5*0.4 + 0.25*0.2 - 0.2*0.4/2 = 0.21
+    cols = {c: 0.0 for f in ("sign", "exp", "man") for x in "ab" for c in (f"hw_{x}_{f}_frac", f"tog_{x}_k_{f}_frac", f"tog_{x}_mn_{f}_frac")}
+    cols.update({"hw_a_man_frac": 0.5, "hw_b_man_frac": 0.25, "tog_a_k_man_frac": 0.2, "tog_b_k_man_frac": 0.4})
+    out = A.add_product_toggle_features(pd.DataFrame([cols]), "float16")
+    assert abs(out["pp_k_man_frac"][0] - 0.21) < 1e-12
+    # over all 16 bits the mantissa is 10 of them: h_a = 0.3125, h_b = 0.15625, t_a = 0.125, t_b = 0.25
+    assert abs(out["pp_k_all_frac"][0] - (0.3125 * 0.25 + 0.15625 * 0.125 - 0.125 * 0.25 / 2)) < 1e-12
+    assert out["pp_mn_man_frac"][0] == 0.0
