@@ -29,11 +29,12 @@ from charbench.sim import SimSettings, Workload, simulate
 from charbench.sim.policies import PolicyConfig, policy_class
 from charbench.sim.profiles import measured_profile
 
-#: Out of the default run (``-m perf`` runs it): on a quiet 2-core machine (load 0.1, 2026-12-04) the
-#: light loads miss the median targets (rate 4: TTFT -43%, TBT +52%; rate 8: TTFT +17%) and the
-#: all-at-once load's simulated median TTFT is 6.0 s against 0.69 s measured. The target is open
-#: (issue 12), not met; a CI test that fails on every quiet machine would block every landing.
-pytestmark = [pytest.mark.slow, pytest.mark.perf]
+#: Back in the default run (its premise checks skip it on a busy machine). On a quiet machine
+#: (2026-12-04, load 0.1) it had failed (rate 4 TTFT -43%, TBT +52%; all at once TTFT 6.0 s vs
+#: 0.69 s): the simulator charged a prefill-only iteration no fixed cost and a hybrid one two, while
+#: the engine runs either as one forward with one overhead (on CPU ~1.7 ms of a 64-token prefill's
+#: ~11.5 ms), so the calibration pushed that overhead into the per-token and per-sequence costs.
+pytestmark = [pytest.mark.slow]
 
 MAX_NUM_SEQS = 8
 MEDIAN_TOL, P99_TOL = 0.15, 0.30
