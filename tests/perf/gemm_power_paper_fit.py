@@ -8,6 +8,17 @@ CSV per storage type) and fits :func:`fit_switching_models`::
 
 FEATURES_DIR holds ``fp16.csv`` (used for FP16-T and FP16), ``fp32.csv``, ``int8.csv``.
 Points without a feature row are left out, and the table says how many points were fitted.
+The nested LOEO MAE redoes the feature selection inside every fold (the honest held-out
+error); the plain LOEO MAE is the selected model's, optimistic by the selection.
+
+Measured on the release's traces (commit 2987094; features of seed 1 at 2048^2; 6.5 min on
+one core at load ~3.6-6)::
+
+    dtype      points  throttled (cap)  R^2    LOEO MAE  nested LOEO MAE  R^2 Hamming alone
+    fp16 (T)   208     71 (298 W)       0.956  6.1 W     10.2 W           0.294
+    fp16-simt  208     0                0.805  8.2 W     9.9 W            0.272
+    fp32       208     0                0.895  8.2 W     11.9 W           0.015
+    int8       143     0                0.803  8.1 W     9.6 W            0.330
 """
 
 from __future__ import annotations
