@@ -132,3 +132,14 @@ def test_resume_after_a_crash_continues_with_the_same_result(charbench_home: Pat
     assert resumed["channel_count"].iloc[-1] < resumed["channel_count"].iloc[0]  # something was pruned
     assert resumed["energy_j"].isna().all()
     _check_report(run, resumed)
+
+
+def test_quick_preset_is_the_measured_setting_and_says_how_it_differs() -> None:
+    from charbench.workloads.pruned_training.config import PRESETS, QUICK_DIFFERS, lr_at
+
+    q, p = PRESETS["quick"], PRESETS["paper"]
+    assert (q.model, q.dataset, q.image_size, q.noise_sigma, q.epochs, q.batch_size) == ("resnet20", "digits", 16, 1.0, 100, 64)
+    assert (q.penalty_ratio, q.threshold, q.reconfig_interval) == (0.7, 1e-2, 5)
+    assert (p.penalty_ratio, p.threshold, p.reconfig_interval, p.epochs) == (0.2, 1e-4, 10, 182)
+    assert [lr_at(q, e) for e in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert "r=0.7 instead of 0.2, threshold 1e-2 instead of 1e-4" in QUICK_DIFFERS
