@@ -75,7 +75,10 @@ class PruneTrainStudy(Study):
         return self._data
 
     def setup(self, ctx: Context) -> None:
-        """Load the data before the first group (a missing dataset fails before any training)."""
+        """Set the CPU thread count, load the data before the first group (a missing dataset fails before any training)."""
+        if self.device == "cpu" and self.cfg.cpu_threads is not None:
+            torch.set_num_threads(self.cfg.cpu_threads)
+            ctx.log(f"cpu: {self.cfg.cpu_threads} torch thread(s)")
         self.data(ctx)
 
     def acquire(self, group: dict[str, Any], ctx: Context) -> Trainer:

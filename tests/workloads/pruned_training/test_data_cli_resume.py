@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -141,5 +142,13 @@ def test_quick_preset_is_the_measured_setting_and_says_how_it_differs() -> None:
     assert (q.model, q.dataset, q.image_size, q.noise_sigma, q.epochs, q.batch_size) == ("resnet20", "digits", 16, 1.0, 100, 64)
     assert (q.penalty_ratio, q.threshold, q.reconfig_interval) == (0.7, 1e-2, 5)
     assert (p.penalty_ratio, p.threshold, p.reconfig_interval, p.epochs) == (0.2, 1e-4, 10, 182)
+    assert (q.cpu_threads, p.cpu_threads) == (1, None)
     assert [lr_at(q, e) for e in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert "r=0.7 instead of 0.2, threshold 1e-2 instead of 1e-4" in QUICK_DIFFERS
+
+
+def test_cpu_threads_out_of_range_names_the_option() -> None:
+    from charbench.workloads.pruned_training.config import PRESETS, validate
+
+    with pytest.raises(ConfigError, match=r"--cpu-threads"):
+        validate(dataclasses.replace(PRESETS["quick"], cpu_threads=0), "cpu")
