@@ -423,6 +423,15 @@ def _r2(y: Any, pred: Any) -> float | None:
     return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else None
 
 
+def _fit_arrays(x: Any, y: Any, capped: Any) -> tuple[Any, Any, Any]:
+    """``x``, ``y`` as float64 arrays and ``capped`` as a bool mask (all False when None)."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=np.float64)
+    mask = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
+    return np.asarray(x, dtype=np.float64), y, mask
+
+
 def loeo_mae(x: Any, y: Any, groups: list[str], capped: Any = None) -> float | None:
     """Mean absolute error (W) over all points, each experiment predicted by a fit of the others.
 
@@ -431,10 +440,8 @@ def loeo_mae(x: Any, y: Any, groups: list[str], capped: Any = None) -> float | N
     """
     import numpy as np
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x, y, capped = _fit_arrays(x, y, capped)
     g = np.asarray(groups)
-    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
     errs: list[Any] = []
     for name in sorted(set(groups)):
         test = g == name
@@ -456,9 +463,7 @@ def select_switching_model(x: Any, y: Any, groups: list[str], names: list[str], 
     """
     import numpy as np
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
+    x, y, capped = _fit_arrays(x, y, capped)
     chosen: list[int] = []
     path: list[dict[str, Any]] = []
     best_mae = math.inf
@@ -488,10 +493,8 @@ def nested_loeo_mae(x: Any, y: Any, groups: list[str], names: list[str], max_fea
     """
     import numpy as np
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x, y, capped = _fit_arrays(x, y, capped)
     g = np.asarray(groups)
-    capped = np.zeros(len(y), dtype=bool) if capped is None else np.asarray(capped, dtype=bool)
     errs: list[Any] = []
     for name in sorted(set(groups)):
         test = g == name
