@@ -106,6 +106,21 @@ class AttentionMetadata:
     max_position: int = 0
 
 
+def chunk_slots(table: Sequence[int], start: int, n: int, block_size: int) -> list[int]:
+    """Flat cache slots of positions ``start .. start+n-1``: one run per block, not per token.
+
+    A 1024-token prefill packs in ~0.1 ms instead of ~1 ms of per-token Python, which
+    would otherwise be a visible share of a small model's one-layer recompute (cache-reuse).
+    """
+    out: list[int] = []
+    end = start + n
+    for b in range(start // block_size, (end - 1) // block_size + 1):
+        lo, hi = max(start, b * block_size), min(end, (b + 1) * block_size)
+        base = table[b] * block_size - b * block_size
+        out.extend(range(base + lo, base + hi))
+    return out
+
+
 def build_metadata(
     chunks: Sequence[ChunkLike],
     block_size: int,
@@ -155,9 +170,8 @@ def build_metadata(
             spans.append((len(ids), n, start, len(tables_flat), n_blocks))
             tables_flat.extend(table[:n_blocks])
         ids.extend(c.token_ids)
-        for p in range(start, start + n):
-            pos.append(p)
-            slots.append(table[p // block_size] * block_size + p % block_size)
+        pos.extend(range(start, start + n))
+        slots.extend(chunk_slots(table, start, n, block_size))
     max_blocks = max((len(t) for t in dec_tables), default=0)
     max_blocks = max(max_blocks, max((-(-n // block_size) for n in dec_lens), default=0))
     dec_flat: list[int] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charbench.engine.attention import PagedAttention, build_metadata
+from charbench.engine.attention import PagedAttention, build_metadata, chunk_slots
 from charbench.engine.runner import SeqChunk
 from charbench.kernels.attention.lse_merge import merge_attention_states
 from charbench.kernels.attention.paged_torch import paged_decode_torch, paged_prefill_torch
@@ -173,3 +173,16 @@ def test_decode_torch_cuda(dtype):
     o = paged_decode_torch(q.to(**cu), kc.to(**cu), vc.to(**cu), bt, torch.tensor(lens, device="cuda"), d**-0.5)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(o.double().cpu(), ref_o, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16])
+def test_chunk_slots_equal_the_per_token_mapping(block_size: int) -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        start, n = rng.randrange(0, 70), rng.randrange(1, 90)
+        table = rng.sample(range(500), -(-(start + n) // block_size))
+        want = [table[p // block_size] * block_size + p % block_size for p in range(start, start + n)]
+        assert chunk_slots(table, start, n, block_size) == want
+    assert chunk_slots([5, 2], 14, 4, 16) == [94, 95, 32, 33]
