@@ -33,6 +33,7 @@ LabelOpt = Annotated[str, typer.Option("--label", help="Run label, part of the r
 MetaOpt = Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE stored with the run (repeatable).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (a visible index).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for everything random.")]
+CpuThreadsOpt = Annotated[Optional[int], typer.Option("--cpu-threads", help="Torch threads on a CPU device (the quick presets use 1; others torch's default, one per core).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file whose keys override the preset.")]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue this run folder; completed points are skipped.")]
 #: metavar of an on/off flag: typer's help would show ``<bool>``, which reads as if ``--shuffle true``

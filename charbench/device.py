@@ -263,3 +263,22 @@ def check_fits_memory(size_gib: float, device: str, option: str) -> None:
             f"{option} {size_gib:g}: more than the {total / 1024.0**3:.1f} GiB of {where}; "
             f"give a smaller {option}, or omit it for the engine's default"
         )
+
+
+def set_cpu_threads(device: str, threads: int | None) -> str | None:
+    """Set torch's intra-op thread count for a CPU run (a study's ``--cpu-threads``).
+
+    Args:
+        device: the resolved device; only ``cpu`` is affected.
+        threads: threads to use; None leaves torch's default (one per core).
+
+    Returns:
+        A log line saying what was set, or None when nothing was.
+    """
+    if device != "cpu" or threads is None:
+        return None
+    import torch
+
+    torch.set_num_threads(threads)
+    return f"cpu: {threads} torch thread(s)"
+

@@ -222,3 +222,19 @@ def test_real_cuda_device() -> None:
         pytest.skip(f"needs CUDA: {p.reason}")
     assert resolve_device("auto") == "cuda:0" and resolve_device("cuda") == "cuda:0"
     assert p.detail is not None and p.detail.startswith("cuda:0 sm_")
+
+
+def test_set_cpu_threads_only_touches_a_cpu_run() -> None:
+    import torch
+
+    from charbench.device import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads("cuda:0", 1) is None
+        assert set_cpu_threads("cpu", None) is None
+        assert torch.get_num_threads() == before
+        assert set_cpu_threads("cpu", 1) == "cpu: 1 torch thread(s)"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
+from charbench.cli_common import CpuThreadsOpt, given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -57,6 +57,7 @@ def cache_reuse(
     max_context_tokens: CtxOpt = None,
     link_gbps: LinkOpt = None,
     dtype: DtypeOpt = None,
+    cpu_threads: CpuThreadsOpt = None,
     preset: PresetOpt = "quick",
     *,
     common: CommonOptions,
@@ -76,7 +77,7 @@ def cache_reuse(
                "metric": metric, "prompt": prompt, "profile_count": profile_count, "heldout_count": heldout_count, "group_size": group_size,
                "tolerance": tolerance, "timing_repeats": timing_repeats, "timing_count": timing_count, "timing_tokens": timing_tokens,
                "max_new_tokens": max_new_tokens, "max_context_tokens": max_context_tokens, "link_gbps": link_gbps,
-               "dtype": dtype}
+               "dtype": dtype, "cpu_threads": cpu_threads}
     changes: dict[str, object] = {k: v for k, v in options.items() if v is not None}
     if retrain:
         changes["retrain"] = True

@@ -124,6 +124,13 @@ class CacheReuseStudy(Study):
             return make_items(recs, runtime.tokenizer, cfg.max_context_tokens, "f1")
         return mk_task(cfg.profile_count, self.spec.pairs, 100), mk_task(cfg.heldout_count, cfg.heldout_pairs, 200)
 
+    def setup(self, ctx: Context) -> None:
+        """Set the CPU thread count before any engine starts (``--cpu-threads``)."""
+        from charbench.device import set_cpu_threads
+
+        if (line := set_cpu_threads(self.device, self.cfg.cpu_threads)) is not None:
+            ctx.log(line)
+
     def acquire(self, group: dict[str, Any], ctx: Context) -> dict[str, Any]:
         """Both engines of the pair and its tokenized profiling and held-out sets."""
         pair = group["pair"]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charbench.cli_common import given_options, run_and_emit, study_inputs, with_common_options
+from charbench.cli_common import CpuThreadsOpt, given_options, run_and_emit, study_inputs, with_common_options
 from charbench.config import CommonOptions
 
 app = typer.Typer(add_completion=False)
@@ -29,7 +29,6 @@ IntervalOpt = Annotated[Optional[int], typer.Option("--reconfig-interval", help=
 DynBatchOpt = Annotated[Optional[bool], typer.Option("--dynamic-batch/--no-dynamic-batch", help="Grow the mini-batch as the model shrinks (in the SC19 paper, not in its released code; rule unverified).")]
 MaxBatchOpt = Annotated[Optional[int], typer.Option("--max-batch-size", help="Upper bound for --dynamic-batch.")]
 AmpOpt = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="CUDA autocast fp16 with a gradient scaler.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--cpu-threads", help="Torch threads on a CPU device (quick preset: 1; the paper preset: torch's default).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit-train", help="Train on the first N samples of each epoch's order.")]
 
 
@@ -54,7 +53,7 @@ def prune_train(
     max_batch_size: MaxBatchOpt = None,
     amp: AmpOpt = None,
     limit_train: LimitOpt = None,
-    cpu_threads: ThreadsOpt = None,
+    cpu_threads: CpuThreadsOpt = None,
     preset: PresetOpt = "quick",
     *,
     common: CommonOptions,

@@ -76,9 +76,10 @@ class PruneTrainStudy(Study):
 
     def setup(self, ctx: Context) -> None:
         """Set the CPU thread count, load the data before the first group (a missing dataset fails before any training)."""
-        if self.device == "cpu" and self.cfg.cpu_threads is not None:
-            torch.set_num_threads(self.cfg.cpu_threads)
-            ctx.log(f"cpu: {self.cfg.cpu_threads} torch thread(s)")
+        from charbench.device import set_cpu_threads
+
+        if (line := set_cpu_threads(self.device, self.cfg.cpu_threads)) is not None:
+            ctx.log(line)
         self.data(ctx)
 
     def acquire(self, group: dict[str, Any], ctx: Context) -> Trainer:

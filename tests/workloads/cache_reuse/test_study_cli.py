@@ -127,6 +127,7 @@ def test_identical_sender_and_receiver_every_mode_scores_the_same(pair_dirs: dic
     (["--tolerance", "1.5"], "Error: --tolerance must be a finite number >= 0 and < 1 (got 1.5)"),
     (["--prompt", "Q:"], "Error: --prompt 'Q:': must contain {input} (where the question goes)"),
     (["--metric", "bleu"], "Error: --metric: unknown metric 'bleu'; valid: f1, rouge_l, edit_sim"),
+    (["--cpu-threads", "0"], "Error: --cpu-threads must be an integer >= 1 and <= 4096 (got 0)"),
 ])
 def test_cli_bad_options(args: list[str], message: str, charbench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cache-reuse", "--device", "cpu", *args]) == 1
@@ -218,3 +219,9 @@ def test_each_task_answers_from_the_facts_as_documented() -> None:
     assert drawn == {("get k7", "v15"), ("get k3", "v2"), ("get k5", "v2"),
                      ("next k7", "v0"), ("next k3", "v3"), ("next k5", "v3"),  # value + 1, v15 wraps to v0
                      ("key v15", "k7"), ("key v2", "k3")}  # the first fact holding the value
+
+
+def test_quick_preset_times_with_one_cpu_thread() -> None:
+    from charbench.workloads.cache_reuse.config import PRESETS
+
+    assert (PRESETS["quick"].cpu_threads, PRESETS["paper"].cpu_threads) == (1, None)
